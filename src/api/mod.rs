@@ -1,0 +1,8 @@
+//! Wire types of the HTTP contract (API.md), shared by the server, the worker's HTTP control
+//! plane and the CLI.
+
+pub mod runs;
+pub mod workers;
+
+pub use runs::*;
+pub use workers::*;

@@ -1,0 +1,308 @@
+//! The lease primitives, each atomic when called inside [`Conn::write_tx`]: claim the oldest
+//! claimable step a worker may run (Postgres: `FOR UPDATE SKIP LOCKED`; SQLite: the
+//! immediate transaction), renew, release, expire everything due, and the epoch check every
+//! worker write goes through. Times come from the database clock.
+
+use super::models::{labels_match, LeaseRow, StepRow};
+use super::schema::{leases, runs, steps};
+use super::{on_conn, Conn, DbError};
+use diesel::prelude::*;
+
+/// Who is claiming, and the rules for what it may take.
+#[derive(Debug, Clone)]
+pub struct ClaimSpec<'a> {
+    pub worker_id: &'a str,
+    pub labels: &'a [String],
+    pub ttl_ms: i64,
+    /// A step that prefers another worker is left to it for this long after being queued.
+    pub affinity_window_ms: i64,
+}
+
+/// A granted lease and the step it covers (already IN_PROGRESS).
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub step: StepRow,
+    pub lease: LeaseRow,
+    pub now_ms: i64,
+}
+
+/// Claims the oldest claimable step of a RUNNING run that this worker may run. Must run
+/// inside a write transaction.
+pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, DbError> {
+    let now = conn.now_ms()?;
+    // The distinct label sets in the queue are few; matching them here keeps the subset test
+    // out of SQL and lets the main query use a plain equality list.
+    let sets: Vec<String> = on_conn!(conn, |c| steps::table
+        .filter(steps::status.eq_any(["QUEUED", "RETRYING"]))
+        .select(steps::required_labels)
+        .distinct()
+        .load(c))?;
+    let allowed: Vec<String> = sets
+        .into_iter()
+        .filter(|s| labels_match(s, spec.labels))
+        .collect();
+    if allowed.is_empty() {
+        return Ok(None);
+    }
+    let cutoff = now - spec.affinity_window_ms;
+    let me = spec.worker_id.to_string();
+    macro_rules! candidates {
+        () => {
+            steps::table
+                .filter(steps::status.eq_any(["QUEUED", "RETRYING"]))
+                .filter(
+                    steps::run_id.eq_any(
+                        runs::table
+                            .filter(runs::status.eq("RUNNING"))
+                            .select(runs::id),
+                    ),
+                )
+                .filter(steps::required_labels.eq_any(allowed.clone()))
+                .filter(
+                    steps::preferred_worker_id
+                        .is_null()
+                        .or(steps::preferred_worker_id.eq(me.clone()))
+                        .or(steps::queued_at.le(cutoff)),
+                )
+                .order((steps::queued_at.asc(), steps::id.asc()))
+                .select(steps::id)
+                .limit(1)
+        };
+    }
+    let picked: Option<String> = match conn {
+        Conn::Pg(c) => candidates!()
+            .for_update()
+            .skip_locked()
+            .first(&mut **c)
+            .optional()?,
+        Conn::Sqlite(c) => candidates!().first(&mut **c).optional()?,
+    };
+    let Some(step_id) = picked else {
+        return Ok(None);
+    };
+    let step: StepRow = on_conn!(conn, |c| diesel::update(steps::table.find(&step_id))
+        .set((
+            steps::status.eq("IN_PROGRESS"),
+            steps::worker_id.eq(Some(spec.worker_id)),
+            steps::lease_epoch.eq(steps::lease_epoch + 1),
+            steps::started_at.eq(Some(now)),
+            steps::ended_at.eq(None::<i64>),
+        ))
+        .returning(StepRow::as_returning())
+        .get_result(c))?;
+    let lease = LeaseRow {
+        step_id: step.id.clone(),
+        worker_id: spec.worker_id.to_string(),
+        epoch: step.lease_epoch,
+        granted_at: now,
+        expires_at: now + spec.ttl_ms,
+        attempt: step.attempt,
+    };
+    on_conn!(conn, |c| {
+        diesel::delete(leases::table.find(&step.id)).execute(c)?;
+        diesel::insert_into(leases::table).values(&lease).execute(c)
+    })?;
+    Ok(Some(Granted {
+        step,
+        lease,
+        now_ms: now,
+    }))
+}
+
+/// The lease a write must carry: present, held by `worker_id` at `epoch`, not expired.
+pub fn check(
+    conn: &mut Conn,
+    step_id: &str,
+    worker_id: &str,
+    epoch: i64,
+) -> Result<LeaseRow, DbError> {
+    let now = conn.now_ms()?;
+    let lease: Option<LeaseRow> = on_conn!(conn, |c| leases::table
+        .find(step_id)
+        .select(LeaseRow::as_select())
+        .first(c)
+        .optional())?;
+    match lease {
+        Some(l) if l.worker_id == worker_id && l.epoch == epoch && l.expires_at > now => Ok(l),
+        _ => Err(DbError::StaleLease),
+    }
+}
+
+/// Extends a live lease to `now + ttl`. An expired, released or re-granted lease is stale.
+pub fn renew(
+    conn: &mut Conn,
+    step_id: &str,
+    worker_id: &str,
+    epoch: i64,
+    ttl_ms: i64,
+) -> Result<LeaseRow, DbError> {
+    let now = conn.now_ms()?;
+    let renewed: Option<LeaseRow> = on_conn!(conn, |c| diesel::update(
+        leases::table
+            .filter(leases::step_id.eq(step_id))
+            .filter(leases::worker_id.eq(worker_id))
+            .filter(leases::epoch.eq(epoch))
+            .filter(leases::expires_at.gt(now))
+    )
+    .set(leases::expires_at.eq(now + ttl_ms))
+    .returning(LeaseRow::as_returning())
+    .get_result(c)
+    .optional())?;
+    renewed.ok_or(DbError::StaleLease)
+}
+
+/// A lease taken away from its worker, and what became of its step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requeued {
+    pub step_id: String,
+    pub run_id: String,
+    pub worker_id: String,
+    pub epoch: i64,
+    /// True when the step used up its infrastructure retries and is now FAILED.
+    pub failed: bool,
+    pub infra_attempts: i32,
+}
+
+/// Takes a lease back and puts its step in `RETRYING`. With `count_infra`, the loss counts
+/// against the step's infrastructure retries and fails it once `max_infra` are used up.
+fn requeue(
+    conn: &mut Conn,
+    lease: &LeaseRow,
+    count_infra: bool,
+    max_infra: i32,
+    now: i64,
+) -> Result<Requeued, DbError> {
+    on_conn!(conn, |c| diesel::delete(leases::table.find(&lease.step_id)).execute(c))?;
+    let step: StepRow = on_conn!(conn, |c| steps::table
+        .find(&lease.step_id)
+        .select(StepRow::as_select())
+        .first(c))?;
+    let infra = step.infra_attempts + i32::from(count_infra);
+    let failed = count_infra && infra >= max_infra;
+    let (status, reason, ended) = if failed {
+        (
+            "FAILED",
+            Some(format!(
+                "lost its lease {infra} times (last on worker {}): giving up",
+                lease.worker_id
+            )),
+            Some(now),
+        )
+    } else {
+        ("RETRYING", None, None)
+    };
+    on_conn!(conn, |c| diesel::update(steps::table.find(&lease.step_id))
+        .set((
+            steps::status.eq(status),
+            steps::infra_attempts.eq(infra),
+            steps::preferred_worker_id.eq(None::<String>),
+            steps::failure_reason.eq(reason),
+            steps::ended_at.eq(ended),
+        ))
+        .execute(c))?;
+    Ok(Requeued {
+        step_id: lease.step_id.clone(),
+        run_id: step.run_id,
+        worker_id: lease.worker_id.clone(),
+        epoch: lease.epoch,
+        failed,
+        infra_attempts: infra,
+    })
+}
+
+/// Hands a lease back on the worker's own initiative (drain): no retry is used up.
+pub fn release(
+    conn: &mut Conn,
+    step_id: &str,
+    worker_id: &str,
+    epoch: i64,
+) -> Result<Requeued, DbError> {
+    let lease = check(conn, step_id, worker_id, epoch)?;
+    let now = conn.now_ms()?;
+    requeue(conn, &lease, false, i32::MAX, now)
+}
+
+/// Requeues every lease whose expiry has passed; each counts as an infrastructure retry.
+pub fn expire_due(conn: &mut Conn, max_infra: i32) -> Result<Vec<Requeued>, DbError> {
+    let now = conn.now_ms()?;
+    let due: Vec<LeaseRow> = match conn {
+        Conn::Pg(c) => leases::table
+            .filter(leases::expires_at.le(now))
+            .select(LeaseRow::as_select())
+            .for_update()
+            .skip_locked()
+            .load(&mut **c)?,
+        Conn::Sqlite(c) => leases::table
+            .filter(leases::expires_at.le(now))
+            .select(LeaseRow::as_select())
+            .load(&mut **c)?,
+    };
+    due.iter()
+        .map(|l| requeue(conn, l, true, max_infra, now))
+        .collect()
+}
+
+/// Requeues every lease a worker holds (it went offline or was revoked).
+pub fn release_all_of_worker(
+    conn: &mut Conn,
+    worker_id: &str,
+    max_infra: i32,
+) -> Result<Vec<Requeued>, DbError> {
+    let now = conn.now_ms()?;
+    let held: Vec<LeaseRow> = on_conn!(conn, |c| leases::table
+        .filter(leases::worker_id.eq(worker_id))
+        .select(LeaseRow::as_select())
+        .load(c))?;
+    held.iter()
+        .map(|l| requeue(conn, l, true, max_infra, now))
+        .collect()
+}
+
+/// Requeues the leases of every worker not in `live` (single role at start: the previous
+/// process's local worker is gone).
+pub fn release_all_except(
+    conn: &mut Conn,
+    live: &[String],
+    max_infra: i32,
+) -> Result<Vec<Requeued>, DbError> {
+    let now = conn.now_ms()?;
+    let held: Vec<LeaseRow> = on_conn!(conn, |c| leases::table
+        .filter(leases::worker_id.ne_all(live.to_vec()))
+        .select(LeaseRow::as_select())
+        .load(c))?;
+    held.iter()
+        .map(|l| requeue(conn, l, true, max_infra, now))
+        .collect()
+}
+
+/// Removes a step's lease when the step finishes or is cancelled.
+pub fn delete(conn: &mut Conn, step_id: &str) -> Result<(), DbError> {
+    on_conn!(conn, |c| diesel::delete(leases::table.find(step_id)).execute(c))?;
+    Ok(())
+}
+
+pub fn get(conn: &mut Conn, step_id: &str) -> Result<Option<LeaseRow>, DbError> {
+    let r = on_conn!(conn, |c| leases::table
+        .find(step_id)
+        .select(LeaseRow::as_select())
+        .first(c)
+        .optional())?;
+    Ok(r)
+}
+
+/// Leases a worker holds.
+pub fn of_worker(conn: &mut Conn, worker_id: &str) -> Result<Vec<LeaseRow>, DbError> {
+    let r = on_conn!(conn, |c| leases::table
+        .filter(leases::worker_id.eq(worker_id))
+        .select(LeaseRow::as_select())
+        .load(c))?;
+    Ok(r)
+}
+
+/// Every lease (for `GET /workers`).
+pub fn all(conn: &mut Conn) -> Result<Vec<LeaseRow>, DbError> {
+    let r = on_conn!(conn, |c| leases::table
+        .select(LeaseRow::as_select())
+        .load(c))?;
+    Ok(r)
+}

@@ -1,0 +1,264 @@
+//! The only module that touches diesel. One interface over SQLite and Postgres: a pooled
+//! [`Conn`] whose queries are written once and compiled for both backends (the [`on_conn!`]
+//! macro), write transactions that are `BEGIN IMMEDIATE` on SQLite, embedded migrations per
+//! backend, and [`Db::run`], the one helper that keeps blocking database work off async threads.
+
+pub mod artifacts;
+pub mod events;
+pub mod leases;
+mod migrate;
+pub mod models;
+pub mod runs;
+pub mod schema;
+pub mod steps;
+pub mod workers;
+
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{self, ConnectionManager, CustomizeConnection, PooledConnection};
+use diesel::sqlite::SqliteConnection;
+use std::path::Path;
+use std::time::Duration;
+
+/// Which database a pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Everything that can go wrong in storage, including the outcomes callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    #[error("database pool: {0}")]
+    Pool(String),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("not found")]
+    NotFound,
+    /// A write carried an epoch that is not the step's current lease.
+    #[error("stale lease: the step is no longer leased to this worker at this epoch")]
+    StaleLease,
+    /// A state change that the current state does not allow.
+    #[error("invalid transition: {0}")]
+    InvalidTransition(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("blocking task failed: {0}")]
+    Join(String),
+}
+
+impl DbError {
+    /// True when the database itself is unreachable or failing (as opposed to a domain outcome).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            DbError::Connect(_) | DbError::Pool(_) | DbError::Join(_) | DbError::Query(_)
+        )
+    }
+}
+
+/// A pooled connection to either backend.
+pub enum Conn {
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    Pg(PooledConnection<ConnectionManager<PgConnection>>),
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection (`&mut SqliteConnection` or
+/// `&mut PgConnection`): the query is written once and type-checked for both backends.
+#[macro_export]
+macro_rules! on_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::Conn::Sqlite(pooled) => {
+                let $c: &mut ::diesel::sqlite::SqliteConnection = &mut **pooled;
+                $body
+            }
+            $crate::db::Conn::Pg(pooled) => {
+                let $c: &mut ::diesel::pg::PgConnection = &mut **pooled;
+                $body
+            }
+        }
+    };
+}
+pub use on_conn;
+
+impl Conn {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Sqlite(_) => Backend::Sqlite,
+            Conn::Pg(_) => Backend::Postgres,
+        }
+    }
+
+    /// A write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock up front, so two
+    /// writers never deadlock on a lock upgrade), `BEGIN` (read committed) on Postgres.
+    pub fn write_tx<R>(
+        &mut self,
+        f: impl FnOnce(&mut Conn) -> Result<R, DbError>,
+    ) -> Result<R, DbError> {
+        let begin = match self.backend() {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        on_conn!(self, |c| AnsiTransactionManager::begin_transaction_sql(c, begin))?;
+        match f(self) {
+            Ok(v) => {
+                on_conn!(self, |c| AnsiTransactionManager::commit_transaction(c))?;
+                Ok(v)
+            }
+            Err(e) => {
+                // The rollback error (if any) is secondary to the one that caused it.
+                let _ = on_conn!(self, |c| AnsiTransactionManager::rollback_transaction(c));
+                Err(e)
+            }
+        }
+    }
+
+    /// The database clock in milliseconds since the epoch (lease times use it, never a
+    /// worker's clock).
+    pub fn now_ms(&mut self) -> Result<i64, DbError> {
+        #[derive(QueryableByName)]
+        struct Now {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            now: i64,
+        }
+        let q = match self.backend() {
+            Backend::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now"
+            }
+            Backend::Postgres => {
+                "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now"
+            }
+        };
+        let row: Now = on_conn!(self, |c| diesel::sql_query(q).get_result(c))?;
+        Ok(row.now)
+    }
+}
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<SqliteConnection, r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), r2d2::Error> {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute(
+            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+        )
+        .map_err(r2d2::Error::QueryError)
+    }
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(r2d2::Pool<ConnectionManager<SqliteConnection>>),
+    Pg(r2d2::Pool<ConnectionManager<PgConnection>>),
+}
+
+/// The storage handle: a connection pool plus the blocking helper. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl Db {
+    /// Opens (creating if needed) the SQLite file, switches it to WAL once, builds the pool
+    /// and runs the embedded migrations.
+    pub fn open_sqlite(path: &Path, pool_size: u32) -> Result<Db, DbError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                DbError::Connect(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let url = path.to_string_lossy().to_string();
+        {
+            use diesel::connection::SimpleConnection;
+            // WAL persists in the file; setting it once here (not per pooled connection)
+            // avoids the "database is locked" race between connections switching modes.
+            let mut c = SqliteConnection::establish(&url)
+                .map_err(|e| DbError::Connect(format!("{}: {e}", path.display())))?;
+            c.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000;")?;
+            migrate::run_sqlite(&mut c)?;
+        }
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size)
+            .connection_timeout(Duration::from_secs(30))
+            .connection_customizer(Box::new(SqlitePragmas))
+            .build(ConnectionManager::<SqliteConnection>::new(url))
+            .map_err(|e| DbError::Connect(e.to_string()))?;
+        Ok(Db {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    /// Connects to Postgres, runs the embedded migrations under an advisory lock (when
+    /// `migrate`), and builds the pool. The pool is lazy past its first connection, so a
+    /// database that goes away later makes requests fail, not the process.
+    pub fn open_postgres(url: &str, pool_size: u32, migrate: bool) -> Result<Db, DbError> {
+        let mut c = PgConnection::establish(url).map_err(|e| DbError::Connect(e.to_string()))?;
+        if migrate {
+            migrate::run_postgres(&mut c)?;
+        }
+        drop(c);
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size)
+            .min_idle(Some(pool_size.min(4)))
+            .connection_timeout(Duration::from_secs(5))
+            .build(ConnectionManager::<PgConnection>::new(url))
+            .map_err(|e| DbError::Connect(e.to_string()))?;
+        Ok(Db {
+            pool: Pool::Pg(pool),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Pg(_) => Backend::Postgres,
+        }
+    }
+
+    /// Checks out a connection (blocking). Use inside [`Db::run`] or a blocking thread only.
+    pub fn conn(&self) -> Result<Conn, DbError> {
+        match &self.pool {
+            Pool::Sqlite(p) => p
+                .get()
+                .map(Conn::Sqlite)
+                .map_err(|e| DbError::Pool(e.to_string())),
+            Pool::Pg(p) => p
+                .get()
+                .map(Conn::Pg)
+                .map_err(|e| DbError::Pool(e.to_string())),
+        }
+    }
+
+    /// Runs `f` with a pooled connection on tokio's blocking pool: the one way async code
+    /// reaches the database.
+    pub async fn run<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<R, DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.conn()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| DbError::Join(e.to_string()))?
+    }
+
+    /// Like [`Db::run`], inside one write transaction.
+    pub async fn tx<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<R, DbError> + Send + 'static,
+    {
+        self.run(move |c| c.write_tx(f)).await
+    }
+}

@@ -1,0 +1,171 @@
+//! Row and insert types, one per table; queries live in the per-table files.
+
+use super::schema::{artifacts, events, leases, run_state, runs, steps, workers};
+use diesel::prelude::*;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = runs)]
+#[diesel(treat_none_as_null = true)]
+pub struct RunRow {
+    pub id: String,
+    pub name: String,
+    pub name_source: String,
+    pub status: String,
+    pub workspace_root: String,
+    pub spec_path: String,
+    pub plan_path: Option<String>,
+    pub worktree_json: Option<String>,
+    pub worktree_cleanup_status: Option<String>,
+    pub worktree_cleaned_at: Option<i64>,
+    pub config_json: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub review_status: String,
+    pub review_action_at: Option<i64>,
+    pub pr_url: Option<String>,
+    pub merge_commit: Option<String>,
+    pub workspace_source: String,
+    pub repo_url: Option<String>,
+    pub repo_ref: Option<String>,
+    pub artifact_store: String,
+    pub labels: String,
+    pub waiting_reason: Option<String>,
+    pub failure_reason: Option<String>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+/// The scheduler's progress counters of one run (see the migration's comment).
+#[derive(Debug, Clone, Default, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = run_state)]
+#[diesel(treat_none_as_null = true)]
+pub struct RunStateRow {
+    pub run_id: String,
+    pub iterations_done: i32,
+    pub verify_failures: i32,
+    pub review_failures: i32,
+    pub watchdog_rewrites: i32,
+    pub pending_prompt: Option<String>,
+    pub runner_notes: Option<String>,
+    pub last_worker_id: Option<String>,
+    pub checkpoint_name: Option<String>,
+    pub checkpoint_head: Option<String>,
+    pub event_seq: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = steps)]
+pub struct StepRow {
+    pub id: String,
+    pub run_id: String,
+    pub seq: i32,
+    pub phase: String,
+    pub status: String,
+    pub attempt: i32,
+    pub infra_attempts: i32,
+    pub is_final: bool,
+    pub settled: bool,
+    pub queued_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub prompt: Option<String>,
+    pub prompt_path: Option<String>,
+    pub output_path: Option<String>,
+    pub output_tail: Option<String>,
+    pub output_size: i64,
+    pub completion_detected: Option<bool>,
+    pub worker_id: Option<String>,
+    pub lease_epoch: i64,
+    pub required_labels: String,
+    pub preferred_worker_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub completion_digest: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = events)]
+pub struct EventRow {
+    pub id: String,
+    pub run_id: Option<String>,
+    pub run_seq: Option<i64>,
+    pub step_id: Option<String>,
+    pub event_type: String,
+    pub payload_json: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = artifacts)]
+pub struct ArtifactRow {
+    pub id: String,
+    pub run_id: String,
+    pub step_id: Option<String>,
+    pub name: String,
+    pub kind: String,
+    pub size: i64,
+    pub sha256: String,
+    pub store: String,
+    pub object_key: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = workers)]
+pub struct WorkerRow {
+    pub id: String,
+    pub hostname: String,
+    pub token_hash: String,
+    pub instance_id: Option<String>,
+    pub labels: String,
+    pub slots: i32,
+    pub version: String,
+    pub status: String,
+    pub registered_at: i64,
+    pub last_heartbeat_at: i64,
+    pub metrics_json: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = leases)]
+pub struct LeaseRow {
+    pub step_id: String,
+    pub worker_id: String,
+    pub epoch: i64,
+    pub granted_at: i64,
+    pub expires_at: i64,
+    pub attempt: i32,
+}
+
+/// Labels are stored as one comma-joined, sorted, de-duplicated string ("" = none).
+pub fn encode_labels(labels: &[String]) -> String {
+    let mut v: Vec<&str> = labels
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v.join(",")
+}
+
+/// The inverse of [`encode_labels`].
+pub fn decode_labels(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a worker with `worker_labels` may run a step that requires `required` (encoded).
+pub fn labels_match(required: &str, worker_labels: &[String]) -> bool {
+    required
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .all(|l| worker_labels.iter().any(|w| w == l))
+}
+
+/// A fresh id: UUIDv7, hyphenated lowercase.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

@@ -1,0 +1,160 @@
+//! Queries on `runs`.
+
+use super::models::{RunRow, RunStateRow};
+use super::schema::{run_state, runs};
+use super::{on_conn, Conn, DbError};
+use diesel::prelude::*;
+
+pub fn insert(conn: &mut Conn, row: &RunRow) -> Result<(), DbError> {
+    on_conn!(conn, |c| diesel::insert_into(runs::table).values(row).execute(c))?;
+    Ok(())
+}
+
+pub fn get(conn: &mut Conn, id: &str) -> Result<Option<RunRow>, DbError> {
+    let r = on_conn!(conn, |c| runs::table
+        .find(id)
+        .select(RunRow::as_select())
+        .first(c)
+        .optional())?;
+    Ok(r)
+}
+
+/// Fetches a run that must exist.
+pub fn require(conn: &mut Conn, id: &str) -> Result<RunRow, DbError> {
+    get(conn, id)?.ok_or(DbError::NotFound)
+}
+
+/// Reads a run and locks its row until the transaction ends (Postgres; SQLite's write
+/// transaction already excludes other writers). Serialises the decisions about one run.
+pub fn lock(conn: &mut Conn, id: &str) -> Result<RunRow, DbError> {
+    let r = match conn {
+        Conn::Pg(c) => runs::table
+            .find(id)
+            .select(RunRow::as_select())
+            .for_update()
+            .first(&mut **c)
+            .optional()?,
+        Conn::Sqlite(_) => return require(conn, id),
+    };
+    r.ok_or(DbError::NotFound)
+}
+
+/// Newest first, optionally filtered.
+pub fn list(
+    conn: &mut Conn,
+    workspace_root: Option<&str>,
+    status: Option<&str>,
+) -> Result<Vec<RunRow>, DbError> {
+    let rows = on_conn!(conn, |c| {
+        let mut q = runs::table.select(RunRow::as_select()).into_boxed();
+        if let Some(ws) = workspace_root {
+            q = q.filter(runs::workspace_root.eq(ws.to_string()));
+        }
+        if let Some(st) = status {
+            q = q.filter(runs::status.eq(st.to_string()));
+        }
+        q.order((runs::created_at.desc(), runs::id.desc())).load(c)
+    })?;
+    Ok(rows)
+}
+
+/// Runs in one status, oldest first.
+pub fn with_status(conn: &mut Conn, status: &str) -> Result<Vec<RunRow>, DbError> {
+    let rows = on_conn!(conn, |c| runs::table
+        .filter(runs::status.eq(status))
+        .select(RunRow::as_select())
+        .order((runs::created_at.asc(), runs::id.asc()))
+        .load(c))?;
+    Ok(rows)
+}
+
+/// Writes every column of the row back.
+pub fn save(conn: &mut Conn, row: &RunRow) -> Result<(), DbError> {
+    let n = on_conn!(conn, |c| diesel::update(runs::table.find(&row.id))
+        .set(row)
+        .execute(c))?;
+    if n == 0 {
+        return Err(DbError::NotFound);
+    }
+    Ok(())
+}
+
+/// Counts runs per status (for metrics).
+pub fn count_by_status(conn: &mut Conn) -> Result<Vec<(String, i64)>, DbError> {
+    let rows = on_conn!(conn, |c| runs::table
+        .group_by(runs::status)
+        .select((runs::status, diesel::dsl::count_star()))
+        .load::<(String, i64)>(c))?;
+    Ok(rows)
+}
+
+/// Sets `waiting_reason` when it changed (avoids a write per tick).
+pub fn set_waiting_reason(
+    conn: &mut Conn,
+    id: &str,
+    reason: Option<&str>,
+) -> Result<(), DbError> {
+    let current: Option<Option<String>> = on_conn!(conn, |c| runs::table
+        .find(id)
+        .select(runs::waiting_reason)
+        .first(c)
+        .optional())?;
+    if matches!(&current, Some(cur) if cur.as_deref() != reason) {
+        on_conn!(conn, |c| diesel::update(runs::table.find(id))
+            .set(runs::waiting_reason.eq(reason))
+            .execute(c))?;
+    }
+    Ok(())
+}
+
+/// Takes the next event number of a run, locking its `run_state` row until commit: events of
+/// one run are numbered in commit order, so a reader never skips one that commits late.
+pub fn next_event_seq(conn: &mut Conn, id: &str) -> Result<i64, DbError> {
+    let seq: Option<i64> = on_conn!(conn, |c| diesel::update(run_state::table.find(id))
+        .set(run_state::event_seq.eq(run_state::event_seq + 1))
+        .returning(run_state::event_seq)
+        .get_result(c)
+        .optional())?;
+    seq.ok_or(DbError::NotFound)
+}
+
+/// Inserts a run together with its (zeroed) scheduler state.
+pub fn insert_with_state(conn: &mut Conn, row: &RunRow) -> Result<(), DbError> {
+    insert(conn, row)?;
+    let state = RunStateRow {
+        run_id: row.id.clone(),
+        ..Default::default()
+    };
+    on_conn!(conn, |c| diesel::insert_into(run_state::table)
+        .values(&state)
+        .execute(c))?;
+    Ok(())
+}
+
+/// The scheduler state of a run.
+pub fn state(conn: &mut Conn, id: &str) -> Result<RunStateRow, DbError> {
+    let r = on_conn!(conn, |c| run_state::table
+        .find(id)
+        .select(RunStateRow::as_select())
+        .first(c)
+        .optional())?;
+    r.ok_or(DbError::NotFound)
+}
+
+/// Writes the scheduler state back (`event_seq` is left alone: only events move it).
+pub fn save_state(conn: &mut Conn, row: &RunStateRow) -> Result<(), DbError> {
+    on_conn!(conn, |c| diesel::update(run_state::table.find(&row.run_id))
+        .set((
+            run_state::iterations_done.eq(row.iterations_done),
+            run_state::verify_failures.eq(row.verify_failures),
+            run_state::review_failures.eq(row.review_failures),
+            run_state::watchdog_rewrites.eq(row.watchdog_rewrites),
+            run_state::pending_prompt.eq(&row.pending_prompt),
+            run_state::runner_notes.eq(&row.runner_notes),
+            run_state::last_worker_id.eq(&row.last_worker_id),
+            run_state::checkpoint_name.eq(&row.checkpoint_name),
+            run_state::checkpoint_head.eq(&row.checkpoint_head),
+        ))
+        .execute(c))?;
+    Ok(())
+}

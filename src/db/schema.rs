@@ -1,0 +1,141 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    artifacts (id) {
+        id -> Text,
+        run_id -> Text,
+        step_id -> Nullable<Text>,
+        name -> Text,
+        kind -> Text,
+        size -> Int8,
+        sha256 -> Text,
+        store -> Text,
+        object_key -> Text,
+        created_at -> Int8,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> Text,
+        run_id -> Nullable<Text>,
+        run_seq -> Nullable<Int8>,
+        step_id -> Nullable<Text>,
+        event_type -> Text,
+        payload_json -> Text,
+        created_at -> Int8,
+    }
+}
+
+diesel::table! {
+    leases (step_id) {
+        step_id -> Text,
+        worker_id -> Text,
+        epoch -> Int8,
+        granted_at -> Int8,
+        expires_at -> Int8,
+        attempt -> Int4,
+    }
+}
+
+diesel::table! {
+    runs (id) {
+        id -> Text,
+        name -> Text,
+        name_source -> Text,
+        status -> Text,
+        workspace_root -> Text,
+        spec_path -> Text,
+        plan_path -> Nullable<Text>,
+        worktree_json -> Nullable<Text>,
+        worktree_cleanup_status -> Nullable<Text>,
+        worktree_cleaned_at -> Nullable<Int8>,
+        config_json -> Nullable<Text>,
+        created_at -> Int8,
+        updated_at -> Int8,
+        review_status -> Text,
+        review_action_at -> Nullable<Int8>,
+        pr_url -> Nullable<Text>,
+        merge_commit -> Nullable<Text>,
+        workspace_source -> Text,
+        repo_url -> Nullable<Text>,
+        repo_ref -> Nullable<Text>,
+        artifact_store -> Text,
+        labels -> Text,
+        waiting_reason -> Nullable<Text>,
+        failure_reason -> Nullable<Text>,
+        started_at -> Nullable<Int8>,
+        ended_at -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    run_state (run_id) {
+        run_id -> Text,
+        iterations_done -> Int4,
+        verify_failures -> Int4,
+        review_failures -> Int4,
+        watchdog_rewrites -> Int4,
+        pending_prompt -> Nullable<Text>,
+        runner_notes -> Nullable<Text>,
+        last_worker_id -> Nullable<Text>,
+        checkpoint_name -> Nullable<Text>,
+        checkpoint_head -> Nullable<Text>,
+        event_seq -> Int8,
+    }
+}
+
+diesel::table! {
+    steps (id) {
+        id -> Text,
+        run_id -> Text,
+        seq -> Int4,
+        phase -> Text,
+        status -> Text,
+        attempt -> Int4,
+        infra_attempts -> Int4,
+        is_final -> Bool,
+        settled -> Bool,
+        queued_at -> Int8,
+        started_at -> Nullable<Int8>,
+        ended_at -> Nullable<Int8>,
+        exit_code -> Nullable<Int4>,
+        prompt -> Nullable<Text>,
+        prompt_path -> Nullable<Text>,
+        output_path -> Nullable<Text>,
+        output_tail -> Nullable<Text>,
+        output_size -> Int8,
+        completion_detected -> Nullable<Bool>,
+        worker_id -> Nullable<Text>,
+        lease_epoch -> Int8,
+        required_labels -> Text,
+        preferred_worker_id -> Nullable<Text>,
+        failure_reason -> Nullable<Text>,
+        completion_digest -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    workers (id) {
+        id -> Text,
+        hostname -> Text,
+        token_hash -> Text,
+        instance_id -> Nullable<Text>,
+        labels -> Text,
+        slots -> Int4,
+        version -> Text,
+        status -> Text,
+        registered_at -> Int8,
+        last_heartbeat_at -> Int8,
+        metrics_json -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(artifacts -> runs (run_id));
+diesel::joinable!(leases -> steps (step_id));
+diesel::joinable!(run_state -> runs (run_id));
+diesel::joinable!(steps -> runs (run_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    artifacts, events, leases, run_state, runs, steps, workers,
+);

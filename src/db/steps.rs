@@ -1,0 +1,136 @@
+//! Queries on `steps` (leasing lives in `leases.rs`).
+
+use super::models::StepRow;
+use super::schema::{leases, steps};
+use super::{on_conn, Conn, DbError};
+use diesel::prelude::*;
+
+pub fn insert(conn: &mut Conn, row: &StepRow) -> Result<(), DbError> {
+    on_conn!(conn, |c| diesel::insert_into(steps::table)
+        .values(row)
+        .execute(c))?;
+    Ok(())
+}
+
+pub fn get(conn: &mut Conn, id: &str) -> Result<Option<StepRow>, DbError> {
+    let r = on_conn!(conn, |c| steps::table
+        .find(id)
+        .select(StepRow::as_select())
+        .first(c)
+        .optional())?;
+    Ok(r)
+}
+
+/// A run's steps in execution order.
+pub fn for_run(conn: &mut Conn, run_id: &str) -> Result<Vec<StepRow>, DbError> {
+    let rows = on_conn!(conn, |c| steps::table
+        .filter(steps::run_id.eq(run_id))
+        .select(StepRow::as_select())
+        .order(steps::seq.asc())
+        .load(c))?;
+    Ok(rows)
+}
+
+/// A run's steps with their current lease expiry (None when not leased).
+pub fn for_run_with_leases(
+    conn: &mut Conn,
+    run_id: &str,
+) -> Result<Vec<(StepRow, Option<i64>)>, DbError> {
+    let rows = on_conn!(conn, |c| steps::table
+        .left_join(leases::table)
+        .filter(steps::run_id.eq(run_id))
+        .select((StepRow::as_select(), leases::expires_at.nullable()))
+        .order(steps::seq.asc())
+        .load(c))?;
+    Ok(rows)
+}
+
+/// The step with the highest `seq` of a run.
+pub fn last(conn: &mut Conn, run_id: &str) -> Result<Option<StepRow>, DbError> {
+    let r = on_conn!(conn, |c| steps::table
+        .filter(steps::run_id.eq(run_id))
+        .select(StepRow::as_select())
+        .order(steps::seq.desc())
+        .first(c)
+        .optional())?;
+    Ok(r)
+}
+
+/// Next attempt number of a phase in a run: a per-phase counter (the 3rd implementation step
+/// has attempt 3), used in artifact names.
+pub fn next_attempt(conn: &mut Conn, run_id: &str, phase: &str) -> Result<i32, DbError> {
+    let max: Option<i32> = on_conn!(conn, |c| steps::table
+        .filter(steps::run_id.eq(run_id))
+        .filter(steps::phase.eq(phase))
+        .select(diesel::dsl::max(steps::attempt))
+        .first(c))?;
+    Ok(max.unwrap_or(0) + 1)
+}
+
+/// Steps of a run that are not finished (queued, leased or waiting to be re-leased).
+pub fn active_for_run(conn: &mut Conn, run_id: &str) -> Result<Vec<StepRow>, DbError> {
+    let rows = on_conn!(conn, |c| steps::table
+        .filter(steps::run_id.eq(run_id))
+        .filter(steps::status.eq_any(["QUEUED", "IN_PROGRESS", "RETRYING"]))
+        .select(StepRow::as_select())
+        .order(steps::seq.asc())
+        .load(c))?;
+    Ok(rows)
+}
+
+/// Writes a step's mutable columns back.
+pub fn save(conn: &mut Conn, row: &StepRow) -> Result<(), DbError> {
+    let n = on_conn!(conn, |c| diesel::update(steps::table.find(&row.id))
+        .set((
+            steps::status.eq(&row.status),
+            steps::attempt.eq(row.attempt),
+            steps::infra_attempts.eq(row.infra_attempts),
+            steps::is_final.eq(row.is_final),
+            steps::settled.eq(row.settled),
+            steps::queued_at.eq(row.queued_at),
+            steps::started_at.eq(row.started_at),
+            steps::ended_at.eq(row.ended_at),
+            steps::exit_code.eq(row.exit_code),
+            steps::prompt.eq(&row.prompt),
+            steps::prompt_path.eq(&row.prompt_path),
+            steps::output_path.eq(&row.output_path),
+            steps::output_tail.eq(&row.output_tail),
+            steps::output_size.eq(row.output_size),
+            steps::completion_detected.eq(row.completion_detected),
+            steps::worker_id.eq(&row.worker_id),
+            steps::lease_epoch.eq(row.lease_epoch),
+            steps::preferred_worker_id.eq(&row.preferred_worker_id),
+            steps::failure_reason.eq(&row.failure_reason),
+            steps::completion_digest.eq(&row.completion_digest),
+        ))
+        .execute(c))?;
+    if n == 0 {
+        return Err(DbError::NotFound);
+    }
+    Ok(())
+}
+
+/// Records how many output bytes the controller holds for a step.
+pub fn set_output_size(conn: &mut Conn, id: &str, size: i64) -> Result<(), DbError> {
+    on_conn!(conn, |c| diesel::update(steps::table.find(id))
+        .set(steps::output_size.eq(size))
+        .execute(c))?;
+    Ok(())
+}
+
+/// Counts steps per (phase, status) (for metrics).
+pub fn count_by_phase_status(conn: &mut Conn) -> Result<Vec<(String, String, i64)>, DbError> {
+    let rows = on_conn!(conn, |c| steps::table
+        .group_by((steps::phase, steps::status))
+        .select((steps::phase, steps::status, diesel::dsl::count_star()))
+        .load::<(String, String, i64)>(c))?;
+    Ok(rows)
+}
+
+/// Total infrastructure retries (lost leases) over all steps (for metrics).
+pub fn total_infra_attempts(conn: &mut Conn) -> Result<i64, DbError> {
+    let n: Option<i64> = on_conn!(conn, |c| steps::table
+        .select(diesel::dsl::sum(steps::infra_attempts))
+        .first(c))?;
+    Ok(n.unwrap_or(0))
+}

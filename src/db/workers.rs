@@ -1,0 +1,81 @@
+//! Queries on `workers`.
+
+use super::models::WorkerRow;
+use super::schema::workers;
+use super::{on_conn, Conn, DbError};
+use diesel::prelude::*;
+
+pub fn insert(conn: &mut Conn, row: &WorkerRow) -> Result<(), DbError> {
+    on_conn!(conn, |c| diesel::insert_into(workers::table)
+        .values(row)
+        .execute(c))?;
+    Ok(())
+}
+
+pub fn get(conn: &mut Conn, id: &str) -> Result<Option<WorkerRow>, DbError> {
+    let r = on_conn!(conn, |c| workers::table
+        .find(id)
+        .select(WorkerRow::as_select())
+        .first(c)
+        .optional())?;
+    Ok(r)
+}
+
+/// Every worker, newest registration first.
+pub fn all(conn: &mut Conn) -> Result<Vec<WorkerRow>, DbError> {
+    let r = on_conn!(conn, |c| workers::table
+        .select(WorkerRow::as_select())
+        .order((workers::registered_at.desc(), workers::id.desc()))
+        .load(c))?;
+    Ok(r)
+}
+
+/// Workers in one of `statuses`.
+pub fn with_status(conn: &mut Conn, statuses: &[&str]) -> Result<Vec<WorkerRow>, DbError> {
+    let list: Vec<String> = statuses.iter().map(|s| s.to_string()).collect();
+    let r = on_conn!(conn, |c| workers::table
+        .filter(workers::status.eq_any(list))
+        .select(WorkerRow::as_select())
+        .load(c))?;
+    Ok(r)
+}
+
+/// Records a heartbeat: the status the worker reports and the time it was seen (unless the
+/// worker was marked offline or revoked meanwhile: then nothing changes and `false` returns).
+pub fn touch(
+    conn: &mut Conn,
+    id: &str,
+    status: &str,
+    metrics_json: Option<&str>,
+    now_ms: i64,
+) -> Result<bool, DbError> {
+    let n = on_conn!(conn, |c| diesel::update(
+        workers::table
+            .find(id)
+            .filter(workers::status.eq_any(["idle", "busy", "draining"]))
+    )
+    .set((
+        workers::status.eq(status),
+        workers::last_heartbeat_at.eq(now_ms),
+        workers::metrics_json.eq(metrics_json),
+    ))
+    .execute(c))?;
+    Ok(n == 1)
+}
+
+pub fn set_status(conn: &mut Conn, id: &str, status: &str) -> Result<bool, DbError> {
+    let n = on_conn!(conn, |c| diesel::update(workers::table.find(id))
+        .set(workers::status.eq(status))
+        .execute(c))?;
+    Ok(n == 1)
+}
+
+/// Online workers whose last heartbeat is older than `cutoff_ms`.
+pub fn silent_since(conn: &mut Conn, cutoff_ms: i64) -> Result<Vec<WorkerRow>, DbError> {
+    let r = on_conn!(conn, |c| workers::table
+        .filter(workers::status.eq_any(["idle", "busy", "draining"]))
+        .filter(workers::last_heartbeat_at.lt(cutoff_ms))
+        .select(WorkerRow::as_select())
+        .load(c))?;
+    Ok(r)
+}

@@ -1,0 +1,7 @@
+//! loopd: an orchestrator for AI coding-agent loops. One binary, three roles (`single`,
+//! `controller`, `worker`) and a client. `app` is the only module that knows the roles.
+
+pub mod api;
+pub mod db;
+pub mod domain;
+pub mod settings;

@@ -1,0 +1,153 @@
+//! Layering and validation of the settings tree.
+
+use super::*;
+use std::io::Write;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn compiled_defaults_give_a_single_role_on_sqlite() {
+    let s = Settings::load(&Overrides::default(), &[]).unwrap();
+    assert_eq!(s.role, Role::Single);
+    assert_eq!(s.bind, "127.0.0.1:7700");
+    assert_eq!(s.storage.kind, StorageType::Sqlite);
+    assert_eq!(s.scheduler.max_concurrent_runs, 3);
+    assert_eq!(s.lease.ttl_ms, 30_000);
+    assert_eq!(s.worker.heartbeat_interval_ms, 2000);
+}
+
+#[test]
+fn file_then_env_then_flags_each_override_the_layer_below() {
+    let f = file(
+        "role = \"controller\"\nbind = \"127.0.0.1:9000\"\n[storage]\ntype = \"postgres\"\nurl = \"postgres://a@b/c\"\n[lease]\nttl_ms = 5000\n[scheduler]\nmax_concurrent_runs = 7\n",
+    );
+    let flags = Overrides {
+        config: Some(f.path().to_path_buf()),
+        bind: Some("127.0.0.1:9100".into()),
+        ..Default::default()
+    };
+    let s = Settings::load(
+        &flags,
+        &env(&[
+            ("LOOPD__LEASE__TTL_MS", "7000"),
+            ("LOOPD_AUTH_TOKEN", "client-secret"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.role, Role::Controller);
+    assert_eq!(s.scheduler.max_concurrent_runs, 7, "file beats defaults");
+    assert_eq!(s.lease.ttl_ms, 7000, "env beats file");
+    assert_eq!(s.bind, "127.0.0.1:9100", "flags beat file");
+    assert_eq!(s.auth.token.unwrap().expose(), "client-secret");
+}
+
+#[test]
+fn env_lists_and_the_join_token_reach_the_worker_section() {
+    let s = Settings::load(
+        &Overrides {
+            role: Some(Role::Worker),
+            controller: Some("http://127.0.0.1:7700".into()),
+            ..Default::default()
+        },
+        &env(&[
+            ("LOOPD__WORKER__LABELS", "gpu,linux"),
+            ("LOOPD_WORKER_JOIN_TOKEN", "join"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.worker.labels, vec!["gpu", "linux"]);
+    assert_eq!(s.worker.join_token.unwrap().expose(), "join");
+    assert_eq!(s.auth.worker_join_token.unwrap().expose(), "join");
+}
+
+#[test]
+fn a_worker_without_a_controller_is_refused_with_what_to_fix() {
+    let e = Settings::load(
+        &Overrides {
+            role: Some(Role::Worker),
+            join_token: Some("t".into()),
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("--controller"), "{e}");
+}
+
+#[test]
+fn postgres_without_a_url_is_refused() {
+    let f = file("[storage]\ntype = \"postgres\"\n");
+    let e = Settings::load(
+        &Overrides {
+            config: Some(f.path().to_path_buf()),
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("storage.url"), "{e}");
+}
+
+#[test]
+fn an_unknown_role_in_the_file_is_refused() {
+    let f = file("role = \"boss\"\n");
+    let e = Settings::load(
+        &Overrides {
+            config: Some(f.path().to_path_buf()),
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("boss") && !text.contains('\n'), "{text}");
+}
+
+#[test]
+fn an_unreadable_file_is_named_in_the_error() {
+    let e = Settings::load(
+        &Overrides {
+            config: Some("/nonexistent/loopd.toml".into()),
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/loopd.toml"), "{e}");
+}
+
+#[test]
+fn a_misspelt_key_is_refused_rather_than_ignored() {
+    let f = file("[lease]\nttl = 5\n");
+    let e = Settings::load(
+        &Overrides {
+            config: Some(f.path().to_path_buf()),
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("ttl"), "{e}");
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let s = Settings::load(
+        &Overrides::default(),
+        &env(&[("LOOPD_AUTH_TOKEN", "hunter2-very-secret")]),
+    )
+    .unwrap();
+    let dbg = format!("{s:?}");
+    assert!(!dbg.contains("hunter2"), "{dbg}");
+}
