@@ -214,6 +214,14 @@ pub struct ArtifactUploadQuery {
     pub epoch: i64,
 }
 
+/// `POST /steps/{id}/release` body (an addition: drain hands a lease back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub epoch: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `POST /steps/{id}/complete` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompleteRequest {
@@ -238,6 +246,9 @@ pub struct CompleteRequest {
     pub runner_notes: Option<String>,
     #[serde(default)]
     pub duration_ms: u64,
+    /// The failure is the infrastructure's (artifact store, workspace), not the agent's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub infra_failure: bool,
 }
 
 /// One worker in `GET /workers`.

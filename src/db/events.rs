@@ -1,7 +1,7 @@
 //! Queries on `events`: appending (numbered per run) and reading after a cursor.
 
 use super::models::{new_id, EventRow};
-use super::schema::events;
+use super::schema::{events, run_state};
 use super::{on_conn, runs, Conn, DbError};
 use diesel::prelude::*;
 
@@ -31,6 +31,50 @@ pub fn append(
         .values(&row)
         .execute(c))?;
     Ok(row)
+}
+
+/// One event to append with [`append_many`].
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub step_id: Option<&'a str>,
+    pub event_type: &'a str,
+    pub payload: serde_json::Value,
+}
+
+/// Appends several events of one run with a single bump of its event counter.
+pub fn append_many(
+    conn: &mut Conn,
+    run_id: &str,
+    list: &[NewEvent<'_>],
+    now_ms: i64,
+) -> Result<(), DbError> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    let n = list.len() as i64;
+    let last: Option<i64> = on_conn!(conn, |c| diesel::update(run_state::table.find(run_id))
+        .set(run_state::event_seq.eq(run_state::event_seq + n))
+        .returning(run_state::event_seq)
+        .get_result(c)
+        .optional())?;
+    let last = last.ok_or(DbError::NotFound)?;
+    let rows: Vec<EventRow> = list
+        .iter()
+        .enumerate()
+        .map(|(i, e)| EventRow {
+            id: new_id(),
+            run_id: Some(run_id.to_string()),
+            run_seq: Some(last - n + 1 + i as i64),
+            step_id: e.step_id.map(str::to_string),
+            event_type: e.event_type.to_string(),
+            payload_json: e.payload.to_string(),
+            created_at: now_ms,
+        })
+        .collect();
+    on_conn!(conn, |c| diesel::insert_into(events::table)
+        .values(&rows)
+        .execute(c))?;
+    Ok(())
 }
 
 /// A run's events with `run_seq > after_seq` and, when given, `created_at > after_ms`, in order.

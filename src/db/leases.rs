@@ -6,6 +6,7 @@
 use super::models::{labels_match, LeaseRow, StepRow};
 use super::schema::{leases, runs, steps};
 use super::{on_conn, Conn, DbError};
+use crate::domain::pipeline::INFRA_PREFIX;
 use diesel::prelude::*;
 
 /// Who is claiming, and the rules for what it may take.
@@ -160,6 +161,8 @@ pub struct Requeued {
     pub epoch: i64,
     /// True when the step used up its infrastructure retries and is now FAILED.
     pub failed: bool,
+    /// True when the step's run was cancelled: the step is now CANCELED.
+    pub canceled: bool,
     pub infra_attempts: i32,
 }
 
@@ -177,13 +180,20 @@ fn requeue(
         .find(&lease.step_id)
         .select(StepRow::as_select())
         .first(c))?;
+    let run_status: String = on_conn!(conn, |c| runs::table
+        .find(&step.run_id)
+        .select(runs::status)
+        .first(c))?;
     let infra = step.infra_attempts + i32::from(count_infra);
     let failed = count_infra && infra >= max_infra;
-    let (status, reason, ended) = if failed {
+    let (status, reason, ended) = if run_status == "CANCELED" {
+        // Nobody will run a step of a cancelled run again.
+        ("CANCELED", Some("the run was cancelled".to_string()), Some(now))
+    } else if failed {
         (
             "FAILED",
             Some(format!(
-                "lost its lease {infra} times (last on worker {}): giving up",
+                "{INFRA_PREFIX}lost its lease {infra} times (last on worker {}): giving up",
                 lease.worker_id
             )),
             Some(now),
@@ -205,7 +215,8 @@ fn requeue(
         run_id: step.run_id,
         worker_id: lease.worker_id.clone(),
         epoch: lease.epoch,
-        failed,
+        failed: failed && run_status != "CANCELED",
+        canceled: run_status == "CANCELED",
         infra_attempts: infra,
     })
 }

@@ -97,19 +97,22 @@ impl Conn {
     }
 
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock up front, so two
-    /// writers never deadlock on a lock upgrade), `BEGIN` (read committed) on Postgres.
-    pub fn write_tx<R>(
+    /// writers never deadlock on a lock upgrade), `BEGIN` (read committed) on Postgres. The
+    /// closure may fail with any error that a `DbError` converts into.
+    pub fn write_tx<R, E: From<DbError>>(
         &mut self,
-        f: impl FnOnce(&mut Conn) -> Result<R, DbError>,
-    ) -> Result<R, DbError> {
+        f: impl FnOnce(&mut Conn) -> Result<R, E>,
+    ) -> Result<R, E> {
         let begin = match self.backend() {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        on_conn!(self, |c| AnsiTransactionManager::begin_transaction_sql(c, begin))?;
+        on_conn!(self, |c| AnsiTransactionManager::begin_transaction_sql(c, begin))
+            .map_err(|e| E::from(e.into()))?;
         match f(self) {
             Ok(v) => {
-                on_conn!(self, |c| AnsiTransactionManager::commit_transaction(c))?;
+                on_conn!(self, |c| AnsiTransactionManager::commit_transaction(c))
+                    .map_err(|e| E::from(e.into()))?;
                 Ok(v)
             }
             Err(e) => {
@@ -139,6 +142,25 @@ impl Conn {
         let row: Now = on_conn!(self, |c| diesel::sql_query(q).get_result(c))?;
         Ok(row.now)
     }
+}
+
+/// Creates the database a Postgres URL names, through the server's `postgres` database (the
+/// role that owns the database may create it on first start).
+fn create_database(url: &str) -> Result<(), DbError> {
+    let parsed = url::Url::parse(url).map_err(|e| DbError::Connect(format!("invalid storage.url: {e}")))?;
+    let name = parsed.path().trim_start_matches('/').to_string();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(DbError::Connect(format!("database \"{name}\" does not exist")));
+    }
+    let mut admin = parsed.clone();
+    admin.set_path("/postgres");
+    let mut c = PgConnection::establish(admin.as_str())
+        .map_err(|e| DbError::Connect(format!("database \"{name}\" does not exist and cannot be created: {e}")))?;
+    diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut c)
+        .map_err(|e| DbError::Connect(format!("cannot create database \"{name}\": {e}")))?;
+    tracing::info!(database = %name, "created the database");
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -200,7 +222,14 @@ impl Db {
     /// `migrate`), and builds the pool. The pool is lazy past its first connection, so a
     /// database that goes away later makes requests fail, not the process.
     pub fn open_postgres(url: &str, pool_size: u32, migrate: bool) -> Result<Db, DbError> {
-        let mut c = PgConnection::establish(url).map_err(|e| DbError::Connect(e.to_string()))?;
+        let mut c = match PgConnection::establish(url) {
+            Ok(c) => c,
+            Err(e) if migrate && e.to_string().contains("does not exist") => {
+                create_database(url)?;
+                PgConnection::establish(url).map_err(|e| DbError::Connect(e.to_string()))?
+            }
+            Err(e) => return Err(DbError::Connect(e.to_string())),
+        };
         if migrate {
             migrate::run_postgres(&mut c)?;
         }
@@ -239,10 +268,11 @@ impl Db {
 
     /// Runs `f` with a pooled connection on tokio's blocking pool: the one way async code
     /// reaches the database.
-    pub async fn run<R, F>(&self, f: F) -> Result<R, DbError>
+    pub async fn run<R, E, F>(&self, f: F) -> Result<R, E>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Conn) -> Result<R, DbError> + Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<R, E> + Send + 'static,
     {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -250,14 +280,15 @@ impl Db {
             f(&mut conn)
         })
         .await
-        .map_err(|e| DbError::Join(e.to_string()))?
+        .map_err(|e| E::from(DbError::Join(e.to_string())))?
     }
 
     /// Like [`Db::run`], inside one write transaction.
-    pub async fn tx<R, F>(&self, f: F) -> Result<R, DbError>
+    pub async fn tx<R, E, F>(&self, f: F) -> Result<R, E>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Conn) -> Result<R, DbError> + Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<R, E> + Send + 'static,
     {
         self.run(move |c| c.write_tx(f)).await
     }

@@ -50,6 +50,8 @@ pub struct RunStateRow {
     pub last_worker_id: Option<String>,
     pub checkpoint_name: Option<String>,
     pub checkpoint_head: Option<String>,
+    /// A terminal decision being carried out (artifacts, merge, cleanup), as JSON.
+    pub finishing: Option<String>,
     pub event_seq: i64,
 }
 
@@ -73,6 +75,7 @@ pub struct StepRow {
     pub prompt_path: Option<String>,
     pub output_path: Option<String>,
     pub output_tail: Option<String>,
+    pub runner_notes: Option<String>,
     pub output_size: i64,
     pub completion_detected: Option<bool>,
     pub worker_id: Option<String>,

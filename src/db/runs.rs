@@ -154,6 +154,7 @@ pub fn save_state(conn: &mut Conn, row: &RunStateRow) -> Result<(), DbError> {
             run_state::last_worker_id.eq(&row.last_worker_id),
             run_state::checkpoint_name.eq(&row.checkpoint_name),
             run_state::checkpoint_head.eq(&row.checkpoint_head),
+            run_state::finishing.eq(&row.finishing),
         ))
         .execute(c))?;
     Ok(())

@@ -81,6 +81,7 @@ diesel::table! {
         last_worker_id -> Nullable<Text>,
         checkpoint_name -> Nullable<Text>,
         checkpoint_head -> Nullable<Text>,
+        finishing -> Nullable<Text>,
         event_seq -> Int8,
     }
 }
@@ -104,6 +105,7 @@ diesel::table! {
         prompt_path -> Nullable<Text>,
         output_path -> Nullable<Text>,
         output_tail -> Nullable<Text>,
+        runner_notes -> Nullable<Text>,
         output_size -> Int8,
         completion_detected -> Nullable<Bool>,
         worker_id -> Nullable<Text>,

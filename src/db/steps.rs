@@ -95,6 +95,7 @@ pub fn save(conn: &mut Conn, row: &StepRow) -> Result<(), DbError> {
             steps::prompt_path.eq(&row.prompt_path),
             steps::output_path.eq(&row.output_path),
             steps::output_tail.eq(&row.output_tail),
+            steps::runner_notes.eq(&row.runner_notes),
             steps::output_size.eq(row.output_size),
             steps::completion_detected.eq(row.completion_detected),
             steps::worker_id.eq(&row.worker_id),

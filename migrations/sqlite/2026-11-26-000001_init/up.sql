@@ -46,6 +46,7 @@ CREATE TABLE run_state (
     last_worker_id TEXT,
     checkpoint_name TEXT,
     checkpoint_head TEXT,
+    finishing TEXT,
     event_seq BIGINT NOT NULL DEFAULT 0
 );
 
@@ -67,6 +68,7 @@ CREATE TABLE steps (
     prompt_path TEXT,
     output_path TEXT,
     output_tail TEXT,
+    runner_notes TEXT,
     output_size BIGINT NOT NULL DEFAULT 0,
     completion_detected BOOLEAN,
     worker_id TEXT,

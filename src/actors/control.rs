@@ -1,0 +1,145 @@
+//! The control verbs of the runs API: pause (the current step finishes, no new one starts),
+//! resume (and really continue), cancel (the worker kills the running step on its next
+//! heartbeat), retry (FAILED → PENDING with fresh counters). Each is one transaction that locks
+//! the run and checks the transition.
+
+use super::lease::QueueChanged;
+use super::scheduler_service::{SchedError, SchedulerService};
+use crate::db::{self, Conn};
+use crate::domain::events as ev;
+use crate::domain::time::now_ms;
+use std::sync::Arc;
+
+/// The control verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Cancel,
+    Retry,
+}
+
+impl SchedulerService {
+    /// Applies a control verb to a run.
+    pub async fn control(self: &Arc<Self>, run_id: &str, verb: Control) -> Result<(), SchedError> {
+        let id = run_id.to_string();
+        let caps = (
+            self.settings.max_concurrent_runs as usize,
+            self.settings.max_runs_per_workspace as usize,
+        );
+        self.db.tx(move |c| transition(c, &id, verb, caps)).await?;
+        self.hub.notify(run_id);
+        tracing::info!(run_id, verb = ?verb, "run control");
+        match verb {
+            Control::Pause => {}
+            Control::Resume => {
+                self.advance(run_id).await?;
+                self.queue.do_send(QueueChanged {
+                    required_labels: String::new(),
+                    preferred_worker: None,
+                    broadcast: true,
+                });
+            }
+            Control::Cancel => {
+                let me = self.clone();
+                let id = run_id.to_string();
+                actix::spawn(async move {
+                    me.finalize_canceled(&id).await;
+                    let _ = me.start_pending().await;
+                });
+            }
+            Control::Retry => {
+                let me = self.clone();
+                actix::spawn(async move {
+                    let _ = me.start_pending().await;
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(from: &str, verb: Control) -> SchedError {
+    SchedError::InvalidTransition(format!("cannot {verb:?} a {from} run").to_lowercase())
+}
+
+/// Checks and applies the transition inside a transaction.
+fn transition(
+    c: &mut Conn,
+    run_id: &str,
+    verb: Control,
+    (max_all, max_ws): (usize, usize),
+) -> Result<(), SchedError> {
+    let mut run = db::runs::lock(c, run_id)?;
+    let now = now_ms();
+    let from = run.status.clone();
+    let (to, event) = match (verb, from.as_str()) {
+        (Control::Pause, "RUNNING") => ("PAUSED", ev::RUN_PAUSED),
+        (Control::Resume, "PAUSED") => {
+            let running = db::runs::with_status(c, "RUNNING")?;
+            let same_ws = running
+                .iter()
+                .filter(|r| r.workspace_root == run.workspace_root)
+                .count();
+            if running.len() >= max_all {
+                return Err(SchedError::NoCapacity(format!(
+                    "no capacity: {} runs running (max_concurrent_runs = {max_all})",
+                    running.len()
+                )));
+            }
+            if same_ws >= max_ws {
+                return Err(SchedError::NoCapacity(format!(
+                    "no capacity: per-workspace run limit reached (max_runs_per_workspace = {max_ws})"
+                )));
+            }
+            ("RUNNING", ev::RUN_RESUMED)
+        }
+        (Control::Cancel, "PENDING" | "RUNNING" | "PAUSED") => ("CANCELED", ev::RUN_CANCELED),
+        (Control::Retry, "FAILED") => ("PENDING", ev::RUN_RETRIED),
+        _ => return Err(invalid(&from, verb)),
+    };
+    run.status = to.into();
+    run.updated_at = now;
+    match verb {
+        Control::Cancel => {
+            run.ended_at = Some(now);
+            run.waiting_reason = None;
+            cancel_waiting_steps(c, run_id, now)?;
+        }
+        Control::Retry => {
+            run.ended_at = None;
+            run.failure_reason = None;
+            let mut state = db::runs::state(c, run_id)?;
+            state.iterations_done = 0;
+            state.verify_failures = 0;
+            state.review_failures = 0;
+            state.watchdog_rewrites = 0;
+            state.pending_prompt = None;
+            state.finishing = None;
+            db::runs::save_state(c, &state)?;
+        }
+        _ => {}
+    }
+    if verb == Control::Pause {
+        run.waiting_reason = Some("paused".into());
+    } else if verb == Control::Resume {
+        run.waiting_reason = None;
+    }
+    db::runs::save(c, &run)?;
+    db::events::append(c, Some(run_id), None, event, &ev::run_only(run_id), now)?;
+    Ok(())
+}
+
+/// Steps of a cancelled run that nobody holds are cancelled at once; a leased step is killed
+/// by its worker (heartbeat answer `cancel`) and cancelled when it reports.
+fn cancel_waiting_steps(c: &mut Conn, run_id: &str, now: i64) -> Result<(), SchedError> {
+    for mut s in db::steps::active_for_run(c, run_id)? {
+        if s.status == "QUEUED" || s.status == "RETRYING" {
+            s.status = "CANCELED".into();
+            s.settled = true;
+            s.ended_at = Some(now);
+            db::steps::save(c, &s)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! Finishing a run once the pipeline decided its outcome: the optional merge into
+//! `merge_target_branch` (recorded as a merge step), `report.tsv` and `summary.json`, worktree
+//! cleanup, and the terminal status with its event. The decision is stored first
+//! (`run_state.finishing`), so a crash in the middle is finished again at the next tick.
+
+use super::assignment::{run_config, worktree};
+use super::lease_writes::artifact_kind;
+use super::scheduler_service::{FinishPlan, SchedError, SchedulerService};
+use crate::db::models::{new_id, ArtifactRow, RunRow, StepRow};
+use crate::db::{self, DbError};
+use crate::domain::events as ev;
+use crate::domain::report::{self, RunFacts, StepFacts};
+use crate::domain::time::now_ms;
+use crate::domain::{MergeStrategy, StepPhase};
+use crate::workspace::worktree as wt;
+use std::path::Path;
+use std::sync::Arc;
+
+impl SchedulerService {
+    /// Carries out the stored terminal decision of a run. Safe to call again.
+    pub async fn finish(self: &Arc<Self>, run_id: &str) {
+        {
+            let mut set = match self.finishing.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            if !set.insert(run_id.to_string()) {
+                return;
+            }
+        }
+        if let Err(e) = self.finish_inner(run_id).await {
+            tracing::error!(run_id, error = %e, "cannot finish run (will retry on the next tick)");
+        }
+        if let Ok(mut set) = self.finishing.lock() {
+            set.remove(run_id);
+        }
+        if let Err(e) = self.start_pending().await {
+            tracing::warn!(error = %e, "cannot start pending runs");
+        }
+    }
+
+    async fn finish_inner(self: &Arc<Self>, run_id: &str) -> Result<(), SchedError> {
+        let id = run_id.to_string();
+        let (run, state) = self
+            .db
+            .run(move |c| Ok::<_, SchedError>((db::runs::require(c, &id)?, db::runs::state(c, &id)?)))
+            .await?;
+        let Some(plan) = state
+            .finishing
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<FinishPlan>(j).ok())
+        else {
+            return Ok(());
+        };
+        if run.status != "RUNNING" && run.status != "PAUSED" {
+            return Ok(());
+        }
+        let config = run_config(&run);
+        let mut completed = plan.completed;
+        let mut reason = plan.reason.clone().unwrap_or_default();
+        let mut mode = config.completion_mode.as_str().to_string();
+        let mut merge_commit = None;
+        if completed {
+            match self.merge_if_configured(&run).await? {
+                MergeResult::NotConfigured => {}
+                MergeResult::Merged(sha) => {
+                    mode = "merge".into();
+                    merge_commit = sha;
+                }
+                MergeResult::Failed(e) => {
+                    completed = false;
+                    reason = format!("merge_failed:{e}");
+                }
+            }
+        }
+        self.write_final_artifacts(&run, completed, false, &reason).await;
+        let cleanup = self.cleanup_worktree(&run, completed).await;
+        let id = run_id.to_string();
+        self.db
+            .tx(move |c| {
+                let mut row = db::runs::lock(c, &id)?;
+                if row.status != "RUNNING" && row.status != "PAUSED" {
+                    return Ok(());
+                }
+                let now = now_ms();
+                let mut state = db::runs::state(c, &id)?;
+                state.finishing = None;
+                db::runs::save_state(c, &state)?;
+                row.status = if completed { "COMPLETED" } else { "FAILED" }.into();
+                row.ended_at = Some(now);
+                row.updated_at = now;
+                row.waiting_reason = None;
+                row.failure_reason = (!completed).then(|| reason.clone());
+                row.merge_commit = merge_commit.or(row.merge_commit.take());
+                if let Some((status, at)) = &cleanup {
+                    row.worktree_cleanup_status = Some(status.clone());
+                    row.worktree_cleaned_at = *at;
+                }
+                db::runs::save(c, &row)?;
+                let (t, p) = if completed {
+                    (ev::RUN_COMPLETED, ev::run_completed(&id, &mode))
+                } else {
+                    (ev::RUN_FAILED, ev::run_failed(&id, &reason))
+                };
+                db::events::append(c, Some(&id), None, t, &p, now)?;
+                tracing::info!(run_id = %id, status = %row.status, "run finished");
+                Ok::<_, SchedError>(())
+            })
+            .await?;
+        self.hub.notify(run_id);
+        Ok(())
+    }
+
+    /// Writes the final artifacts and cleans the worktree of a cancelled run.
+    pub async fn finalize_canceled(self: &Arc<Self>, run_id: &str) {
+        let id = run_id.to_string();
+        let Ok(run) = self.db.run(move |c| db::runs::require(c, &id)).await else {
+            return;
+        };
+        self.write_final_artifacts(&run, false, true, "canceled").await;
+        if let Some((status, at)) = self.cleanup_worktree(&run, false).await {
+            let id = run_id.to_string();
+            let _ = self
+                .db
+                .tx(move |c| {
+                    let mut row = db::runs::require(c, &id)?;
+                    row.worktree_cleanup_status = Some(status);
+                    row.worktree_cleaned_at = at;
+                    db::runs::save(c, &row)
+                })
+                .await;
+        }
+        self.hub.notify(run_id);
+    }
+
+    /// Stores an artifact the controller itself produces, with its row and event.
+    pub(super) async fn store_artifact(&self, run_id: &str, step_id: Option<&str>, name: &str, bytes: Vec<u8>) {
+        let stored = match self.store.put(run_id, name, bytes.into()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(run_id, name, error = %e, "cannot store artifact");
+                return;
+            }
+        };
+        let row = ArtifactRow {
+            id: new_id(),
+            run_id: run_id.to_string(),
+            step_id: step_id.map(str::to_string),
+            name: name.to_string(),
+            kind: artifact_kind(name).to_string(),
+            size: stored.size as i64,
+            sha256: stored.sha256.clone(),
+            store: self.store.kind().as_str().to_string(),
+            object_key: stored.key.clone(),
+            created_at: now_ms(),
+        };
+        let r = self
+            .db
+            .tx(move |c| {
+                db::artifacts::upsert(c, &row)?;
+                let p = ev::artifact_stored(row.step_id.as_deref(), &row.name, row.size as u64, &row.sha256);
+                db::events::append(c, Some(&row.run_id), row.step_id.as_deref(), ev::ARTIFACT_STORED, &p, row.created_at)?;
+                Ok::<_, DbError>(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(run_id, name, error = %e, "cannot record artifact");
+        }
+    }
+
+    async fn write_final_artifacts(&self, run: &RunRow, completed: bool, canceled: bool, reason: &str) {
+        let id = run.id.clone();
+        let Ok((steps, events)) = self
+            .db
+            .run(move |c| Ok::<_, DbError>((db::steps::for_run(c, &id)?, db::events::for_run(c, &id)?)))
+            .await
+        else {
+            return;
+        };
+        let config = run_config(run);
+        let plan_text = run
+            .plan_path
+            .as_deref()
+            .filter(|_| run.workspace_source == "shared_fs")
+            .map(|_| super::assignment::run_paths(run))
+            .and_then(|p| std::fs::read_to_string(p.plan?).ok());
+        let facts = RunFacts {
+            run_id: run.id.clone(),
+            started_at: run.started_at,
+            ended_at: now_ms(),
+            model: config.model.clone(),
+            completion_mode: config.completion_mode.as_str().into(),
+            exit_reason: report::exit_reason(completed, canceled, reason).into(),
+            message: reason.to_string(),
+            steps: steps.iter().map(step_facts).collect(),
+            rewrites: events
+                .iter()
+                .filter(|e| e.event_type == ev::WATCHDOG_REWRITE)
+                .map(|e| (e.payload_json.clone(), e.created_at))
+                .collect(),
+            tasks: plan_text.map(|t| {
+                let pending = crate::domain::plan::count_pending(&t);
+                let done = t.lines().filter(|l| l.trim_start().starts_with("- [x]")).count();
+                (done, done + pending)
+            }),
+        };
+        self.store_artifact(&run.id, None, "report.tsv", report::report_tsv(&facts).into_bytes()).await;
+        if config.summary_json {
+            self.store_artifact(&run.id, None, "summary.json", report::summary_json(&facts).into_bytes()).await;
+        }
+    }
+
+    /// Cleanup policy: a completed run awaiting review keeps its worktree (`deferred`).
+    async fn cleanup_worktree(&self, run: &RunRow, completed: bool) -> Option<(String, Option<i64>)> {
+        let w = worktree(run)?;
+        if completed && run.review_status == "pending" {
+            return Some(("deferred".into(), None));
+        }
+        if !run_config(run).worktree_cleanup {
+            return Some(("skipped".into(), None));
+        }
+        let (root, w2) = (run.workspace_root.clone(), w.clone());
+        let r = tokio::task::spawn_blocking(move || wt::remove_worktree(Path::new(&root), &w2)).await;
+        match r {
+            Ok(Ok(())) => {
+                let (id, path) = (run.id.clone(), w.worktree_path.clone());
+                let _ = self
+                    .db
+                    .tx(move |c| {
+                        let p = ev::worktree(&id, &path, None);
+                        db::events::append(c, Some(&id), None, ev::WORKTREE_REMOVED, &p, now_ms())
+                    })
+                    .await;
+                Some(("cleaned".into(), Some(now_ms())))
+            }
+            other => {
+                tracing::warn!(run_id = %run.id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "worktree cleanup failed");
+                Some(("failed".into(), None))
+            }
+        }
+    }
+
+    async fn merge_if_configured(&self, run: &RunRow) -> Result<MergeResult, SchedError> {
+        let Some(w) = worktree(run) else {
+            return Ok(MergeResult::NotConfigured);
+        };
+        if w.merge_target_branch.is_none() || w.merge_strategy == MergeStrategy::None {
+            return Ok(MergeResult::NotConfigured);
+        }
+        let step_id = self.merge_step(&run.id).await?;
+        let (root, w2) = (run.workspace_root.clone(), w.clone());
+        let started = now_ms();
+        let r = tokio::task::spawn_blocking(move || wt::merge_run_branch(Path::new(&root), &w2))
+            .await
+            .map_err(|e| SchedError::Internal(e.to_string()))?;
+        let (ok, result) = match r {
+            Ok(sha) => (true, MergeResult::Merged(sha)),
+            Err(e) => (false, MergeResult::Failed(e.to_string())),
+        };
+        let (id, sid) = (run.id.clone(), step_id);
+        self.db
+            .tx(move |c| {
+                let mut s = db::steps::get(c, &sid)?.ok_or(DbError::NotFound)?;
+                let now = now_ms();
+                s.status = if ok { "SUCCEEDED" } else { "FAILED" }.into();
+                s.exit_code = Some(if ok { 0 } else { 1 });
+                s.ended_at = Some(now);
+                db::steps::save(c, &s)?;
+                let p = ev::step_finished(&sid, if ok { 0 } else { 1 }, (now - started).max(0) as u64, "");
+                db::events::append(c, Some(&id), Some(&sid), ev::STEP_FINISHED, &p, now)?;
+                Ok::<_, SchedError>(())
+            })
+            .await?;
+        Ok(result)
+    }
+
+    /// The run's merge step (created IN_PROGRESS, or the one a crash left behind).
+    async fn merge_step(&self, run_id: &str) -> Result<String, SchedError> {
+        let id = run_id.to_string();
+        self.db
+            .tx(move |c| {
+                let steps = db::steps::for_run(c, &id)?;
+                if let Some(s) = steps.iter().find(|s| s.phase == "merge" && s.status == "IN_PROGRESS") {
+                    return Ok(s.id.clone());
+                }
+                let now = now_ms();
+                let step = merge_step_row(&id, steps.last().map(|s| s.seq + 1).unwrap_or(1), now);
+                db::steps::insert(c, &step)?;
+                let p = ev::step_started(&step.id, "merge", 1, "controller", 0);
+                db::events::append(c, Some(&id), Some(&step.id), ev::STEP_STARTED, &p, now)?;
+                Ok::<_, SchedError>(step.id)
+            })
+            .await
+    }
+}
+
+enum MergeResult {
+    NotConfigured,
+    Merged(Option<String>),
+    Failed(String),
+}
+
+fn merge_step_row(run_id: &str, seq: i32, now: i64) -> StepRow {
+    StepRow {
+        id: new_id(),
+        run_id: run_id.to_string(),
+        seq,
+        phase: StepPhase::Merge.as_str().into(),
+        status: "IN_PROGRESS".into(),
+        attempt: 1,
+        infra_attempts: 0,
+        is_final: true,
+        settled: true,
+        queued_at: now,
+        started_at: Some(now),
+        ended_at: None,
+        exit_code: None,
+        prompt: None,
+        prompt_path: None,
+        output_path: None,
+        output_tail: None,
+        runner_notes: None,
+        output_size: 0,
+        completion_detected: None,
+        worker_id: None,
+        lease_epoch: 0,
+        required_labels: String::new(),
+        preferred_worker_id: None,
+        failure_reason: None,
+        completion_digest: None,
+    }
+}
+
+fn step_facts(s: &StepRow) -> StepFacts {
+    StepFacts {
+        phase: s.phase.clone(),
+        attempt: s.attempt,
+        status: s.status.clone(),
+        started_at: s.started_at,
+        ended_at: s.ended_at,
+        exit_code: s.exit_code,
+        output_path: s.output_path.clone(),
+        output_tail: s.output_tail.clone(),
+        completion_detected: s.completion_detected.unwrap_or(false),
+    }
+}

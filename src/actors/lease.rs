@@ -1,0 +1,190 @@
+//! The LeaseActor owns leases: it grants them on claim (long polls answered as soon as a
+//! matching step is queued), renews them on heartbeats, sweeps expired ones on a timer, takes
+//! back the leases of lost workers, and rejects every write that carries a stale epoch. Its
+//! messages are declared here; the work is done by [`LeaseService`].
+
+pub use super::lease_service::{LeaseError, LeaseService, LeaseServiceParts};
+use crate::api::{ArtifactRef, Assignment, CompleteRequest, HeldLease, LeaseVerdict, OutputAck};
+use actix::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The lease owner.
+pub struct LeaseActor {
+    svc: Arc<LeaseService>,
+}
+
+impl LeaseActor {
+    pub fn new(svc: Arc<LeaseService>) -> Self {
+        LeaseActor { svc }
+    }
+}
+
+impl Actor for LeaseActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = Duration::from_millis(self.svc.lease.sweep_interval_ms);
+        ctx.run_interval(every, |act, ctx| {
+            let svc = act.svc.clone();
+            // One sweep at a time: the next tick waits for this one.
+            ctx.wait(
+                async move {
+                    if let Err(e) = svc.sweep().await {
+                        tracing::error!(error = %e, "lease sweep failed");
+                    }
+                }
+                .into_actor(act),
+            );
+        });
+    }
+}
+
+/// Runs `f` on the service and answers with its result.
+macro_rules! forward {
+    ($msg:ty, $out:ty, |$svc:ident, $m:ident| $body:expr) => {
+        impl Handler<$msg> for LeaseActor {
+            type Result = ResponseFuture<$out>;
+            fn handle(&mut self, $m: $msg, _: &mut Self::Context) -> Self::Result {
+                let $svc = self.svc.clone();
+                Box::pin(async move { $body })
+            }
+        }
+    };
+}
+
+/// Claim a step for a worker, waiting up to `wait` (long poll).
+#[derive(Message)]
+#[rtype(result = "Result<Option<Assignment>, LeaseError>")]
+pub struct ClaimStep {
+    pub worker_id: String,
+    pub labels: Vec<String>,
+    pub wait: Duration,
+}
+forward!(ClaimStep, Result<Option<Assignment>, LeaseError>, |svc, m| svc
+    .claim(&m.worker_id, &m.labels, m.wait)
+    .await);
+
+/// Renew the leases a worker reports in its heartbeat.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<LeaseVerdict>, LeaseError>")]
+pub struct RenewLeases {
+    pub worker_id: String,
+    pub leases: Vec<HeldLease>,
+}
+forward!(RenewLeases, Result<Vec<LeaseVerdict>, LeaseError>, |svc, m| svc
+    .renew(&m.worker_id, m.leases)
+    .await);
+
+/// Append live output of a leased step.
+#[derive(Message)]
+#[rtype(result = "Result<OutputAck, LeaseError>")]
+pub struct AppendOutput {
+    pub worker_id: String,
+    pub step_id: String,
+    pub epoch: i64,
+    pub offset: u64,
+    pub content: String,
+}
+forward!(AppendOutput, Result<OutputAck, LeaseError>, |svc, m| svc
+    .append_output(&m.worker_id, &m.step_id, m.epoch, m.offset, m.content)
+    .await);
+
+/// Record an event about a leased step.
+#[derive(Message)]
+#[rtype(result = "Result<(), LeaseError>")]
+pub struct RecordStepEvent {
+    pub worker_id: String,
+    pub step_id: String,
+    pub epoch: i64,
+    pub event_type: String,
+    pub payload: serde_json::Value,
+}
+forward!(RecordStepEvent, Result<(), LeaseError>, |svc, m| svc
+    .record_event(&m.worker_id, &m.step_id, m.epoch, m.event_type, m.payload)
+    .await);
+
+/// Store an artifact of a leased step.
+#[derive(Message)]
+#[rtype(result = "Result<ArtifactRef, LeaseError>")]
+pub struct StoreArtifact {
+    pub worker_id: String,
+    pub step_id: String,
+    pub epoch: i64,
+    pub name: String,
+    pub bytes: bytes::Bytes,
+}
+forward!(StoreArtifact, Result<ArtifactRef, LeaseError>, |svc, m| svc
+    .store_artifact(&m.worker_id, &m.step_id, m.epoch, &m.name, m.bytes)
+    .await);
+
+/// Read an artifact of the leased step's run (checkpoint bundles).
+#[derive(Message)]
+#[rtype(result = "Result<bytes::Bytes, LeaseError>")]
+pub struct ReadArtifact {
+    pub worker_id: String,
+    pub step_id: String,
+    pub epoch: i64,
+    pub name: String,
+}
+forward!(ReadArtifact, Result<bytes::Bytes, LeaseError>, |svc, m| svc
+    .read_artifact(&m.worker_id, &m.step_id, m.epoch, &m.name)
+    .await);
+
+/// Complete a leased step.
+#[derive(Message)]
+#[rtype(result = "Result<(), LeaseError>")]
+pub struct CompleteStep {
+    pub worker_id: String,
+    pub step_id: String,
+    pub request: CompleteRequest,
+}
+forward!(CompleteStep, Result<(), LeaseError>, |svc, m| svc
+    .complete(&m.worker_id, &m.step_id, m.request)
+    .await);
+
+/// Hand a lease back without using a retry (worker drain).
+#[derive(Message)]
+#[rtype(result = "Result<(), LeaseError>")]
+pub struct ReleaseLease {
+    pub worker_id: String,
+    pub step_id: String,
+    pub epoch: i64,
+    pub reason: String,
+}
+forward!(ReleaseLease, Result<(), LeaseError>, |svc, m| svc
+    .release(&m.worker_id, &m.step_id, m.epoch, &m.reason)
+    .await);
+
+/// Take away every lease of a worker that went offline or was revoked.
+#[derive(Message)]
+#[rtype(result = "Result<usize, LeaseError>")]
+pub struct ReleaseWorkerLeases {
+    pub worker_id: String,
+    pub reason: String,
+}
+forward!(ReleaseWorkerLeases, Result<usize, LeaseError>, |svc, m| svc
+    .release_worker(&m.worker_id, &m.reason)
+    .await);
+
+/// A step was queued or became claimable (notification from the scheduler).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct QueueChanged {
+    pub required_labels: String,
+    pub preferred_worker: Option<String>,
+    /// Many steps may have become claimable (a resumed run): wake every waiter.
+    pub broadcast: bool,
+}
+
+impl Handler<QueueChanged> for LeaseActor {
+    type Result = ();
+    fn handle(&mut self, m: QueueChanged, _: &mut Self::Context) {
+        if m.broadcast {
+            self.svc.waiters.wake_all();
+        } else {
+            self.svc
+                .queue_changed(&m.required_labels, m.preferred_worker.as_deref());
+        }
+    }
+}

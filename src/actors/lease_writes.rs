@@ -1,0 +1,310 @@
+//! What a lease holder writes for its step — output, events, artifacts, the completion — each
+//! checked against the step's current lease epoch first. Part of the LeaseActor's service.
+
+use super::lease_service::{authorize, completion_digest, LeaseError, LeaseService};
+use crate::api::{ArtifactRef, CompleteRequest, OutputAck};
+use crate::artifacts::validate_name;
+use crate::db::events::NewEvent;
+use crate::db::models::{new_id, ArtifactRow};
+use crate::db::{self, DbError};
+use crate::domain::events as ev;
+use crate::domain::{StepOutcome, StepPhase};
+use crate::output_store::OutputError;
+
+/// Longest output tail kept with a step (the watchdog compares tails).
+const TAIL_CAP: usize = 64 * 1024;
+
+/// Event types a worker may not send: the controller alone emits them.
+fn reserved(event_type: &str) -> bool {
+    ["RUN_", "LEASE_", "WORKER_", "STEP_", "ARTIFACT_"]
+        .iter()
+        .any(|p| event_type.starts_with(p))
+}
+
+fn valid_event_type(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.starts_with(|c: char| c.is_ascii_uppercase())
+        && t.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Keeps the last `cap` bytes of `s`, cut at a character boundary.
+fn tail(s: &str, cap: usize) -> String {
+    if s.len() <= cap {
+        return s.to_string();
+    }
+    let mut start = s.len() - cap;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
+}
+
+impl LeaseService {
+    /// Appends live output of a step at `offset`; returns how many bytes are now held.
+    pub async fn append_output(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        epoch: i64,
+        offset: u64,
+        content: String,
+    ) -> Result<OutputAck, LeaseError> {
+        let (wid, sid, out) = (worker_id.to_string(), step_id.to_string(), self.output.clone());
+        let (run_id, next) = self
+            .db
+            .run(move |c| {
+                let (step, _) = authorize(c, &sid, &wid, epoch)?;
+                let next = out
+                    .append(&step.run_id, &sid, offset, content.as_bytes())
+                    .map_err(|e| match e {
+                        OutputError::Gap { expected, .. } => LeaseError::OffsetGap(expected),
+                        OutputError::Io(e) => LeaseError::Internal(e.to_string()),
+                    })?;
+                Ok((step.run_id, next))
+            })
+            .await
+            ?;
+        self.hub.notify(&run_id);
+        Ok(OutputAck { next_offset: next })
+    }
+
+    /// Records an event a worker sends about its step.
+    pub async fn record_event(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        epoch: i64,
+        event_type: String,
+        payload: serde_json::Value,
+    ) -> Result<(), LeaseError> {
+        if !valid_event_type(&event_type) || reserved(&event_type) {
+            return Err(LeaseError::Invalid(format!(
+                "event_type '{event_type}' must be UPPER_SNAKE_CASE and not one the controller emits"
+            )));
+        }
+        let (wid, sid) = (worker_id.to_string(), step_id.to_string());
+        let run_id = self
+            .db
+            .tx(move |c| {
+                let (step, _) = authorize(c, &sid, &wid, epoch)?;
+                let now = c.now_ms()?;
+                db::events::append(c, Some(&step.run_id), Some(&sid), &event_type, &payload, now)?;
+                Ok(step.run_id)
+            })
+            .await
+            ?;
+        self.hub.notify(&run_id);
+        Ok(())
+    }
+
+    /// Stores an artifact uploaded through the controller.
+    pub async fn store_artifact(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        epoch: i64,
+        name: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<ArtifactRef, LeaseError> {
+        validate_name(name).map_err(|e| LeaseError::Invalid(e.to_string()))?;
+        let (wid, sid) = (worker_id.to_string(), step_id.to_string());
+        let step = self
+            .db
+            .run(move |c| authorize(c, &sid, &wid, epoch))
+            .await
+            ?
+            .0;
+        let stored = self
+            .store
+            .put(&step.run_id, name, bytes)
+            .await
+            .map_err(|e| LeaseError::Internal(e.to_string()))?;
+        let r = ArtifactRef {
+            name: name.to_string(),
+            size: stored.size,
+            sha256: stored.sha256.clone(),
+        };
+        let (wid, sid, run_id) = (worker_id.to_string(), step_id.to_string(), step.run_id.clone());
+        let (kind, art) = (self.store.kind().as_str().to_string(), r.clone());
+        self.db
+            .tx(move |c| {
+                authorize(c, &sid, &wid, epoch)?;
+                let now = c.now_ms()?;
+                record_artifact(c, &run_id, &sid, &art, &kind, &stored.key, now)
+            })
+            .await
+            ?;
+        self.hub.notify(&step.run_id);
+        Ok(r)
+    }
+
+    /// Reads an artifact of the run of a step this worker holds.
+    pub async fn read_artifact(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        epoch: i64,
+        name: &str,
+    ) -> Result<bytes::Bytes, LeaseError> {
+        validate_name(name).map_err(|_| LeaseError::NotFound)?;
+        let (wid, sid, n) = (worker_id.to_string(), step_id.to_string(), name.to_string());
+        let row = self
+            .db
+            .run(move |c| {
+                let (step, _) = authorize(c, &sid, &wid, epoch)?;
+                Ok::<_, LeaseError>(db::artifacts::get(c, &step.run_id, &n)?)
+            })
+            .await?
+            .ok_or(LeaseError::NotFound)?;
+        self.store.get(&row.object_key).await.map_err(|e| match e {
+            crate::artifacts::ArtifactError::NotFound(_) => LeaseError::NotFound,
+            other => LeaseError::Internal(other.to_string()),
+        })
+    }
+
+    /// Completes a step. A repeat of the same completion is accepted and changes nothing.
+    pub async fn complete(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        req: CompleteRequest,
+    ) -> Result<(), LeaseError> {
+        let digest = completion_digest(&req);
+        let (wid, sid) = (worker_id.to_string(), step_id.to_string());
+        let kind = self.store.kind().as_str().to_string();
+        let prefix_key = |run: &str, name: &str| format!("runs/{run}/{name}");
+        let first = self
+            .db
+            .tx(move |c| {
+                let mut step = db::steps::get(c, &sid)?.ok_or(LeaseError::NotFound)?;
+                if step.completion_digest.as_deref() == Some(digest.as_str())
+                    && step.lease_epoch == req.epoch
+                    && step.worker_id.as_deref() == Some(wid.as_str())
+                {
+                    return Ok(None);
+                }
+                authorize(c, &sid, &wid, req.epoch)?;
+                let run = db::runs::require(c, &step.run_id)?;
+                let mut state = db::runs::state(c, &run.id)?;
+                let now = c.now_ms()?;
+                let ok = req.status == StepOutcome::Succeeded;
+                step.status = if run.status == "CANCELED" {
+                    "CANCELED"
+                } else if ok {
+                    "SUCCEEDED"
+                } else {
+                    "FAILED"
+                }
+                .to_string();
+                step.ended_at = Some(now);
+                step.exit_code = req.exit_code;
+                step.output_tail = Some(tail(&req.output_tail, TAIL_CAP));
+                step.completion_detected = req.completion_detected;
+                step.failure_reason = match (&req.failure_reason, req.infra_failure) {
+                    (Some(r), true) => Some(format!("{}{r}", super::INFRA_PREFIX)),
+                    (r, _) => r.clone(),
+                };
+                step.runner_notes = req.runner_notes.clone();
+                step.completion_digest = Some(digest);
+                let phase: StepPhase = step.phase.parse().unwrap_or(StepPhase::Implementation);
+                let log = format!("iter-{:02}-{}.log", step.attempt, phase.slug());
+                step.output_path = Some(log.clone());
+                db::steps::save(c, &step)?;
+                db::leases::delete(c, &sid)?;
+                for a in &req.artifacts {
+                    let known = db::artifacts::get(c, &run.id, &a.name)?;
+                    if known.is_none_or(|k| k.sha256 != a.sha256) {
+                        record_artifact(c, &run.id, &sid, a, &kind, &prefix_key(&run.id, &a.name), now)?;
+                    }
+                }
+                if let Some(cp) = &req.checkpoint {
+                    state.checkpoint_name = Some(cp.name.clone());
+                    state.checkpoint_head = Some(cp.head.clone());
+                }
+                state.last_worker_id = Some(wid.clone());
+                db::runs::save_state(c, &state)?;
+                let event = if ok || phase == StepPhase::Verification {
+                    NewEvent {
+                        step_id: Some(&sid),
+                        event_type: ev::STEP_FINISHED,
+                        payload: ev::step_finished(&sid, req.exit_code.unwrap_or(if ok { 0 } else { 1 }), req.duration_ms, &log),
+                    }
+                } else {
+                    NewEvent {
+                        step_id: Some(&sid),
+                        event_type: ev::STEP_FAILED,
+                        payload: ev::step_failed(&sid, req.exit_code, req.failure_reason.as_deref().unwrap_or("failed")),
+                    }
+                };
+                db::events::append_many(c, &run.id, &[event], now)?;
+                tracing::info!(run_id = %run.id, step_id = %sid, worker_id = %wid, lease_epoch = req.epoch, status = %step.status, "step completed");
+                Ok(Some(run.id))
+            })
+            .await
+            ?;
+        if let Some(run_id) = first {
+            self.hub.notify(&run_id);
+            (self.step_finished)(run_id);
+        }
+        Ok(())
+    }
+}
+
+/// Records one artifact row and its ARTIFACT_STORED event.
+fn record_artifact(
+    c: &mut db::Conn,
+    run_id: &str,
+    step_id: &str,
+    a: &ArtifactRef,
+    store: &str,
+    key: &str,
+    now: i64,
+) -> Result<(), DbError> {
+    db::artifacts::upsert(
+        c,
+        &ArtifactRow {
+            id: new_id(),
+            run_id: run_id.to_string(),
+            step_id: Some(step_id.to_string()),
+            name: a.name.clone(),
+            kind: artifact_kind(&a.name).to_string(),
+            size: a.size as i64,
+            sha256: a.sha256.clone(),
+            store: store.to_string(),
+            object_key: key.to_string(),
+            created_at: now,
+        },
+    )?;
+    db::events::append(
+        c,
+        Some(run_id),
+        Some(step_id),
+        ev::ARTIFACT_STORED,
+        &ev::artifact_stored(Some(step_id), &a.name, a.size, &a.sha256),
+        now,
+    )?;
+    Ok(())
+}
+
+/// The artifact kind the old daemon used for a file name.
+pub fn artifact_kind(name: &str) -> &'static str {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    match base {
+        "prompt.txt" => "prompt",
+        "runner-notes.txt" => "runner_notes",
+        "report.tsv" => "report",
+        "summary.json" => "summary",
+        n if n.starts_with("prompt.rewrite.") => "prompt_rewrite",
+        n if n.ends_with(".bundle") => "git_bundle",
+        n if n.ends_with("-impl.log") => "implementation_output",
+        n if n.ends_with("-impl.tail.txt") => "implementation_tail",
+        n if n.ends_with("-review.log") => "review_output",
+        n if n.ends_with("-review.tail.txt") => "review_tail",
+        n if n.ends_with("-verify.log") => "verification_output",
+        n if n.ends_with("-verify.tail.txt") => "verification_tail",
+        n if n.ends_with(".jsonl") => "agent_events",
+        _ => "file",
+    }
+}
+

@@ -1,0 +1,22 @@
+//! The actors and the services behind them. Each piece of state has one owner: the
+//! SchedulerActor (run progress), the LeaseActor (leases), the WorkerRegistryActor (workers)
+//! and the RunnerActor (executing steps). The event hub fans changes out to live streams.
+
+pub mod assignment;
+mod control;
+pub mod events;
+mod finish;
+pub mod lease;
+mod lease_service;
+mod lease_writes;
+mod prompts;
+pub mod registry;
+mod registry_service;
+pub mod scheduler;
+mod scheduler_service;
+mod start;
+pub mod submit;
+pub mod waiters;
+
+pub use lease_writes::artifact_kind;
+pub use scheduler_service::INFRA_PREFIX;

@@ -1,0 +1,122 @@
+//! The WorkerRegistryActor owns workers: registration and tokens, authentication, heartbeats,
+//! labels and slots, draining, revocation, and marking silent workers offline on a timer. Its
+//! messages are declared here; the work is done by [`RegistryService`].
+
+pub use super::registry_service::{RegistryError, RegistryService, WorkerIdentity};
+use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use crate::db::models::{LeaseRow, WorkerRow};
+use actix::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The worker owner.
+pub struct WorkerRegistryActor {
+    svc: Arc<RegistryService>,
+}
+
+impl WorkerRegistryActor {
+    pub fn new(svc: Arc<RegistryService>) -> Self {
+        WorkerRegistryActor { svc }
+    }
+}
+
+impl Actor for WorkerRegistryActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Check often enough that a silent worker is caught within a quarter of the limit.
+        let every = Duration::from_millis((self.svc.lease.worker_offline_after_ms / 4).clamp(100, 2000));
+        ctx.run_interval(every, |act, ctx| {
+            let svc = act.svc.clone();
+            ctx.wait(
+                async move {
+                    if let Err(e) = svc.mark_silent_offline().await {
+                        tracing::error!(error = %e, "offline check failed");
+                    }
+                }
+                .into_actor(act),
+            );
+        });
+    }
+}
+
+macro_rules! forward {
+    ($msg:ty, $out:ty, |$svc:ident, $m:ident| $body:expr) => {
+        impl Handler<$msg> for WorkerRegistryActor {
+            type Result = ResponseFuture<$out>;
+            fn handle(&mut self, $m: $msg, _: &mut Self::Context) -> Self::Result {
+                let $svc = self.svc.clone();
+                Box::pin(async move { $body })
+            }
+        }
+    };
+}
+
+/// Register a worker process (join token already checked by the caller).
+#[derive(Message)]
+#[rtype(result = "Result<RegisterResponse, RegistryError>")]
+pub struct RegisterWorker(pub RegisterRequest);
+forward!(RegisterWorker, Result<RegisterResponse, RegistryError>, |svc, m| svc.register(m.0).await);
+
+/// Register this process's own runner (role single).
+#[derive(Message)]
+#[rtype(result = "Result<String, RegistryError>")]
+pub struct RegisterLocalWorker {
+    pub labels: Vec<String>,
+    pub slots: u32,
+}
+forward!(RegisterLocalWorker, Result<String, RegistryError>, |svc, m| svc
+    .register_local(&m.labels, m.slots)
+    .await);
+
+/// Check a worker token (and the worker id of the route, if any).
+#[derive(Message)]
+#[rtype(result = "Result<WorkerIdentity, RegistryError>")]
+pub struct AuthenticateWorker {
+    pub token: String,
+    pub path_worker: Option<String>,
+    pub instance: Option<String>,
+}
+
+impl Handler<AuthenticateWorker> for WorkerRegistryActor {
+    type Result = Result<WorkerIdentity, RegistryError>;
+    fn handle(&mut self, m: AuthenticateWorker, _: &mut Self::Context) -> Self::Result {
+        self.svc
+            .authenticate(&m.token, m.path_worker.as_deref(), m.instance.as_deref())
+    }
+}
+
+/// A worker's heartbeat: liveness, status, and lease renewals.
+#[derive(Message)]
+#[rtype(result = "Result<HeartbeatResponse, RegistryError>")]
+pub struct Heartbeat {
+    pub worker_id: String,
+    pub request: HeartbeatRequest,
+}
+forward!(Heartbeat, Result<HeartbeatResponse, RegistryError>, |svc, m| svc
+    .heartbeat(&m.worker_id, m.request)
+    .await);
+
+/// Every worker and its leases.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(WorkerRow, Vec<LeaseRow>)>, RegistryError>")]
+pub struct ListWorkers;
+forward!(ListWorkers, Result<Vec<(WorkerRow, Vec<LeaseRow>)>, RegistryError>, |svc, _m| svc.list().await);
+
+/// Revoke a worker's token and requeue its leases.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct RevokeWorker(pub String);
+forward!(RevokeWorker, Result<(), RegistryError>, |svc, m| svc.revoke(&m.0).await);
+
+/// How many workers are online.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountOnline;
+
+impl Handler<CountOnline> for WorkerRegistryActor {
+    type Result = usize;
+    fn handle(&mut self, _: CountOnline, _: &mut Self::Context) -> usize {
+        self.svc.online_count()
+    }
+}

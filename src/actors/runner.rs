@@ -1,0 +1,273 @@
+//! The RunnerActor executes steps: one actor per slot claims with long polls and runs what it
+//! gets (`runner_step.rs`); one heartbeat loop per process renews the leases and applies the
+//! controller's word on them (`cancel`: kill the step; `stop`: kill it and discard its work).
+//! The same code runs in the single role (local control plane) and on workers (HTTP).
+
+use super::runner_step;
+use crate::api::{Capabilities, HeldLease, RegisterRequest};
+use crate::artifacts::ArtifactStore;
+use crate::control_plane::http::HttpPlane;
+use crate::control_plane::{ControlPlane, PlaneError};
+use crate::domain::{LeaseAction, WorkerStatus};
+use crate::settings::Settings;
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How a worker process runs steps.
+#[derive(Clone)]
+pub struct RunnerConfig {
+    pub work_dir: PathBuf,
+    pub slots: u32,
+    pub kill_grace: Duration,
+    pub heartbeat_interval: Duration,
+    /// Environment variables passed to agents (`PREFIX_*` globs).
+    pub agent_env: Vec<String>,
+    /// Upload artifacts straight to this store instead of through the controller.
+    pub direct_store: Option<ArtifactStore>,
+}
+
+/// A step this process is executing.
+pub struct Active {
+    pub run_id: String,
+    pub epoch: i64,
+    /// Fired to kill the step's process group.
+    pub cancel: CancellationToken,
+    /// The lease is gone: write nothing more.
+    pub lost: AtomicBool,
+    /// Drain: give the lease back instead of completing.
+    pub handed_back: AtomicBool,
+}
+
+/// State shared by the slots and the heartbeat loop.
+pub struct Shared {
+    pub plane: ControlPlane,
+    pub cfg: RunnerConfig,
+    active: Mutex<HashMap<String, Arc<Active>>>,
+    pub draining: AtomicBool,
+    /// Slots stop claiming when this fires.
+    pub stop_claims: CancellationToken,
+    /// Signalled whenever a step ends.
+    pub step_ended: Notify,
+}
+
+impl Shared {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Active>>> {
+        match self.active.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub fn register(&self, step_id: &str, run_id: &str, epoch: i64) -> Arc<Active> {
+        let a = Arc::new(Active {
+            run_id: run_id.into(),
+            epoch,
+            cancel: CancellationToken::new(),
+            lost: AtomicBool::new(false),
+            handed_back: AtomicBool::new(false),
+        });
+        self.active().insert(step_id.to_string(), a.clone());
+        a
+    }
+
+    pub fn unregister(&self, step_id: &str) {
+        self.active().remove(step_id);
+        self.step_ended.notify_waiters();
+    }
+
+    fn snapshot(&self) -> Vec<(String, Arc<Active>)> {
+        self.active().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.active().is_empty()
+    }
+}
+
+/// One slot: claims and executes steps until told to stop.
+pub struct RunnerActor {
+    shared: Arc<Shared>,
+    slot: u32,
+}
+
+impl Actor for RunnerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let shared = self.shared.clone();
+        let slot = self.slot;
+        ctx.spawn(claim_loop(shared, slot).into_actor(self));
+    }
+}
+
+async fn claim_loop(shared: Arc<Shared>, slot: u32) {
+    let mut backoff = Duration::from_millis(250);
+    while !shared.stop_claims.is_cancelled() {
+        let claimed = tokio::select! {
+            r = shared.plane.claim(Duration::from_secs(10)) => r,
+            _ = shared.stop_claims.cancelled() => break,
+        };
+        match claimed {
+            Ok(Some(a)) => {
+                backoff = Duration::from_millis(250);
+                if shared.draining.load(Ordering::Acquire) {
+                    // Claimed while a drain began: give it straight back.
+                    let _ = shared.plane.release(&a.step_id, a.epoch, "worker draining").await;
+                    continue;
+                }
+                runner_step::execute(&shared, a).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(slot, error = %e, "claim failed; retrying");
+                tokio::time::sleep(super::streamer::jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Renews leases on the heartbeat interval and applies cancel/stop verdicts.
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    loop {
+        let active = shared.snapshot();
+        let leases = active
+            .iter()
+            .map(|(id, a)| HeldLease { step_id: id.clone(), epoch: a.epoch })
+            .collect();
+        let status = if shared.draining.load(Ordering::Acquire) {
+            WorkerStatus::Draining
+        } else if active.is_empty() {
+            WorkerStatus::Idle
+        } else {
+            WorkerStatus::Busy
+        };
+        let mut metrics = serde_json::Map::new();
+        metrics.insert("running_steps".into(), active.len().into());
+        match shared.plane.heartbeat(status, leases, metrics).await {
+            Ok(verdicts) => {
+                for v in verdicts {
+                    let Some((_, a)) = active.iter().find(|(id, _)| *id == v.step_id) else { continue };
+                    match v.action {
+                        LeaseAction::Continue => {}
+                        LeaseAction::Cancel => {
+                            tracing::info!(run_id = %a.run_id, step_id = %v.step_id, "run cancelled: killing the step");
+                            a.cancel.cancel();
+                        }
+                        LeaseAction::Stop => lose(&v.step_id, a),
+                    }
+                }
+            }
+            Err(PlaneError::Gone(why)) => {
+                tracing::warn!(reason = %why, "the controller no longer knows this worker: abandoning steps and registering again");
+                for (id, a) in &active {
+                    lose(id, a);
+                }
+                if let ControlPlane::Http(p) = &shared.plane {
+                    p.reregister().await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; steps keep running"),
+        }
+        tokio::time::sleep(shared.cfg.heartbeat_interval).await;
+    }
+}
+
+fn lose(step_id: &str, a: &Active) {
+    tracing::warn!(run_id = %a.run_id, step_id, lease_epoch = a.epoch, "lease lost: killing the step and discarding its results");
+    a.lost.store(true, Ordering::Release);
+    a.cancel.cancel();
+}
+
+/// The runners of one process.
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+    _runners: Vec<Addr<RunnerActor>>,
+}
+
+impl WorkerHandle {
+    /// Starts the heartbeat loop and one RunnerActor per slot.
+    pub fn start(plane: ControlPlane, cfg: RunnerConfig) -> WorkerHandle {
+        runner_step::kill_leftovers(&cfg.work_dir);
+        let shared = Arc::new(Shared {
+            plane,
+            cfg,
+            active: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            stop_claims: CancellationToken::new(),
+            step_ended: Notify::new(),
+        });
+        actix::spawn(heartbeat_loop(shared.clone()));
+        let runners = (0..shared.cfg.slots)
+            .map(|slot| RunnerActor { shared: shared.clone(), slot }.start())
+            .collect();
+        WorkerHandle { shared, _runners: runners }
+    }
+
+    /// Stops claiming, lets running steps finish for up to `timeout`, then hands the rest back.
+    pub async fn drain(&self, timeout: Duration) {
+        self.shared.draining.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.shared.is_idle() {
+            let ended = self.shared.step_ended.notified();
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                break;
+            }
+        }
+        self.stop_now().await;
+    }
+
+    /// Kills running steps and hands their leases back, then waits for the slots to let go.
+    pub async fn stop_now(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.shared.stop_claims.cancel();
+        for (_, a) in self.shared.snapshot() {
+            a.handed_back.store(true, Ordering::Release);
+            a.cancel.cancel();
+        }
+        let limit = self.shared.cfg.kill_grace + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.shared.is_idle() {
+            let ended = self.shared.step_ended.notified();
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                tracing::warn!("steps did not stop in time");
+                break;
+            }
+        }
+    }
+}
+
+/// Registers with the controller, retrying with backoff until it answers.
+pub async fn register_with_retry(settings: &Settings) -> HttpPlane {
+    let base = settings.worker.controller.clone().unwrap_or_default();
+    let token = settings.worker.join_token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
+    let req = RegisterRequest {
+        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_else(|_| "worker".into()),
+        capabilities: Capabilities {
+            labels: settings.worker.labels.clone(),
+            slots: settings.worker.slots.max(1),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        instance_id: Some(uuid::Uuid::new_v4().to_string()),
+    };
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match HttpPlane::register(&base, &token, req.clone()).await {
+            Ok(p) => {
+                tracing::info!(worker_id = %p.worker_id(), controller = %base, "registered with the controller");
+                return p;
+            }
+            Err(e) => {
+                tracing::warn!(controller = %base, error = %e, "cannot register; retrying");
+                tokio::time::sleep(super::streamer::jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Executes one leased step: prepares the workspace, runs the agent or the verify commands in
+//! their own process group (killed on cancel or lost lease), streams the output, makes the git
+//! checkpoint of a git run, uploads the artifacts and completes — or, when the lease was lost,
+//! discards everything; when the worker is draining, hands the lease back.
+
+use super::runner::{Active, Shared};
+use super::streamer::{jitter, Streamer};
+use super::workdir::{self, Prepared};
+use crate::api::{ArtifactRef, Assignment, CompleteRequest};
+use crate::control_plane::PlaneError;
+use crate::domain::{StepOutcome, StepPhase};
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+pub use super::workdir::kill_leftovers;
+
+/// What a step produced.
+pub(super) struct Produced {
+    pub ok: bool,
+    pub exit_code: Option<i32>,
+    pub tail: String,
+    pub completion_detected: Option<bool>,
+    pub failure: Option<String>,
+    pub infra: bool,
+    pub runner_notes: Option<String>,
+    /// Files to upload as artifacts: (name, local path).
+    pub files: Vec<(String, PathBuf)>,
+}
+
+impl Produced {
+    pub fn failed(reason: impl Into<String>, infra: bool) -> Self {
+        Produced {
+            ok: false,
+            exit_code: None,
+            tail: String::new(),
+            completion_detected: None,
+            failure: Some(reason.into()),
+            infra,
+            runner_notes: None,
+            files: Vec::new(),
+        }
+    }
+}
+
+/// Runs one assignment to its end (complete, discard or hand back).
+pub async fn execute(shared: &Shared, a: Assignment) {
+    let active = shared.register(&a.step_id, &a.run_id, a.epoch);
+    let span = tracing::info_span!("step", run_id = %a.run_id, step_id = %a.step_id,
+        worker_id = %shared.plane.worker_id(), lease_epoch = a.epoch, phase = %a.phase);
+    async {
+        tracing::info!("step started");
+        let started = Instant::now();
+        let req = run(shared, &a, &active).await;
+        finish(shared, &a, &active, req, started).await;
+    }
+    .instrument(span)
+    .await;
+    shared.unregister(&a.step_id);
+}
+
+/// Prepares, runs and uploads; returns the completion to send.
+async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteRequest {
+    let dir = shared.cfg.work_dir.join("steps").join(&a.step_id);
+    let log_name = format!("iter-{:02}-{}.log", a.attempt, a.phase.slug());
+    let log = dir.join(&log_name);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return completion(a, Produced::failed(format!("cannot create {}: {e}", dir.display()), true), vec![], None);
+    }
+    let streamer = Streamer::start(shared.plane.clone(), &a.step_id, a.epoch, log.clone(), a.output_offset);
+    let prepared = workdir::prepare(shared, a, active).await;
+    let (produced, checkpoint) = match prepared {
+        Err(reason) => (Produced::failed(reason, false), None),
+        Ok(ws) => {
+            let produced = match a.phase {
+                StepPhase::Verification => super::phases::verify(shared, a, active, &ws, &dir, &log).await,
+                _ => super::phases::agent(shared, a, active, &ws, &dir, &log).await,
+            };
+            let checkpoint = if active.lost.load(Ordering::Acquire) || active.handed_back.load(Ordering::Acquire) {
+                None
+            } else {
+                workdir::checkpoint(shared, a, &ws).await
+            };
+            (produced, checkpoint)
+        }
+    };
+    streamer.finish(Duration::from_secs(30)).await;
+    if active.lost.load(Ordering::Acquire) || active.handed_back.load(Ordering::Acquire) {
+        return completion(a, produced, vec![], None);
+    }
+    let mut produced = produced;
+    let mut files = vec![(log_name, log)];
+    files.append(&mut produced.files);
+    let (mut refs, mut checkpoint_ref) = (Vec::new(), None);
+    if let Some(cp) = &checkpoint {
+        files.push((cp.name.clone(), cp.path.clone()));
+        checkpoint_ref = Some(crate::api::Checkpoint { kind: "git_bundle".into(), name: cp.name.clone(), head: cp.head.clone() });
+    }
+    for (name, path) in files {
+        match upload(shared, a, &name, &path).await {
+            Ok(Some(r)) => refs.push(r),
+            Ok(None) => {}
+            Err(e) => {
+                produced = Produced::failed(format!("artifact upload failed: {name}: {e}"), true);
+                checkpoint_ref = None;
+                break;
+            }
+        }
+    }
+    completion(a, produced, refs, checkpoint_ref)
+}
+
+fn completion(a: &Assignment, p: Produced, artifacts: Vec<ArtifactRef>, checkpoint: Option<crate::api::Checkpoint>) -> CompleteRequest {
+    CompleteRequest {
+        epoch: a.epoch,
+        status: if p.ok { StepOutcome::Succeeded } else { StepOutcome::Failed },
+        exit_code: p.exit_code,
+        output_tail: p.tail,
+        artifacts,
+        checkpoint,
+        completion_detected: p.completion_detected,
+        failure_reason: p.failure,
+        runner_notes: p.runner_notes,
+        duration_ms: 0,
+        infra_failure: p.infra,
+    }
+}
+
+/// Uploads one file (skipping a missing one): straight to the store, or through the
+/// controller (which retries against its store; a few retries here cover the network).
+async fn upload(shared: &Shared, a: &Assignment, name: &str, path: &Path) -> Result<Option<ArtifactRef>, String> {
+    let p = path.to_path_buf();
+    let bytes = match tokio::task::spawn_blocking(move || std::fs::read(p)).await {
+        Ok(Ok(b)) => Bytes::from(b),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if let Some(store) = &shared.cfg.direct_store {
+        let s = store.put(&a.run_id, name, bytes).await.map_err(|e| e.to_string())?;
+        return Ok(Some(ArtifactRef { name: name.into(), size: s.size, sha256: s.sha256 }));
+    }
+    let mut backoff = Duration::from_millis(500);
+    for attempt in 1..=3 {
+        match shared.plane.put_artifact(&a.step_id, a.epoch, name, bytes.clone()).await {
+            // Recorded by the controller already: not repeated in the completion.
+            Ok(_) => return Ok(None),
+            Err(e) if e.is_transient() && attempt < 3 => {
+                tracing::warn!(name, attempt, error = %e, "artifact upload failed; retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff *= 2;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("upload retries exhausted".into())
+}
+
+/// Sends the completion (retrying while the controller is away), or discards, or hands back.
+async fn finish(shared: &Shared, a: &Assignment, active: &Active, mut req: CompleteRequest, started: Instant) {
+    req.duration_ms = started.elapsed().as_millis() as u64;
+    if active.handed_back.load(Ordering::Acquire) && !active.lost.load(Ordering::Acquire) {
+        match shared.plane.release(&a.step_id, a.epoch, "worker stopping").await {
+            Ok(()) => tracing::info!("lease handed back"),
+            Err(e) => tracing::warn!(error = %e, "cannot hand the lease back; it will expire"),
+        }
+        return;
+    }
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if active.lost.load(Ordering::Acquire) {
+            tracing::warn!("lease lost: results discarded");
+            return;
+        }
+        match shared.plane.complete(&a.step_id, req.clone()).await {
+            Ok(()) => {
+                tracing::info!(status = %req.status, "step completed");
+                return;
+            }
+            Err(PlaneError::Stale) | Err(PlaneError::Gone(_)) | Err(PlaneError::NotFound(_)) => {
+                tracing::warn!("completion refused: the lease is no longer ours; results discarded");
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "cannot complete; retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "completion rejected");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The SchedulerActor owns run progress: it creates runs, starts them within the concurrency
+//! caps, decides what follows each finished step, applies pause/resume/cancel/retry, and runs a
+//! reconciliation tick. Its messages are declared here; the work is done by
+//! [`SchedulerService`].
+
+pub use super::control::Control;
+pub use super::scheduler_service::{SchedError, SchedulerService};
+use crate::api::CreateRunRequest;
+use crate::db::models::RunRow;
+use actix::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The owner of run progress.
+pub struct SchedulerActor {
+    svc: Arc<SchedulerService>,
+}
+
+impl SchedulerActor {
+    pub fn new(svc: Arc<SchedulerService>) -> Self {
+        SchedulerActor { svc }
+    }
+}
+
+impl Actor for SchedulerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = Duration::from_millis(self.svc.settings.tick_interval_ms.max(50));
+        ctx.run_interval(every, |act, ctx| {
+            let svc = act.svc.clone();
+            ctx.wait(
+                async move {
+                    if let Err(e) = svc.tick().await {
+                        tracing::error!(error = %e, "scheduler tick failed");
+                    }
+                }
+                .into_actor(act),
+            );
+        });
+    }
+}
+
+/// Validate and store a new run.
+#[derive(Message)]
+#[rtype(result = "Result<RunRow, SchedError>")]
+pub struct CreateRun(pub CreateRunRequest);
+
+impl Handler<CreateRun> for SchedulerActor {
+    type Result = ResponseFuture<Result<RunRow, SchedError>>;
+    fn handle(&mut self, m: CreateRun, _: &mut Self::Context) -> Self::Result {
+        let svc = self.svc.clone();
+        Box::pin(async move {
+            let row = svc.create_run(m.0).await?;
+            // Start it now if there is room, rather than at the next tick.
+            let starter = svc.clone();
+            actix::spawn(async move {
+                if let Err(e) = starter.start_pending().await {
+                    tracing::warn!(error = %e, "cannot start pending runs");
+                }
+            });
+            Ok(row)
+        })
+    }
+}
+
+/// Pause, resume, cancel or retry a run.
+#[derive(Message)]
+#[rtype(result = "Result<(), SchedError>")]
+pub struct ControlRun {
+    pub run_id: String,
+    pub verb: Control,
+}
+
+impl Handler<ControlRun> for SchedulerActor {
+    type Result = ResponseFuture<Result<(), SchedError>>;
+    fn handle(&mut self, m: ControlRun, _: &mut Self::Context) -> Self::Result {
+        let svc = self.svc.clone();
+        Box::pin(async move { svc.control(&m.run_id, m.verb).await })
+    }
+}
+
+/// A step of the run finished (or was given up): decide what follows.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StepFinished {
+    pub run_id: String,
+}
+
+impl Handler<StepFinished> for SchedulerActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, m: StepFinished, _: &mut Self::Context) -> Self::Result {
+        let svc = self.svc.clone();
+        Box::pin(async move {
+            if let Err(e) = svc.advance(&m.run_id).await {
+                // The tick retries: the step stays unsettled until an advance succeeds.
+                tracing::error!(run_id = %m.run_id, error = %e, "cannot advance run");
+            }
+        })
+    }
+}

@@ -1,0 +1,189 @@
+//! Starting runs and the scheduler's reconciliation tick: PENDING runs start within
+//! `max_concurrent_runs` and `max_runs_per_workspace` (their `waiting_reason` says why not),
+//! a shared_fs run gets its worktree, and runs whose progress was interrupted (a crash between
+//! two transactions) are advanced again.
+
+use super::assignment::{run_config, worktree};
+use super::scheduler_service::{SchedError, SchedulerService};
+use crate::db::models::{decode_labels, labels_match, RunRow};
+use crate::db::{self, Conn};
+use crate::domain::events as ev;
+use crate::domain::time::now_ms;
+use crate::domain::WorkspaceSource;
+use crate::workspace::worktree as wt;
+use std::path::Path;
+use std::sync::Arc;
+
+impl SchedulerService {
+    /// Starts as many PENDING runs as the caps allow.
+    pub async fn start_pending(self: &Arc<Self>) -> Result<(), SchedError> {
+        let _guard = self.start_lock.lock().await;
+        loop {
+            let caps = (self.settings.max_concurrent_runs as usize, self.settings.max_runs_per_workspace as usize);
+            let picked = self.db.tx(move |c| pick_next(c, caps)).await?;
+            let Some(run) = picked else { return Ok(()) };
+            tracing::info!(run_id = %run.id, "run started");
+            if let Err(reason) = self.prepare_workspace(&run).await {
+                self.fail_now(&run.id, &format!("run_error:{reason}")).await?;
+                continue;
+            }
+            self.advance(&run.id).await?;
+        }
+    }
+
+    /// Creates the worktree of a shared_fs run (reused after a restart or retry).
+    async fn prepare_workspace(&self, run: &RunRow) -> Result<(), String> {
+        if run.workspace_source != WorkspaceSource::SharedFs.as_str() {
+            return Ok(());
+        }
+        let r = run.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            let root = Path::new(&r.workspace_root);
+            let w = match worktree(&r) {
+                Some(w) => w,
+                None => {
+                    let c = run_config(&r);
+                    wt::plan_worktree(
+                        root,
+                        &r.name,
+                        c.base_branch.as_deref(),
+                        &c.run_branch_prefix,
+                        c.merge_target_branch.as_deref(),
+                        c.merge_strategy,
+                        &c.worktree_path_template,
+                    )
+                    .map_err(|e| format!("cannot plan worktree: {e}"))?
+                }
+            };
+            wt::create_worktree(root, &w).map_err(|e| format!("cannot create worktree: {e}"))?;
+            Ok::<_, String>(w)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (id, json) = (run.id.clone(), serde_json::to_string(&plan).map_err(|e| e.to_string())?);
+        self.db
+            .tx(move |c| {
+                let mut row = db::runs::require(c, &id)?;
+                row.worktree_json = Some(json);
+                row.worktree_cleanup_status = None;
+                row.worktree_cleaned_at = None;
+                row.updated_at = now_ms();
+                db::runs::save(c, &row)?;
+                let p = ev::worktree(&id, &plan.worktree_path, Some(&plan.run_branch));
+                db::events::append(c, Some(&id), None, ev::WORKTREE_CREATED, &p, row.updated_at)?;
+                Ok::<_, SchedError>(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.hub.notify(&run.id);
+        Ok(())
+    }
+
+    /// Fails a run at once (before any step could run), then finishes it.
+    pub(super) async fn fail_now(self: &Arc<Self>, run_id: &str, reason: &str) -> Result<(), SchedError> {
+        let (id, why) = (run_id.to_string(), reason.to_string());
+        self.db
+            .tx(move |c| {
+                let mut state = db::runs::state(c, &id)?;
+                let plan = super::scheduler_service::FinishPlan {
+                    completed: false,
+                    reason: Some(why),
+                };
+                state.finishing = serde_json::to_string(&plan).ok();
+                db::runs::save_state(c, &state)?;
+                Ok::<_, SchedError>(())
+            })
+            .await?;
+        self.finish(run_id).await;
+        Ok(())
+    }
+
+    /// The periodic reconciliation: start runs, re-advance interrupted ones, explain waits.
+    pub async fn tick(self: &Arc<Self>) -> Result<(), SchedError> {
+        self.start_pending().await?;
+        let stuck = self.db.run(|c| stuck_runs(c)).await?;
+        for id in stuck {
+            if let Err(e) = self.advance(&id).await {
+                tracing::warn!(run_id = %id, error = %e, "cannot advance run");
+            }
+        }
+        self.db.tx(|c| explain_waits(c)).await?;
+        Ok(())
+    }
+}
+
+/// Picks the oldest PENDING run that fits the caps and marks it RUNNING (with RUN_STARTED);
+/// writes every other PENDING run's `waiting_reason`.
+fn pick_next(c: &mut Conn, (max_all, max_ws): (usize, usize)) -> Result<Option<RunRow>, SchedError> {
+    let running = db::runs::with_status(c, "RUNNING")?;
+    let pending = db::runs::with_status(c, "PENDING")?;
+    let mut picked = None;
+    for run in pending {
+        let reason = if picked.is_some() || running.len() >= max_all {
+            Some(format!("global limit reached: {} runs running (max_concurrent_runs = {max_all})", running.len()))
+        } else if running.iter().filter(|r| r.workspace_root == run.workspace_root).count() >= max_ws {
+            Some(format!("per-workspace limit reached (max_runs_per_workspace = {max_ws})"))
+        } else {
+            None
+        };
+        if let Some(r) = reason {
+            db::runs::set_waiting_reason(c, &run.id, Some(&r))?;
+            continue;
+        }
+        let mut row = run;
+        let now = now_ms();
+        row.status = "RUNNING".into();
+        row.started_at = row.started_at.or(Some(now));
+        row.updated_at = now;
+        row.waiting_reason = None;
+        db::runs::save(c, &row)?;
+        db::events::append(c, Some(&row.id), None, ev::RUN_STARTED, &ev::run_started(&row.id, None), now)?;
+        picked = Some(row);
+    }
+    Ok(picked)
+}
+
+/// Runs whose progress stopped between two transactions: a finished step not yet settled, a
+/// pending finish, or a RUNNING run without any step.
+fn stuck_runs(c: &mut Conn) -> Result<Vec<String>, SchedError> {
+    let mut ids = Vec::new();
+    for run in db::runs::with_status(c, "RUNNING")?
+        .into_iter()
+        .chain(db::runs::with_status(c, "PAUSED")?)
+    {
+        let state = db::runs::state(c, &run.id)?;
+        let last = db::steps::last(c, &run.id)?;
+        let unsettled = last.as_ref().is_none_or(|s| {
+            !s.settled && matches!(s.status.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED")
+        });
+        if state.finishing.is_some() || unsettled {
+            ids.push(run.id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Sets `waiting_reason` of RUNNING runs whose queued step no online worker can take.
+fn explain_waits(c: &mut Conn) -> Result<(), SchedError> {
+    let online = db::workers::with_status(c, &["idle", "busy", "draining"])?;
+    for run in db::runs::with_status(c, "RUNNING")? {
+        let active = db::steps::active_for_run(c, &run.id)?;
+        let waiting = active.iter().find(|s| s.status == "QUEUED" || s.status == "RETRYING");
+        let reason = match waiting {
+            None => None,
+            Some(s) => {
+                let fits = online.iter().any(|w| labels_match(&s.required_labels, &decode_labels(&w.labels)));
+                match (online.is_empty(), fits) {
+                    (true, _) => Some("no worker is online".to_string()),
+                    (false, false) => Some(format!(
+                        "no online worker has label {}",
+                        decode_labels(&s.required_labels).join(", ")
+                    )),
+                    _ => None,
+                }
+            }
+        };
+        db::runs::set_waiting_reason(c, &run.id, reason.as_deref())?;
+    }
+    Ok(())
+}

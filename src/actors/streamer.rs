@@ -1,0 +1,124 @@
+//! Streams a step's output file to the control plane while the step runs: it follows the file
+//! the agent's output is appended to and sends what is new, in order, from the offset the
+//! controller holds. Failed sends are retried with backoff and resume where the controller
+//! says it is, so a reconnect leaves no gap and no repeat. `finish` flushes everything left.
+
+use crate::control_plane::{ControlPlane, PlaneError};
+use crate::output_store::utf8_boundary;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const MAX_CHUNK: usize = 256 * 1024;
+const POLL: Duration = Duration::from_millis(100);
+
+/// A running output streamer.
+pub struct Streamer {
+    done: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Cursor {
+    plane: ControlPlane,
+    step_id: String,
+    epoch: i64,
+    path: PathBuf,
+    /// Position in the local file.
+    file_pos: u64,
+    /// Offset of the controller's copy.
+    remote: u64,
+}
+
+impl Streamer {
+    /// Starts following `path`; the controller already holds `remote_offset` bytes of this
+    /// step's output (from an earlier lease of the same step).
+    pub fn start(plane: ControlPlane, step_id: &str, epoch: i64, path: PathBuf, remote_offset: u64) -> Streamer {
+        let (done, rx) = watch::channel(false);
+        let cursor = Cursor { plane, step_id: step_id.into(), epoch, path, file_pos: 0, remote: remote_offset };
+        let task = tokio::spawn(follow(cursor, rx));
+        Streamer { done, task }
+    }
+
+    /// Sends what is left and stops. Gives up after `deadline` (the controller is away).
+    pub async fn finish(self, deadline: Duration) {
+        let _ = self.done.send(true);
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(deadline, self.task).await.is_err() {
+            abort.abort();
+            tracing::warn!("output streaming did not finish in time; the rest is in the log artifact");
+        }
+    }
+}
+
+/// Reads up to MAX_CHUNK new bytes of the file at `pos`.
+fn read_new(path: &PathBuf, pos: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    f.seek(SeekFrom::Start(pos))?;
+    let mut buf = Vec::new();
+    f.take(MAX_CHUNK as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+async fn follow(mut c: Cursor, mut done: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let finishing = *done.borrow();
+        let (path, pos) = (c.path.clone(), c.file_pos);
+        let chunk = tokio::task::spawn_blocking(move || read_new(&path, pos)).await;
+        let chunk = match chunk {
+            Ok(Ok(b)) => b,
+            _ => Vec::new(),
+        };
+        // Hold back an incomplete UTF-8 character until its last byte arrives.
+        let mut cut = utf8_boundary(&chunk);
+        if finishing && chunk.len() < MAX_CHUNK {
+            cut = chunk.len();
+        }
+        if cut > 0 {
+            let text = String::from_utf8_lossy(&chunk[..cut]).into_owned();
+            let sent = text.len() as u64;
+            match c.plane.append_output(&c.step_id, c.epoch, c.remote, text).await {
+                Ok(next) => {
+                    c.file_pos += cut as u64;
+                    c.remote = next.max(c.remote + sent);
+                    backoff = Duration::from_millis(200);
+                    continue;
+                }
+                Err(PlaneError::OffsetGap(held)) if held < c.remote => {
+                    // The controller has less than we thought: rewind and resend.
+                    let back = c.remote - held;
+                    c.file_pos = c.file_pos.saturating_sub(back);
+                    c.remote = held;
+                    continue;
+                }
+                Err(PlaneError::Stale) | Err(PlaneError::Gone(_)) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot stream output; retrying");
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        if finishing {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = done.changed() => {}
+        }
+    }
+}
+
+/// `d` ± 25 %, so reconnecting workers do not retry in lockstep.
+pub fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    let spread = ms / 4;
+    Duration::from_millis(ms - spread + rand::random::<u64>() % (2 * spread + 1))
+}

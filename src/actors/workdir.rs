@@ -1,0 +1,143 @@
+//! The worker side of workspaces: resolves where a step runs (the shared path, or a clone of
+//! the repository restored from the run's newest checkpoint bundle), makes the checkpoint
+//! commit and bundle after a git step, and keeps pid files of running process groups so a
+//! restarted worker can kill what a crashed one left behind.
+
+use super::runner::{Active, Shared};
+use crate::api::{Assignment, WorkspaceSpec};
+use crate::workspace::{bundle, clone};
+use std::path::{Path, PathBuf};
+
+/// Where a step runs.
+pub struct Prepared {
+    pub dir: PathBuf,
+    /// Git runs: the run branch, the commit the step started from, and the base every clone has.
+    pub git: Option<GitState>,
+}
+
+pub struct GitState {
+    pub run_branch: String,
+    pub head_before: String,
+    pub base: String,
+}
+
+/// A checkpoint ready to upload.
+pub struct CheckpointFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub head: String,
+}
+
+/// The artifact name of a run's newest checkpoint (each one holds the whole run branch).
+pub const BUNDLE_NAME: &str = "run.bundle";
+
+fn blocking_err(e: tokio::task::JoinError) -> String {
+    format!("worker task failed: {e}")
+}
+
+/// Resolves the step's workspace; a failure is the step's failure, with a clear reason.
+pub async fn prepare(shared: &Shared, a: &Assignment, _active: &Active) -> Result<Prepared, String> {
+    match &a.workspace {
+        WorkspaceSpec::SharedFs { path } => {
+            let p = PathBuf::from(path);
+            if !p.is_dir() {
+                return Err(format!("workspace path missing on this worker: {path}"));
+            }
+            Ok(Prepared { dir: p, git: None })
+        }
+        WorkspaceSpec::Git { repo_url, repo_ref, run_branch, checkpoint } => {
+            let dir = shared.cfg.work_dir.join("clones").join(&a.run_id);
+            let bundle_path = match checkpoint {
+                Some(cp) => {
+                    let bytes = shared
+                        .plane
+                        .get_artifact(&a.step_id, a.epoch, &cp.name)
+                        .await
+                        .map_err(|e| format!("cannot fetch checkpoint {}: {e}", cp.name))?;
+                    let path = shared.cfg.work_dir.join("steps").join(&a.step_id).join("checkpoint.bundle");
+                    let p2 = path.clone();
+                    tokio::task::spawn_blocking(move || std::fs::write(&p2, &bytes))
+                        .await
+                        .map_err(blocking_err)?
+                        .map_err(|e| format!("cannot write checkpoint: {e}"))?;
+                    Some((path, cp.head.clone()))
+                }
+                None => None,
+            };
+            let (d, url, r, b) = (dir.clone(), repo_url.clone(), repo_ref.clone(), run_branch.clone());
+            let head = tokio::task::spawn_blocking(move || {
+                let cp = bundle_path.as_ref().map(|(p, h)| (p.as_path(), h.as_str()));
+                clone::prepare_clone(&d, &url, &r, &b, cp)
+            })
+            .await
+            .map_err(blocking_err)?
+            .map_err(|e| format!("cannot prepare the clone of {repo_url}: {e}"))?;
+            Ok(Prepared {
+                dir,
+                git: Some(GitState { run_branch: run_branch.clone(), head_before: head, base: repo_ref.clone() }),
+            })
+        }
+    }
+}
+
+/// Commits what the agent left uncommitted and bundles the run branch, when it moved.
+pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Option<CheckpointFile> {
+    let g = ws.git.as_ref()?;
+    let out = shared.cfg.work_dir.join("steps").join(&a.step_id).join(BUNDLE_NAME);
+    let (dir, branch, base, before) = (ws.dir.clone(), g.run_branch.clone(), g.base.clone(), g.head_before.clone());
+    let msg = format!("loopd checkpoint: {} {} step {}", a.run_name, a.phase, a.attempt);
+    let out2 = out.clone();
+    let r = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+        let head = clone::checkpoint_commit(&dir, &msg).map_err(|e| e.to_string())?;
+        if head == before {
+            return Ok(None);
+        }
+        bundle::write_bundle(&dir, &branch, Some(&base), &out2).map_err(|e| e.to_string())?;
+        Ok(Some(head))
+    })
+    .await;
+    match r {
+        Ok(Ok(Some(head))) => Some(CheckpointFile { name: BUNDLE_NAME.into(), path: out, head }),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "checkpoint failed");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "checkpoint task failed");
+            None
+        }
+    }
+}
+
+fn pid_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("pids")
+}
+
+/// Remembers the process group of a running step.
+pub fn record_pgid(work_dir: &Path, step_id: &str, pgid: i32) {
+    let dir = pid_dir(work_dir);
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(step_id), pgid.to_string());
+}
+
+/// Forgets the process group of a finished step.
+pub fn clear_pgid(work_dir: &Path, step_id: &str) {
+    let _ = std::fs::remove_file(pid_dir(work_dir).join(step_id));
+}
+
+/// Kills the process groups a previous process of this worker left running.
+pub fn kill_leftovers(work_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pid_dir(work_dir)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if let Some(pgid) = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            if pgid > 1 {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+                tracing::warn!(pgid, "killed a process group left by a previous run");
+            }
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+}

@@ -1,0 +1,302 @@
+//! The only module that knows the roles. A role is turned into [`Subsystems`] here; `build`
+//! opens storage, starts the actors and the HTTP server that role needs, and
+//! `run_until_stopped` waits for a signal and shuts down the way the role should (a worker
+//! drains; a single host hands its running steps back).
+
+use crate::actors::events::EventHub;
+use crate::actors::lease::{LeaseActor, LeaseService, LeaseServiceParts};
+use crate::actors::registry::{RegisterLocalWorker, RegistryService, WorkerRegistryActor};
+use crate::actors::runner::{RunnerConfig, WorkerHandle};
+use crate::actors::scheduler::{SchedulerActor, SchedulerService, StepFinished};
+use crate::artifacts::ArtifactStore;
+use crate::control_plane::http::HttpPlane;
+use crate::control_plane::local::LocalPlane;
+use crate::control_plane::ControlPlane;
+use crate::db::{self, Db, DbError};
+use crate::http::{self, state::AppState};
+use crate::metrics::Metrics;
+use crate::output_store::OutputStore;
+use crate::settings::{Role, Settings, StorageType};
+use crate::workspace::mirror::Mirrors;
+use actix::{Actor, Context};
+use actix_web::{dev::Server, web, App, HttpServer};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which parts of loopd a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subsystems {
+    /// Owns the database (runs migrations): scheduler, lease and registry actors.
+    pub control: bool,
+    /// Serves the runs API.
+    pub runs_api: bool,
+    /// Serves the worker API.
+    pub worker_api: bool,
+    /// Runs steps through the in-process control plane.
+    pub local_runners: bool,
+    /// Runs steps claimed from a remote controller.
+    pub remote_runners: bool,
+}
+
+impl Subsystems {
+    /// The one place a role becomes switches.
+    pub fn for_role(role: Role) -> Self {
+        match role {
+            Role::Single => Subsystems { control: true, runs_api: true, worker_api: false, local_runners: true, remote_runners: false },
+            Role::Controller => Subsystems { control: true, runs_api: true, worker_api: true, local_runners: false, remote_runners: false },
+            Role::Worker => Subsystems { control: false, runs_api: false, worker_api: false, local_runners: false, remote_runners: true },
+        }
+    }
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("storage: {0}")]
+    Storage(#[from] DbError),
+    #[error("artifact store: {0}")]
+    Artifacts(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// A started loopd process.
+pub struct Application {
+    port: u16,
+    server: Server,
+    worker: Option<WorkerHandle>,
+    subsystems: Subsystems,
+    settings: Settings,
+}
+
+/// What `build_control` starts.
+struct Control {
+    state: AppState,
+}
+
+impl Application {
+    /// Starts everything the role needs. Must be called inside an actix system.
+    pub async fn build(settings: Settings) -> Result<Application, AppError> {
+        let subsystems = Subsystems::for_role(settings.role);
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| AppError::Startup(format!("cannot create data_dir {}: {e}", settings.data_dir.display())))?;
+        let control = if subsystems.control { Some(build_control(&settings).await?) } else { None };
+        let ready = control.as_ref().map(|c| c.state.ready.clone());
+        let worker = if subsystems.local_runners {
+            let c = control.as_ref().ok_or_else(|| AppError::Startup("local runners need the control plane".into()))?;
+            Some(start_local_runners(&settings, &c.state).await?)
+        } else if subsystems.remote_runners {
+            Some(start_remote_worker(&settings).await?)
+        } else {
+            None
+        };
+        let state = control.map(|c| c.state);
+        let (server, port) = serve(&settings, subsystems, state)?;
+        if let Some(r) = ready {
+            r.store(true, Ordering::Release);
+        }
+        tracing::info!(role = settings.role.as_str(), port, "loopd started");
+        Ok(Application { port, server, worker, subsystems, settings })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs until SIGINT/SIGTERM, then shuts down as the role should.
+    pub async fn run_until_stopped(self) -> Result<(), AppError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| AppError::Startup(e.to_string()))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| AppError::Startup(e.to_string()))?;
+        let handle = self.server.handle();
+        let server = self.server;
+        let served = actix::spawn(server);
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        if let Some(worker) = &self.worker {
+            if self.subsystems.remote_runners {
+                let drain = Duration::from_millis(self.settings.worker.drain_timeout_ms);
+                tracing::info!(timeout_ms = drain.as_millis() as u64, "draining: finishing the running steps");
+                tokio::select! {
+                    _ = worker.drain(drain) => {}
+                    _ = term.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
+                    _ = int.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
+                }
+            } else {
+                worker.stop_now().await;
+            }
+        }
+        handle.stop(true).await;
+        let _ = served.await;
+        tracing::info!("loopd stopped");
+        Ok(())
+    }
+}
+
+async fn open_db(settings: &Settings) -> Result<Db, AppError> {
+    let s = settings.clone();
+    let db = tokio::task::spawn_blocking(move || match s.storage.kind {
+        StorageType::Sqlite => Db::open_sqlite(&s.sqlite_path(), s.storage.pool_size),
+        StorageType::Postgres => {
+            let url = s.storage.url.as_ref().map(|u| u.expose().to_string()).unwrap_or_default();
+            Db::open_postgres(&url, s.storage.pool_size, true)
+        }
+    })
+    .await
+    .map_err(|e| AppError::Startup(e.to_string()))??;
+    Ok(db)
+}
+
+/// Storage, stores and the three control actors.
+async fn build_control(settings: &Settings) -> Result<Control, AppError> {
+    let db = open_db(settings).await?;
+    let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
+        .map_err(|e| AppError::Artifacts(e.to_string()))?;
+    let output = OutputStore::new(settings.data_dir.join("output"));
+    let mirrors = Arc::new(Mirrors::new(settings.data_dir.join("mirrors")));
+    let hub = EventHub::new();
+    let metrics = Arc::new(Metrics::default());
+    if settings.role == Role::Single {
+        recover_single(&db, settings).await?;
+    }
+    let sched_ctx = Context::<SchedulerActor>::new();
+    let sched_addr = sched_ctx.address();
+    let lease_svc = Arc::new(LeaseService::new(LeaseServiceParts {
+        db: db.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        output: output.clone(),
+        store: store.clone(),
+        lease: settings.lease.clone(),
+        sched: settings.scheduler.clone(),
+        step_finished: Arc::new(move |run_id| sched_addr.do_send(StepFinished { run_id })),
+    }));
+    let lease = LeaseActor::new(lease_svc).start();
+    let sched_svc = Arc::new(SchedulerService::new(
+        db.clone(),
+        hub.clone(),
+        store.clone(),
+        mirrors,
+        settings.scheduler.clone(),
+        lease.clone().recipient(),
+    ));
+    let scheduler = sched_ctx.run(SchedulerActor::new(sched_svc));
+    let registry_svc = Arc::new(RegistryService::new(
+        db.clone(),
+        metrics.clone(),
+        settings.lease.clone(),
+        settings.worker.clone(),
+        lease.clone(),
+    ));
+    registry_svc.load().await.map_err(|e| AppError::Startup(e.to_string()))?;
+    let registry = WorkerRegistryActor::new(registry_svc).start();
+    let state = AppState {
+        db,
+        hub,
+        store,
+        output,
+        metrics,
+        scheduler,
+        lease,
+        registry,
+        client_token: settings.auth.token.clone(),
+        join_token: settings.auth.worker_join_token.clone(),
+        limits: settings.limits.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    Ok(Control { state })
+}
+
+/// Single role at start: the previous process and its runner are gone, so its workers are
+/// offline and the steps they held go back to the queue.
+async fn recover_single(db: &Db, settings: &Settings) -> Result<(), AppError> {
+    let max = settings.scheduler.max_infra_attempts as i32;
+    let requeued = db
+        .tx(move |c| {
+            let list = db::leases::release_all_except(c, &[], max)?;
+            for w in db::workers::with_status(c, &["idle", "busy", "draining"])? {
+                db::workers::set_status(c, &w.id, "offline")?;
+            }
+            Ok::<_, DbError>(list)
+        })
+        .await?;
+    if !requeued.is_empty() {
+        tracing::warn!(steps = requeued.len(), "requeued the steps of the previous run of this daemon");
+    }
+    Ok(())
+}
+
+fn runner_config(settings: &Settings) -> RunnerConfig {
+    RunnerConfig {
+        work_dir: settings.work_dir(),
+        slots: settings.worker.slots.max(1),
+        kill_grace: Duration::from_millis(settings.worker.kill_grace_ms),
+        heartbeat_interval: Duration::from_millis(settings.worker.heartbeat_interval_ms.max(50)),
+        agent_env: settings.worker.agent_env.clone(),
+        direct_store: None,
+    }
+}
+
+async fn start_local_runners(settings: &Settings, st: &AppState) -> Result<WorkerHandle, AppError> {
+    let labels = settings.worker.labels.clone();
+    let worker_id = st
+        .registry
+        .send(RegisterLocalWorker { labels: labels.clone(), slots: settings.worker.slots.max(1) })
+        .await
+        .map_err(|e| AppError::Startup(e.to_string()))?
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    let plane = ControlPlane::Local(LocalPlane { worker_id, labels, lease: st.lease.clone(), registry: st.registry.clone() });
+    let mut cfg = runner_config(settings);
+    // In-process heartbeats are cheap; a short interval makes cancel take effect quickly.
+    cfg.heartbeat_interval = cfg.heartbeat_interval.min(Duration::from_millis(500));
+    Ok(WorkerHandle::start(plane, cfg))
+}
+
+async fn start_remote_worker(settings: &Settings) -> Result<WorkerHandle, AppError> {
+    let mut cfg = runner_config(settings);
+    if settings.worker.artifact_upload == "direct" {
+        let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
+            .map_err(|e| AppError::Artifacts(e.to_string()))?;
+        cfg.direct_store = Some(store);
+    }
+    let plane = crate::actors::runner::register_with_retry(settings).await;
+    let plane: HttpPlane = plane;
+    cfg.heartbeat_interval = Duration::from_millis(plane.heartbeat_interval_ms.max(50));
+    Ok(WorkerHandle::start(ControlPlane::Http(plane), cfg))
+}
+
+/// Binds the HTTP server with the routes the role serves.
+fn serve(settings: &Settings, subsystems: Subsystems, state: Option<AppState>) -> Result<(Server, u16), AppError> {
+    let st = state.clone();
+    let workers = if subsystems.control { 4 } else { 1 };
+    let server = HttpServer::new(move || {
+        let mut app = App::new()
+            .wrap(tracing_actix_web::TracingLogger::default())
+            .configure(http::health_routes)
+            .default_service(web::to(http::not_found));
+        if let Some(s) = &st {
+            app = app
+                .app_data(web::Data::new(s.clone()))
+                .configure(|cfg| http::extractor_config(cfg, s));
+            if subsystems.runs_api {
+                app = app.configure(http::runs_api);
+            }
+            if subsystems.worker_api {
+                app = app.configure(http::worker_api);
+            }
+        }
+        app
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(&settings.bind)
+    .map_err(|source| AppError::Bind { addr: settings.bind.clone(), source })?;
+    let port = server.addrs().first().map(|a| a.port()).unwrap_or(0);
+    Ok((server.run(), port))
+}

@@ -1,0 +1,215 @@
+//! The CLI verbs over the runs API, for people and scripts: `loopd run|list|inspect|tail|
+//! pause|resume|cancel|retry|workers|artifacts`. Every verb first probes the daemon; every
+//! failure is one `error: …` line on stderr and exit status 1.
+
+mod render;
+mod submit;
+mod tail;
+
+use crate::api::ErrorBody;
+use crate::cli::{ClientArgs, Command};
+use reqwest::{Method, StatusCode};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// A client failure, printed as one line.
+#[derive(Debug)]
+pub struct ClientError(pub String);
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// Runs one verb and returns the process exit status.
+pub fn run(cmd: Command) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ClientError(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A connection to the daemon.
+pub struct Daemon {
+    http: reqwest::Client,
+    addr: String,
+    token: Option<String>,
+    pub json: bool,
+}
+
+impl Daemon {
+    fn new(c: &ClientArgs) -> Result<Daemon> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| ClientError(e.to_string()))?;
+        Ok(Daemon {
+            http,
+            addr: c.addr.trim_end_matches('/').to_string(),
+            token: c.token.clone().filter(|t| !t.is_empty()),
+            json: c.json,
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.addr));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError(format!("daemon not running at {}", self.addr))
+        } else {
+            ClientError(format!("request to {} failed: {e}", self.addr))
+        }
+    }
+
+    /// Waits for `GET /health` to answer 2xx (old loopctl behaviour: 200, 400, 800 … ms
+    /// backoff within a budget, 5 s unless LOOPD_READY_TIMEOUT_MS says otherwise).
+    async fn probe(&self) -> Result<()> {
+        let budget = std::env::var("LOOPD_READY_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5000u64);
+        let start = Instant::now();
+        let mut delay = 200u64;
+        let mut refused = true;
+        loop {
+            match self.request(Method::GET, "/health").timeout(Duration::from_secs(3)).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
+                    return Err(ClientError("unauthorized: check LOOPD_TOKEN env var or --token flag".into()))
+                }
+                Ok(_) => refused = false,
+                Err(e) => refused &= e.is_connect(),
+            }
+            let left = budget.saturating_sub(start.elapsed().as_millis() as u64);
+            if left == 0 {
+                return Err(ClientError(if refused {
+                    format!("daemon not running at {}", self.addr)
+                } else {
+                    format!("daemon not ready after {budget}ms at {}", self.addr)
+                }));
+            }
+            let wait = delay.min(left);
+            eprintln!("waiting for daemon at {} (retrying in {wait}ms)", self.addr);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            delay *= 2;
+        }
+    }
+
+    /// Sends a request; any non-2xx answer becomes the error line the old CLI printed.
+    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: Option<ErrorBody> = resp.json().await.ok();
+        let msg = body.map(|b| b.error).unwrap_or_else(|| "unknown error".into());
+        Err(ClientError(match status {
+            StatusCode::UNAUTHORIZED => "unauthorized: check LOOPD_TOKEN env var or --token flag".into(),
+            StatusCode::NOT_FOUND => format!("{what} not found: {msg}"),
+            StatusCode::SERVICE_UNAVAILABLE => format!("no capacity: {msg}"),
+            StatusCode::CONFLICT => format!("not allowed: {msg}"),
+            s => format!("HTTP error: {} - {msg}", s.as_u16()),
+        }))
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, what: &str) -> Result<(T, serde_json::Value)> {
+        let resp = self.send(self.request(Method::GET, path), what).await?;
+        let value: serde_json::Value = resp.json().await.map_err(|e| ClientError(format!("invalid response: {e}")))?;
+        let typed = serde_json::from_value(value.clone()).map_err(|e| ClientError(format!("invalid response: {e}")))?;
+        Ok((typed, value))
+    }
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Run(args) => {
+            let d = Daemon::new(&args.client)?;
+            d.probe().await?;
+            submit::run(&d, &args).await
+        }
+        Command::List { client, status, workspace } => {
+            let d = Daemon::new(&client)?;
+            d.probe().await?;
+            let mut q = Vec::new();
+            if let Some(s) = status {
+                q.push(format!("status={}", enc(&s.to_uppercase())));
+            }
+            if let Some(w) = workspace {
+                q.push(format!("workspace_root={}", enc(&w)));
+            }
+            let path = if q.is_empty() { "/runs".into() } else { format!("/runs?{}", q.join("&")) };
+            let (runs, raw): (crate::api::RunsEnvelope, _) = d.get_json(&path, "runs").await?;
+            render::print(d.json, &raw, || render::runs(&runs.runs));
+            Ok(())
+        }
+        Command::Inspect { client, id } => {
+            let d = Daemon::new(&client)?;
+            d.probe().await?;
+            let (run, raw_run): (crate::api::RunEnvelope, _) = d.get_json(&format!("/runs/{}", enc(&id)), "run").await?;
+            let (steps, raw_steps): (crate::api::StepsEnvelope, _) =
+                d.get_json(&format!("/runs/{}/steps", enc(&id)), "run").await?;
+            let raw = serde_json::json!({"run": raw_run["run"], "steps": raw_steps["steps"]});
+            render::print(d.json, &raw, || render::inspect(&run.run, &steps.steps));
+            Ok(())
+        }
+        Command::Tail { client, id, offset, .. } => {
+            let d = Daemon::new(&client)?;
+            d.probe().await?;
+            tail::follow(&d, &id, offset).await
+        }
+        Command::Pause { client, id } => control(&client, &id, "pause", "paused").await,
+        Command::Resume { client, id } => control(&client, &id, "resume", "resumed").await,
+        Command::Cancel { client, id } => control(&client, &id, "cancel", "canceled").await,
+        Command::Retry { client, id } => control(&client, &id, "retry", "re-queued").await,
+        Command::Workers { client } => {
+            let d = Daemon::new(&client)?;
+            d.probe().await?;
+            let (w, raw): (crate::api::WorkersEnvelope, _) = d.get_json("/workers", "workers").await?;
+            render::print(d.json, &raw, || render::workers(&w.workers));
+            Ok(())
+        }
+        Command::Artifacts { client, id, get, output } => {
+            let d = Daemon::new(&client)?;
+            d.probe().await?;
+            match get {
+                Some(name) => tail::download(&d, &id, &name, output.as_deref()).await,
+                None => {
+                    let (a, raw): (crate::api::ArtifactsEnvelope, _) =
+                        d.get_json(&format!("/runs/{}/artifacts", enc(&id)), "run").await?;
+                    render::print(d.json, &raw, || render::artifacts(&a.artifacts));
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+async fn control(client: &ClientArgs, id: &str, verb: &str, done: &str) -> Result<()> {
+    let d = Daemon::new(client)?;
+    d.probe().await?;
+    d.send(d.request(Method::POST, &format!("/runs/{}/{verb}", enc(id))), "run").await?;
+    if d.json {
+        println!("{}", serde_json::json!({"id": id, "action": verb, "ok": true}));
+    } else {
+        println!("Run {id} {done}");
+    }
+    Ok(())
+}

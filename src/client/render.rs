@@ -1,0 +1,150 @@
+//! Tables for people, JSON for scripts.
+
+use crate::api::{ArtifactInfo, Run, Step, WorkerInfo};
+
+/// Prints `raw` as JSON when asked, else the table `table` builds.
+pub fn print(json: bool, raw: &serde_json::Value, table: impl FnOnce() -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(raw).unwrap_or_default());
+    } else {
+        print!("{}", table());
+    }
+}
+
+/// Left-aligned columns sized to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        format!("{}\n", parts.join("  ").trim_end())
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+fn short_time(rfc: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(rfc)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| rfc.to_string())
+}
+
+fn last_segment(path: &str) -> String {
+    path.trim_end_matches('/').rsplit('/').next().unwrap_or(path).to_string()
+}
+
+pub fn runs(runs: &[Run]) -> String {
+    if runs.is_empty() {
+        return "No runs found.\n".into();
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.name.clone(),
+                r.status.to_string(),
+                last_segment(&r.workspace_root),
+                short_time(&r.created_at),
+                r.waiting_reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "STATUS", "WORKSPACE", "CREATED", "WAITING"], &rows)
+}
+
+pub fn inspect(run: &Run, steps: &[Step]) -> String {
+    let mut out = String::new();
+    let mut kv = |k: &str, v: &str| out.push_str(&format!("{k:<16} {v}\n"));
+    kv("id", &run.id);
+    kv("name", &format!("{} ({})", run.name, run.name_source));
+    kv("status", run.status.as_str());
+    kv("workspace", &run.workspace_root);
+    kv("spec", &run.spec_path);
+    kv("plan", run.plan_path.as_deref().unwrap_or("-"));
+    if let Some(w) = &run.worktree {
+        kv("base branch", &w.base_branch);
+        kv("run branch", &w.run_branch);
+        kv("merge", &format!("{} -> {}", w.merge_strategy, w.merge_target_branch.as_deref().unwrap_or("-")));
+        kv("worktree", &w.worktree_path);
+    }
+    if let Some(s) = &run.worktree_cleanup_status {
+        kv("cleanup", s);
+    }
+    if let Some(r) = &run.waiting_reason {
+        kv("waiting", r);
+    }
+    if let Some(r) = &run.failure_reason {
+        kv("failure", r);
+    }
+    kv("created", &short_time(&run.created_at));
+    kv("updated", &short_time(&run.updated_at));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.phase.to_string(),
+                s.status.to_string(),
+                s.attempt.to_string(),
+                s.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                s.worker_id.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["STEP", "PHASE", "STATUS", "ATTEMPT", "EXIT", "WORKER"], &rows));
+    out
+}
+
+pub fn workers(ws: &[WorkerInfo]) -> String {
+    if ws.is_empty() {
+        return "No workers registered.\n".into();
+    }
+    let rows: Vec<Vec<String>> = ws
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.clone(),
+                w.hostname.clone(),
+                w.status.to_string(),
+                w.labels.join(","),
+                w.slots.to_string(),
+                w.leases.len().to_string(),
+                short_time(&w.last_heartbeat_at),
+            ]
+        })
+        .collect();
+    table(&["ID", "HOST", "STATUS", "LABELS", "SLOTS", "LEASES", "LAST SEEN"], &rows)
+}
+
+pub fn artifacts(list: &[ArtifactInfo]) -> String {
+    if list.is_empty() {
+        return "No artifacts.\n".into();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| vec![a.name.clone(), a.kind.clone(), a.size.to_string(), a.sha256.clone()])
+        .collect();
+    table(&["NAME", "KIND", "SIZE", "SHA256"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn columns_line_up_under_their_headers() {
+        let t = super::table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONG\nxyz  1\n");
+    }
+}

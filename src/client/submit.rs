@@ -1,0 +1,85 @@
+//! `loopd run`: resolves the workspace and paths like the old loopctl did, then submits.
+
+use super::{ClientError, Daemon, Result};
+use crate::api::{ConfigOverride, CreateRunRequest, RunEnvelope};
+use crate::cli::RunArgs;
+use reqwest::Method;
+use std::path::{Path, PathBuf};
+
+/// The git top level of `dir`, else `dir`.
+fn workspace_of(dir: &Path) -> PathBuf {
+    git2::Repository::discover(dir)
+        .ok()
+        .and_then(|r| r.workdir().map(Path::to_path_buf))
+        .and_then(|p| p.canonicalize().ok())
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+/// A path that exists relative to the current directory is sent absolute; anything else is
+/// sent as given and resolved by the daemon against the workspace root.
+fn resolve(p: &str, cwd: &Path) -> String {
+    let candidate = cwd.join(p);
+    match candidate.canonicalize() {
+        Ok(abs) if !Path::new(p).is_absolute() => abs.to_string_lossy().to_string(),
+        _ => p.to_string(),
+    }
+}
+
+fn parse_enum<T: std::str::FromStr>(v: &Option<String>, what: &str) -> Result<Option<T>> {
+    match v {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ClientError(format!("invalid {what}: {s}"))),
+    }
+}
+
+pub async fn run(d: &Daemon, a: &RunArgs) -> Result<()> {
+    let cwd = std::env::current_dir().map_err(|e| ClientError(e.to_string()))?;
+    let git = a.repo_url.is_some();
+    let workspace = match &a.workspace {
+        Some(w) => w.clone(),
+        None if git => a.repo_url.clone().unwrap_or_default(),
+        None => workspace_of(&cwd).to_string_lossy().to_string(),
+    };
+    let path = |p: &str| if git { p.to_string() } else { resolve(p, &cwd) };
+    let config_override = a.config.as_ref().map(|c| {
+        if c.trim_start().starts_with('{') {
+            ConfigOverride::Text(c.clone())
+        } else {
+            ConfigOverride::Text(resolve(c, &cwd))
+        }
+    });
+    let req = CreateRunRequest {
+        spec_path: path(&a.spec),
+        workspace_root: workspace,
+        plan_path: a.plan.as_deref().map(path),
+        config_override,
+        name: a.name.clone(),
+        name_source: parse_enum(&a.name_source, "--name-source")?,
+        base_branch: a.base_branch.clone(),
+        run_branch_prefix: a.run_branch_prefix.clone(),
+        merge_target_branch: a.merge_target.clone(),
+        merge_strategy: parse_enum(&a.merge_strategy, "--merge-strategy")?,
+        worktree_path_template: a.worktree_path_template.clone(),
+        workspace_source: git.then_some(crate::domain::WorkspaceSource::Git),
+        repo_url: a.repo_url.clone(),
+        repo_ref: a.repo_ref.clone(),
+        labels: a.labels.clone(),
+    };
+    let resp = d.send(d.request(Method::POST, "/runs").json(&req), "run").await?;
+    let raw: serde_json::Value = resp.json().await.map_err(|e| ClientError(format!("invalid response: {e}")))?;
+    let env: RunEnvelope = serde_json::from_value(raw.clone()).map_err(|e| ClientError(format!("invalid response: {e}")))?;
+    if d.json {
+        println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_default());
+    } else {
+        let r = env.run;
+        println!("Run created: {}", r.id);
+        println!("  name:   {}", r.name);
+        println!("  spec:   {}", r.spec_path);
+        println!("  plan:   {}", r.plan_path.as_deref().unwrap_or("-"));
+        println!("  status: {}", r.status);
+    }
+    Ok(())
+}

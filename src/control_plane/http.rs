@@ -1,0 +1,219 @@
+//! The worker's control plane over the controller's worker API (API.md §2): registration with
+//! the join token, then every call with the per-worker token and the process's instance id.
+//! HTTP statuses become [`PlaneError`]s; the runner decides what to retry.
+
+use super::PlaneError;
+use crate::api::{
+    ArtifactRef, Assignment, ClaimRequest, CompleteRequest, ErrorBody, HeartbeatRequest, HeartbeatResponse,
+    HeldLease, LeaseVerdict, OutputAck, OutputChunk, RegisterRequest, RegisterResponse, ReleaseRequest,
+    StepEventRequest,
+};
+use crate::domain::WorkerStatus;
+use bytes::Bytes;
+use reqwest::StatusCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Header carrying the worker process's instance id.
+pub const INSTANCE_HEADER: &str = "X-Loopd-Instance";
+
+#[derive(Debug, Clone)]
+struct Identity {
+    worker_id: String,
+    token: String,
+}
+
+/// A registered worker's connection to its controller.
+#[derive(Clone)]
+pub struct HttpPlane {
+    client: reqwest::Client,
+    base: String,
+    instance: String,
+    who: Arc<RwLock<Identity>>,
+    /// What the controller told us at registration.
+    pub heartbeat_interval_ms: u64,
+    pub lease_ttl_ms: u64,
+}
+
+fn unavailable(e: reqwest::Error) -> PlaneError {
+    PlaneError::Unavailable(e.to_string())
+}
+
+/// Maps a non-success answer to a PlaneError.
+async fn refusal(resp: reqwest::Response) -> PlaneError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let body: Option<ErrorBody> = serde_json::from_str(&text).ok();
+    let code = body.as_ref().map(|b| b.code.as_str()).unwrap_or("");
+    let msg = body.as_ref().map(|b| b.error.clone()).unwrap_or_else(|| text.clone());
+    match (status, code) {
+        (StatusCode::CONFLICT, "stale_lease") | (StatusCode::FORBIDDEN, _) => PlaneError::Stale,
+        (StatusCode::CONFLICT, "offset_gap") => {
+            let next = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("next_offset").and_then(|n| n.as_u64()))
+                .unwrap_or(0);
+            PlaneError::OffsetGap(next)
+        }
+        (StatusCode::CONFLICT, "worker_offline" | "duplicate_worker") | (StatusCode::UNAUTHORIZED, _) => {
+            PlaneError::Gone(msg)
+        }
+        (StatusCode::NOT_FOUND, _) => PlaneError::NotFound(msg),
+        (s, _) if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            PlaneError::Unavailable(format!("{s}: {msg}"))
+        }
+        (s, _) => PlaneError::Rejected(format!("{s}: {msg}")),
+    }
+}
+
+impl HttpPlane {
+    /// Registers with the controller and returns the connected plane.
+    pub async fn register(
+        base: &str,
+        join_token: &str,
+        req: RegisterRequest,
+    ) -> Result<HttpPlane, PlaneError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(unavailable)?;
+        let base = base.trim_end_matches('/').to_string();
+        let instance = req.instance_id.clone().unwrap_or_default();
+        let resp = client
+            .post(format!("{base}/workers/register"))
+            .bearer_auth(join_token)
+            .timeout(Duration::from_secs(30))
+            .json(&req)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(refusal(resp).await);
+        }
+        let r: RegisterResponse = resp.json().await.map_err(unavailable)?;
+        Ok(HttpPlane {
+            client,
+            base,
+            instance,
+            who: Arc::new(RwLock::new(Identity { worker_id: r.worker_id, token: r.token })),
+            heartbeat_interval_ms: r.heartbeat_interval_ms,
+            lease_ttl_ms: r.lease_ttl_ms,
+        })
+    }
+
+    fn identity(&self) -> Identity {
+        match self.who.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.identity().worker_id
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
+        let who = self.identity();
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(who.token)
+            .header(INSTANCE_HEADER, &self.instance)
+            .timeout(timeout)
+    }
+
+    async fn post_json<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<reqwest::Response, PlaneError> {
+        let resp = self
+            .request(reqwest::Method::POST, path, Duration::from_secs(30))
+            .json(body)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(refusal(resp).await)
+        }
+    }
+
+    pub async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, PlaneError> {
+        let id = self.worker_id();
+        let body = ClaimRequest { wait_ms: Some(wait.as_millis() as u64) };
+        let resp = self
+            .request(reqwest::Method::POST, &format!("/workers/{id}/claim"), wait + Duration::from_secs(15))
+            .json(&body)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match resp.status() {
+            StatusCode::NO_CONTENT => Ok(None),
+            StatusCode::OK => Ok(Some(resp.json().await.map_err(unavailable)?)),
+            _ => Err(refusal(resp).await),
+        }
+    }
+
+    pub async fn heartbeat(
+        &self,
+        status: WorkerStatus,
+        leases: Vec<HeldLease>,
+        metrics: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Vec<LeaseVerdict>, PlaneError> {
+        let id = self.worker_id();
+        let resp = self
+            .post_json(&format!("/workers/{id}/heartbeat"), &HeartbeatRequest { status, metrics, leases })
+            .await?;
+        let r: HeartbeatResponse = resp.json().await.map_err(unavailable)?;
+        Ok(r.leases)
+    }
+
+    pub async fn append_output(&self, step_id: &str, epoch: i64, offset: u64, content: String) -> Result<u64, PlaneError> {
+        let resp = self
+            .post_json(&format!("/steps/{step_id}/output"), &OutputChunk { epoch, offset, content })
+            .await?;
+        let ack: OutputAck = resp.json().await.map_err(unavailable)?;
+        Ok(ack.next_offset)
+    }
+
+    pub async fn post_event(&self, step_id: &str, epoch: i64, event_type: &str, payload: serde_json::Value) -> Result<(), PlaneError> {
+        let body = StepEventRequest { epoch, event_type: event_type.into(), payload };
+        self.post_json(&format!("/steps/{step_id}/events"), &body).await?;
+        Ok(())
+    }
+
+    pub async fn put_artifact(&self, step_id: &str, epoch: i64, name: &str, bytes: Bytes) -> Result<ArtifactRef, PlaneError> {
+        let resp = self
+            .request(reqwest::Method::PUT, &format!("/steps/{step_id}/artifacts/{name}?epoch={epoch}"), Duration::from_secs(600))
+            .header("Content-Type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(refusal(resp).await);
+        }
+        resp.json().await.map_err(unavailable)
+    }
+
+    pub async fn get_artifact(&self, step_id: &str, epoch: i64, name: &str) -> Result<Bytes, PlaneError> {
+        let resp = self
+            .request(reqwest::Method::GET, &format!("/steps/{step_id}/artifacts/{name}?epoch={epoch}"), Duration::from_secs(600))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        if !resp.status().is_success() {
+            return Err(refusal(resp).await);
+        }
+        resp.bytes().await.map_err(unavailable)
+    }
+
+    pub async fn complete(&self, step_id: &str, req: CompleteRequest) -> Result<(), PlaneError> {
+        self.post_json(&format!("/steps/{step_id}/complete"), &req).await?;
+        Ok(())
+    }
+
+    pub async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
+        let body = ReleaseRequest { epoch, reason: Some(reason.into()) };
+        self.post_json(&format!("/steps/{step_id}/release"), &body).await?;
+        Ok(())
+    }
+}

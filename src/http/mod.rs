@@ -1,0 +1,113 @@
+//! The HTTP surface: routes by resource, the shared `ApiError`, authentication middleware and
+//! SSE streams. `runs_api` and `worker_api` are mounted by `app.rs` according to the role.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod runs;
+pub mod state;
+pub mod streams;
+pub mod views;
+pub mod workers;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, HttpResponse};
+use error::ApiError;
+use state::AppState;
+
+/// Unknown paths.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("route"))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    ))
+}
+
+fn res(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// JSON body, query and path extractor settings with the JSON error shape.
+pub fn extractor_config(cfg: &mut web::ServiceConfig, st: &AppState) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(st.limits.json_body_bytes.max(st.limits.output_chunk_bytes))
+            .error_handler(error::json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(error::query_error))
+    .app_data(web::PathConfig::default().error_handler(error::path_error))
+    .app_data(web::PayloadConfig::default().limit(st.limits.artifact_bytes));
+}
+
+/// `/health`, `/ready` (every role).
+pub fn health_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(res("/health").route(web::get().to(health::health)));
+}
+
+/// The runs API (single and controller roles).
+pub fn runs_api(cfg: &mut web::ServiceConfig) {
+    let client = || from_fn(auth::client);
+    cfg.service(res("/ready").route(web::get().to(health::ready)))
+        .service(res("/metrics").route(web::get().to(health::metrics)))
+        .service(
+            res("/runs")
+                .wrap(client())
+                .route(web::post().to(runs::create))
+                .route(web::get().to(runs::list)),
+        )
+        .service(res("/runs/{id}").wrap(client()).route(web::get().to(runs::get)))
+        .service(res("/runs/{id}/steps").wrap(client()).route(web::get().to(runs::steps)))
+        .service(res("/runs/{id}/pause").wrap(client()).route(web::post().to(runs::pause)))
+        .service(res("/runs/{id}/resume").wrap(client()).route(web::post().to(runs::resume)))
+        .service(res("/runs/{id}/cancel").wrap(client()).route(web::post().to(runs::cancel)))
+        .service(res("/runs/{id}/retry").wrap(client()).route(web::post().to(runs::retry)))
+        .service(res("/runs/{id}/events").wrap(client()).route(web::get().to(streams::events)))
+        .service(res("/runs/{id}/output").wrap(client()).route(web::get().to(streams::output)))
+        .service(res("/runs/{id}/artifacts").wrap(client()).route(web::get().to(runs::artifacts)))
+        .service(
+            res("/runs/{id}/artifacts/{name:.+}")
+                .wrap(client())
+                .route(web::get().to(runs::artifact)),
+        )
+        .service(res("/workers").wrap(client()).route(web::get().to(workers::list)));
+}
+
+/// The worker API (controller role; the single role mounts it too, so remote workers can
+/// join a single host, and for tests).
+pub fn worker_api(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        res("/workers/register")
+            .wrap(from_fn(auth::join))
+            .route(web::post().to(workers::register)),
+    )
+    .service(
+        res("/workers/{id}/heartbeat")
+            .wrap(from_fn(auth::worker_self))
+            .route(web::post().to(workers::heartbeat)),
+    )
+    .service(
+        res("/workers/{id}/claim")
+            .wrap(from_fn(auth::worker_self))
+            .route(web::post().to(workers::claim)),
+    )
+    .service(
+        res("/workers/{id}")
+            .wrap(from_fn(auth::client))
+            .route(web::delete().to(workers::revoke)),
+    )
+    .service(res("/steps/{id}/output").wrap(from_fn(auth::worker)).route(web::post().to(workers::output)))
+    .service(res("/steps/{id}/events").wrap(from_fn(auth::worker)).route(web::post().to(workers::event)))
+    .service(
+        res("/steps/{id}/artifacts/{name:.+}")
+            .wrap(from_fn(auth::worker))
+            .route(web::put().to(workers::artifact))
+            .route(web::get().to(workers::download)),
+    )
+    .service(res("/steps/{id}/release").wrap(from_fn(auth::worker)).route(web::post().to(workers::release)))
+    .service(res("/steps/{id}/complete").wrap(from_fn(auth::worker)).route(web::post().to(workers::complete)));
+}

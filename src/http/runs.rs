@@ -1,0 +1,117 @@
+//! Runs API routes (API.md §1): create, list, inspect, steps, control verbs, artifacts. Reads
+//! go straight to storage; every change goes through the SchedulerActor.
+
+use super::error::ApiError;
+use super::state::AppState;
+use super::views;
+use crate::actors::scheduler::{Control, ControlRun, CreateRun};
+use crate::api::{
+    ArtifactsEnvelope, CreateRunRequest, ListRunsQuery, RunEnvelope, RunsEnvelope, StepsEnvelope,
+};
+use crate::artifacts::validate_name;
+use crate::db::{self, DbError};
+use actix_web::{web, HttpResponse};
+
+pub async fn create(st: web::Data<AppState>, body: web::Json<CreateRunRequest>) -> Result<HttpResponse, ApiError> {
+    let row = st.scheduler.send(CreateRun(body.into_inner())).await??;
+    Ok(HttpResponse::Created().json(RunEnvelope { run: views::run(&row) }))
+}
+
+pub async fn list(st: web::Data<AppState>, q: web::Query<ListRunsQuery>) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let rows = st
+        .db
+        .run(move |c| db::runs::list(c, q.workspace_root.as_deref(), q.status.map(|s| s.as_str())))
+        .await?;
+    Ok(HttpResponse::Ok().json(RunsEnvelope { runs: rows.iter().map(views::run).collect() }))
+}
+
+pub async fn get(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let row = st
+        .db
+        .run(move |c| db::runs::get(c, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    Ok(HttpResponse::Ok().json(RunEnvelope { run: views::run(&row) }))
+}
+
+pub async fn steps(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let rows = st
+        .db
+        .run(move |c| {
+            db::runs::get(c, &id)?.ok_or(DbError::NotFound)?;
+            db::steps::for_run_with_leases(c, &id)
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound => ApiError::not_found("run"),
+            other => other.into(),
+        })?;
+    let steps = rows.iter().map(|(s, exp)| views::step(s, *exp)).collect();
+    Ok(HttpResponse::Ok().json(StepsEnvelope { steps }))
+}
+
+async fn control(st: &AppState, id: String, verb: Control) -> Result<HttpResponse, ApiError> {
+    st.scheduler.send(ControlRun { run_id: id, verb }).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn pause(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    control(&st, id.into_inner(), Control::Pause).await
+}
+
+pub async fn resume(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    control(&st, id.into_inner(), Control::Resume).await
+}
+
+pub async fn cancel(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    control(&st, id.into_inner(), Control::Cancel).await
+}
+
+pub async fn retry(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    control(&st, id.into_inner(), Control::Retry).await
+}
+
+pub async fn artifacts(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let rows = st
+        .db
+        .run(move |c| {
+            db::runs::get(c, &id)?.ok_or(DbError::NotFound)?;
+            db::artifacts::for_run(c, &id)
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound => ApiError::not_found("run"),
+            other => other.into(),
+        })?;
+    Ok(HttpResponse::Ok().json(ArtifactsEnvelope { artifacts: rows.iter().map(views::artifact).collect() }))
+}
+
+/// Streams an artifact from the configured store without loading it whole.
+pub async fn artifact(st: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (id, name) = path.into_inner();
+    if validate_name(&name).is_err() {
+        return Err(ApiError::not_found("artifact"));
+    }
+    let row = st
+        .db
+        .run(move |c| db::artifacts::get(c, &id, &name))
+        .await?
+        .ok_or_else(|| ApiError::not_found("artifact"))?;
+    let (size, stream) = st.store.reader(&row.object_key).await.map_err(|e| {
+        if matches!(e, crate::artifacts::ArtifactError::NotFound(_)) {
+            ApiError::not_found("artifact")
+        } else {
+            ApiError::unavailable(e)
+        }
+    })?;
+    let stream = futures_util::StreamExt::map(stream, |r| r.map_err(actix_web::error::ErrorInternalServerError));
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header(("X-Checksum-Sha256", row.sha256.clone()))
+        .no_chunking(size)
+        .streaming(stream))
+}

@@ -1,0 +1,229 @@
+//! The two live streams of a run (SSE). Both replay from a cursor and then follow the event
+//! hub: on every wake-up they re-read from their cursor, so nothing is skipped or repeated.
+//! `/events` uses the run's event numbers as cursor (`Last-Event-ID`, else `after=<ms>`);
+//! `/output` uses the byte offset in the run's output (its steps' outputs in order).
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::api::{EventFrame, OutputFrame};
+use crate::db::{self, models::EventRow, DbError};
+use crate::domain::events::is_terminal;
+use crate::output_store::utf8_boundary;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::stream;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const BATCH: i64 = 500;
+const CHUNK: usize = 64 * 1024;
+
+#[derive(serde::Deserialize)]
+pub struct EventsQuery {
+    after: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+pub struct OutputQuery {
+    offset: Option<u64>,
+}
+
+fn last_event_id(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn sse(body: impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> + 'static) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body)
+}
+
+async fn require_run(st: &AppState, id: &str) -> Result<(), ApiError> {
+    let id = id.to_string();
+    st.db
+        .run(move |c| db::runs::get(c, &id))
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| ApiError::not_found("run"))
+}
+
+/// Waits for a change of the run, or the keep-alive period. False when the hub went away.
+async fn wait(rx: &mut watch::Receiver<u64>) -> Result<bool, ()> {
+    match tokio::time::timeout(KEEP_ALIVE, rx.changed()).await {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(_)) => Err(()),
+        Err(_) => Ok(false),
+    }
+}
+
+fn frame(e: &EventRow) -> String {
+    let payload = serde_json::from_str(&e.payload_json).unwrap_or(serde_json::Value::Null);
+    let f = EventFrame {
+        id: e.id.clone(),
+        run_id: e.run_id.clone().unwrap_or_default(),
+        step_id: e.step_id.clone(),
+        event_type: e.event_type.clone(),
+        timestamp: e.created_at,
+        payload,
+    };
+    let data = serde_json::to_string(&f).unwrap_or_default();
+    format!("event: {}\ndata: {data}\nid: {}\n\n", e.event_type, e.run_seq.unwrap_or(0))
+}
+
+struct EventsCursor {
+    st: AppState,
+    run_id: String,
+    seq: i64,
+    after_ms: Option<i64>,
+    rx: watch::Receiver<u64>,
+    done: bool,
+}
+
+/// `GET /runs/{id}/events`
+pub async fn events(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+    q: web::Query<EventsQuery>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let run_id = id.into_inner();
+    let rx = st.hub.subscribe(&run_id);
+    require_run(&st, &run_id).await?;
+    let seq = match last_event_id(&req) {
+        Some(v) => v
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID must be an event number"))?,
+        None => 0,
+    };
+    let cursor = EventsCursor {
+        st: st.get_ref().clone(),
+        run_id,
+        seq,
+        after_ms: if seq == 0 { q.after } else { None },
+        rx,
+        done: false,
+    };
+    Ok(sse(stream::unfold(cursor, |mut c| async move {
+        loop {
+            if c.done {
+                return None;
+            }
+            let (rid, seq, after) = (c.run_id.clone(), c.seq, c.after_ms);
+            let rows = c
+                .st
+                .db
+                .run(move |conn| db::events::after(conn, &rid, seq, after, BATCH))
+                .await;
+            let rows: Vec<EventRow> = match rows {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream read failed");
+                    Vec::new()
+                }
+            };
+            if !rows.is_empty() {
+                let mut out = String::new();
+                for e in &rows {
+                    out.push_str(&frame(e));
+                    c.seq = e.run_seq.unwrap_or(c.seq);
+                    c.done |= is_terminal(&e.event_type);
+                }
+                return Some((Ok(Bytes::from(out)), c));
+            }
+            match wait(&mut c.rx).await {
+                Ok(true) => continue,
+                Ok(false) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), c)),
+                Err(()) => return None,
+            }
+        }
+    })))
+}
+
+struct OutputCursor {
+    st: AppState,
+    run_id: String,
+    offset: u64,
+    rx: watch::Receiver<u64>,
+}
+
+/// Where the run's output cursor is: the step holding it, that step's start offset, and
+/// whether the run has ended with the cursor at the very end.
+fn locate(c: &mut db::Conn, st: &AppState, run_id: &str, offset: u64) -> Result<(Option<(String, u64)>, bool), DbError> {
+    let run = db::runs::require(c, run_id)?;
+    let steps = db::steps::for_run(c, run_id)?;
+    let mut start = 0u64;
+    for s in &steps {
+        let size = st.output.size(run_id, &s.id);
+        if offset < start + size {
+            return Ok((Some((s.id.clone(), start)), false));
+        }
+        start += size;
+    }
+    let ended = matches!(run.status.as_str(), "COMPLETED" | "FAILED" | "CANCELED");
+    Ok((None, ended && offset >= start))
+}
+
+/// `GET /runs/{id}/output`
+pub async fn output(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+    q: web::Query<OutputQuery>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let run_id = id.into_inner();
+    let rx = st.hub.subscribe(&run_id);
+    require_run(&st, &run_id).await?;
+    let offset = match last_event_id(&req) {
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID must be a byte offset"))?,
+        None => q.offset.unwrap_or(0),
+    };
+    let cursor = OutputCursor { st: st.get_ref().clone(), run_id, offset, rx };
+    Ok(sse(stream::unfold(cursor, |mut c| async move {
+        loop {
+            let (st, rid, off) = (c.st.clone(), c.run_id.clone(), c.offset);
+            let read = c
+                .st
+                .db
+                .run(move |conn| {
+                    let (at, ended) = locate(conn, &st, &rid, off)?;
+                    let chunk = match &at {
+                        Some((step, start)) => st
+                            .output
+                            .read(&rid, step, off - start, CHUNK)
+                            .map_err(|e| DbError::Join(e.to_string()))?,
+                        None => Vec::new(),
+                    };
+                    Ok::<_, DbError>((at, ended, chunk))
+                })
+                .await;
+            match read {
+                Ok((Some((step, start)), _, chunk)) if !chunk.is_empty() => {
+                    let cut = utf8_boundary(&chunk).max(1).min(chunk.len());
+                    let text = String::from_utf8_lossy(&chunk[..cut]).to_string();
+                    let f = OutputFrame { step_id: step, offset: c.offset - start, content: text };
+                    c.offset += cut as u64;
+                    let data = serde_json::to_string(&f).unwrap_or_default();
+                    let msg = format!("event: output\ndata: {data}\nid: {}\n\n", c.offset);
+                    return Some((Ok(Bytes::from(msg)), c));
+                }
+                Ok((_, true, _)) => return None,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "output stream read failed"),
+            }
+            match wait(&mut c.rx).await {
+                Ok(true) => continue,
+                Ok(false) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), c)),
+                Err(()) => return None,
+            }
+        }
+    })))
+}

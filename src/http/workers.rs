@@ -1,0 +1,202 @@
+//! Worker API routes (API.md §2): register, heartbeat, claim, and per-step writes (output,
+//! events, artifacts, completion); plus the client's `GET /workers` and `DELETE /workers/{id}`.
+//! Authentication happened in middleware; handlers get the worker's identity.
+
+use super::error::{payload_error, ApiError};
+use super::state::AppState;
+use super::views;
+use crate::actors::lease::{
+    AppendOutput, ClaimStep, CompleteStep, LeaseError, ReadArtifact, RecordStepEvent, ReleaseLease, StoreArtifact,
+};
+use crate::actors::registry::{Heartbeat, ListWorkers, RegisterWorker, RevokeWorker, WorkerIdentity};
+use crate::api::{
+    ArtifactUploadQuery, ClaimRequest, CompleteRequest, HeartbeatRequest, OutputChunk, RegisterRequest,
+    ReleaseRequest, StepEventRequest, WorkersEnvelope,
+};
+use actix_web::{web, HttpResponse};
+use futures_util::StreamExt;
+use std::time::Duration;
+
+/// The longest long poll a claim may ask for.
+const MAX_WAIT_MS: u64 = 30_000;
+
+pub async fn register(st: web::Data<AppState>, body: web::Json<RegisterRequest>) -> Result<HttpResponse, ApiError> {
+    let r = st.registry.send(RegisterWorker(body.into_inner())).await??;
+    Ok(HttpResponse::Created().json(r))
+}
+
+pub async fn heartbeat(
+    st: web::Data<AppState>,
+    who: web::ReqData<WorkerIdentity>,
+    body: web::Json<HeartbeatRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let r = st
+        .registry
+        .send(Heartbeat { worker_id: who.worker_id.clone(), request: body.into_inner() })
+        .await??;
+    Ok(HttpResponse::Ok().json(r))
+}
+
+pub async fn claim(
+    st: web::Data<AppState>,
+    who: web::ReqData<WorkerIdentity>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    // The body is optional: empty means "answer now".
+    let req: ClaimRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ClaimRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?
+    };
+    let wait = req.wait_ms.unwrap_or(0);
+    if wait > MAX_WAIT_MS {
+        return Err(ApiError::bad_request("invalid_request", format!("wait_ms must be at most {MAX_WAIT_MS}")));
+    }
+    let who = who.into_inner();
+    let got = st
+        .lease
+        .send(ClaimStep { worker_id: who.worker_id, labels: who.labels, wait: Duration::from_millis(wait) })
+        .await??;
+    Ok(match got {
+        Some(a) => HttpResponse::Ok().json(a),
+        None => HttpResponse::NoContent().finish(),
+    })
+}
+
+pub async fn output(
+    st: web::Data<AppState>,
+    who: web::ReqData<WorkerIdentity>,
+    id: web::Path<String>,
+    body: web::Json<OutputChunk>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let r = st
+        .lease
+        .send(AppendOutput {
+            worker_id: who.worker_id.clone(),
+            step_id: id.into_inner(),
+            epoch: b.epoch,
+            offset: b.offset,
+            content: b.content,
+        })
+        .await?;
+    match r {
+        Ok(ack) => Ok(HttpResponse::Accepted().json(ack)),
+        // The writer must know where to resume: say how much is held.
+        Err(LeaseError::OffsetGap(n)) => Ok(HttpResponse::Conflict().json(serde_json::json!({
+            "error": format!("output offset is past the {n} bytes held; resend from {n}"),
+            "code": "offset_gap",
+            "next_offset": n,
+        }))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn event(
+    st: web::Data<AppState>,
+    who: web::ReqData<WorkerIdentity>,
+    id: web::Path<String>,
+    body: web::Json<StepEventRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    st.lease
+        .send(RecordStepEvent {
+            worker_id: who.worker_id.clone(),
+            step_id: id.into_inner(),
+            epoch: b.epoch,
+            event_type: b.event_type,
+            payload: b.payload,
+        })
+        .await??;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({})))
+}
+
+/// `PUT /steps/{id}/artifacts/{name}?epoch=N` with the raw bytes.
+pub async fn artifact(
+    st: web::Data<AppState>,
+    who: web::ReqData<WorkerIdentity>,
+    path: web::Path<(String, String)>,
+    q: web::Query<ArtifactUploadQuery>,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let cap = st.limits.artifact_bytes;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(payload_error)?;
+        if body.len() + chunk.len() > cap {
+            return Err(payload_error(actix_web::error::PayloadError::Overflow));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let (step_id, name) = path.into_inner();
+    let r = st
+        .lease
+        .send(StoreArtifact {
+            worker_id: who.worker_id.clone(),
+            step_id,
+            epoch: q.epoch,
+            name,
+            bytes: body.freeze(),
+        })
+        .await??;
+    Ok(HttpResponse::Created().json(r))
+}
+
+pub async fn complete(
+    st: web::Data<AppState>,
+    who: web::ReqData<WorkerIdentity>,
+    id: web::Path<String>,
+    body: web::Json<CompleteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    st.lease
+        .send(CompleteStep { worker_id: who.worker_id.clone(), step_id: id.into_inner(), request: body.into_inner() })
+        .await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({})))
+}
+
+pub async fn list(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let rows = st.registry.send(ListWorkers).await??;
+    let workers = rows.iter().map(|(w, l)| views::worker(w, l)).collect();
+    Ok(HttpResponse::Ok().json(WorkersEnvelope { workers }))
+}
+
+pub async fn revoke(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    st.registry.send(RevokeWorker(id.into_inner())).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `GET /steps/{id}/artifacts/{name}?epoch=N`: a lease holder reads an artifact of its run
+/// (the checkpoint bundle it restores from).
+pub async fn download(
+    st: web::Data<AppState>,
+    who: web::ReqData<WorkerIdentity>,
+    path: web::Path<(String, String)>,
+    q: web::Query<ArtifactUploadQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (step_id, name) = path.into_inner();
+    let bytes = st
+        .lease
+        .send(ReadArtifact { worker_id: who.worker_id.clone(), step_id, epoch: q.epoch, name })
+        .await??;
+    Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes))
+}
+
+/// `POST /steps/{id}/release`: the worker hands its lease back (drain); no retry is used.
+pub async fn release(
+    st: web::Data<AppState>,
+    who: web::ReqData<WorkerIdentity>,
+    id: web::Path<String>,
+    body: web::Json<ReleaseRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    st.lease
+        .send(ReleaseLease {
+            worker_id: who.worker_id.clone(),
+            step_id: id.into_inner(),
+            epoch: b.epoch,
+            reason: b.reason.unwrap_or_else(|| "released by worker".into()),
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({})))
+}

@@ -1,0 +1,145 @@
+//! Live step output held by the process that serves the runs API: one append-only file per
+//! step under `<data_dir>/output/<run_id>/<step_id>.log`. Writers append at an offset (a resent
+//! chunk after a reconnect is absorbed, a gap is refused); readers read from any offset. The
+//! run's output stream is its steps' files in step order. Files are written on blocking threads.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// What can go wrong with step output.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The writer skipped bytes: it must resend from `expected`.
+    #[error("output offset {given} is past the {expected} bytes held")]
+    Gap { given: u64, expected: u64 },
+    #[error("output file error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The per-step output files.
+#[derive(Debug, Clone)]
+pub struct OutputStore {
+    root: PathBuf,
+}
+
+impl OutputStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        OutputStore { root: root.into() }
+    }
+
+    fn path(&self, run_id: &str, step_id: &str) -> PathBuf {
+        self.root.join(run_id).join(format!("{step_id}.log"))
+    }
+
+    /// Appends `content` written at `offset`. Bytes the store already holds are skipped, so a
+    /// retried chunk is harmless. Returns the size after the write. Blocking.
+    pub fn append(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        offset: u64,
+        content: &[u8],
+    ) -> Result<u64, OutputError> {
+        let path = self.path(run_id, step_id);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        let held = f.metadata()?.len();
+        if offset > held {
+            return Err(OutputError::Gap {
+                given: offset,
+                expected: held,
+            });
+        }
+        let end = offset + content.len() as u64;
+        if end > held {
+            let skip = (held - offset) as usize;
+            f.write_all(&content[skip..])?;
+            return Ok(end);
+        }
+        Ok(held)
+    }
+
+    /// How many bytes of a step's output are held. Blocking.
+    pub fn size(&self, run_id: &str, step_id: &str) -> u64 {
+        fs::metadata(self.path(run_id, step_id))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Reads up to `max` bytes of a step's output from `offset`. Blocking.
+    pub fn read(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, OutputError> {
+        let path = self.path(run_id, step_id);
+        let mut f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::with_capacity(max.min(1 << 20));
+        f.take(max as u64).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// The file holding a step's output (for uploading it as an artifact).
+    pub fn file(&self, run_id: &str, step_id: &str) -> PathBuf {
+        self.path(run_id, step_id)
+    }
+
+    /// The directory of all output.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Cuts `bytes` at the last UTF-8 character boundary, so an SSE frame never splits a character.
+/// Returns the length of the longest valid prefix (all of it when the tail is complete).
+pub fn utf8_boundary(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        // Invalid bytes in the middle: the caller sends them lossily rather than stalling.
+        Err(_) => bytes.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_absorb_resent_bytes_and_refuse_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OutputStore::new(dir.path());
+        assert_eq!(s.append("r", "s", 0, b"hello ").unwrap(), 6);
+        // A resend that overlaps what is held only adds the new part.
+        assert_eq!(s.append("r", "s", 3, b"lo world").unwrap(), 11);
+        assert_eq!(s.read("r", "s", 0, 100).unwrap(), b"hello world");
+        match s.append("r", "s", 20, b"x") {
+            Err(OutputError::Gap { expected: 11, .. }) => {}
+            other => panic!("expected a gap error, got {other:?}"),
+        }
+        assert_eq!(s.size("r", "s"), 11);
+        assert_eq!(s.read("r", "s", 6, 3).unwrap(), b"wor");
+        assert!(s.read("r", "other", 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn utf8_boundary_never_splits_a_character() {
+        let text = "ok é".as_bytes();
+        assert_eq!(utf8_boundary(text), text.len());
+        assert_eq!(utf8_boundary(&text[..text.len() - 1]), 3);
+    }
+}
