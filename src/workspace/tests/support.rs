@@ -79,3 +79,8 @@ pub fn rev(dir: &Path, rev: &str) -> String {
 pub fn current_branch(dir: &Path) -> String {
     git(dir, &["branch", "--show-current"])
 }
+
+/// `file://` URL of a local repository.
+pub fn file_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
