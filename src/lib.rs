@@ -5,3 +5,4 @@ pub mod api;
 pub mod db;
 pub mod domain;
 pub mod settings;
+pub mod workspace;

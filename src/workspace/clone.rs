@@ -1,0 +1,198 @@
+//! The worker's clone of a git run's repository (ARCHITECTURE "Workspaces"): preparing the work
+//! dir at the commit a step must start from, and the checkpoint commit of what the agent left
+//! after the step. Called by the worker's step executor (bundles live in `bundle.rs`).
+
+use super::bundle::import_bundle;
+use super::error::{Context, WorkspaceError};
+use super::{repo, Result};
+use git2::build::{CheckoutBuilder, RepoBuilder};
+use git2::{FetchOptions, FetchPrune, IndexAddOption, Oid, Repository};
+use std::fs;
+use std::path::Path;
+
+/// The line that keeps the runner's notes file out of checkpoint commits.
+const RUNNER_NOTES_EXCLUDE: &str = "/.loop/runner-notes.txt";
+
+/// Makes `dir` a clone of `repo_url` with `run_branch` checked out at the commit the step starts
+/// from, and returns that commit's sha. An existing clone of the same URL is fetched and reused;
+/// anything else in `dir` is replaced by a fresh clone. The start commit is the checkpoint's
+/// head (its bundle imported first), else the existing local `run_branch`, else `repo_ref` (a
+/// branch of the remote, a tag or a sha). The work tree is reset hard to it and untracked files
+/// are removed (ignored ones are kept); `/.loop/runner-notes.txt` is added to `.git/info/exclude`.
+pub fn prepare_clone(
+    dir: &Path,
+    repo_url: &str,
+    repo_ref: &str,
+    run_branch: &str,
+    checkpoint: Option<(&Path, &str)>,
+) -> Result<String> {
+    let repository = open_or_clone(dir, repo_url)?;
+    let start = match checkpoint {
+        Some((bundle, head)) => {
+            let imported = import_bundle(dir, bundle)?;
+            if imported != head {
+                return Err(WorkspaceError::InvalidBundle {
+                    path: bundle.to_path_buf(),
+                    reason: format!("its head is {imported}, expected {head}"),
+                });
+            }
+            Oid::from_str(head).context(|| format!("bad checkpoint head {head}"))?
+        }
+        None => match repo::branch_commit(&repository, run_branch) {
+            Ok(commit) => commit.id(),
+            Err(_) => resolve_remote_ref(&repository, repo_url, repo_ref)?,
+        },
+    };
+    check_out_branch_at(&repository, run_branch, start)?;
+    exclude_runner_notes(&repository)?;
+    Ok(start.to_string())
+}
+
+/// Commits everything the agent changed in `dir` (untracked files included, ignored files not)
+/// on the current branch, as the repository's configured user or `loopd <loopd@localhost>`.
+/// Returns HEAD, committed or not.
+pub fn checkpoint_commit(dir: &Path, message: &str) -> Result<String> {
+    let repository = repo::open(dir)?;
+    let parent = repository.head().and_then(|h| h.peel_to_commit()).ok();
+    if repo::is_clean(&repository)? {
+        return head_sha(&repository);
+    }
+    let mut index = repository
+        .index()
+        .context(|| format!("cannot read the index of {}", dir.display()))?;
+    let staged = index
+        .add_all(["*"], IndexAddOption::DEFAULT, None)
+        .and_then(|()| index.update_all(["*"], None))
+        .and_then(|()| index.write());
+    staged.context(|| format!("cannot stage the changes in {}", dir.display()))?;
+    let tree_id = index
+        .write_tree()
+        .context(|| format!("cannot write the tree of {}", dir.display()))?;
+    if parent.as_ref().map(|p| p.tree_id()) == Some(tree_id) {
+        return head_sha(&repository);
+    }
+    let tree = repository
+        .find_tree(tree_id)
+        .context(|| "cannot read the staged tree".into())?;
+    let signature = repo::signature(&repository)?;
+    let parents: Vec<_> = parent.iter().collect();
+    let commit = repository
+        .commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            message,
+            &tree,
+            &parents,
+        )
+        .context(|| format!("cannot commit the checkpoint in {}", dir.display()))?;
+    Ok(commit.to_string())
+}
+
+fn head_sha(repository: &Repository) -> Result<String> {
+    let head = repository
+        .head()
+        .and_then(|h| h.peel_to_commit())
+        .context(|| format!("cannot read HEAD of {}", repo::place(repository)))?;
+    Ok(head.id().to_string())
+}
+
+/// The clone in `dir` when it is one of `repo_url` (fetched), else a fresh clone.
+fn open_or_clone(dir: &Path, repo_url: &str) -> Result<Repository> {
+    if let Ok(existing) = Repository::open(dir) {
+        let same_url = existing
+            .find_remote("origin")
+            .ok()
+            .is_some_and(|remote| remote.url().ok() == Some(repo_url));
+        if same_url {
+            fetch_origin(&existing, repo_url)?;
+            return Ok(existing);
+        }
+    }
+    if dir.exists() {
+        fs::remove_dir_all(dir).context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    RepoBuilder::new()
+        .clone(repo_url, dir)
+        .map_err(|source| WorkspaceError::Clone {
+            url: repo_url.to_string(),
+            source,
+        })
+}
+
+fn fetch_origin(repository: &Repository, repo_url: &str) -> Result<()> {
+    let fetch_error = |source| WorkspaceError::Fetch {
+        url: repo_url.to_string(),
+        source,
+    };
+    let mut remote = repository.find_remote("origin").map_err(fetch_error)?;
+    let mut options = FetchOptions::new();
+    options.prune(FetchPrune::On);
+    let configured: &[&str] = &[];
+    remote
+        .fetch(configured, Some(&mut options), None)
+        .map_err(fetch_error)
+}
+
+/// `repo_ref` as a branch of origin, a tag, or any revision (a sha).
+fn resolve_remote_ref(repository: &Repository, repo_url: &str, repo_ref: &str) -> Result<Oid> {
+    let candidates = [
+        format!("refs/remotes/origin/{repo_ref}"),
+        format!("refs/tags/{repo_ref}"),
+        repo_ref.to_string(),
+    ];
+    candidates
+        .iter()
+        .find_map(|spec| {
+            let object = repository.revparse_single(spec).ok()?;
+            object.peel_to_commit().ok().map(|c| c.id())
+        })
+        .ok_or_else(|| WorkspaceError::NotFound {
+            what: "ref",
+            name: repo_ref.to_string(),
+            place: repo_url.to_string(),
+        })
+}
+
+/// Points `branch` at `start`, checks it out, and makes the work tree exactly `start`'s tree.
+fn check_out_branch_at(repository: &Repository, branch: &str, start: Oid) -> Result<()> {
+    let commit = repository
+        .find_commit(start)
+        .context(|| format!("cannot find commit {start}"))?;
+    repository
+        .checkout_tree(
+            commit.as_object(),
+            Some(CheckoutBuilder::new().force().remove_untracked(true)),
+        )
+        .context(|| format!("cannot check out {start}"))?;
+    let refname = format!("refs/heads/{branch}");
+    repository
+        .reference(&refname, start, true, "loopd: start of step")
+        .context(|| format!("cannot point {branch} at {start}"))?;
+    repository
+        .set_head(&refname)
+        .context(|| format!("cannot check out {branch}"))?;
+    repository
+        .checkout_head(Some(CheckoutBuilder::new().force().remove_untracked(true)))
+        .context(|| format!("cannot reset {branch} to {start}"))
+}
+
+fn exclude_runner_notes(repository: &Repository) -> Result<()> {
+    let info = repository.path().join("info");
+    let exclude = info.join("exclude");
+    let current = fs::read_to_string(&exclude).unwrap_or_default();
+    if current
+        .lines()
+        .any(|line| line.trim() == RUNNER_NOTES_EXCLUDE)
+    {
+        return Ok(());
+    }
+    let separator = if current.is_empty() || current.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    fs::create_dir_all(&info).context(|| format!("cannot create {}", info.display()))?;
+    let content = format!("{current}{separator}{RUNNER_NOTES_EXCLUDE}\n");
+    fs::write(&exclude, content).context(|| format!("cannot write {}", exclude.display()))
+}

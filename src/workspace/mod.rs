@@ -1,0 +1,27 @@
+//! Everything git, done in-process with `git2` (no `git` CLI): run worktrees and merges for
+//! shared_fs runs, the controller's bare mirrors for git runs, and the worker's clone,
+//! checkpoint commits and bundles for git runs. Every function is blocking: async callers put
+//! them on `spawn_blocking`.
+
+pub mod bundle;
+pub mod clone;
+mod error;
+pub mod merge;
+pub mod mirror;
+pub mod naming;
+mod repo;
+pub mod worktree;
+
+#[cfg(test)]
+mod tests;
+
+pub use bundle::{import_bundle, write_bundle};
+pub use clone::{checkpoint_commit, prepare_clone};
+pub use error::WorkspaceError;
+pub use merge::merge_run_branch;
+pub use mirror::Mirrors;
+pub use naming::{expand_path_template, slug, DEFAULT_PATH_TEMPLATE};
+pub use worktree::{create_worktree, detect_base_branch, is_clean, plan_worktree, remove_worktree};
+
+/// Result of every workspace operation.
+pub type Result<T, E = WorkspaceError> = std::result::Result<T, E>;

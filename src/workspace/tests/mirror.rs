@@ -1,0 +1,80 @@
+//! The controller's bare mirrors: fetch, resolve and read at a ref.
+
+use super::support::{commit_file, file_url, git, init_repo_on};
+use crate::workspace::{Mirrors, WorkspaceError};
+
+#[test]
+fn a_mirror_resolves_the_remote_head_and_branches_and_reads_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = init_repo_on(&tmp.path().join("upstream"), "trunk");
+    let trunk = commit_file(&upstream, "specs/a.md", "# Spec A\n", "spec");
+    git(&upstream, &["checkout", "-q", "-b", "feature"]);
+    let feature = commit_file(&upstream, "specs/b.md", "# Spec B\n", "spec b");
+    git(&upstream, &["checkout", "-q", "trunk"]);
+    let url = file_url(&upstream);
+    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
+
+    mirrors.fetch(&url).unwrap();
+    assert_eq!(
+        mirrors.resolve_ref(&url, None).unwrap(),
+        ("trunk".to_string(), trunk.clone())
+    );
+    assert_eq!(
+        mirrors.resolve_ref(&url, Some("feature")).unwrap(),
+        ("feature".to_string(), feature.clone())
+    );
+    assert_eq!(
+        mirrors.resolve_ref(&url, Some(&trunk[..10])).unwrap().1,
+        trunk
+    );
+
+    let spec = mirrors.read_file(&url, &trunk, "specs/a.md").unwrap();
+    assert_eq!(spec.as_deref(), Some(&b"# Spec A\n"[..]));
+    assert_eq!(mirrors.read_file(&url, &trunk, "specs/b.md").unwrap(), None);
+    assert!(mirrors
+        .read_file(&url, &feature, "specs/b.md")
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        mirrors.read_file(&url, &trunk, "specs").unwrap(),
+        None,
+        "a directory"
+    );
+}
+
+#[test]
+fn a_second_fetch_brings_new_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = init_repo_on(&tmp.path().join("upstream"), "main");
+    let url = file_url(&upstream);
+    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
+    mirrors.fetch(&url).unwrap();
+    let newer = commit_file(&upstream, "plan.md", "- [ ] x\n", "plan");
+    assert_ne!(mirrors.resolve_ref(&url, Some("main")).unwrap().1, newer);
+    mirrors.fetch(&url).unwrap();
+    assert_eq!(mirrors.resolve_ref(&url, Some("main")).unwrap().1, newer);
+    assert!(mirrors
+        .path_of(&url)
+        .starts_with(tmp.path().join("mirrors")));
+}
+
+#[test]
+fn unknown_refs_and_unfetched_urls_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = init_repo_on(&tmp.path().join("upstream"), "main");
+    let url = file_url(&upstream);
+    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
+
+    let error = mirrors.resolve_ref(&url, None).unwrap_err();
+    assert!(matches!(error, WorkspaceError::NoMirror { .. }), "{error}");
+    mirrors.fetch(&url).unwrap();
+    let error = mirrors.resolve_ref(&url, Some("nope")).unwrap_err();
+    assert_eq!(error.to_string(), format!("ref not found in {url}: nope"));
+
+    let missing = format!("file://{}/missing", tmp.path().display());
+    let error = mirrors.fetch(&missing).unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!("cannot fetch {missing}: ")),
+        "{error}"
+    );
+}
