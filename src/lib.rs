@@ -2,6 +2,7 @@
 //! `controller`, `worker`) and a client. `app` is the only module that knows the roles.
 
 pub mod api;
+pub mod artifacts;
 pub mod db;
 pub mod domain;
 pub mod settings;
