@@ -4,4 +4,5 @@
 pub mod api;
 pub mod db;
 pub mod domain;
+pub mod exec;
 pub mod settings;
