@@ -5,5 +5,6 @@ pub mod api;
 pub mod artifacts;
 pub mod db;
 pub mod domain;
+pub mod exec;
 pub mod settings;
 pub mod workspace;

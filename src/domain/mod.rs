@@ -1,6 +1,11 @@
 //! Pure types and state machines of runs, steps, leases and workers. No I/O here.
 
+pub mod completion;
+pub mod plan;
+pub mod prompt;
+pub mod run_config;
 pub mod status;
 pub mod time;
+pub mod watchdog;
 
 pub use status::*;
