@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
 use crate::settings::{Role, Settings, StorageType};
 use crate::workspace::mirror::Mirrors;
-use actix::{Actor, Context};
+use actix::{Actor, AsyncContext, Context};
 use actix_web::{dev::Server, web, App, HttpServer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,9 +43,27 @@ impl Subsystems {
     /// The one place a role becomes switches.
     pub fn for_role(role: Role) -> Self {
         match role {
-            Role::Single => Subsystems { control: true, runs_api: true, worker_api: false, local_runners: true, remote_runners: false },
-            Role::Controller => Subsystems { control: true, runs_api: true, worker_api: true, local_runners: false, remote_runners: false },
-            Role::Worker => Subsystems { control: false, runs_api: false, worker_api: false, local_runners: false, remote_runners: true },
+            Role::Single => Subsystems {
+                control: true,
+                runs_api: true,
+                worker_api: false,
+                local_runners: true,
+                remote_runners: false,
+            },
+            Role::Controller => Subsystems {
+                control: true,
+                runs_api: true,
+                worker_api: true,
+                local_runners: false,
+                remote_runners: false,
+            },
+            Role::Worker => Subsystems {
+                control: false,
+                runs_api: false,
+                worker_api: false,
+                local_runners: false,
+                remote_runners: true,
+            },
         }
     }
 }
@@ -58,7 +76,10 @@ pub enum AppError {
     #[error("artifact store: {0}")]
     Artifacts(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Startup(String),
 }
@@ -81,12 +102,22 @@ impl Application {
     /// Starts everything the role needs. Must be called inside an actix system.
     pub async fn build(settings: Settings) -> Result<Application, AppError> {
         let subsystems = Subsystems::for_role(settings.role);
-        std::fs::create_dir_all(&settings.data_dir)
-            .map_err(|e| AppError::Startup(format!("cannot create data_dir {}: {e}", settings.data_dir.display())))?;
-        let control = if subsystems.control { Some(build_control(&settings).await?) } else { None };
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+            AppError::Startup(format!(
+                "cannot create data_dir {}: {e}",
+                settings.data_dir.display()
+            ))
+        })?;
+        let control = if subsystems.control {
+            Some(build_control(&settings).await?)
+        } else {
+            None
+        };
         let ready = control.as_ref().map(|c| c.state.ready.clone());
         let worker = if subsystems.local_runners {
-            let c = control.as_ref().ok_or_else(|| AppError::Startup("local runners need the control plane".into()))?;
+            let c = control
+                .as_ref()
+                .ok_or_else(|| AppError::Startup("local runners need the control plane".into()))?;
             Some(start_local_runners(&settings, &c.state).await?)
         } else if subsystems.remote_runners {
             Some(start_remote_worker(&settings).await?)
@@ -99,7 +130,13 @@ impl Application {
             r.store(true, Ordering::Release);
         }
         tracing::info!(role = settings.role.as_str(), port, "loopd started");
-        Ok(Application { port, server, worker, subsystems, settings })
+        Ok(Application {
+            port,
+            server,
+            worker,
+            subsystems,
+            settings,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -109,8 +146,10 @@ impl Application {
     /// Runs until SIGINT/SIGTERM, then shuts down as the role should.
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| AppError::Startup(e.to_string()))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| AppError::Startup(e.to_string()))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| AppError::Startup(e.to_string()))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| AppError::Startup(e.to_string()))?;
         let handle = self.server.handle();
         let server = self.server;
         let served = actix::spawn(server);
@@ -121,7 +160,10 @@ impl Application {
         if let Some(worker) = &self.worker {
             if self.subsystems.remote_runners {
                 let drain = Duration::from_millis(self.settings.worker.drain_timeout_ms);
-                tracing::info!(timeout_ms = drain.as_millis() as u64, "draining: finishing the running steps");
+                tracing::info!(
+                    timeout_ms = drain.as_millis() as u64,
+                    "draining: finishing the running steps"
+                );
                 tokio::select! {
                     _ = worker.drain(drain) => {}
                     _ = term.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
@@ -143,7 +185,12 @@ async fn open_db(settings: &Settings) -> Result<Db, AppError> {
     let db = tokio::task::spawn_blocking(move || match s.storage.kind {
         StorageType::Sqlite => Db::open_sqlite(&s.sqlite_path(), s.storage.pool_size),
         StorageType::Postgres => {
-            let url = s.storage.url.as_ref().map(|u| u.expose().to_string()).unwrap_or_default();
+            let url = s
+                .storage
+                .url
+                .as_ref()
+                .map(|u| u.expose().to_string())
+                .unwrap_or_default();
             Db::open_postgres(&url, s.storage.pool_size, true)
         }
     })
@@ -193,7 +240,10 @@ async fn build_control(settings: &Settings) -> Result<Control, AppError> {
         settings.worker.clone(),
         lease.clone(),
     ));
-    registry_svc.load().await.map_err(|e| AppError::Startup(e.to_string()))?;
+    registry_svc
+        .load()
+        .await
+        .map_err(|e| AppError::Startup(e.to_string()))?;
     let registry = WorkerRegistryActor::new(registry_svc).start();
     let state = AppState {
         db,
@@ -226,7 +276,10 @@ async fn recover_single(db: &Db, settings: &Settings) -> Result<(), AppError> {
         })
         .await?;
     if !requeued.is_empty() {
-        tracing::warn!(steps = requeued.len(), "requeued the steps of the previous run of this daemon");
+        tracing::warn!(
+            steps = requeued.len(),
+            "requeued the steps of the previous run of this daemon"
+        );
     }
     Ok(())
 }
@@ -246,11 +299,19 @@ async fn start_local_runners(settings: &Settings, st: &AppState) -> Result<Worke
     let labels = settings.worker.labels.clone();
     let worker_id = st
         .registry
-        .send(RegisterLocalWorker { labels: labels.clone(), slots: settings.worker.slots.max(1) })
+        .send(RegisterLocalWorker {
+            labels: labels.clone(),
+            slots: settings.worker.slots.max(1),
+        })
         .await
         .map_err(|e| AppError::Startup(e.to_string()))?
         .map_err(|e| AppError::Startup(e.to_string()))?;
-    let plane = ControlPlane::Local(LocalPlane { worker_id, labels, lease: st.lease.clone(), registry: st.registry.clone() });
+    let plane = ControlPlane::Local(LocalPlane {
+        worker_id,
+        labels,
+        lease: st.lease.clone(),
+        registry: st.registry.clone(),
+    });
     let mut cfg = runner_config(settings);
     // In-process heartbeats are cheap; a short interval makes cancel take effect quickly.
     cfg.heartbeat_interval = cfg.heartbeat_interval.min(Duration::from_millis(500));
@@ -271,7 +332,11 @@ async fn start_remote_worker(settings: &Settings) -> Result<WorkerHandle, AppErr
 }
 
 /// Binds the HTTP server with the routes the role serves.
-fn serve(settings: &Settings, subsystems: Subsystems, state: Option<AppState>) -> Result<(Server, u16), AppError> {
+fn serve(
+    settings: &Settings,
+    subsystems: Subsystems,
+    state: Option<AppState>,
+) -> Result<(Server, u16), AppError> {
     let st = state.clone();
     let workers = if subsystems.control { 4 } else { 1 };
     let server = HttpServer::new(move || {
@@ -296,7 +361,10 @@ fn serve(settings: &Settings, subsystems: Subsystems, state: Option<AppState>) -
     .disable_signals()
     .shutdown_timeout(5)
     .bind(&settings.bind)
-    .map_err(|source| AppError::Bind { addr: settings.bind.clone(), source })?;
+    .map_err(|source| AppError::Bind {
+        addr: settings.bind.clone(),
+        source,
+    })?;
     let port = server.addrs().first().map(|a| a.port()).unwrap_or(0);
     Ok((server.run(), port))
 }

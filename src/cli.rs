@@ -80,7 +80,7 @@ pub struct ClientArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit a run: `loopd run SPEC [PLAN]`.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List runs (newest first).
     List {
         #[command(flatten)]

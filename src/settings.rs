@@ -128,6 +128,7 @@ pub struct WorkerSettings {
     pub controller: Option<String>,
     pub join_token: Option<Secret>,
     pub slots: u32,
+    #[serde(default)]
     pub labels: Vec<String>,
     /// Default `<data_dir>/work`.
     pub work_dir: Option<PathBuf>,
@@ -136,6 +137,7 @@ pub struct WorkerSettings {
     /// TERM → this grace → KILL, for cancelled or abandoned steps.
     pub kill_grace_ms: u64,
     /// Environment variables the agent and verify commands inherit (`PREFIX_*` globs allowed).
+    #[serde(default)]
     pub agent_env: Vec<String>,
     /// `controller` (upload through the controller) or `direct` (to this worker's own store).
     pub artifact_upload: String,
@@ -223,8 +225,18 @@ impl Default for Settings {
                 drain_timeout_ms: 600_000,
                 kill_grace_ms: 5000,
                 agent_env: [
-                    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_*", "TERM", "TMPDIR",
-                    "TZ", "ANTHROPIC_*", "CLAUDE_*",
+                    "PATH",
+                    "HOME",
+                    "USER",
+                    "LOGNAME",
+                    "SHELL",
+                    "LANG",
+                    "LC_*",
+                    "TERM",
+                    "TMPDIR",
+                    "TZ",
+                    "ANTHROPIC_*",
+                    "CLAUDE_*",
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -265,10 +277,7 @@ fn err(msg: impl Into<String>) -> SettingsError {
 impl Settings {
     /// Layers every source and validates the result. `env` is the process environment (tests
     /// pass their own).
-    pub fn load(
-        flags: &Overrides,
-        env: &[(String, String)],
-    ) -> Result<Settings, SettingsError> {
+    pub fn load(flags: &Overrides, env: &[(String, String)]) -> Result<Settings, SettingsError> {
         let defaults = Config::try_from(&Settings::default())
             .map_err(|e| err(format!("compiled defaults: {e}")))?;
         let mut builder = Config::builder().add_source(defaults);
@@ -284,9 +293,8 @@ impl Settings {
             .clone()
             .or_else(|| env_value("LOOPD_CONFIG").map(PathBuf::from));
         if let Some(path) = &file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                err(format!("cannot read config file {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
             builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
         }
 
@@ -305,8 +313,7 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(vars)),
         );
-        builder = apply_overrides(builder, flags, &env_value)
-            .map_err(|e| err(format!("{e}")))?;
+        builder = apply_overrides(builder, flags, &env_value).map_err(|e| err(format!("{e}")))?;
 
         let built = builder.build().map_err(|e| describe(&file, e))?;
         let settings: Settings = built.try_deserialize().map_err(|e| describe(&file, e))?;
@@ -351,7 +358,11 @@ impl Settings {
         }
         if self.role != Role::Worker
             && self.storage.kind == StorageType::Postgres
-            && self.storage.url.as_ref().is_none_or(|u| u.expose().is_empty())
+            && self
+                .storage
+                .url
+                .as_ref()
+                .is_none_or(|u| u.expose().is_empty())
         {
             return Err(err(
                 "storage.type = \"postgres\" needs storage.url (postgres://user@host/db)",
@@ -362,14 +373,19 @@ impl Settings {
         {
             return Err(err("artifacts.type = \"s3\" needs artifacts.bucket"));
         }
-        if !matches!(self.worker.artifact_upload.as_str(), "controller" | "direct") {
+        if !matches!(
+            self.worker.artifact_upload.as_str(),
+            "controller" | "direct"
+        ) {
             return Err(err(format!(
                 "worker.artifact_upload = \"{}\" must be \"controller\" or \"direct\"",
                 self.worker.artifact_upload
             )));
         }
         if self.lease.ttl_ms == 0 || self.lease.sweep_interval_ms == 0 {
-            return Err(err("lease.ttl_ms and lease.sweep_interval_ms must be positive"));
+            return Err(err(
+                "lease.ttl_ms and lease.sweep_interval_ms must be positive",
+            ));
         }
         if self.storage.pool_size == 0 {
             return Err(err("storage.pool_size must be at least 1"));

@@ -2,7 +2,9 @@
 //! run's files are from the point of view of the step (worktree for shared_fs runs, paths
 //! relative to the clone for git runs).
 
-use crate::api::{AgentSpec, Assignment, Checkpoint, RunWorktree, RunnerNotes, VerifySpec, WorkspaceSpec};
+use crate::api::{
+    AgentSpec, Assignment, Checkpoint, RunWorktree, RunnerNotes, VerifySpec, WorkspaceSpec,
+};
 use crate::db::models::{LeaseRow, RunRow, RunStateRow, StepRow};
 use crate::domain::run_config::RunConfig;
 use crate::domain::time::rfc3339;
@@ -127,7 +129,9 @@ pub fn build(
         epoch: lease.epoch,
         lease_expires_at: rfc3339(lease.expires_at),
         workspace,
-        prompt: phase.runs_agent().then(|| step.prompt.clone().unwrap_or_default()),
+        prompt: phase
+            .runs_agent()
+            .then(|| step.prompt.clone().unwrap_or_default()),
         agent: AgentSpec {
             command,
             timeout_sec: config.claude_timeout_sec,

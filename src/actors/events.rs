@@ -61,7 +61,7 @@ mod tests {
     async fn a_subscriber_wakes_on_its_run_only() {
         let hub = EventHub::new();
         let mut a = hub.subscribe("a");
-        let mut b = hub.subscribe("b");
+        let b = hub.subscribe("b");
         hub.notify("a");
         tokio::time::timeout(Duration::from_secs(1), a.changed())
             .await

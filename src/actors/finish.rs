@@ -43,7 +43,9 @@ impl SchedulerService {
         let id = run_id.to_string();
         let (run, state) = self
             .db
-            .run(move |c| Ok::<_, SchedError>((db::runs::require(c, &id)?, db::runs::state(c, &id)?)))
+            .run(move |c| {
+                Ok::<_, SchedError>((db::runs::require(c, &id)?, db::runs::state(c, &id)?))
+            })
             .await?;
         let Some(plan) = state
             .finishing
@@ -73,7 +75,8 @@ impl SchedulerService {
                 }
             }
         }
-        self.write_final_artifacts(&run, completed, false, &reason).await;
+        self.write_final_artifacts(&run, completed, false, &reason)
+            .await;
         let cleanup = self.cleanup_worktree(&run, completed).await;
         let id = run_id.to_string();
         self.db
@@ -117,7 +120,8 @@ impl SchedulerService {
         let Ok(run) = self.db.run(move |c| db::runs::require(c, &id)).await else {
             return;
         };
-        self.write_final_artifacts(&run, false, true, "canceled").await;
+        self.write_final_artifacts(&run, false, true, "canceled")
+            .await;
         if let Some((status, at)) = self.cleanup_worktree(&run, false).await {
             let id = run_id.to_string();
             let _ = self
@@ -134,7 +138,13 @@ impl SchedulerService {
     }
 
     /// Stores an artifact the controller itself produces, with its row and event.
-    pub(super) async fn store_artifact(&self, run_id: &str, step_id: Option<&str>, name: &str, bytes: Vec<u8>) {
+    pub(super) async fn store_artifact(
+        &self,
+        run_id: &str,
+        step_id: Option<&str>,
+        name: &str,
+        bytes: Vec<u8>,
+    ) {
         let stored = match self.store.put(run_id, name, bytes.into()).await {
             Ok(s) => s,
             Err(e) => {
@@ -158,8 +168,20 @@ impl SchedulerService {
             .db
             .tx(move |c| {
                 db::artifacts::upsert(c, &row)?;
-                let p = ev::artifact_stored(row.step_id.as_deref(), &row.name, row.size as u64, &row.sha256);
-                db::events::append(c, Some(&row.run_id), row.step_id.as_deref(), ev::ARTIFACT_STORED, &p, row.created_at)?;
+                let p = ev::artifact_stored(
+                    row.step_id.as_deref(),
+                    &row.name,
+                    row.size as u64,
+                    &row.sha256,
+                );
+                db::events::append(
+                    c,
+                    Some(&row.run_id),
+                    row.step_id.as_deref(),
+                    ev::ARTIFACT_STORED,
+                    &p,
+                    row.created_at,
+                )?;
                 Ok::<_, DbError>(())
             })
             .await;
@@ -168,11 +190,19 @@ impl SchedulerService {
         }
     }
 
-    async fn write_final_artifacts(&self, run: &RunRow, completed: bool, canceled: bool, reason: &str) {
+    async fn write_final_artifacts(
+        &self,
+        run: &RunRow,
+        completed: bool,
+        canceled: bool,
+        reason: &str,
+    ) {
         let id = run.id.clone();
         let Ok((steps, events)) = self
             .db
-            .run(move |c| Ok::<_, DbError>((db::steps::for_run(c, &id)?, db::events::for_run(c, &id)?)))
+            .run(move |c| {
+                Ok::<_, DbError>((db::steps::for_run(c, &id)?, db::events::for_run(c, &id)?))
+            })
             .await
         else {
             return;
@@ -200,18 +230,37 @@ impl SchedulerService {
                 .collect(),
             tasks: plan_text.map(|t| {
                 let pending = crate::domain::plan::count_pending(&t);
-                let done = t.lines().filter(|l| l.trim_start().starts_with("- [x]")).count();
+                let done = t
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with("- [x]"))
+                    .count();
                 (done, done + pending)
             }),
         };
-        self.store_artifact(&run.id, None, "report.tsv", report::report_tsv(&facts).into_bytes()).await;
+        self.store_artifact(
+            &run.id,
+            None,
+            "report.tsv",
+            report::report_tsv(&facts).into_bytes(),
+        )
+        .await;
         if config.summary_json {
-            self.store_artifact(&run.id, None, "summary.json", report::summary_json(&facts).into_bytes()).await;
+            self.store_artifact(
+                &run.id,
+                None,
+                "summary.json",
+                report::summary_json(&facts).into_bytes(),
+            )
+            .await;
         }
     }
 
     /// Cleanup policy: a completed run awaiting review keeps its worktree (`deferred`).
-    async fn cleanup_worktree(&self, run: &RunRow, completed: bool) -> Option<(String, Option<i64>)> {
+    async fn cleanup_worktree(
+        &self,
+        run: &RunRow,
+        completed: bool,
+    ) -> Option<(String, Option<i64>)> {
         let w = worktree(run)?;
         if completed && run.review_status == "pending" {
             return Some(("deferred".into(), None));
@@ -220,7 +269,8 @@ impl SchedulerService {
             return Some(("skipped".into(), None));
         }
         let (root, w2) = (run.workspace_root.clone(), w.clone());
-        let r = tokio::task::spawn_blocking(move || wt::remove_worktree(Path::new(&root), &w2)).await;
+        let r =
+            tokio::task::spawn_blocking(move || wt::remove_worktree(Path::new(&root), &w2)).await;
         match r {
             Ok(Ok(())) => {
                 let (id, path) = (run.id.clone(), w.worktree_path.clone());
@@ -250,9 +300,11 @@ impl SchedulerService {
         let step_id = self.merge_step(&run.id).await?;
         let (root, w2) = (run.workspace_root.clone(), w.clone());
         let started = now_ms();
-        let r = tokio::task::spawn_blocking(move || wt::merge_run_branch(Path::new(&root), &w2))
-            .await
-            .map_err(|e| SchedError::Internal(e.to_string()))?;
+        let r = tokio::task::spawn_blocking(move || {
+            crate::workspace::merge_run_branch(Path::new(&root), &w2)
+        })
+        .await
+        .map_err(|e| SchedError::Internal(e.to_string()))?;
         let (ok, result) = match r {
             Ok(sha) => (true, MergeResult::Merged(sha)),
             Err(e) => (false, MergeResult::Failed(e.to_string())),
@@ -266,7 +318,12 @@ impl SchedulerService {
                 s.exit_code = Some(if ok { 0 } else { 1 });
                 s.ended_at = Some(now);
                 db::steps::save(c, &s)?;
-                let p = ev::step_finished(&sid, if ok { 0 } else { 1 }, (now - started).max(0) as u64, "");
+                let p = ev::step_finished(
+                    &sid,
+                    if ok { 0 } else { 1 },
+                    (now - started).max(0) as u64,
+                    "",
+                );
                 db::events::append(c, Some(&id), Some(&sid), ev::STEP_FINISHED, &p, now)?;
                 Ok::<_, SchedError>(())
             })
@@ -280,7 +337,10 @@ impl SchedulerService {
         self.db
             .tx(move |c| {
                 let steps = db::steps::for_run(c, &id)?;
-                if let Some(s) = steps.iter().find(|s| s.phase == "merge" && s.status == "IN_PROGRESS") {
+                if let Some(s) = steps
+                    .iter()
+                    .find(|s| s.phase == "merge" && s.status == "IN_PROGRESS")
+                {
                     return Ok(s.id.clone());
                 }
                 let now = now_ms();

@@ -61,9 +61,11 @@ pub struct ClaimStep {
     pub labels: Vec<String>,
     pub wait: Duration,
 }
-forward!(ClaimStep, Result<Option<Assignment>, LeaseError>, |svc, m| svc
-    .claim(&m.worker_id, &m.labels, m.wait)
-    .await);
+forward!(
+    ClaimStep,
+    Result<Option<Assignment>, LeaseError>,
+    |svc, m| svc.claim(&m.worker_id, &m.labels, m.wait).await
+);
 
 /// Renew the leases a worker reports in its heartbeat.
 #[derive(Message)]
@@ -72,9 +74,11 @@ pub struct RenewLeases {
     pub worker_id: String,
     pub leases: Vec<HeldLease>,
 }
-forward!(RenewLeases, Result<Vec<LeaseVerdict>, LeaseError>, |svc, m| svc
-    .renew(&m.worker_id, m.leases)
-    .await);
+forward!(
+    RenewLeases,
+    Result<Vec<LeaseVerdict>, LeaseError>,
+    |svc, m| svc.renew(&m.worker_id, m.leases).await
+);
 
 /// Append live output of a leased step.
 #[derive(Message)]

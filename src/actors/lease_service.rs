@@ -156,11 +156,14 @@ impl LeaseService {
         labels: &[String],
     ) -> Result<Option<Assignment>, LeaseError> {
         let (wid, lbl) = (worker_id.to_string(), labels.to_vec());
-        let (ttl, window) = (self.lease.ttl_ms as i64, self.sched.affinity_window_ms as i64);
+        let (ttl, window) = (
+            self.lease.ttl_ms as i64,
+            self.sched.affinity_window_ms as i64,
+        );
         let output = self.output.clone();
         let got = self
             .db
-            .tx(move |c| {
+            .tx(move |c| -> Result<_, LeaseError> {
                 let spec = ClaimSpec {
                     worker_id: &wid,
                     labels: &lbl,
@@ -180,12 +183,23 @@ impl LeaseService {
                         NewEvent {
                             step_id: Some(&s.id),
                             event_type: ev::LEASE_GRANTED,
-                            payload: ev::lease_granted(&s.id, &wid, g.lease.epoch, &rfc3339(g.lease.expires_at)),
+                            payload: ev::lease_granted(
+                                &s.id,
+                                &wid,
+                                g.lease.epoch,
+                                &rfc3339(g.lease.expires_at),
+                            ),
                         },
                         NewEvent {
                             step_id: Some(&s.id),
                             event_type: ev::STEP_STARTED,
-                            payload: ev::step_started(&s.id, &s.phase, s.attempt, &wid, g.lease.epoch),
+                            payload: ev::step_started(
+                                &s.id,
+                                &s.phase,
+                                s.attempt,
+                                &wid,
+                                g.lease.epoch,
+                            ),
                         },
                     ],
                     g.now_ms,
@@ -217,7 +231,7 @@ impl LeaseService {
         let ttl = self.lease.ttl_ms as i64;
         let verdicts = self
             .db
-            .tx(move |c| {
+            .tx(move |c| -> Result<_, LeaseError> {
                 let mut out = Vec::with_capacity(held.len());
                 for h in held {
                     let (action, expires) = match leases::renew(c, &h.step_id, &wid, h.epoch, ttl) {
@@ -227,11 +241,15 @@ impl LeaseService {
                                     .is_some_and(|r| r.status == "CANCELED"),
                                 None => false,
                             };
-                            let action = if canceled { LeaseAction::Cancel } else { LeaseAction::Continue };
+                            let action = if canceled {
+                                LeaseAction::Cancel
+                            } else {
+                                LeaseAction::Continue
+                            };
                             (action, Some(rfc3339(l.expires_at)))
                         }
                         Err(DbError::StaleLease) => (LeaseAction::Stop, None),
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(e.into()),
                     };
                     out.push(LeaseVerdict {
                         step_id: h.step_id,
@@ -254,10 +272,14 @@ impl LeaseService {
         epoch: i64,
         reason: &str,
     ) -> Result<(), LeaseError> {
-        let (wid, sid, why) = (worker_id.to_string(), step_id.to_string(), reason.to_string());
+        let (wid, sid, why) = (
+            worker_id.to_string(),
+            step_id.to_string(),
+            reason.to_string(),
+        );
         let r = self
             .db
-            .tx(move |c| {
+            .tx(move |c| -> Result<_, LeaseError> {
                 authorize(c, &sid, &wid, epoch)?;
                 let r = leases::release(c, &sid, &wid, epoch)?;
                 let now = c.now_ms()?;
@@ -266,7 +288,9 @@ impl LeaseService {
             })
             .await;
         let r = r?;
-        self.metrics.lease_released_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .lease_released_total
+            .fetch_add(1, Ordering::Relaxed);
         self.after_requeue(&[r]);
         Ok(())
     }
@@ -277,7 +301,7 @@ impl LeaseService {
         let max = self.sched.max_infra_attempts as i32;
         let list = self
             .db
-            .tx(move |c| {
+            .tx(move |c| -> Result<_, LeaseError> {
                 let list = leases::release_all_of_worker(c, &wid, max)?;
                 let now = c.now_ms()?;
                 record_requeued(c, &list, ev::LEASE_RELEASED, &why, now)?;
@@ -296,7 +320,7 @@ impl LeaseService {
         let max = self.sched.max_infra_attempts as i32;
         let list = self
             .db
-            .tx(move |c| {
+            .tx(move |c| -> Result<_, LeaseError> {
                 let list = leases::expire_due(c, max)?;
                 let now = c.now_ms()?;
                 record_requeued(c, &list, ev::LEASE_EXPIRED, "expired", now)?;
@@ -322,7 +346,9 @@ impl LeaseService {
             if r.failed || r.canceled {
                 (self.step_finished)(r.run_id.clone());
             } else {
-                self.metrics.step_retry_total.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .step_retry_total
+                    .fetch_add(1, Ordering::Relaxed);
                 // Rare (a worker was lost): let every waiter look, whatever the step's labels.
                 self.waiters.wake_all();
             }

@@ -25,7 +25,8 @@ fn valid_event_type(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 64
         && t.starts_with(|c: char| c.is_ascii_uppercase())
-        && t.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && t.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Keeps the last `cap` bytes of `s`, cut at a character boundary.
@@ -50,10 +51,14 @@ impl LeaseService {
         offset: u64,
         content: String,
     ) -> Result<OutputAck, LeaseError> {
-        let (wid, sid, out) = (worker_id.to_string(), step_id.to_string(), self.output.clone());
+        let (wid, sid, out) = (
+            worker_id.to_string(),
+            step_id.to_string(),
+            self.output.clone(),
+        );
         let (run_id, next) = self
             .db
-            .run(move |c| {
+            .run(move |c| -> Result<_, LeaseError> {
                 let (step, _) = authorize(c, &sid, &wid, epoch)?;
                 let next = out
                     .append(&step.run_id, &sid, offset, content.as_bytes())
@@ -63,8 +68,7 @@ impl LeaseService {
                     })?;
                 Ok((step.run_id, next))
             })
-            .await
-            ?;
+            .await?;
         self.hub.notify(&run_id);
         Ok(OutputAck { next_offset: next })
     }
@@ -86,14 +90,20 @@ impl LeaseService {
         let (wid, sid) = (worker_id.to_string(), step_id.to_string());
         let run_id = self
             .db
-            .tx(move |c| {
+            .tx(move |c| -> Result<_, LeaseError> {
                 let (step, _) = authorize(c, &sid, &wid, epoch)?;
                 let now = c.now_ms()?;
-                db::events::append(c, Some(&step.run_id), Some(&sid), &event_type, &payload, now)?;
+                db::events::append(
+                    c,
+                    Some(&step.run_id),
+                    Some(&sid),
+                    &event_type,
+                    &payload,
+                    now,
+                )?;
                 Ok(step.run_id)
             })
-            .await
-            ?;
+            .await?;
         self.hub.notify(&run_id);
         Ok(())
     }
@@ -112,8 +122,7 @@ impl LeaseService {
         let step = self
             .db
             .run(move |c| authorize(c, &sid, &wid, epoch))
-            .await
-            ?
+            .await?
             .0;
         let stored = self
             .store
@@ -125,16 +134,27 @@ impl LeaseService {
             size: stored.size,
             sha256: stored.sha256.clone(),
         };
-        let (wid, sid, run_id) = (worker_id.to_string(), step_id.to_string(), step.run_id.clone());
+        let (wid, sid, run_id) = (
+            worker_id.to_string(),
+            step_id.to_string(),
+            step.run_id.clone(),
+        );
         let (kind, art) = (self.store.kind().as_str().to_string(), r.clone());
         self.db
-            .tx(move |c| {
+            .tx(move |c| -> Result<_, LeaseError> {
                 authorize(c, &sid, &wid, epoch)?;
                 let now = c.now_ms()?;
-                record_artifact(c, &run_id, &sid, &art, &kind, &stored.key, now)
+                Ok(record_artifact(
+                    c,
+                    &run_id,
+                    &sid,
+                    &art,
+                    &kind,
+                    &stored.key,
+                    now,
+                )?)
             })
-            .await
-            ?;
+            .await?;
         self.hub.notify(&step.run_id);
         Ok(r)
     }
@@ -151,14 +171,14 @@ impl LeaseService {
         let (wid, sid, n) = (worker_id.to_string(), step_id.to_string(), name.to_string());
         let row = self
             .db
-            .run(move |c| {
+            .run(move |c| -> Result<_, LeaseError> {
                 let (step, _) = authorize(c, &sid, &wid, epoch)?;
                 Ok::<_, LeaseError>(db::artifacts::get(c, &step.run_id, &n)?)
             })
             .await?
             .ok_or(LeaseError::NotFound)?;
         self.store.get(&row.object_key).await.map_err(|e| match e {
-            crate::artifacts::ArtifactError::NotFound(_) => LeaseError::NotFound,
+            crate::artifacts::ArtifactError::NotFound { .. } => LeaseError::NotFound,
             other => LeaseError::Internal(other.to_string()),
         })
     }
@@ -176,7 +196,7 @@ impl LeaseService {
         let prefix_key = |run: &str, name: &str| format!("runs/{run}/{name}");
         let first = self
             .db
-            .tx(move |c| {
+            .tx(move |c| -> Result<_, LeaseError> {
                 let mut step = db::steps::get(c, &sid)?.ok_or(LeaseError::NotFound)?;
                 if step.completion_digest.as_deref() == Some(digest.as_str())
                     && step.lease_epoch == req.epoch
@@ -307,4 +327,3 @@ pub fn artifact_kind(name: &str) -> &'static str {
         _ => "file",
     }
 }
-

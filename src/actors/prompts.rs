@@ -60,7 +60,10 @@ pub fn build(run: &RunRow, mirrors: &Mirrors, phase: StepPhase) -> Option<String
             if paths.workdir.is_empty() || Path::new(f).is_absolute() {
                 f.clone()
             } else {
-                Path::new(&paths.workdir).join(f).to_string_lossy().to_string()
+                Path::new(&paths.workdir)
+                    .join(f)
+                    .to_string_lossy()
+                    .to_string()
             }
         })
         .collect();

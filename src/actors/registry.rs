@@ -25,7 +25,8 @@ impl Actor for WorkerRegistryActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Check often enough that a silent worker is caught within a quarter of the limit.
-        let every = Duration::from_millis((self.svc.lease.worker_offline_after_ms / 4).clamp(100, 2000));
+        let every =
+            Duration::from_millis((self.svc.lease.worker_offline_after_ms / 4).clamp(100, 2000));
         ctx.run_interval(every, |act, ctx| {
             let svc = act.svc.clone();
             ctx.wait(
@@ -101,7 +102,11 @@ forward!(Heartbeat, Result<HeartbeatResponse, RegistryError>, |svc, m| svc
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(WorkerRow, Vec<LeaseRow>)>, RegistryError>")]
 pub struct ListWorkers;
-forward!(ListWorkers, Result<Vec<(WorkerRow, Vec<LeaseRow>)>, RegistryError>, |svc, _m| svc.list().await);
+forward!(
+    ListWorkers,
+    Result<Vec<(WorkerRow, Vec<LeaseRow>)>, RegistryError>,
+    |svc, _m| svc.list().await
+);
 
 /// Revoke a worker's token and requeue its leases.
 #[derive(Message)]

@@ -61,7 +61,11 @@ fn hash(token: &str) -> String {
 
 /// Constant-time comparison of two hex digests.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The registry's logic.
@@ -75,8 +79,21 @@ pub struct RegistryService {
 }
 
 impl RegistryService {
-    pub fn new(db: Db, metrics: Arc<Metrics>, lease: LeaseSettings, worker: WorkerSettings, leases: Addr<LeaseActor>) -> Self {
-        RegistryService { db, metrics, lease, worker, leases, known: Mutex::new(HashMap::new()) }
+    pub fn new(
+        db: Db,
+        metrics: Arc<Metrics>,
+        lease: LeaseSettings,
+        worker: WorkerSettings,
+        leases: Addr<LeaseActor>,
+    ) -> Self {
+        RegistryService {
+            db,
+            metrics,
+            lease,
+            worker,
+            leases,
+            known: Mutex::new(HashMap::new()),
+        }
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
@@ -94,7 +111,10 @@ impl RegistryService {
             .tx(|c| {
                 let now = c.now_ms()?;
                 let rows = db::workers::all(c)?;
-                for w in rows.iter().filter(|w| w.status != "offline" && w.status != "revoked") {
+                for w in rows
+                    .iter()
+                    .filter(|w| w.status != "offline" && w.status != "revoked")
+                {
                     db::workers::touch(c, &w.id, &w.status, w.metrics_json.as_deref(), now)?;
                 }
                 Ok::<_, DbError>(rows)
@@ -103,7 +123,15 @@ impl RegistryService {
         let mut known = self.known();
         for w in rows {
             let status = w.status.parse().unwrap_or(WorkerStatus::Offline);
-            known.insert(w.id, Known { token_hash: w.token_hash, instance_id: w.instance_id, status, labels: decode_labels(&w.labels) });
+            known.insert(
+                w.id,
+                Known {
+                    token_hash: w.token_hash,
+                    instance_id: w.instance_id,
+                    status,
+                    labels: decode_labels(&w.labels),
+                },
+            );
         }
         Ok(())
     }
@@ -111,13 +139,21 @@ impl RegistryService {
     /// Registers a worker process: a fresh id and token (shown only in this answer).
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, RegistryError> {
         if req.hostname.trim().is_empty() || req.hostname.len() > 255 {
-            return Err(RegistryError::Invalid("hostname must be 1-255 characters".into()));
+            return Err(RegistryError::Invalid(
+                "hostname must be 1-255 characters".into(),
+            ));
         }
         if req.capabilities.slots == 0 || req.capabilities.slots > 1024 {
-            return Err(RegistryError::Invalid("capabilities.slots must be between 1 and 1024".into()));
+            return Err(RegistryError::Invalid(
+                "capabilities.slots must be between 1 and 1024".into(),
+            ));
         }
         let id = new_id();
-        let secret = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+        let secret = format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        );
         let token = format!("{id}.{secret}");
         let labels = encode_labels(&req.capabilities.labels);
         let row_labels = labels.clone();
@@ -127,21 +163,42 @@ impl RegistryService {
         self.db
             .tx(move |c| {
                 let now = c.now_ms()?;
-                db::workers::insert(c, &WorkerRow {
-                    id: wid.clone(), hostname: hostname.clone(), token_hash: h, instance_id: inst,
-                    labels: row_labels, slots: caps.slots as i32, version: caps.version.clone(),
-                    status: "idle".into(), registered_at: now, last_heartbeat_at: now, metrics_json: None,
-                })?;
-                db::events::append(c, None, None, ev::WORKER_REGISTERED, &ev::worker_registered(&wid, &hostname), now)?;
+                db::workers::insert(
+                    c,
+                    &WorkerRow {
+                        id: wid.clone(),
+                        hostname: hostname.clone(),
+                        token_hash: h,
+                        instance_id: inst,
+                        labels: row_labels,
+                        slots: caps.slots as i32,
+                        version: caps.version.clone(),
+                        status: "idle".into(),
+                        registered_at: now,
+                        last_heartbeat_at: now,
+                        metrics_json: None,
+                    },
+                )?;
+                db::events::append(
+                    c,
+                    None,
+                    None,
+                    ev::WORKER_REGISTERED,
+                    &ev::worker_registered(&wid, &hostname),
+                    now,
+                )?;
                 Ok::<_, DbError>(())
             })
             .await?;
-        self.known().insert(id.clone(), Known {
-            token_hash: hash(&token),
-            instance_id: req.instance_id,
-            status: WorkerStatus::Idle,
-            labels: decode_labels(&labels),
-        });
+        self.known().insert(
+            id.clone(),
+            Known {
+                token_hash: hash(&token),
+                instance_id: req.instance_id,
+                status: WorkerStatus::Idle,
+                labels: decode_labels(&labels),
+            },
+        );
         tracing::info!(worker_id = %id, hostname = %req.hostname, "worker registered");
         Ok(RegisterResponse {
             worker_id: id,
@@ -152,11 +209,21 @@ impl RegistryService {
     }
 
     /// Registers this process's own runner (role single): no token needed in-process.
-    pub async fn register_local(&self, labels: &[String], slots: u32) -> Result<String, RegistryError> {
+    pub async fn register_local(
+        &self,
+        labels: &[String],
+        slots: u32,
+    ) -> Result<String, RegistryError> {
         let r = self
             .register(RegisterRequest {
-                hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_else(|_| "localhost".into()),
-                capabilities: crate::api::Capabilities { labels: labels.to_vec(), slots, version: env!("CARGO_PKG_VERSION").into() },
+                hostname: nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().to_string())
+                    .unwrap_or_else(|_| "localhost".into()),
+                capabilities: crate::api::Capabilities {
+                    labels: labels.to_vec(),
+                    slots,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
                 instance_id: None,
             })
             .await?;
@@ -164,8 +231,16 @@ impl RegistryService {
     }
 
     /// Checks a worker token (and the path's worker id, when the route has one).
-    pub fn authenticate(&self, token: &str, path_worker: Option<&str>, instance: Option<&str>) -> Result<WorkerIdentity, RegistryError> {
-        let id = token.split_once('.').map(|(id, _)| id).ok_or(RegistryError::Unauthorized)?;
+    pub fn authenticate(
+        &self,
+        token: &str,
+        path_worker: Option<&str>,
+        instance: Option<&str>,
+    ) -> Result<WorkerIdentity, RegistryError> {
+        let id = token
+            .split_once('.')
+            .map(|(id, _)| id)
+            .ok_or(RegistryError::Unauthorized)?;
         let known = self.known();
         let k = known.get(id).ok_or(RegistryError::Unauthorized)?;
         if !same(&k.token_hash, &hash(token)) || k.status == WorkerStatus::Revoked {
@@ -182,15 +257,26 @@ impl RegistryService {
         if k.status == WorkerStatus::Offline {
             return Err(RegistryError::Offline);
         }
-        Ok(WorkerIdentity { worker_id: id.to_string(), labels: k.labels.clone() })
+        Ok(WorkerIdentity {
+            worker_id: id.to_string(),
+            labels: k.labels.clone(),
+        })
     }
 
     /// Records a heartbeat and renews the leases it lists.
-    pub async fn heartbeat(&self, worker_id: &str, req: HeartbeatRequest) -> Result<HeartbeatResponse, RegistryError> {
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, RegistryError> {
         if !req.status.is_online() {
-            return Err(RegistryError::Invalid("status must be idle, busy or draining".into()));
+            return Err(RegistryError::Invalid(
+                "status must be idle, busy or draining".into(),
+            ));
         }
-        self.metrics.heartbeats_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .heartbeats_total
+            .fetch_add(1, Ordering::Relaxed);
         let previous = self.known().get(worker_id).map(|k| k.status);
         let metrics = serde_json::Value::Object(req.metrics.clone());
         let (wid, status) = (worker_id.to_string(), req.status);
@@ -217,7 +303,10 @@ impl RegistryService {
         }
         let verdicts = self
             .leases
-            .send(RenewLeases { worker_id: worker_id.to_string(), leases: req.leases })
+            .send(RenewLeases {
+                worker_id: worker_id.to_string(),
+                leases: req.leases,
+            })
             .await
             .map_err(|e| RegistryError::Lease(e.to_string()))?
             .map_err(|e| RegistryError::Lease(e.to_string()))?;
@@ -231,10 +320,19 @@ impl RegistryService {
             .run(|c| {
                 let workers = db::workers::all(c)?;
                 let leases = db::leases::all(c)?;
-                Ok::<_, DbError>(workers.into_iter().map(|w| {
-                    let held = leases.iter().filter(|l| l.worker_id == w.id).cloned().collect();
-                    (w, held)
-                }).collect())
+                Ok::<_, DbError>(
+                    workers
+                        .into_iter()
+                        .map(|w| {
+                            let held = leases
+                                .iter()
+                                .filter(|l| l.worker_id == w.id)
+                                .cloned()
+                                .collect();
+                            (w, held)
+                        })
+                        .collect(),
+                )
             })
             .await?;
         Ok(out)
@@ -243,7 +341,10 @@ impl RegistryService {
     /// Revokes a worker's token and takes its leases back.
     pub async fn revoke(&self, worker_id: &str) -> Result<(), RegistryError> {
         let wid = worker_id.to_string();
-        let found = self.db.run(move |c| db::workers::set_status(c, &wid, "revoked")).await?;
+        let found = self
+            .db
+            .run(move |c| db::workers::set_status(c, &wid, "revoked"))
+            .await?;
         if !found {
             return Err(RegistryError::NotFound);
         }
@@ -282,14 +383,26 @@ impl RegistryService {
     }
 
     async fn take_leases(&self, worker_id: &str, reason: &str) {
-        let r = self.leases.send(ReleaseWorkerLeases { worker_id: worker_id.into(), reason: reason.into() }).await;
+        let r = self
+            .leases
+            .send(ReleaseWorkerLeases {
+                worker_id: worker_id.into(),
+                reason: reason.into(),
+            })
+            .await;
         if !matches!(r, Ok(Ok(_))) {
-            tracing::error!(worker_id, "cannot release the leases of a lost worker (they will expire)");
+            tracing::error!(
+                worker_id,
+                "cannot release the leases of a lost worker (they will expire)"
+            );
         }
     }
 
     /// Workers that are idle, busy or draining.
     pub fn online_count(&self) -> usize {
-        self.known().values().filter(|k| k.status.is_online()).count()
+        self.known()
+            .values()
+            .filter(|k| k.status.is_online())
+            .count()
     }
 }

@@ -82,7 +82,10 @@ impl Shared {
     }
 
     fn snapshot(&self) -> Vec<(String, Arc<Active>)> {
-        self.active().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.active()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     fn is_idle(&self) -> bool {
@@ -118,7 +121,10 @@ async fn claim_loop(shared: Arc<Shared>, slot: u32) {
                 backoff = Duration::from_millis(250);
                 if shared.draining.load(Ordering::Acquire) {
                     // Claimed while a drain began: give it straight back.
-                    let _ = shared.plane.release(&a.step_id, a.epoch, "worker draining").await;
+                    let _ = shared
+                        .plane
+                        .release(&a.step_id, a.epoch, "worker draining")
+                        .await;
                     continue;
                 }
                 runner_step::execute(&shared, a).await;
@@ -139,7 +145,10 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         let active = shared.snapshot();
         let leases = active
             .iter()
-            .map(|(id, a)| HeldLease { step_id: id.clone(), epoch: a.epoch })
+            .map(|(id, a)| HeldLease {
+                step_id: id.clone(),
+                epoch: a.epoch,
+            })
             .collect();
         let status = if shared.draining.load(Ordering::Acquire) {
             WorkerStatus::Draining
@@ -153,7 +162,9 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         match shared.plane.heartbeat(status, leases, metrics).await {
             Ok(verdicts) => {
                 for v in verdicts {
-                    let Some((_, a)) = active.iter().find(|(id, _)| *id == v.step_id) else { continue };
+                    let Some((_, a)) = active.iter().find(|(id, _)| *id == v.step_id) else {
+                        continue;
+                    };
                     match v.action {
                         LeaseAction::Continue => {}
                         LeaseAction::Cancel => {
@@ -205,9 +216,18 @@ impl WorkerHandle {
         });
         actix::spawn(heartbeat_loop(shared.clone()));
         let runners = (0..shared.cfg.slots)
-            .map(|slot| RunnerActor { shared: shared.clone(), slot }.start())
+            .map(|slot| {
+                RunnerActor {
+                    shared: shared.clone(),
+                    slot,
+                }
+                .start()
+            })
             .collect();
-        WorkerHandle { shared, _runners: runners }
+        WorkerHandle {
+            shared,
+            _runners: runners,
+        }
     }
 
     /// Stops claiming, lets running steps finish for up to `timeout`, then hands the rest back.
@@ -246,9 +266,16 @@ impl WorkerHandle {
 /// Registers with the controller, retrying with backoff until it answers.
 pub async fn register_with_retry(settings: &Settings) -> HttpPlane {
     let base = settings.worker.controller.clone().unwrap_or_default();
-    let token = settings.worker.join_token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
+    let token = settings
+        .worker
+        .join_token
+        .as_ref()
+        .map(|t| t.expose().to_string())
+        .unwrap_or_default();
     let req = RegisterRequest {
-        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_else(|_| "worker".into()),
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().to_string())
+            .unwrap_or_else(|_| "worker".into()),
         capabilities: Capabilities {
             labels: settings.worker.labels.clone(),
             slots: settings.worker.slots.max(1),

@@ -5,7 +5,7 @@
 
 use super::runner::{Active, Shared};
 use super::streamer::{jitter, Streamer};
-use super::workdir::{self, Prepared};
+use super::workdir;
 use crate::api::{ArtifactRef, Assignment, CompleteRequest};
 use crate::control_plane::PlaneError;
 use crate::domain::{StepOutcome, StepPhase};
@@ -67,18 +67,33 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
     let log_name = format!("iter-{:02}-{}.log", a.attempt, a.phase.slug());
     let log = dir.join(&log_name);
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        return completion(a, Produced::failed(format!("cannot create {}: {e}", dir.display()), true), vec![], None);
+        return completion(
+            a,
+            Produced::failed(format!("cannot create {}: {e}", dir.display()), true),
+            vec![],
+            None,
+        );
     }
-    let streamer = Streamer::start(shared.plane.clone(), &a.step_id, a.epoch, log.clone(), a.output_offset);
+    let streamer = Streamer::start(
+        shared.plane.clone(),
+        &a.step_id,
+        a.epoch,
+        log.clone(),
+        a.output_offset,
+    );
     let prepared = workdir::prepare(shared, a, active).await;
     let (produced, checkpoint) = match prepared {
         Err(reason) => (Produced::failed(reason, false), None),
         Ok(ws) => {
             let produced = match a.phase {
-                StepPhase::Verification => super::phases::verify(shared, a, active, &ws, &dir, &log).await,
+                StepPhase::Verification => {
+                    super::phases::verify(shared, a, active, &ws, &dir, &log).await
+                }
                 _ => super::phases::agent(shared, a, active, &ws, &dir, &log).await,
             };
-            let checkpoint = if active.lost.load(Ordering::Acquire) || active.handed_back.load(Ordering::Acquire) {
+            let checkpoint = if active.lost.load(Ordering::Acquire)
+                || active.handed_back.load(Ordering::Acquire)
+            {
                 None
             } else {
                 workdir::checkpoint(shared, a, &ws).await
@@ -96,7 +111,11 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
     let (mut refs, mut checkpoint_ref) = (Vec::new(), None);
     if let Some(cp) = &checkpoint {
         files.push((cp.name.clone(), cp.path.clone()));
-        checkpoint_ref = Some(crate::api::Checkpoint { kind: "git_bundle".into(), name: cp.name.clone(), head: cp.head.clone() });
+        checkpoint_ref = Some(crate::api::Checkpoint {
+            kind: "git_bundle".into(),
+            name: cp.name.clone(),
+            head: cp.head.clone(),
+        });
     }
     for (name, path) in files {
         match upload(shared, a, &name, &path).await {
@@ -112,10 +131,19 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
     completion(a, produced, refs, checkpoint_ref)
 }
 
-fn completion(a: &Assignment, p: Produced, artifacts: Vec<ArtifactRef>, checkpoint: Option<crate::api::Checkpoint>) -> CompleteRequest {
+fn completion(
+    a: &Assignment,
+    p: Produced,
+    artifacts: Vec<ArtifactRef>,
+    checkpoint: Option<crate::api::Checkpoint>,
+) -> CompleteRequest {
     CompleteRequest {
         epoch: a.epoch,
-        status: if p.ok { StepOutcome::Succeeded } else { StepOutcome::Failed },
+        status: if p.ok {
+            StepOutcome::Succeeded
+        } else {
+            StepOutcome::Failed
+        },
         exit_code: p.exit_code,
         output_tail: p.tail,
         artifacts,
@@ -130,7 +158,12 @@ fn completion(a: &Assignment, p: Produced, artifacts: Vec<ArtifactRef>, checkpoi
 
 /// Uploads one file (skipping a missing one): straight to the store, or through the
 /// controller (which retries against its store; a few retries here cover the network).
-async fn upload(shared: &Shared, a: &Assignment, name: &str, path: &Path) -> Result<Option<ArtifactRef>, String> {
+async fn upload(
+    shared: &Shared,
+    a: &Assignment,
+    name: &str,
+    path: &Path,
+) -> Result<Option<ArtifactRef>, String> {
     let p = path.to_path_buf();
     let bytes = match tokio::task::spawn_blocking(move || std::fs::read(p)).await {
         Ok(Ok(b)) => Bytes::from(b),
@@ -139,12 +172,23 @@ async fn upload(shared: &Shared, a: &Assignment, name: &str, path: &Path) -> Res
         Err(e) => return Err(e.to_string()),
     };
     if let Some(store) = &shared.cfg.direct_store {
-        let s = store.put(&a.run_id, name, bytes).await.map_err(|e| e.to_string())?;
-        return Ok(Some(ArtifactRef { name: name.into(), size: s.size, sha256: s.sha256 }));
+        let s = store
+            .put(&a.run_id, name, bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Some(ArtifactRef {
+            name: name.into(),
+            size: s.size,
+            sha256: s.sha256,
+        }));
     }
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=3 {
-        match shared.plane.put_artifact(&a.step_id, a.epoch, name, bytes.clone()).await {
+        match shared
+            .plane
+            .put_artifact(&a.step_id, a.epoch, name, bytes.clone())
+            .await
+        {
             // Recorded by the controller already: not repeated in the completion.
             Ok(_) => return Ok(None),
             Err(e) if e.is_transient() && attempt < 3 => {
@@ -159,10 +203,20 @@ async fn upload(shared: &Shared, a: &Assignment, name: &str, path: &Path) -> Res
 }
 
 /// Sends the completion (retrying while the controller is away), or discards, or hands back.
-async fn finish(shared: &Shared, a: &Assignment, active: &Active, mut req: CompleteRequest, started: Instant) {
+async fn finish(
+    shared: &Shared,
+    a: &Assignment,
+    active: &Active,
+    mut req: CompleteRequest,
+    started: Instant,
+) {
     req.duration_ms = started.elapsed().as_millis() as u64;
     if active.handed_back.load(Ordering::Acquire) && !active.lost.load(Ordering::Acquire) {
-        match shared.plane.release(&a.step_id, a.epoch, "worker stopping").await {
+        match shared
+            .plane
+            .release(&a.step_id, a.epoch, "worker stopping")
+            .await
+        {
             Ok(()) => tracing::info!("lease handed back"),
             Err(e) => tracing::warn!(error = %e, "cannot hand the lease back; it will expire"),
         }
@@ -180,7 +234,9 @@ async fn finish(shared: &Shared, a: &Assignment, active: &Active, mut req: Compl
                 return;
             }
             Err(PlaneError::Stale) | Err(PlaneError::Gone(_)) | Err(PlaneError::NotFound(_)) => {
-                tracing::warn!("completion refused: the lease is no longer ours; results discarded");
+                tracing::warn!(
+                    "completion refused: the lease is no longer ours; results discarded"
+                );
                 return;
             }
             Err(e) if e.is_transient() => {

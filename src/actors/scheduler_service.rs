@@ -68,9 +68,15 @@ pub struct SchedulerService {
 /// What an advance decided, to act on after the commit.
 pub(super) enum Advanced {
     Nothing,
-    Queued { labels: String, preferred: Option<String> },
+    Queued {
+        labels: String,
+        preferred: Option<String>,
+    },
     Finish,
-    Rewrite { name: String, prompt: String },
+    Rewrite {
+        name: String,
+        prompt: String,
+    },
 }
 
 impl SchedulerService {
@@ -98,16 +104,30 @@ impl SchedulerService {
     pub async fn create_run(&self, req: CreateRunRequest) -> Result<RunRow, SchedError> {
         let mirrors = self.mirrors.clone();
         let kind = self.store.kind();
-        let row = tokio::task::spawn_blocking(move || submit::prepare(&req, &mirrors, kind, now_ms()))
-            .await
-            .map_err(|e| SchedError::Internal(e.to_string()))?
-            .map_err(|e| SchedError::Invalid(e.0))?;
+        let row =
+            tokio::task::spawn_blocking(move || submit::prepare(&req, &mirrors, kind, now_ms()))
+                .await
+                .map_err(|e| SchedError::Internal(e.to_string()))?
+                .map_err(|e| SchedError::Invalid(e.0))?;
         let r = row.clone();
         self.db
             .tx(move |c| {
                 db::runs::insert_with_state(c, &r)?;
-                let payload = ev::run_created(&r.id, &r.name, &r.name_source, &r.spec_path, r.plan_path.as_deref());
-                db::events::append(c, Some(&r.id), None, ev::RUN_CREATED, &payload, r.created_at)?;
+                let payload = ev::run_created(
+                    &r.id,
+                    &r.name,
+                    &r.name_source,
+                    &r.spec_path,
+                    r.plan_path.as_deref(),
+                );
+                db::events::append(
+                    c,
+                    Some(&r.id),
+                    None,
+                    ev::RUN_CREATED,
+                    &payload,
+                    r.created_at,
+                )?;
                 Ok::<_, SchedError>(())
             })
             .await?;
@@ -119,10 +139,7 @@ impl SchedulerService {
     /// Advances a run whose step finished (or that has no step yet). Idempotent.
     pub async fn advance(self: &Arc<Self>, run_id: &str) -> Result<(), SchedError> {
         let (id, mirrors) = (run_id.to_string(), self.mirrors.clone());
-        let outcome = self
-            .db
-            .tx(move |c| advance_in_tx(c, &id, &mirrors))
-            .await?;
+        let outcome = self.db.tx(move |c| advance_in_tx(c, &id, &mirrors)).await?;
         self.hub.notify(run_id);
         for a in outcome {
             match a {
@@ -138,7 +155,8 @@ impl SchedulerService {
                     actix::spawn(async move { me.finish(&id).await });
                 }
                 Advanced::Rewrite { name, prompt } => {
-                    self.store_artifact(run_id, None, &name, prompt.into_bytes()).await;
+                    self.store_artifact(run_id, None, &name, prompt.into_bytes())
+                        .await;
                 }
             }
         }
@@ -147,7 +165,11 @@ impl SchedulerService {
 }
 
 /// Settles the run's last finished step and acts on the decision, in the caller's transaction.
-fn advance_in_tx(c: &mut Conn, run_id: &str, mirrors: &Mirrors) -> Result<Vec<Advanced>, SchedError> {
+fn advance_in_tx(
+    c: &mut Conn,
+    run_id: &str,
+    mirrors: &Mirrors,
+) -> Result<Vec<Advanced>, SchedError> {
     let run = db::runs::lock(c, run_id)?;
     if run.status != "RUNNING" && run.status != "PAUSED" {
         return Ok(vec![Advanced::Nothing]);
@@ -157,7 +179,11 @@ fn advance_in_tx(c: &mut Conn, run_id: &str, mirrors: &Mirrors) -> Result<Vec<Ad
         return Ok(vec![Advanced::Finish]);
     }
     let steps = db::steps::for_run(c, run_id)?;
-    let active = |s: &StepRow| !s.status.parse::<StepStatus>().is_ok_and(|st| st.is_terminal());
+    let active = |s: &StepRow| {
+        !s.status
+            .parse::<StepStatus>()
+            .is_ok_and(|st| st.is_terminal())
+    };
     if steps.iter().any(active) {
         return Ok(vec![Advanced::Nothing]);
     }
@@ -196,8 +222,20 @@ fn advance_in_tx(c: &mut Conn, run_id: &str, mirrors: &Mirrors) -> Result<Vec<Ad
         let name = format!("prompt.rewrite.{}.txt", state.watchdog_rewrites);
         let step_id = steps.last().map(|s| s.id.clone());
         state.pending_prompt = Some(rw.prompt.clone());
-        let payload = ev::watchdog_rewrite(step_id.as_deref().unwrap_or(""), &rw.signal, "prompt.txt", &name);
-        db::events::append(c, Some(run_id), step_id.as_deref(), ev::WATCHDOG_REWRITE, &payload, now)?;
+        let payload = ev::watchdog_rewrite(
+            step_id.as_deref().unwrap_or(""),
+            &rw.signal,
+            "prompt.txt",
+            &name,
+        );
+        db::events::append(
+            c,
+            Some(run_id),
+            step_id.as_deref(),
+            ev::WATCHDOG_REWRITE,
+            &payload,
+            now,
+        )?;
         actions.push(Advanced::Rewrite {
             name,
             prompt: rw.prompt,
@@ -212,7 +250,8 @@ fn advance_in_tx(c: &mut Conn, run_id: &str, mirrors: &Mirrors) -> Result<Vec<Ad
             });
         }
         Next::Finish(outcome) => {
-            state.finishing = Some(serde_json::to_string(&FinishPlan::from(outcome)).unwrap_or_default());
+            state.finishing =
+                Some(serde_json::to_string(&FinishPlan::from(outcome)).unwrap_or_default());
             actions.push(Advanced::Finish);
         }
     }
@@ -262,7 +301,10 @@ fn enqueue(
 ) -> Result<StepRow, SchedError> {
     let attempt = db::steps::next_attempt(c, &run.id, phase.as_str())?;
     let prompt = if phase == StepPhase::Implementation {
-        state.pending_prompt.take().or_else(|| prompts::build(run, mirrors, phase))
+        state
+            .pending_prompt
+            .take()
+            .or_else(|| prompts::build(run, mirrors, phase))
     } else {
         prompts::build(run, mirrors, phase)
     };

@@ -19,12 +19,16 @@ impl SchedulerService {
     pub async fn start_pending(self: &Arc<Self>) -> Result<(), SchedError> {
         let _guard = self.start_lock.lock().await;
         loop {
-            let caps = (self.settings.max_concurrent_runs as usize, self.settings.max_runs_per_workspace as usize);
+            let caps = (
+                self.settings.max_concurrent_runs as usize,
+                self.settings.max_runs_per_workspace as usize,
+            );
             let picked = self.db.tx(move |c| pick_next(c, caps)).await?;
             let Some(run) = picked else { return Ok(()) };
             tracing::info!(run_id = %run.id, "run started");
             if let Err(reason) = self.prepare_workspace(&run).await {
-                self.fail_now(&run.id, &format!("run_error:{reason}")).await?;
+                self.fail_now(&run.id, &format!("run_error:{reason}"))
+                    .await?;
                 continue;
             }
             self.advance(&run.id).await?;
@@ -60,7 +64,10 @@ impl SchedulerService {
         })
         .await
         .map_err(|e| e.to_string())??;
-        let (id, json) = (run.id.clone(), serde_json::to_string(&plan).map_err(|e| e.to_string())?);
+        let (id, json) = (
+            run.id.clone(),
+            serde_json::to_string(&plan).map_err(|e| e.to_string())?,
+        );
         self.db
             .tx(move |c| {
                 let mut row = db::runs::require(c, &id)?;
@@ -80,7 +87,11 @@ impl SchedulerService {
     }
 
     /// Fails a run at once (before any step could run), then finishes it.
-    pub(super) async fn fail_now(self: &Arc<Self>, run_id: &str, reason: &str) -> Result<(), SchedError> {
+    pub(super) async fn fail_now(
+        self: &Arc<Self>,
+        run_id: &str,
+        reason: &str,
+    ) -> Result<(), SchedError> {
         let (id, why) = (run_id.to_string(), reason.to_string());
         self.db
             .tx(move |c| {
@@ -94,35 +105,51 @@ impl SchedulerService {
                 Ok::<_, SchedError>(())
             })
             .await?;
-        self.finish(run_id).await;
+        // Boxed: finishing starts pending runs again, which may fail one here.
+        let finishing: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> =
+            Box::pin(self.finish(run_id));
+        finishing.await;
         Ok(())
     }
 
     /// The periodic reconciliation: start runs, re-advance interrupted ones, explain waits.
     pub async fn tick(self: &Arc<Self>) -> Result<(), SchedError> {
         self.start_pending().await?;
-        let stuck = self.db.run(|c| stuck_runs(c)).await?;
+        let stuck = self.db.run(stuck_runs).await?;
         for id in stuck {
             if let Err(e) = self.advance(&id).await {
                 tracing::warn!(run_id = %id, error = %e, "cannot advance run");
             }
         }
-        self.db.tx(|c| explain_waits(c)).await?;
+        self.db.tx(explain_waits).await?;
         Ok(())
     }
 }
 
 /// Picks the oldest PENDING run that fits the caps and marks it RUNNING (with RUN_STARTED);
 /// writes every other PENDING run's `waiting_reason`.
-fn pick_next(c: &mut Conn, (max_all, max_ws): (usize, usize)) -> Result<Option<RunRow>, SchedError> {
+fn pick_next(
+    c: &mut Conn,
+    (max_all, max_ws): (usize, usize),
+) -> Result<Option<RunRow>, SchedError> {
     let running = db::runs::with_status(c, "RUNNING")?;
     let pending = db::runs::with_status(c, "PENDING")?;
     let mut picked = None;
     for run in pending {
         let reason = if picked.is_some() || running.len() >= max_all {
-            Some(format!("global limit reached: {} runs running (max_concurrent_runs = {max_all})", running.len()))
-        } else if running.iter().filter(|r| r.workspace_root == run.workspace_root).count() >= max_ws {
-            Some(format!("per-workspace limit reached (max_runs_per_workspace = {max_ws})"))
+            Some(format!(
+                "global limit reached: {} runs running (max_concurrent_runs = {max_all})",
+                running.len()
+            ))
+        } else if running
+            .iter()
+            .filter(|r| r.workspace_root == run.workspace_root)
+            .count()
+            >= max_ws
+        {
+            Some(format!(
+                "per-workspace limit reached (max_runs_per_workspace = {max_ws})"
+            ))
         } else {
             None
         };
@@ -137,7 +164,14 @@ fn pick_next(c: &mut Conn, (max_all, max_ws): (usize, usize)) -> Result<Option<R
         row.updated_at = now;
         row.waiting_reason = None;
         db::runs::save(c, &row)?;
-        db::events::append(c, Some(&row.id), None, ev::RUN_STARTED, &ev::run_started(&row.id, None), now)?;
+        db::events::append(
+            c,
+            Some(&row.id),
+            None,
+            ev::RUN_STARTED,
+            &ev::run_started(&row.id, None),
+            now,
+        )?;
         picked = Some(row);
     }
     Ok(picked)
@@ -168,11 +202,15 @@ fn explain_waits(c: &mut Conn) -> Result<(), SchedError> {
     let online = db::workers::with_status(c, &["idle", "busy", "draining"])?;
     for run in db::runs::with_status(c, "RUNNING")? {
         let active = db::steps::active_for_run(c, &run.id)?;
-        let waiting = active.iter().find(|s| s.status == "QUEUED" || s.status == "RETRYING");
+        let waiting = active
+            .iter()
+            .find(|s| s.status == "QUEUED" || s.status == "RETRYING");
         let reason = match waiting {
             None => None,
             Some(s) => {
-                let fits = online.iter().any(|w| labels_match(&s.required_labels, &decode_labels(&w.labels)));
+                let fits = online
+                    .iter()
+                    .any(|w| labels_match(&s.required_labels, &decode_labels(&w.labels)));
                 match (online.is_empty(), fits) {
                     (true, _) => Some("no worker is online".to_string()),
                     (false, false) => Some(format!(

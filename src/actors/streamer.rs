@@ -34,9 +34,22 @@ struct Cursor {
 impl Streamer {
     /// Starts following `path`; the controller already holds `remote_offset` bytes of this
     /// step's output (from an earlier lease of the same step).
-    pub fn start(plane: ControlPlane, step_id: &str, epoch: i64, path: PathBuf, remote_offset: u64) -> Streamer {
+    pub fn start(
+        plane: ControlPlane,
+        step_id: &str,
+        epoch: i64,
+        path: PathBuf,
+        remote_offset: u64,
+    ) -> Streamer {
         let (done, rx) = watch::channel(false);
-        let cursor = Cursor { plane, step_id: step_id.into(), epoch, path, file_pos: 0, remote: remote_offset };
+        let cursor = Cursor {
+            plane,
+            step_id: step_id.into(),
+            epoch,
+            path,
+            file_pos: 0,
+            remote: remote_offset,
+        };
         let task = tokio::spawn(follow(cursor, rx));
         Streamer { done, task }
     }
@@ -47,7 +60,9 @@ impl Streamer {
         let abort = self.task.abort_handle();
         if tokio::time::timeout(deadline, self.task).await.is_err() {
             abort.abort();
-            tracing::warn!("output streaming did not finish in time; the rest is in the log artifact");
+            tracing::warn!(
+                "output streaming did not finish in time; the rest is in the log artifact"
+            );
         }
     }
 }
@@ -83,7 +98,11 @@ async fn follow(mut c: Cursor, mut done: watch::Receiver<bool>) {
         if cut > 0 {
             let text = String::from_utf8_lossy(&chunk[..cut]).into_owned();
             let sent = text.len() as u64;
-            match c.plane.append_output(&c.step_id, c.epoch, c.remote, text).await {
+            match c
+                .plane
+                .append_output(&c.step_id, c.epoch, c.remote, text)
+                .await
+            {
                 Ok(next) => {
                     c.file_pos += cut as u64;
                     c.remote = next.max(c.remote + sent);

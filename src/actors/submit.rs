@@ -24,8 +24,7 @@ fn bad(msg: impl Into<String>) -> SubmitError {
 fn valid_label(l: &str) -> bool {
     !l.is_empty()
         && l.len() <= 64
-        && l
-            .chars()
+        && l.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -54,7 +53,8 @@ fn file_inside(root: &Path, path: &str, what: &str) -> Result<PathBuf, SubmitErr
 fn repo_relative(path: &str, what: &str) -> Result<String, SubmitError> {
     let p = Path::new(path);
     let plain = !path.is_empty()
-        && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     if !plain {
         return Err(bad(format!(
             "{what} must be a path relative to the repository root without '..': {path}"
@@ -69,9 +69,14 @@ fn repo_relative(path: &str, what: &str) -> Result<String, SubmitError> {
 
 /// Applies `config_override`: a JSON object (as an object or a string), or a key=value file.
 fn apply_override(config: &mut RunConfig, o: &ConfigOverride) -> Result<(), SubmitError> {
-    let warn = |w: Vec<String>| w.iter().for_each(|m| tracing::warn!("config_override: {m}"));
+    let warn = |w: Vec<String>| {
+        w.iter()
+            .for_each(|m| tracing::warn!("config_override: {m}"))
+    };
     match o {
-        ConfigOverride::Object(map) => warn(config.apply_json(map).map_err(|e| bad(e.to_string()))?),
+        ConfigOverride::Object(map) => {
+            warn(config.apply_json(map).map_err(|e| bad(e.to_string()))?)
+        }
         ConfigOverride::Text(t) if t.trim_start().starts_with('{') => {
             let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(t)
                 .map_err(|e| bad(format!("config_override is not a JSON object: {e}")))?;
@@ -80,7 +85,11 @@ fn apply_override(config: &mut RunConfig, o: &ConfigOverride) -> Result<(), Subm
         ConfigOverride::Text(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| bad(format!("cannot read config_override file {path}: {e}")))?;
-            warn(config.apply_kv_text(&text).map_err(|e| bad(e.to_string()))?)
+            warn(
+                config
+                    .apply_kv_text(&text)
+                    .map_err(|e| bad(e.to_string()))?,
+            )
         }
     }
     Ok(())
@@ -124,8 +133,12 @@ fn run_name(req: &CreateRunRequest, spec: &str) -> (String, NameSource) {
 /// A short memorable name (the old daemon asked a model for a haiku-style name).
 fn haiku_name() -> String {
     use rand::seq::SliceRandom;
-    const ADJ: &[&str] = &["quiet", "amber", "silver", "misty", "bright", "autumn", "hidden", "gentle"];
-    const NOUN: &[&str] = &["river", "pine", "meadow", "harbor", "lantern", "cedar", "brook", "summit"];
+    const ADJ: &[&str] = &[
+        "quiet", "amber", "silver", "misty", "bright", "autumn", "hidden", "gentle",
+    ];
+    const NOUN: &[&str] = &[
+        "river", "pine", "meadow", "harbor", "lantern", "cedar", "brook", "summit",
+    ];
     let mut rng = rand::thread_rng();
     format!(
         "{}-{}-{:04x}",
@@ -211,7 +224,10 @@ fn shared_fs(req: &CreateRunRequest, config: &mut RunConfig) -> Result<Resolved,
         .canonicalize()
         .map_err(|_| bad(format!("workspace_root not found: {}", req.workspace_root)))?;
     if !root.is_dir() {
-        return Err(bad(format!("workspace_root is not a directory: {}", root.display())));
+        return Err(bad(format!(
+            "workspace_root is not a directory: {}",
+            root.display()
+        )));
     }
     if git2::Repository::open(&root).is_err() {
         return Err(bad(format!(
@@ -228,7 +244,10 @@ fn shared_fs(req: &CreateRunRequest, config: &mut RunConfig) -> Result<Resolved,
     if loop_config.is_file() {
         let text = std::fs::read_to_string(&loop_config)
             .map_err(|e| bad(format!("cannot read {}: {e}", loop_config.display())))?;
-        for w in config.apply_kv_text(&text).map_err(|e| bad(format!("{}: {e}", loop_config.display())))? {
+        for w in config
+            .apply_kv_text(&text)
+            .map_err(|e| bad(format!("{}: {e}", loop_config.display())))?
+        {
             tracing::warn!("{}: {w}", loop_config.display());
         }
     }
@@ -284,7 +303,10 @@ fn git(
         .map_err(|e| bad(e.to_string()))?
     {
         let text = String::from_utf8_lossy(&bytes);
-        for w in config.apply_kv_text(&text).map_err(|e| bad(format!(".loop/config: {e}")))? {
+        for w in config
+            .apply_kv_text(&text)
+            .map_err(|e| bad(format!(".loop/config: {e}")))?
+        {
             tracing::warn!(".loop/config at {at}: {w}");
         }
     }

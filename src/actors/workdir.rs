@@ -36,7 +36,11 @@ fn blocking_err(e: tokio::task::JoinError) -> String {
 }
 
 /// Resolves the step's workspace; a failure is the step's failure, with a clear reason.
-pub async fn prepare(shared: &Shared, a: &Assignment, _active: &Active) -> Result<Prepared, String> {
+pub async fn prepare(
+    shared: &Shared,
+    a: &Assignment,
+    _active: &Active,
+) -> Result<Prepared, String> {
     match &a.workspace {
         WorkspaceSpec::SharedFs { path } => {
             let p = PathBuf::from(path);
@@ -45,7 +49,12 @@ pub async fn prepare(shared: &Shared, a: &Assignment, _active: &Active) -> Resul
             }
             Ok(Prepared { dir: p, git: None })
         }
-        WorkspaceSpec::Git { repo_url, repo_ref, run_branch, checkpoint } => {
+        WorkspaceSpec::Git {
+            repo_url,
+            repo_ref,
+            run_branch,
+            checkpoint,
+        } => {
             let dir = shared.cfg.work_dir.join("clones").join(&a.run_id);
             let bundle_path = match checkpoint {
                 Some(cp) => {
@@ -54,7 +63,12 @@ pub async fn prepare(shared: &Shared, a: &Assignment, _active: &Active) -> Resul
                         .get_artifact(&a.step_id, a.epoch, &cp.name)
                         .await
                         .map_err(|e| format!("cannot fetch checkpoint {}: {e}", cp.name))?;
-                    let path = shared.cfg.work_dir.join("steps").join(&a.step_id).join("checkpoint.bundle");
+                    let path = shared
+                        .cfg
+                        .work_dir
+                        .join("steps")
+                        .join(&a.step_id)
+                        .join("checkpoint.bundle");
                     let p2 = path.clone();
                     tokio::task::spawn_blocking(move || std::fs::write(&p2, &bytes))
                         .await
@@ -64,7 +78,12 @@ pub async fn prepare(shared: &Shared, a: &Assignment, _active: &Active) -> Resul
                 }
                 None => None,
             };
-            let (d, url, r, b) = (dir.clone(), repo_url.clone(), repo_ref.clone(), run_branch.clone());
+            let (d, url, r, b) = (
+                dir.clone(),
+                repo_url.clone(),
+                repo_ref.clone(),
+                run_branch.clone(),
+            );
             let head = tokio::task::spawn_blocking(move || {
                 let cp = bundle_path.as_ref().map(|(p, h)| (p.as_path(), h.as_str()));
                 clone::prepare_clone(&d, &url, &r, &b, cp)
@@ -74,7 +93,11 @@ pub async fn prepare(shared: &Shared, a: &Assignment, _active: &Active) -> Resul
             .map_err(|e| format!("cannot prepare the clone of {repo_url}: {e}"))?;
             Ok(Prepared {
                 dir,
-                git: Some(GitState { run_branch: run_branch.clone(), head_before: head, base: repo_ref.clone() }),
+                git: Some(GitState {
+                    run_branch: run_branch.clone(),
+                    head_before: head,
+                    base: repo_ref.clone(),
+                }),
             })
         }
     }
@@ -83,9 +106,22 @@ pub async fn prepare(shared: &Shared, a: &Assignment, _active: &Active) -> Resul
 /// Commits what the agent left uncommitted and bundles the run branch, when it moved.
 pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Option<CheckpointFile> {
     let g = ws.git.as_ref()?;
-    let out = shared.cfg.work_dir.join("steps").join(&a.step_id).join(BUNDLE_NAME);
-    let (dir, branch, base, before) = (ws.dir.clone(), g.run_branch.clone(), g.base.clone(), g.head_before.clone());
-    let msg = format!("loopd checkpoint: {} {} step {}", a.run_name, a.phase, a.attempt);
+    let out = shared
+        .cfg
+        .work_dir
+        .join("steps")
+        .join(&a.step_id)
+        .join(BUNDLE_NAME);
+    let (dir, branch, base, before) = (
+        ws.dir.clone(),
+        g.run_branch.clone(),
+        g.base.clone(),
+        g.head_before.clone(),
+    );
+    let msg = format!(
+        "loopd checkpoint: {} {} step {}",
+        a.run_name, a.phase, a.attempt
+    );
     let out2 = out.clone();
     let r = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
         let head = clone::checkpoint_commit(&dir, &msg).map_err(|e| e.to_string())?;
@@ -97,7 +133,11 @@ pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Optio
     })
     .await;
     match r {
-        Ok(Ok(Some(head))) => Some(CheckpointFile { name: BUNDLE_NAME.into(), path: out, head }),
+        Ok(Ok(Some(head))) => Some(CheckpointFile {
+            name: BUNDLE_NAME.into(),
+            path: out,
+            head,
+        }),
         Ok(Ok(None)) => None,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "checkpoint failed");
@@ -132,9 +172,15 @@ pub fn kill_leftovers(work_dir: &Path) {
         return;
     };
     for e in entries.flatten() {
-        if let Some(pgid) = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        if let Some(pgid) = std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
             if pgid > 1 {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 tracing::warn!(pgid, "killed a process group left by a previous run");
             }
         }

@@ -20,7 +20,10 @@ type Result<T> = std::result::Result<T, ClientError>;
 
 /// Runs one verb and returns the process exit status.
 pub fn run(cmd: Command) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
@@ -85,10 +88,17 @@ impl Daemon {
         let mut delay = 200u64;
         let mut refused = true;
         loop {
-            match self.request(Method::GET, "/health").timeout(Duration::from_secs(3)).send().await {
+            match self
+                .request(Method::GET, "/health")
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
-                    return Err(ClientError("unauthorized: check LOOPD_TOKEN env var or --token flag".into()))
+                    return Err(ClientError(
+                        "unauthorized: check LOOPD_TOKEN env var or --token flag".into(),
+                    ))
                 }
                 Ok(_) => refused = false,
                 Err(e) => refused &= e.is_connect(),
@@ -116,9 +126,13 @@ impl Daemon {
         }
         let status = resp.status();
         let body: Option<ErrorBody> = resp.json().await.ok();
-        let msg = body.map(|b| b.error).unwrap_or_else(|| "unknown error".into());
+        let msg = body
+            .map(|b| b.error)
+            .unwrap_or_else(|| "unknown error".into());
         Err(ClientError(match status {
-            StatusCode::UNAUTHORIZED => "unauthorized: check LOOPD_TOKEN env var or --token flag".into(),
+            StatusCode::UNAUTHORIZED => {
+                "unauthorized: check LOOPD_TOKEN env var or --token flag".into()
+            }
             StatusCode::NOT_FOUND => format!("{what} not found: {msg}"),
             StatusCode::SERVICE_UNAVAILABLE => format!("no capacity: {msg}"),
             StatusCode::CONFLICT => format!("not allowed: {msg}"),
@@ -126,10 +140,18 @@ impl Daemon {
         }))
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, what: &str) -> Result<(T, serde_json::Value)> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<(T, serde_json::Value)> {
         let resp = self.send(self.request(Method::GET, path), what).await?;
-        let value: serde_json::Value = resp.json().await.map_err(|e| ClientError(format!("invalid response: {e}")))?;
-        let typed = serde_json::from_value(value.clone()).map_err(|e| ClientError(format!("invalid response: {e}")))?;
+        let value: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| ClientError(format!("invalid response: {e}")))?;
+        let typed = serde_json::from_value(value.clone())
+            .map_err(|e| ClientError(format!("invalid response: {e}")))?;
         Ok((typed, value))
     }
 }
@@ -145,7 +167,11 @@ async fn dispatch(cmd: Command) -> Result<()> {
             d.probe().await?;
             submit::run(&d, &args).await
         }
-        Command::List { client, status, workspace } => {
+        Command::List {
+            client,
+            status,
+            workspace,
+        } => {
             let d = Daemon::new(&client)?;
             d.probe().await?;
             let mut q = Vec::new();
@@ -155,7 +181,11 @@ async fn dispatch(cmd: Command) -> Result<()> {
             if let Some(w) = workspace {
                 q.push(format!("workspace_root={}", enc(&w)));
             }
-            let path = if q.is_empty() { "/runs".into() } else { format!("/runs?{}", q.join("&")) };
+            let path = if q.is_empty() {
+                "/runs".into()
+            } else {
+                format!("/runs?{}", q.join("&"))
+            };
             let (runs, raw): (crate::api::RunsEnvelope, _) = d.get_json(&path, "runs").await?;
             render::print(d.json, &raw, || render::runs(&runs.runs));
             Ok(())
@@ -163,14 +193,18 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Inspect { client, id } => {
             let d = Daemon::new(&client)?;
             d.probe().await?;
-            let (run, raw_run): (crate::api::RunEnvelope, _) = d.get_json(&format!("/runs/{}", enc(&id)), "run").await?;
-            let (steps, raw_steps): (crate::api::StepsEnvelope, _) =
-                d.get_json(&format!("/runs/{}/steps", enc(&id)), "run").await?;
+            let (run, raw_run): (crate::api::RunEnvelope, _) =
+                d.get_json(&format!("/runs/{}", enc(&id)), "run").await?;
+            let (steps, raw_steps): (crate::api::StepsEnvelope, _) = d
+                .get_json(&format!("/runs/{}/steps", enc(&id)), "run")
+                .await?;
             let raw = serde_json::json!({"run": raw_run["run"], "steps": raw_steps["steps"]});
             render::print(d.json, &raw, || render::inspect(&run.run, &steps.steps));
             Ok(())
         }
-        Command::Tail { client, id, offset, .. } => {
+        Command::Tail {
+            client, id, offset, ..
+        } => {
             let d = Daemon::new(&client)?;
             d.probe().await?;
             tail::follow(&d, &id, offset).await
@@ -182,18 +216,25 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Workers { client } => {
             let d = Daemon::new(&client)?;
             d.probe().await?;
-            let (w, raw): (crate::api::WorkersEnvelope, _) = d.get_json("/workers", "workers").await?;
+            let (w, raw): (crate::api::WorkersEnvelope, _) =
+                d.get_json("/workers", "workers").await?;
             render::print(d.json, &raw, || render::workers(&w.workers));
             Ok(())
         }
-        Command::Artifacts { client, id, get, output } => {
+        Command::Artifacts {
+            client,
+            id,
+            get,
+            output,
+        } => {
             let d = Daemon::new(&client)?;
             d.probe().await?;
             match get {
                 Some(name) => tail::download(&d, &id, &name, output.as_deref()).await,
                 None => {
-                    let (a, raw): (crate::api::ArtifactsEnvelope, _) =
-                        d.get_json(&format!("/runs/{}/artifacts", enc(&id)), "run").await?;
+                    let (a, raw): (crate::api::ArtifactsEnvelope, _) = d
+                        .get_json(&format!("/runs/{}/artifacts", enc(&id)), "run")
+                        .await?;
                     render::print(d.json, &raw, || render::artifacts(&a.artifacts));
                     Ok(())
                 }
@@ -205,9 +246,16 @@ async fn dispatch(cmd: Command) -> Result<()> {
 async fn control(client: &ClientArgs, id: &str, verb: &str, done: &str) -> Result<()> {
     let d = Daemon::new(client)?;
     d.probe().await?;
-    d.send(d.request(Method::POST, &format!("/runs/{}/{verb}", enc(id))), "run").await?;
+    d.send(
+        d.request(Method::POST, &format!("/runs/{}/{verb}", enc(id))),
+        "run",
+    )
+    .await?;
     if d.json {
-        println!("{}", serde_json::json!({"id": id, "action": verb, "ok": true}));
+        println!(
+            "{}",
+            serde_json::json!({"id": id, "action": verb, "ok": true})
+        );
     } else {
         println!("Run {id} {done}");
     }

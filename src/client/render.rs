@@ -41,7 +41,11 @@ fn short_time(rfc: &str) -> String {
 }
 
 fn last_segment(path: &str) -> String {
-    path.trim_end_matches('/').rsplit('/').next().unwrap_or(path).to_string()
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(path)
+        .to_string()
 }
 
 pub fn runs(runs: &[Run]) -> String {
@@ -61,7 +65,10 @@ pub fn runs(runs: &[Run]) -> String {
             ]
         })
         .collect();
-    table(&["ID", "NAME", "STATUS", "WORKSPACE", "CREATED", "WAITING"], &rows)
+    table(
+        &["ID", "NAME", "STATUS", "WORKSPACE", "CREATED", "WAITING"],
+        &rows,
+    )
 }
 
 pub fn inspect(run: &Run, steps: &[Step]) -> String {
@@ -76,7 +83,14 @@ pub fn inspect(run: &Run, steps: &[Step]) -> String {
     if let Some(w) = &run.worktree {
         kv("base branch", &w.base_branch);
         kv("run branch", &w.run_branch);
-        kv("merge", &format!("{} -> {}", w.merge_strategy, w.merge_target_branch.as_deref().unwrap_or("-")));
+        kv(
+            "merge",
+            &format!(
+                "{} -> {}",
+                w.merge_strategy,
+                w.merge_target_branch.as_deref().unwrap_or("-")
+            ),
+        );
         kv("worktree", &w.worktree_path);
     }
     if let Some(s) = &run.worktree_cleanup_status {
@@ -99,12 +113,17 @@ pub fn inspect(run: &Run, steps: &[Step]) -> String {
                 s.phase.to_string(),
                 s.status.to_string(),
                 s.attempt.to_string(),
-                s.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                s.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 s.worker_id.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    out.push_str(&table(&["STEP", "PHASE", "STATUS", "ATTEMPT", "EXIT", "WORKER"], &rows));
+    out.push_str(&table(
+        &["STEP", "PHASE", "STATUS", "ATTEMPT", "EXIT", "WORKER"],
+        &rows,
+    ));
     out
 }
 
@@ -126,7 +145,18 @@ pub fn workers(ws: &[WorkerInfo]) -> String {
             ]
         })
         .collect();
-    table(&["ID", "HOST", "STATUS", "LABELS", "SLOTS", "LEASES", "LAST SEEN"], &rows)
+    table(
+        &[
+            "ID",
+            "HOST",
+            "STATUS",
+            "LABELS",
+            "SLOTS",
+            "LEASES",
+            "LAST SEEN",
+        ],
+        &rows,
+    )
 }
 
 pub fn artifacts(list: &[ArtifactInfo]) -> String {
@@ -135,7 +165,14 @@ pub fn artifacts(list: &[ArtifactInfo]) -> String {
     }
     let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|a| vec![a.name.clone(), a.kind.clone(), a.size.to_string(), a.sha256.clone()])
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                a.kind.clone(),
+                a.size.to_string(),
+                a.sha256.clone(),
+            ]
+        })
         .collect();
     table(&["NAME", "KIND", "SIZE", "SHA256"], &rows)
 }

@@ -68,9 +68,15 @@ pub async fn run(d: &Daemon, a: &RunArgs) -> Result<()> {
         repo_ref: a.repo_ref.clone(),
         labels: a.labels.clone(),
     };
-    let resp = d.send(d.request(Method::POST, "/runs").json(&req), "run").await?;
-    let raw: serde_json::Value = resp.json().await.map_err(|e| ClientError(format!("invalid response: {e}")))?;
-    let env: RunEnvelope = serde_json::from_value(raw.clone()).map_err(|e| ClientError(format!("invalid response: {e}")))?;
+    let resp = d
+        .send(d.request(Method::POST, "/runs").json(&req), "run")
+        .await?;
+    let raw: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| ClientError(format!("invalid response: {e}")))?;
+    let env: RunEnvelope = serde_json::from_value(raw.clone())
+        .map_err(|e| ClientError(format!("invalid response: {e}")))?;
     if d.json {
         println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_default());
     } else {

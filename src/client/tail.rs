@@ -32,7 +32,10 @@ pub fn parse_frames(buf: &mut Vec<u8>, mut out: impl FnMut(OutputFrame)) {
 
 /// Prints the run's output from `offset` until the server closes the stream.
 pub async fn follow(d: &Daemon, id: &str, offset: u64) -> Result<()> {
-    let req = d.request(Method::GET, &format!("/runs/{}/output?offset={offset}", enc(id)));
+    let req = d.request(
+        Method::GET,
+        &format!("/runs/{}/output?offset={offset}", enc(id)),
+    );
     let resp = d.send(req, "run").await?;
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
@@ -60,7 +63,8 @@ pub async fn download(d: &Daemon, id: &str, name: &str, to: Option<&Path>) -> Re
         .map(str::to_string);
     let mut sink: Box<dyn Write> = match to {
         Some(p) => Box::new(
-            std::fs::File::create(p).map_err(|e| ClientError(format!("cannot write {}: {e}", p.display())))?,
+            std::fs::File::create(p)
+                .map_err(|e| ClientError(format!("cannot write {}: {e}", p.display())))?,
         ),
         None => Box::new(std::io::stdout()),
     };
@@ -69,13 +73,17 @@ pub async fn download(d: &Daemon, id: &str, name: &str, to: Option<&Path>) -> Re
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ClientError(format!("download interrupted: {e}")))?;
         hasher.update(&chunk);
-        sink.write_all(&chunk).map_err(|e| ClientError(format!("cannot write: {e}")))?;
+        sink.write_all(&chunk)
+            .map_err(|e| ClientError(format!("cannot write: {e}")))?;
     }
-    sink.flush().map_err(|e| ClientError(format!("cannot write: {e}")))?;
+    sink.flush()
+        .map_err(|e| ClientError(format!("cannot write: {e}")))?;
     let got = hex::encode(hasher.finalize());
     if let Some(want) = expected {
         if want != got {
-            return Err(ClientError(format!("checksum mismatch for {name}: expected {want}, got {got}")));
+            return Err(ClientError(format!(
+                "checksum mismatch for {name}: expected {want}, got {got}"
+            )));
         }
     }
     Ok(())
@@ -87,7 +95,8 @@ mod tests {
 
     #[test]
     fn frames_split_across_chunks_are_joined_and_comments_skipped() {
-        let mut buf = b": keep-alive\n\nevent: output\ndata: {\"step_id\":\"s\",\"offset\":0,\"con".to_vec();
+        let mut buf =
+            b": keep-alive\n\nevent: output\ndata: {\"step_id\":\"s\",\"offset\":0,\"con".to_vec();
         let mut got = Vec::new();
         parse_frames(&mut buf, |f| got.push(f.content));
         assert!(got.is_empty());

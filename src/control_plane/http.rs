@@ -4,9 +4,9 @@
 
 use super::PlaneError;
 use crate::api::{
-    ArtifactRef, Assignment, ClaimRequest, CompleteRequest, ErrorBody, HeartbeatRequest, HeartbeatResponse,
-    HeldLease, LeaseVerdict, OutputAck, OutputChunk, RegisterRequest, RegisterResponse, ReleaseRequest,
-    StepEventRequest,
+    ArtifactRef, Assignment, ClaimRequest, CompleteRequest, ErrorBody, HeartbeatRequest,
+    HeartbeatResponse, HeldLease, LeaseVerdict, OutputAck, OutputChunk, RegisterRequest,
+    RegisterResponse, ReleaseRequest, StepEventRequest,
 };
 use crate::domain::WorkerStatus;
 use bytes::Bytes;
@@ -30,6 +30,8 @@ pub struct HttpPlane {
     base: String,
     instance: String,
     who: Arc<RwLock<Identity>>,
+    join_token: String,
+    registration: RegisterRequest,
     /// What the controller told us at registration.
     pub heartbeat_interval_ms: u64,
     pub lease_ttl_ms: u64,
@@ -45,7 +47,10 @@ async fn refusal(resp: reqwest::Response) -> PlaneError {
     let text = resp.text().await.unwrap_or_default();
     let body: Option<ErrorBody> = serde_json::from_str(&text).ok();
     let code = body.as_ref().map(|b| b.code.as_str()).unwrap_or("");
-    let msg = body.as_ref().map(|b| b.error.clone()).unwrap_or_else(|| text.clone());
+    let msg = body
+        .as_ref()
+        .map(|b| b.error.clone())
+        .unwrap_or_else(|| text.clone());
     match (status, code) {
         (StatusCode::CONFLICT, "stale_lease") | (StatusCode::FORBIDDEN, _) => PlaneError::Stale,
         (StatusCode::CONFLICT, "offset_gap") => {
@@ -55,15 +60,34 @@ async fn refusal(resp: reqwest::Response) -> PlaneError {
                 .unwrap_or(0);
             PlaneError::OffsetGap(next)
         }
-        (StatusCode::CONFLICT, "worker_offline" | "duplicate_worker") | (StatusCode::UNAUTHORIZED, _) => {
-            PlaneError::Gone(msg)
-        }
+        (StatusCode::CONFLICT, "worker_offline" | "duplicate_worker")
+        | (StatusCode::UNAUTHORIZED, _) => PlaneError::Gone(msg),
         (StatusCode::NOT_FOUND, _) => PlaneError::NotFound(msg),
         (s, _) if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
             PlaneError::Unavailable(format!("{s}: {msg}"))
         }
         (s, _) => PlaneError::Rejected(format!("{s}: {msg}")),
     }
+}
+
+async fn register_once(
+    client: &reqwest::Client,
+    base: &str,
+    join_token: &str,
+    req: &RegisterRequest,
+) -> Result<RegisterResponse, PlaneError> {
+    let resp = client
+        .post(format!("{base}/workers/register"))
+        .bearer_auth(join_token)
+        .timeout(Duration::from_secs(30))
+        .json(req)
+        .send()
+        .await
+        .map_err(unavailable)?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(refusal(resp).await);
+    }
+    resp.json().await.map_err(unavailable)
 }
 
 impl HttpPlane {
@@ -79,27 +103,54 @@ impl HttpPlane {
             .build()
             .map_err(unavailable)?;
         let base = base.trim_end_matches('/').to_string();
-        let instance = req.instance_id.clone().unwrap_or_default();
-        let resp = client
-            .post(format!("{base}/workers/register"))
-            .bearer_auth(join_token)
-            .timeout(Duration::from_secs(30))
-            .json(&req)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        if resp.status() != StatusCode::CREATED {
-            return Err(refusal(resp).await);
-        }
-        let r: RegisterResponse = resp.json().await.map_err(unavailable)?;
+        let r = register_once(&client, &base, join_token, &req).await?;
         Ok(HttpPlane {
             client,
             base,
-            instance,
-            who: Arc::new(RwLock::new(Identity { worker_id: r.worker_id, token: r.token })),
+            instance: req.instance_id.clone().unwrap_or_default(),
+            who: Arc::new(RwLock::new(Identity {
+                worker_id: r.worker_id,
+                token: r.token,
+            })),
+            join_token: join_token.to_string(),
+            registration: req,
             heartbeat_interval_ms: r.heartbeat_interval_ms,
             lease_ttl_ms: r.lease_ttl_ms,
         })
+    }
+
+    /// Registers again after the controller forgot this worker (it was marked offline or
+    /// revoked): a fresh worker id and token, retried until the controller answers.
+    pub async fn reregister(&self) {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match register_once(
+                &self.client,
+                &self.base,
+                &self.join_token,
+                &self.registration,
+            )
+            .await
+            {
+                Ok(r) => {
+                    tracing::info!(worker_id = %r.worker_id, "registered again");
+                    let mut who = match self.who.write() {
+                        Ok(g) => g,
+                        Err(p) => p.into_inner(),
+                    };
+                    *who = Identity {
+                        worker_id: r.worker_id,
+                        token: r.token,
+                    };
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register again; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     fn identity(&self) -> Identity {
@@ -113,7 +164,12 @@ impl HttpPlane {
         self.identity().worker_id
     }
 
-    fn request(&self, method: reqwest::Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
         let who = self.identity();
         self.client
             .request(method, format!("{}{path}", self.base))
@@ -122,7 +178,11 @@ impl HttpPlane {
             .timeout(timeout)
     }
 
-    async fn post_json<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<reqwest::Response, PlaneError> {
+    async fn post_json<T: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<reqwest::Response, PlaneError> {
         let resp = self
             .request(reqwest::Method::POST, path, Duration::from_secs(30))
             .json(body)
@@ -138,9 +198,15 @@ impl HttpPlane {
 
     pub async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, PlaneError> {
         let id = self.worker_id();
-        let body = ClaimRequest { wait_ms: Some(wait.as_millis() as u64) };
+        let body = ClaimRequest {
+            wait_ms: Some(wait.as_millis() as u64),
+        };
         let resp = self
-            .request(reqwest::Method::POST, &format!("/workers/{id}/claim"), wait + Duration::from_secs(15))
+            .request(
+                reqwest::Method::POST,
+                &format!("/workers/{id}/claim"),
+                wait + Duration::from_secs(15),
+            )
             .json(&body)
             .send()
             .await
@@ -160,29 +226,70 @@ impl HttpPlane {
     ) -> Result<Vec<LeaseVerdict>, PlaneError> {
         let id = self.worker_id();
         let resp = self
-            .post_json(&format!("/workers/{id}/heartbeat"), &HeartbeatRequest { status, metrics, leases })
+            .post_json(
+                &format!("/workers/{id}/heartbeat"),
+                &HeartbeatRequest {
+                    status,
+                    metrics,
+                    leases,
+                },
+            )
             .await?;
         let r: HeartbeatResponse = resp.json().await.map_err(unavailable)?;
         Ok(r.leases)
     }
 
-    pub async fn append_output(&self, step_id: &str, epoch: i64, offset: u64, content: String) -> Result<u64, PlaneError> {
+    pub async fn append_output(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        offset: u64,
+        content: String,
+    ) -> Result<u64, PlaneError> {
         let resp = self
-            .post_json(&format!("/steps/{step_id}/output"), &OutputChunk { epoch, offset, content })
+            .post_json(
+                &format!("/steps/{step_id}/output"),
+                &OutputChunk {
+                    epoch,
+                    offset,
+                    content,
+                },
+            )
             .await?;
         let ack: OutputAck = resp.json().await.map_err(unavailable)?;
         Ok(ack.next_offset)
     }
 
-    pub async fn post_event(&self, step_id: &str, epoch: i64, event_type: &str, payload: serde_json::Value) -> Result<(), PlaneError> {
-        let body = StepEventRequest { epoch, event_type: event_type.into(), payload };
-        self.post_json(&format!("/steps/{step_id}/events"), &body).await?;
+    pub async fn post_event(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        event_type: &str,
+        payload: serde_json::Value,
+    ) -> Result<(), PlaneError> {
+        let body = StepEventRequest {
+            epoch,
+            event_type: event_type.into(),
+            payload,
+        };
+        self.post_json(&format!("/steps/{step_id}/events"), &body)
+            .await?;
         Ok(())
     }
 
-    pub async fn put_artifact(&self, step_id: &str, epoch: i64, name: &str, bytes: Bytes) -> Result<ArtifactRef, PlaneError> {
+    pub async fn put_artifact(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        name: &str,
+        bytes: Bytes,
+    ) -> Result<ArtifactRef, PlaneError> {
         let resp = self
-            .request(reqwest::Method::PUT, &format!("/steps/{step_id}/artifacts/{name}?epoch={epoch}"), Duration::from_secs(600))
+            .request(
+                reqwest::Method::PUT,
+                &format!("/steps/{step_id}/artifacts/{name}?epoch={epoch}"),
+                Duration::from_secs(600),
+            )
             .header("Content-Type", "application/octet-stream")
             .body(bytes)
             .send()
@@ -194,9 +301,18 @@ impl HttpPlane {
         resp.json().await.map_err(unavailable)
     }
 
-    pub async fn get_artifact(&self, step_id: &str, epoch: i64, name: &str) -> Result<Bytes, PlaneError> {
+    pub async fn get_artifact(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        name: &str,
+    ) -> Result<Bytes, PlaneError> {
         let resp = self
-            .request(reqwest::Method::GET, &format!("/steps/{step_id}/artifacts/{name}?epoch={epoch}"), Duration::from_secs(600))
+            .request(
+                reqwest::Method::GET,
+                &format!("/steps/{step_id}/artifacts/{name}?epoch={epoch}"),
+                Duration::from_secs(600),
+            )
             .send()
             .await
             .map_err(unavailable)?;
@@ -207,13 +323,18 @@ impl HttpPlane {
     }
 
     pub async fn complete(&self, step_id: &str, req: CompleteRequest) -> Result<(), PlaneError> {
-        self.post_json(&format!("/steps/{step_id}/complete"), &req).await?;
+        self.post_json(&format!("/steps/{step_id}/complete"), &req)
+            .await?;
         Ok(())
     }
 
     pub async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
-        let body = ReleaseRequest { epoch, reason: Some(reason.into()) };
-        self.post_json(&format!("/steps/{step_id}/release"), &body).await?;
+        let body = ReleaseRequest {
+            epoch,
+            reason: Some(reason.into()),
+        };
+        self.post_json(&format!("/steps/{step_id}/release"), &body)
+            .await?;
         Ok(())
     }
 }

@@ -8,7 +8,9 @@ use crate::actors::lease::{
     ReleaseLease, StoreArtifact,
 };
 use crate::actors::registry::{Heartbeat, RegistryError, WorkerRegistryActor};
-use crate::api::{ArtifactRef, Assignment, CompleteRequest, HeartbeatRequest, HeldLease, LeaseVerdict};
+use crate::api::{
+    ArtifactRef, Assignment, CompleteRequest, HeartbeatRequest, HeldLease, LeaseVerdict,
+};
 use crate::domain::WorkerStatus;
 use actix::Addr;
 use bytes::Bytes;
@@ -41,17 +43,32 @@ fn mailbox(e: actix::MailboxError) -> PlaneError {
 impl LocalPlane {
     pub async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, PlaneError> {
         self.lease
-            .send(ClaimStep { worker_id: self.worker_id.clone(), labels: self.labels.clone(), wait })
+            .send(ClaimStep {
+                worker_id: self.worker_id.clone(),
+                labels: self.labels.clone(),
+                wait,
+            })
             .await
             .map_err(mailbox)?
             .map_err(lease_err)
     }
 
-    pub async fn heartbeat(&self, status: WorkerStatus, leases: Vec<HeldLease>) -> Result<Vec<LeaseVerdict>, PlaneError> {
-        let request = HeartbeatRequest { status, metrics: Default::default(), leases };
+    pub async fn heartbeat(
+        &self,
+        status: WorkerStatus,
+        leases: Vec<HeldLease>,
+    ) -> Result<Vec<LeaseVerdict>, PlaneError> {
+        let request = HeartbeatRequest {
+            status,
+            metrics: Default::default(),
+            leases,
+        };
         let r = self
             .registry
-            .send(Heartbeat { worker_id: self.worker_id.clone(), request })
+            .send(Heartbeat {
+                worker_id: self.worker_id.clone(),
+                request,
+            })
             .await
             .map_err(mailbox)?;
         match r {
@@ -63,12 +80,36 @@ impl LocalPlane {
         }
     }
 
-    pub async fn append_output(&self, step_id: &str, epoch: i64, offset: u64, content: String) -> Result<u64, PlaneError> {
-        let m = AppendOutput { worker_id: self.worker_id.clone(), step_id: step_id.into(), epoch, offset, content };
-        Ok(self.lease.send(m).await.map_err(mailbox)?.map_err(lease_err)?.next_offset)
+    pub async fn append_output(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        offset: u64,
+        content: String,
+    ) -> Result<u64, PlaneError> {
+        let m = AppendOutput {
+            worker_id: self.worker_id.clone(),
+            step_id: step_id.into(),
+            epoch,
+            offset,
+            content,
+        };
+        Ok(self
+            .lease
+            .send(m)
+            .await
+            .map_err(mailbox)?
+            .map_err(lease_err)?
+            .next_offset)
     }
 
-    pub async fn post_event(&self, step_id: &str, epoch: i64, event_type: &str, payload: serde_json::Value) -> Result<(), PlaneError> {
+    pub async fn post_event(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        event_type: &str,
+        payload: serde_json::Value,
+    ) -> Result<(), PlaneError> {
         let m = RecordStepEvent {
             worker_id: self.worker_id.clone(),
             step_id: step_id.into(),
@@ -76,26 +117,81 @@ impl LocalPlane {
             event_type: event_type.into(),
             payload,
         };
-        self.lease.send(m).await.map_err(mailbox)?.map_err(lease_err)
+        self.lease
+            .send(m)
+            .await
+            .map_err(mailbox)?
+            .map_err(lease_err)
     }
 
-    pub async fn put_artifact(&self, step_id: &str, epoch: i64, name: &str, bytes: Bytes) -> Result<ArtifactRef, PlaneError> {
-        let m = StoreArtifact { worker_id: self.worker_id.clone(), step_id: step_id.into(), epoch, name: name.into(), bytes };
-        self.lease.send(m).await.map_err(mailbox)?.map_err(lease_err)
+    pub async fn put_artifact(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        name: &str,
+        bytes: Bytes,
+    ) -> Result<ArtifactRef, PlaneError> {
+        let m = StoreArtifact {
+            worker_id: self.worker_id.clone(),
+            step_id: step_id.into(),
+            epoch,
+            name: name.into(),
+            bytes,
+        };
+        self.lease
+            .send(m)
+            .await
+            .map_err(mailbox)?
+            .map_err(lease_err)
     }
 
-    pub async fn get_artifact(&self, step_id: &str, epoch: i64, name: &str) -> Result<Bytes, PlaneError> {
-        let m = ReadArtifact { worker_id: self.worker_id.clone(), step_id: step_id.into(), epoch, name: name.into() };
-        self.lease.send(m).await.map_err(mailbox)?.map_err(lease_err)
+    pub async fn get_artifact(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        name: &str,
+    ) -> Result<Bytes, PlaneError> {
+        let m = ReadArtifact {
+            worker_id: self.worker_id.clone(),
+            step_id: step_id.into(),
+            epoch,
+            name: name.into(),
+        };
+        self.lease
+            .send(m)
+            .await
+            .map_err(mailbox)?
+            .map_err(lease_err)
     }
 
-    pub async fn complete(&self, step_id: &str, request: CompleteRequest) -> Result<(), PlaneError> {
-        let m = CompleteStep { worker_id: self.worker_id.clone(), step_id: step_id.into(), request };
-        self.lease.send(m).await.map_err(mailbox)?.map_err(lease_err)
+    pub async fn complete(
+        &self,
+        step_id: &str,
+        request: CompleteRequest,
+    ) -> Result<(), PlaneError> {
+        let m = CompleteStep {
+            worker_id: self.worker_id.clone(),
+            step_id: step_id.into(),
+            request,
+        };
+        self.lease
+            .send(m)
+            .await
+            .map_err(mailbox)?
+            .map_err(lease_err)
     }
 
     pub async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
-        let m = ReleaseLease { worker_id: self.worker_id.clone(), step_id: step_id.into(), epoch, reason: reason.into() };
-        self.lease.send(m).await.map_err(mailbox)?.map_err(lease_err)
+        let m = ReleaseLease {
+            worker_id: self.worker_id.clone(),
+            step_id: step_id.into(),
+            epoch,
+            reason: reason.into(),
+        };
+        self.lease
+            .send(m)
+            .await
+            .map_err(mailbox)?
+            .map_err(lease_err)
     }
 }

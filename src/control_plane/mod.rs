@@ -119,7 +119,12 @@ impl ControlPlane {
     }
 
     /// Reads an artifact of the step's run (a checkpoint bundle).
-    pub async fn get_artifact(&self, step_id: &str, epoch: i64, name: &str) -> Result<Bytes, PlaneError> {
+    pub async fn get_artifact(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        name: &str,
+    ) -> Result<Bytes, PlaneError> {
         match self {
             ControlPlane::Local(p) => p.get_artifact(step_id, epoch, name).await,
             ControlPlane::Http(p) => p.get_artifact(step_id, epoch, name).await,

@@ -175,7 +175,8 @@ fn requeue(
     max_infra: i32,
     now: i64,
 ) -> Result<Requeued, DbError> {
-    on_conn!(conn, |c| diesel::delete(leases::table.find(&lease.step_id)).execute(c))?;
+    on_conn!(conn, |c| diesel::delete(leases::table.find(&lease.step_id))
+        .execute(c))?;
     let step: StepRow = on_conn!(conn, |c| steps::table
         .find(&lease.step_id)
         .select(StepRow::as_select())
@@ -188,7 +189,11 @@ fn requeue(
     let failed = count_infra && infra >= max_infra;
     let (status, reason, ended) = if run_status == "CANCELED" {
         // Nobody will run a step of a cancelled run again.
-        ("CANCELED", Some("the run was cancelled".to_string()), Some(now))
+        (
+            "CANCELED",
+            Some("the run was cancelled".to_string()),
+            Some(now),
+        )
     } else if failed {
         (
             "FAILED",
@@ -288,7 +293,8 @@ pub fn release_all_except(
 
 /// Removes a step's lease when the step finishes or is cancelled.
 pub fn delete(conn: &mut Conn, step_id: &str) -> Result<(), DbError> {
-    on_conn!(conn, |c| diesel::delete(leases::table.find(step_id)).execute(c))?;
+    on_conn!(conn, |c| diesel::delete(leases::table.find(step_id))
+        .execute(c))?;
     Ok(())
 }
 

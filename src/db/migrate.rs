@@ -29,8 +29,8 @@ pub(super) fn run_postgres(conn: &mut PgConnection) -> Result<(), DbError> {
         .run_pending_migrations(POSTGRES)
         .map(|v| v.len())
         .map_err(|e| DbError::Migration(e.to_string()));
-    let unlock = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
-        .execute(conn);
+    let unlock =
+        diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")).execute(conn);
     let applied = result?;
     unlock?;
     tracing::info!(applied, backend = "postgres", "migrations done");

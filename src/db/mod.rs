@@ -107,8 +107,10 @@ impl Conn {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        on_conn!(self, |c| AnsiTransactionManager::begin_transaction_sql(c, begin))
-            .map_err(|e| E::from(e.into()))?;
+        on_conn!(self, |c| AnsiTransactionManager::begin_transaction_sql(
+            c, begin
+        ))
+        .map_err(|e| E::from(e.into()))?;
         match f(self) {
             Ok(v) => {
                 on_conn!(self, |c| AnsiTransactionManager::commit_transaction(c))
@@ -147,15 +149,21 @@ impl Conn {
 /// Creates the database a Postgres URL names, through the server's `postgres` database (the
 /// role that owns the database may create it on first start).
 fn create_database(url: &str) -> Result<(), DbError> {
-    let parsed = url::Url::parse(url).map_err(|e| DbError::Connect(format!("invalid storage.url: {e}")))?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| DbError::Connect(format!("invalid storage.url: {e}")))?;
     let name = parsed.path().trim_start_matches('/').to_string();
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(DbError::Connect(format!("database \"{name}\" does not exist")));
+        return Err(DbError::Connect(format!(
+            "database \"{name}\" does not exist"
+        )));
     }
     let mut admin = parsed.clone();
     admin.set_path("/postgres");
-    let mut c = PgConnection::establish(admin.as_str())
-        .map_err(|e| DbError::Connect(format!("database \"{name}\" does not exist and cannot be created: {e}")))?;
+    let mut c = PgConnection::establish(admin.as_str()).map_err(|e| {
+        DbError::Connect(format!(
+            "database \"{name}\" does not exist and cannot be created: {e}"
+        ))
+    })?;
     diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
         .execute(&mut c)
         .map_err(|e| DbError::Connect(format!("cannot create database \"{name}\": {e}")))?;
@@ -193,9 +201,8 @@ impl Db {
     /// and runs the embedded migrations.
     pub fn open_sqlite(path: &Path, pool_size: u32) -> Result<Db, DbError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                DbError::Connect(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DbError::Connect(format!("cannot create {}: {e}", dir.display())))?;
         }
         let url = path.to_string_lossy().to_string();
         {

@@ -6,7 +6,9 @@ use super::{on_conn, Conn, DbError};
 use diesel::prelude::*;
 
 pub fn insert(conn: &mut Conn, row: &RunRow) -> Result<(), DbError> {
-    on_conn!(conn, |c| diesel::insert_into(runs::table).values(row).execute(c))?;
+    on_conn!(conn, |c| diesel::insert_into(runs::table)
+        .values(row)
+        .execute(c))?;
     Ok(())
 }
 
@@ -89,11 +91,7 @@ pub fn count_by_status(conn: &mut Conn) -> Result<Vec<(String, i64)>, DbError> {
 }
 
 /// Sets `waiting_reason` when it changed (avoids a write per tick).
-pub fn set_waiting_reason(
-    conn: &mut Conn,
-    id: &str,
-    reason: Option<&str>,
-) -> Result<(), DbError> {
+pub fn set_waiting_reason(conn: &mut Conn, id: &str, reason: Option<&str>) -> Result<(), DbError> {
     let current: Option<Option<String>> = on_conn!(conn, |c| runs::table
         .find(id)
         .select(runs::waiting_reason)

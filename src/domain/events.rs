@@ -63,7 +63,13 @@ pub fn step_queued(step_id: &str, phase: &str, attempt: i32) -> Value {
     json!({"step_id": step_id, "phase": phase, "attempt": attempt})
 }
 
-pub fn step_started(step_id: &str, phase: &str, attempt: i32, worker_id: &str, epoch: i64) -> Value {
+pub fn step_started(
+    step_id: &str,
+    phase: &str,
+    attempt: i32,
+    worker_id: &str,
+    epoch: i64,
+) -> Value {
     json!({"step_id": step_id, "phase": phase, "attempt": attempt,
            "worker_id": worker_id, "epoch": epoch})
 }

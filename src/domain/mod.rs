@@ -1,8 +1,11 @@
 //! Pure types and state machines of runs, steps, leases and workers. No I/O here.
 
 pub mod completion;
+pub mod events;
+pub mod pipeline;
 pub mod plan;
 pub mod prompt;
+pub mod report;
 pub mod run_config;
 pub mod status;
 pub mod time;

@@ -47,7 +47,9 @@ pub struct Finished<'a> {
 pub enum Outcome {
     /// `mode` is the completion mode (`trailing`/`exact`), or `merge` when a merge ran.
     Completed,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 /// What the scheduler must do next.

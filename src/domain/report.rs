@@ -47,10 +47,22 @@ pub fn report_tsv(r: &RunFacts) -> String {
         .map(|(d, t)| (d.to_string(), t.to_string()))
         .unwrap_or_default();
     let mut rows: Vec<(i64, String)> = Vec::new();
-    let mut row = |ts: i64, kind: &str, it: String, dur: String, code: String, bytes: String, lines: String, path: &str, msg: &str| {
+    let mut row = |ts: i64,
+                   kind: &str,
+                   it: String,
+                   dur: String,
+                   code: String,
+                   bytes: String,
+                   lines: String,
+                   path: &str,
+                   msg: &str| {
         rows.push((
             ts,
-            format!("{ts}\t{kind}\t{it}\t{dur}\t{code}\t{bytes}\t{lines}\t{}\t{}\t{done}\t{total}", clean(path), clean(msg)),
+            format!(
+                "{ts}\t{kind}\t{it}\t{dur}\t{code}\t{bytes}\t{lines}\t{}\t{}\t{done}\t{total}",
+                clean(path),
+                clean(msg)
+            ),
         ));
     };
     let e = String::new;
@@ -60,24 +72,70 @@ pub fn report_tsv(r: &RunFacts) -> String {
     for s in r.steps.iter().filter(|s| s.phase == "implementation") {
         let it = s.attempt.to_string();
         if let Some(st) = s.started_at {
-            row(st, "ITERATION_START", it.clone(), e(), e(), e(), e(), "", "");
+            row(
+                st,
+                "ITERATION_START",
+                it.clone(),
+                e(),
+                e(),
+                e(),
+                e(),
+                "",
+                "",
+            );
         }
         if let Some(end) = s.ended_at {
-            let dur = s.started_at.map(|st| (end - st).to_string()).unwrap_or_default();
+            let dur = s
+                .started_at
+                .map(|st| (end - st).to_string())
+                .unwrap_or_default();
             let tail = s.output_tail.as_deref().unwrap_or("");
             let code = s.exit_code.map(|c| c.to_string()).unwrap_or_default();
             let path = s.output_path.as_deref().unwrap_or("");
-            row(end, "ITERATION_END", it.clone(), dur, code, tail.len().to_string(), tail.lines().count().to_string(), path, &s.status);
+            row(
+                end,
+                "ITERATION_END",
+                it.clone(),
+                dur,
+                code,
+                tail.len().to_string(),
+                tail.lines().count().to_string(),
+                path,
+                &s.status,
+            );
             if s.completion_detected {
-                row(end, "COMPLETE_DETECTED", it, e(), e(), e(), e(), "", &r.completion_mode);
+                row(
+                    end,
+                    "COMPLETE_DETECTED",
+                    it,
+                    e(),
+                    e(),
+                    e(),
+                    e(),
+                    "",
+                    &r.completion_mode,
+                );
             }
         }
     }
     for (name, ts) in &r.rewrites {
         row(*ts, "WATCHDOG_REWRITE", e(), e(), e(), e(), e(), name, "");
     }
-    let total_ms = r.started_at.map(|s| (r.ended_at - s).to_string()).unwrap_or_default();
-    row(r.ended_at, "RUN_END", e(), total_ms, e(), e(), e(), "", &format!("{} {}", r.exit_reason, r.message));
+    let total_ms = r
+        .started_at
+        .map(|s| (r.ended_at - s).to_string())
+        .unwrap_or_default();
+    row(
+        r.ended_at,
+        "RUN_END",
+        e(),
+        total_ms,
+        e(),
+        e(),
+        e(),
+        "",
+        &format!("{} {}", r.exit_reason, r.message),
+    );
     rows.sort_by_key(|(ts, _)| *ts);
     let mut out = String::from(REPORT_HEADER);
     out.push('\n');
@@ -90,7 +148,11 @@ pub fn report_tsv(r: &RunFacts) -> String {
 
 /// `summary.json`, pretty-printed.
 pub fn summary_json(r: &RunFacts) -> String {
-    let impls: Vec<&StepFacts> = r.steps.iter().filter(|s| s.phase == "implementation").collect();
+    let impls: Vec<&StepFacts> = r
+        .steps
+        .iter()
+        .filter(|s| s.phase == "implementation")
+        .collect();
     let durations: Vec<i64> = impls
         .iter()
         .filter_map(|s| Some(s.ended_at? - s.started_at?))
@@ -100,7 +162,10 @@ pub fn summary_json(r: &RunFacts) -> String {
     } else {
         durations.iter().sum::<i64>() / durations.len() as i64
     };
-    let completed = impls.iter().find(|s| s.completion_detected).map(|s| s.attempt);
+    let completed = impls
+        .iter()
+        .find(|s| s.completion_detected)
+        .map(|s| s.attempt);
     let last = impls.last();
     let start = r.started_at.unwrap_or(r.ended_at);
     let v = json!({
@@ -169,8 +234,20 @@ mod tests {
         let tsv = report_tsv(&r);
         let lines: Vec<&str> = tsv.lines().collect();
         assert_eq!(lines[0], REPORT_HEADER);
-        let kinds: Vec<&str> = lines[1..].iter().map(|l| l.split('\t').nth(1).unwrap()).collect();
-        assert_eq!(kinds, ["RUN_START", "ITERATION_START", "ITERATION_END", "COMPLETE_DETECTED", "RUN_END"]);
+        let kinds: Vec<&str> = lines[1..]
+            .iter()
+            .map(|l| l.split('\t').nth(1).unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "RUN_START",
+                "ITERATION_START",
+                "ITERATION_END",
+                "COMPLETE_DETECTED",
+                "RUN_END"
+            ]
+        );
         assert!(lines.iter().all(|l| l.split('\t').count() == 11));
         let s: serde_json::Value = serde_json::from_str(&summary_json(&r)).unwrap();
         assert_eq!(s["iterations_run"], 1);

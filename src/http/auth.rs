@@ -65,7 +65,10 @@ pub async fn join(
     next.call(req).await
 }
 
-async fn authenticate(req: &ServiceRequest, path_worker: Option<String>) -> Result<WorkerIdentity, Error> {
+async fn authenticate(
+    req: &ServiceRequest,
+    path_worker: Option<String>,
+) -> Result<WorkerIdentity, Error> {
     let st = state(req)?;
     let token = presented(req).ok_or_else(|| ApiError::unauthorized("missing worker token"))?;
     let instance = req
@@ -75,7 +78,11 @@ async fn authenticate(req: &ServiceRequest, path_worker: Option<String>) -> Resu
         .map(str::to_string);
     let who = st
         .registry
-        .send(AuthenticateWorker { token, path_worker, instance })
+        .send(AuthenticateWorker {
+            token,
+            path_worker,
+            instance,
+        })
         .await
         .map_err(ApiError::from)?
         .map_err(ApiError::from)?;

@@ -37,7 +37,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, msg)
     }
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
     pub fn unauthorized(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", msg)
@@ -51,7 +55,11 @@ impl ApiError {
     /// A 5xx: the cause is logged, the body says nothing about it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(cause = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
         tracing::error!(cause = %cause, "dependency unavailable");
@@ -93,7 +101,9 @@ impl From<SchedError> for ApiError {
             SchedError::NotFound => ApiError::not_found("run"),
             SchedError::Invalid(m) => ApiError::bad_request("invalid_request", m),
             SchedError::InvalidTransition(m) => ApiError::conflict("invalid_transition", m),
-            SchedError::NoCapacity(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", m),
+            SchedError::NoCapacity(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", m)
+            }
             SchedError::Db(d) => d.into(),
             SchedError::Internal(m) => ApiError::internal(m),
         }
@@ -122,7 +132,9 @@ impl From<RegistryError> for ApiError {
         match e {
             RegistryError::Unauthorized => ApiError::unauthorized(e.to_string()),
             RegistryError::Forbidden => ApiError::forbidden(e.to_string()),
-            RegistryError::DuplicateInstance => ApiError::conflict("duplicate_worker", e.to_string()),
+            RegistryError::DuplicateInstance => {
+                ApiError::conflict("duplicate_worker", e.to_string())
+            }
             RegistryError::Offline => ApiError::conflict("worker_offline", e.to_string()),
             RegistryError::NotFound => ApiError::not_found("worker"),
             RegistryError::Invalid(m) => ApiError::bad_request("invalid_request", m),
@@ -142,15 +154,19 @@ impl From<actix::MailboxError> for ApiError {
 pub fn json_error(err: error::JsonPayloadError, _req: &HttpRequest) -> error::Error {
     use error::JsonPayloadError as J;
     let e = match &err {
-        J::OverflowKnownLength { .. } | J::Overflow { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
-        }
+        J::OverflowKnownLength { .. } | J::Overflow { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        ),
         J::ContentType => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "expected Content-Type: application/json",
         ),
-        J::Deserialize(d) => ApiError::bad_request("invalid_json", format!("invalid JSON body: {d}")),
+        J::Deserialize(d) => {
+            ApiError::bad_request("invalid_json", format!("invalid JSON body: {d}"))
+        }
         other => ApiError::bad_request("invalid_json", format!("invalid JSON body: {other}")),
     };
     e.into()
@@ -169,9 +185,13 @@ pub fn path_error(_err: error::PathError, _req: &HttpRequest) -> error::Error {
 /// Raw body errors (uploads): 413 oversized, else 400.
 pub fn payload_error(err: error::PayloadError) -> ApiError {
     match err {
-        error::PayloadError::Overflow => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+        error::PayloadError::Overflow => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        ),
+        other => {
+            ApiError::bad_request("invalid_body", format!("cannot read request body: {other}"))
         }
-        other => ApiError::bad_request("invalid_body", format!("cannot read request body: {other}")),
     }
 }

@@ -17,17 +17,27 @@ pub async fn ready(st: web::Data<AppState>) -> HttpResponse {
     if st.ready.load(Ordering::Acquire) {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": "starting", "code": "not_ready"}))
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"error": "starting", "code": "not_ready"}))
     }
 }
 
 pub async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (runs_by_status, steps_by_phase_status) = st
         .db
-        .run(|c| Ok::<_, DbError>((db::runs::count_by_status(c)?, db::steps::count_by_phase_status(c)?)))
+        .run(|c| {
+            Ok::<_, DbError>((
+                db::runs::count_by_status(c)?,
+                db::steps::count_by_phase_status(c)?,
+            ))
+        })
         .await?;
     let workers_online = st.registry.send(CountOnline).await? as i64;
-    let snap = Snapshot { workers_online, runs_by_status, steps_by_phase_status };
+    let snap = Snapshot {
+        workers_online,
+        runs_by_status,
+        steps_by_phase_status,
+    };
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(st.metrics.render(&snap)))

@@ -60,21 +60,61 @@ pub fn runs_api(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(runs::create))
                 .route(web::get().to(runs::list)),
         )
-        .service(res("/runs/{id}").wrap(client()).route(web::get().to(runs::get)))
-        .service(res("/runs/{id}/steps").wrap(client()).route(web::get().to(runs::steps)))
-        .service(res("/runs/{id}/pause").wrap(client()).route(web::post().to(runs::pause)))
-        .service(res("/runs/{id}/resume").wrap(client()).route(web::post().to(runs::resume)))
-        .service(res("/runs/{id}/cancel").wrap(client()).route(web::post().to(runs::cancel)))
-        .service(res("/runs/{id}/retry").wrap(client()).route(web::post().to(runs::retry)))
-        .service(res("/runs/{id}/events").wrap(client()).route(web::get().to(streams::events)))
-        .service(res("/runs/{id}/output").wrap(client()).route(web::get().to(streams::output)))
-        .service(res("/runs/{id}/artifacts").wrap(client()).route(web::get().to(runs::artifacts)))
+        .service(
+            res("/runs/{id}")
+                .wrap(client())
+                .route(web::get().to(runs::get)),
+        )
+        .service(
+            res("/runs/{id}/steps")
+                .wrap(client())
+                .route(web::get().to(runs::steps)),
+        )
+        .service(
+            res("/runs/{id}/pause")
+                .wrap(client())
+                .route(web::post().to(runs::pause)),
+        )
+        .service(
+            res("/runs/{id}/resume")
+                .wrap(client())
+                .route(web::post().to(runs::resume)),
+        )
+        .service(
+            res("/runs/{id}/cancel")
+                .wrap(client())
+                .route(web::post().to(runs::cancel)),
+        )
+        .service(
+            res("/runs/{id}/retry")
+                .wrap(client())
+                .route(web::post().to(runs::retry)),
+        )
+        .service(
+            res("/runs/{id}/events")
+                .wrap(client())
+                .route(web::get().to(streams::events)),
+        )
+        .service(
+            res("/runs/{id}/output")
+                .wrap(client())
+                .route(web::get().to(streams::output)),
+        )
+        .service(
+            res("/runs/{id}/artifacts")
+                .wrap(client())
+                .route(web::get().to(runs::artifacts)),
+        )
         .service(
             res("/runs/{id}/artifacts/{name:.+}")
                 .wrap(client())
                 .route(web::get().to(runs::artifact)),
         )
-        .service(res("/workers").wrap(client()).route(web::get().to(workers::list)));
+        .service(
+            res("/workers")
+                .wrap(client())
+                .route(web::get().to(workers::list)),
+        );
 }
 
 /// The worker API (controller role; the single role mounts it too, so remote workers can
@@ -100,14 +140,30 @@ pub fn worker_api(cfg: &mut web::ServiceConfig) {
             .wrap(from_fn(auth::client))
             .route(web::delete().to(workers::revoke)),
     )
-    .service(res("/steps/{id}/output").wrap(from_fn(auth::worker)).route(web::post().to(workers::output)))
-    .service(res("/steps/{id}/events").wrap(from_fn(auth::worker)).route(web::post().to(workers::event)))
+    .service(
+        res("/steps/{id}/output")
+            .wrap(from_fn(auth::worker))
+            .route(web::post().to(workers::output)),
+    )
+    .service(
+        res("/steps/{id}/events")
+            .wrap(from_fn(auth::worker))
+            .route(web::post().to(workers::event)),
+    )
     .service(
         res("/steps/{id}/artifacts/{name:.+}")
             .wrap(from_fn(auth::worker))
             .route(web::put().to(workers::artifact))
             .route(web::get().to(workers::download)),
     )
-    .service(res("/steps/{id}/release").wrap(from_fn(auth::worker)).route(web::post().to(workers::release)))
-    .service(res("/steps/{id}/complete").wrap(from_fn(auth::worker)).route(web::post().to(workers::complete)));
+    .service(
+        res("/steps/{id}/release")
+            .wrap(from_fn(auth::worker))
+            .route(web::post().to(workers::release)),
+    )
+    .service(
+        res("/steps/{id}/complete")
+            .wrap(from_fn(auth::worker))
+            .route(web::post().to(workers::complete)),
+    );
 }

@@ -12,18 +12,28 @@ use crate::artifacts::validate_name;
 use crate::db::{self, DbError};
 use actix_web::{web, HttpResponse};
 
-pub async fn create(st: web::Data<AppState>, body: web::Json<CreateRunRequest>) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    st: web::Data<AppState>,
+    body: web::Json<CreateRunRequest>,
+) -> Result<HttpResponse, ApiError> {
     let row = st.scheduler.send(CreateRun(body.into_inner())).await??;
-    Ok(HttpResponse::Created().json(RunEnvelope { run: views::run(&row) }))
+    Ok(HttpResponse::Created().json(RunEnvelope {
+        run: views::run(&row),
+    }))
 }
 
-pub async fn list(st: web::Data<AppState>, q: web::Query<ListRunsQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    st: web::Data<AppState>,
+    q: web::Query<ListRunsQuery>,
+) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let rows = st
         .db
         .run(move |c| db::runs::list(c, q.workspace_root.as_deref(), q.status.map(|s| s.as_str())))
         .await?;
-    Ok(HttpResponse::Ok().json(RunsEnvelope { runs: rows.iter().map(views::run).collect() }))
+    Ok(HttpResponse::Ok().json(RunsEnvelope {
+        runs: rows.iter().map(views::run).collect(),
+    }))
 }
 
 pub async fn get(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -33,10 +43,15 @@ pub async fn get(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpR
         .run(move |c| db::runs::get(c, &id))
         .await?
         .ok_or_else(|| ApiError::not_found("run"))?;
-    Ok(HttpResponse::Ok().json(RunEnvelope { run: views::run(&row) }))
+    Ok(HttpResponse::Ok().json(RunEnvelope {
+        run: views::run(&row),
+    }))
 }
 
-pub async fn steps(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn steps(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let rows = st
         .db
@@ -58,23 +73,38 @@ async fn control(st: &AppState, id: String, verb: Control) -> Result<HttpRespons
     Ok(HttpResponse::NoContent().finish())
 }
 
-pub async fn pause(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn pause(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     control(&st, id.into_inner(), Control::Pause).await
 }
 
-pub async fn resume(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn resume(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     control(&st, id.into_inner(), Control::Resume).await
 }
 
-pub async fn cancel(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn cancel(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     control(&st, id.into_inner(), Control::Cancel).await
 }
 
-pub async fn retry(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn retry(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     control(&st, id.into_inner(), Control::Retry).await
 }
 
-pub async fn artifacts(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn artifacts(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let rows = st
         .db
@@ -87,11 +117,16 @@ pub async fn artifacts(st: web::Data<AppState>, id: web::Path<String>) -> Result
             DbError::NotFound => ApiError::not_found("run"),
             other => other.into(),
         })?;
-    Ok(HttpResponse::Ok().json(ArtifactsEnvelope { artifacts: rows.iter().map(views::artifact).collect() }))
+    Ok(HttpResponse::Ok().json(ArtifactsEnvelope {
+        artifacts: rows.iter().map(views::artifact).collect(),
+    }))
 }
 
 /// Streams an artifact from the configured store without loading it whole.
-pub async fn artifact(st: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn artifact(
+    st: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
     if validate_name(&name).is_err() {
         return Err(ApiError::not_found("artifact"));
@@ -102,13 +137,15 @@ pub async fn artifact(st: web::Data<AppState>, path: web::Path<(String, String)>
         .await?
         .ok_or_else(|| ApiError::not_found("artifact"))?;
     let (size, stream) = st.store.reader(&row.object_key).await.map_err(|e| {
-        if matches!(e, crate::artifacts::ArtifactError::NotFound(_)) {
+        if matches!(e, crate::artifacts::ArtifactError::NotFound { .. }) {
             ApiError::not_found("artifact")
         } else {
             ApiError::unavailable(e)
         }
     })?;
-    let stream = futures_util::StreamExt::map(stream, |r| r.map_err(actix_web::error::ErrorInternalServerError));
+    let stream = futures_util::StreamExt::map(stream, |r| {
+        r.map_err(actix_web::error::ErrorInternalServerError)
+    });
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header(("X-Checksum-Sha256", row.sha256.clone()))

@@ -37,7 +37,9 @@ fn last_event_id(req: &HttpRequest) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn sse(body: impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> + 'static) -> HttpResponse {
+fn sse(
+    body: impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
@@ -74,7 +76,11 @@ fn frame(e: &EventRow) -> String {
         payload,
     };
     let data = serde_json::to_string(&f).unwrap_or_default();
-    format!("event: {}\ndata: {data}\nid: {}\n\n", e.event_type, e.run_seq.unwrap_or(0))
+    format!(
+        "event: {}\ndata: {data}\nid: {}\n\n",
+        e.event_type,
+        e.run_seq.unwrap_or(0)
+    )
 }
 
 struct EventsCursor {
@@ -97,9 +103,9 @@ pub async fn events(
     let rx = st.hub.subscribe(&run_id);
     require_run(&st, &run_id).await?;
     let seq = match last_event_id(&req) {
-        Some(v) => v
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID must be an event number"))?,
+        Some(v) => v.parse::<i64>().map_err(|_| {
+            ApiError::bad_request("invalid_cursor", "Last-Event-ID must be an event number")
+        })?,
         None => 0,
     };
     let cursor = EventsCursor {
@@ -116,11 +122,10 @@ pub async fn events(
                 return None;
             }
             let (rid, seq, after) = (c.run_id.clone(), c.seq, c.after_ms);
-            let rows = c
-                .st
-                .db
-                .run(move |conn| db::events::after(conn, &rid, seq, after, BATCH))
-                .await;
+            let rows =
+                c.st.db
+                    .run(move |conn| db::events::after(conn, &rid, seq, after, BATCH))
+                    .await;
             let rows: Vec<EventRow> = match rows {
                 Ok(r) => r,
                 Err(e) => {
@@ -155,7 +160,12 @@ struct OutputCursor {
 
 /// Where the run's output cursor is: the step holding it, that step's start offset, and
 /// whether the run has ended with the cursor at the very end.
-fn locate(c: &mut db::Conn, st: &AppState, run_id: &str, offset: u64) -> Result<(Option<(String, u64)>, bool), DbError> {
+fn locate(
+    c: &mut db::Conn,
+    st: &AppState,
+    run_id: &str,
+    offset: u64,
+) -> Result<(Option<(String, u64)>, bool), DbError> {
     let run = db::runs::require(c, run_id)?;
     let steps = db::steps::for_run(c, run_id)?;
     let mut start = 0u64;
@@ -181,35 +191,43 @@ pub async fn output(
     let rx = st.hub.subscribe(&run_id);
     require_run(&st, &run_id).await?;
     let offset = match last_event_id(&req) {
-        Some(v) => v
-            .parse::<u64>()
-            .map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID must be a byte offset"))?,
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request("invalid_cursor", "Last-Event-ID must be a byte offset")
+        })?,
         None => q.offset.unwrap_or(0),
     };
-    let cursor = OutputCursor { st: st.get_ref().clone(), run_id, offset, rx };
+    let cursor = OutputCursor {
+        st: st.get_ref().clone(),
+        run_id,
+        offset,
+        rx,
+    };
     Ok(sse(stream::unfold(cursor, |mut c| async move {
         loop {
             let (st, rid, off) = (c.st.clone(), c.run_id.clone(), c.offset);
-            let read = c
-                .st
-                .db
-                .run(move |conn| {
-                    let (at, ended) = locate(conn, &st, &rid, off)?;
-                    let chunk = match &at {
-                        Some((step, start)) => st
-                            .output
-                            .read(&rid, step, off - start, CHUNK)
-                            .map_err(|e| DbError::Join(e.to_string()))?,
-                        None => Vec::new(),
-                    };
-                    Ok::<_, DbError>((at, ended, chunk))
-                })
-                .await;
+            let read =
+                c.st.db
+                    .run(move |conn| {
+                        let (at, ended) = locate(conn, &st, &rid, off)?;
+                        let chunk = match &at {
+                            Some((step, start)) => st
+                                .output
+                                .read(&rid, step, off - start, CHUNK)
+                                .map_err(|e| DbError::Join(e.to_string()))?,
+                            None => Vec::new(),
+                        };
+                        Ok::<_, DbError>((at, ended, chunk))
+                    })
+                    .await;
             match read {
                 Ok((Some((step, start)), _, chunk)) if !chunk.is_empty() => {
                     let cut = utf8_boundary(&chunk).max(1).min(chunk.len());
                     let text = String::from_utf8_lossy(&chunk[..cut]).to_string();
-                    let f = OutputFrame { step_id: step, offset: c.offset - start, content: text };
+                    let f = OutputFrame {
+                        step_id: step,
+                        offset: c.offset - start,
+                        content: text,
+                    };
                     c.offset += cut as u64;
                     let data = serde_json::to_string(&f).unwrap_or_default();
                     let msg = format!("event: output\ndata: {data}\nid: {}\n\n", c.offset);

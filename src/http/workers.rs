@@ -6,12 +6,15 @@ use super::error::{payload_error, ApiError};
 use super::state::AppState;
 use super::views;
 use crate::actors::lease::{
-    AppendOutput, ClaimStep, CompleteStep, LeaseError, ReadArtifact, RecordStepEvent, ReleaseLease, StoreArtifact,
+    AppendOutput, ClaimStep, CompleteStep, LeaseError, ReadArtifact, RecordStepEvent, ReleaseLease,
+    StoreArtifact,
 };
-use crate::actors::registry::{Heartbeat, ListWorkers, RegisterWorker, RevokeWorker, WorkerIdentity};
+use crate::actors::registry::{
+    Heartbeat, ListWorkers, RegisterWorker, RevokeWorker, WorkerIdentity,
+};
 use crate::api::{
-    ArtifactUploadQuery, ClaimRequest, CompleteRequest, HeartbeatRequest, OutputChunk, RegisterRequest,
-    ReleaseRequest, StepEventRequest, WorkersEnvelope,
+    ArtifactUploadQuery, ClaimRequest, CompleteRequest, HeartbeatRequest, OutputChunk,
+    RegisterRequest, ReleaseRequest, StepEventRequest, WorkersEnvelope,
 };
 use actix_web::{web, HttpResponse};
 use futures_util::StreamExt;
@@ -20,8 +23,14 @@ use std::time::Duration;
 /// The longest long poll a claim may ask for.
 const MAX_WAIT_MS: u64 = 30_000;
 
-pub async fn register(st: web::Data<AppState>, body: web::Json<RegisterRequest>) -> Result<HttpResponse, ApiError> {
-    let r = st.registry.send(RegisterWorker(body.into_inner())).await??;
+pub async fn register(
+    st: web::Data<AppState>,
+    body: web::Json<RegisterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let r = st
+        .registry
+        .send(RegisterWorker(body.into_inner()))
+        .await??;
     Ok(HttpResponse::Created().json(r))
 }
 
@@ -32,7 +41,10 @@ pub async fn heartbeat(
 ) -> Result<HttpResponse, ApiError> {
     let r = st
         .registry
-        .send(Heartbeat { worker_id: who.worker_id.clone(), request: body.into_inner() })
+        .send(Heartbeat {
+            worker_id: who.worker_id.clone(),
+            request: body.into_inner(),
+        })
         .await??;
     Ok(HttpResponse::Ok().json(r))
 }
@@ -51,12 +63,19 @@ pub async fn claim(
     };
     let wait = req.wait_ms.unwrap_or(0);
     if wait > MAX_WAIT_MS {
-        return Err(ApiError::bad_request("invalid_request", format!("wait_ms must be at most {MAX_WAIT_MS}")));
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("wait_ms must be at most {MAX_WAIT_MS}"),
+        ));
     }
     let who = who.into_inner();
     let got = st
         .lease
-        .send(ClaimStep { worker_id: who.worker_id, labels: who.labels, wait: Duration::from_millis(wait) })
+        .send(ClaimStep {
+            worker_id: who.worker_id,
+            labels: who.labels,
+            wait: Duration::from_millis(wait),
+        })
         .await??;
     Ok(match got {
         Some(a) => HttpResponse::Ok().json(a),
@@ -150,7 +169,11 @@ pub async fn complete(
     body: web::Json<CompleteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     st.lease
-        .send(CompleteStep { worker_id: who.worker_id.clone(), step_id: id.into_inner(), request: body.into_inner() })
+        .send(CompleteStep {
+            worker_id: who.worker_id.clone(),
+            step_id: id.into_inner(),
+            request: body.into_inner(),
+        })
         .await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({})))
 }
@@ -161,7 +184,10 @@ pub async fn list(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(WorkersEnvelope { workers }))
 }
 
-pub async fn revoke(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn revoke(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     st.registry.send(RevokeWorker(id.into_inner())).await??;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -177,9 +203,16 @@ pub async fn download(
     let (step_id, name) = path.into_inner();
     let bytes = st
         .lease
-        .send(ReadArtifact { worker_id: who.worker_id.clone(), step_id, epoch: q.epoch, name })
+        .send(ReadArtifact {
+            worker_id: who.worker_id.clone(),
+            step_id,
+            epoch: q.epoch,
+            name,
+        })
         .await??;
-    Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes))
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(bytes))
 }
 
 /// `POST /steps/{id}/release`: the worker hands its lease back (drain); no retry is used.

@@ -19,13 +19,19 @@ struct Store {
 fn sqlite() -> Store {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_sqlite(&dir.path().join("loopd.db"), 10).unwrap();
-    Store { db, _keep: Box::new(dir) }
+    Store {
+        db,
+        _keep: Box::new(dir),
+    }
 }
 
 fn postgres() -> Store {
     let t = pg::TestDb::create();
     let db = Db::open_postgres(&t.url, 10, true).unwrap();
-    Store { db, _keep: Box::new(t) }
+    Store {
+        db,
+        _keep: Box::new(t),
+    }
 }
 
 /// Runs the named test body against both backends.
@@ -126,11 +132,17 @@ fn seed(db: &Db, status: &str, labels: &str, n: usize) -> (RunRow, Vec<String>) 
 }
 
 fn spec<'a>(worker: &'a str, labels: &'a [String], ttl: i64) -> ClaimSpec<'a> {
-    ClaimSpec { worker_id: worker, labels, ttl_ms: ttl, affinity_window_ms: 60_000 }
+    ClaimSpec {
+        worker_id: worker,
+        labels,
+        ttl_ms: ttl,
+        affinity_window_ms: 60_000,
+    }
 }
 
 fn claim(c: &mut Conn, worker: &str, labels: &[String], ttl: i64) -> Option<leases::Granted> {
-    c.write_tx(|c| leases::claim(c, &spec(worker, labels, ttl))).unwrap()
+    c.write_tx(|c| leases::claim(c, &spec(worker, labels, ttl)))
+        .unwrap()
 }
 
 fn eight_claimers_over_a_thousand_steps_claim_each_exactly_once(s: Store) {
@@ -171,7 +183,10 @@ fn an_expired_lease_requeues_its_step_with_the_next_epoch(s: Store) {
     let step = db::steps::get(&mut c, &ids[0]).unwrap().unwrap();
     assert_eq!(step.status, "RETRYING");
     assert_eq!(step.infra_attempts, 1);
-    assert_eq!(step.attempt, 1, "a lost lease does not use the step's own attempts");
+    assert_eq!(
+        step.attempt, 1,
+        "a lost lease does not use the step's own attempts"
+    );
     let again = claim(&mut c, "b", &[], 60_000).expect("claimed again");
     assert_eq!(again.step.id, ids[0]);
     assert_eq!(again.lease.epoch, 2);
@@ -185,10 +200,21 @@ fn renewing_or_writing_with_an_old_epoch_is_rejected(s: Store) {
     claim(&mut c, "b", &[], 60_000).unwrap();
     let id = &ids[0];
     let renew_old = c.write_tx(|c| leases::renew(c, id, "a", 1, 60_000));
-    assert!(matches!(renew_old, Err(DbError::StaleLease)), "{renew_old:?}");
-    assert!(matches!(leases::check(&mut c, id, "a", 1), Err(DbError::StaleLease)));
-    assert!(matches!(leases::check(&mut c, id, "b", 1), Err(DbError::StaleLease)));
-    let renewed = c.write_tx(|c| leases::renew(c, id, "b", 2, 60_000)).unwrap();
+    assert!(
+        matches!(renew_old, Err(DbError::StaleLease)),
+        "{renew_old:?}"
+    );
+    assert!(matches!(
+        leases::check(&mut c, id, "a", 1),
+        Err(DbError::StaleLease)
+    ));
+    assert!(matches!(
+        leases::check(&mut c, id, "b", 1),
+        Err(DbError::StaleLease)
+    ));
+    let renewed = c
+        .write_tx(|c| leases::renew(c, id, "b", 2, 60_000))
+        .unwrap();
     assert_eq!(renewed.epoch, 2);
     assert!(leases::check(&mut c, id, "b", 2).is_ok());
 }
@@ -199,8 +225,17 @@ fn claims_match_the_workers_labels(s: Store) {
     let mut c = s.db.conn().unwrap();
     let g = claim(&mut c, "cpu-worker", &["linux".into()], 60_000).unwrap();
     assert_eq!(g.step.id, plain[0]);
-    assert!(claim(&mut c, "cpu-worker", &["linux".into()], 60_000).is_none(), "the gpu step is not for it");
-    let g = claim(&mut c, "gpu-worker", &["gpu".into(), "linux".into()], 60_000).unwrap();
+    assert!(
+        claim(&mut c, "cpu-worker", &["linux".into()], 60_000).is_none(),
+        "the gpu step is not for it"
+    );
+    let g = claim(
+        &mut c,
+        "gpu-worker",
+        &["gpu".into(), "linux".into()],
+        60_000,
+    )
+    .unwrap();
     assert_eq!(g.step.id, gpu[0]);
 }
 
@@ -211,7 +246,10 @@ fn a_step_waits_for_its_preferred_worker_within_the_window(s: Store) {
     let mut step = step_row(&run, 1, now);
     step.preferred_worker_id = Some("home".into());
     db::steps::insert(&mut c, &step).unwrap();
-    assert!(claim(&mut c, "other", &[], 60_000).is_none(), "left to its worker within the window");
+    assert!(
+        claim(&mut c, "other", &[], 60_000).is_none(),
+        "left to its worker within the window"
+    );
     let mut late = step_row(&run, 2, now - 120_000);
     late.preferred_worker_id = Some("gone".into());
     db::steps::insert(&mut c, &late).unwrap();
@@ -240,7 +278,10 @@ fn a_step_that_keeps_losing_its_lease_fails_after_the_limit(s: Store) {
     }
     let step = db::steps::get(&mut c, &ids[0]).unwrap().unwrap();
     assert_eq!(step.status, "FAILED");
-    assert!(step.failure_reason.unwrap().contains("lost its lease 3 times"));
+    assert!(step
+        .failure_reason
+        .unwrap()
+        .contains("lost its lease 3 times"));
     assert!(claim(&mut c, "other", &[], 60_000).is_none());
 }
 
@@ -263,15 +304,25 @@ fn events_of_a_run_are_numbered_in_order(s: Store) {
     let mut c = s.db.conn().unwrap();
     for i in 0..5 {
         let payload = serde_json::json!({ "i": i });
-        c.write_tx(|c| db::events::append(c, Some(&run.id), None, "X", &payload, 42)).unwrap();
+        c.write_tx(|c| db::events::append(c, Some(&run.id), None, "X", &payload, 42))
+            .unwrap();
     }
     let batch: Vec<_> = (0..3)
-        .map(|i| db::events::NewEvent { step_id: None, event_type: "Y", payload: serde_json::json!({ "j": i }) })
+        .map(|i| db::events::NewEvent {
+            step_id: None,
+            event_type: "Y",
+            payload: serde_json::json!({ "j": i }),
+        })
         .collect();
-    c.write_tx(|c| db::events::append_many(c, &run.id, &batch, 43)).unwrap();
+    c.write_tx(|c| db::events::append_many(c, &run.id, &batch, 43))
+        .unwrap();
     let all = db::events::for_run(&mut c, &run.id).unwrap();
     let seqs: Vec<i64> = all.iter().map(|e| e.run_seq.unwrap()).collect();
-    assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "consecutive, even two in one millisecond");
+    assert_eq!(
+        seqs,
+        (1..=8).collect::<Vec<_>>(),
+        "consecutive, even two in one millisecond"
+    );
     let after = db::events::after(&mut c, &run.id, 5, None, 100).unwrap();
     assert_eq!(after.len(), 3);
     assert_eq!(after[0].event_type, "Y");
@@ -282,12 +333,16 @@ fn offline_worker_leases_are_released_at_once(s: Store) {
     let mut c = s.db.conn().unwrap();
     claim(&mut c, "dead", &[], 600_000).unwrap();
     claim(&mut c, "alive", &[], 600_000).unwrap();
-    let released = c.write_tx(|c| leases::release_all_of_worker(c, "dead", 3)).unwrap();
+    let released = c
+        .write_tx(|c| leases::release_all_of_worker(c, "dead", 3))
+        .unwrap();
     assert_eq!(released.len(), 1);
     assert_eq!(released[0].worker_id, "dead");
     let alive_leases = leases::of_worker(&mut c, "alive").unwrap();
     assert_eq!(alive_leases.len(), 1, "other workers keep theirs");
-    let requeued = db::steps::get(&mut c, &released[0].step_id).unwrap().unwrap();
+    let requeued = db::steps::get(&mut c, &released[0].step_id)
+        .unwrap()
+        .unwrap();
     assert_eq!(requeued.status, "RETRYING");
     assert!(ids.contains(&requeued.id));
 }

@@ -30,7 +30,11 @@ pub fn admin_url() -> String {
 }
 
 fn pg_bin(name: &str) -> PathBuf {
-    for dir in ["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"] {
+    for dir in [
+        "/usr/lib/postgresql/17/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/15/bin",
+    ] {
         let p = Path::new(dir).join(name);
         if p.exists() {
             return p;
@@ -40,7 +44,9 @@ fn pg_bin(name: &str) -> PathBuf {
 }
 
 fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// Runs a Postgres tool, as the `postgres` user when we are root (initdb refuses root).
@@ -72,18 +78,47 @@ fn start_own_cluster() -> String {
     let sock = root.join("sock");
     std::fs::create_dir_all(&sock).expect("socket directory");
     if is_root() {
-        let _ = Command::new("chown").args(["-R", "postgres"]).arg(&root).status();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&root)
+            .status();
     }
-    let (d, s) = (data.to_string_lossy().to_string(), sock.to_string_lossy().to_string());
+    let (d, s) = (
+        data.to_string_lossy().to_string(),
+        sock.to_string_lossy().to_string(),
+    );
     if !data.join("PG_VERSION").exists() {
-        let out = pg_tool("initdb", &["-D", &d, "-U", "postgres", "-A", "trust", "--no-sync"]);
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = pg_tool(
+            "initdb",
+            &["-D", &d, "-U", "postgres", "-A", "trust", "--no-sync"],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let status = pg_tool("pg_ctl", &["-D", &d, "status"]);
     if !status.status.success() {
         let opts = format!("-p {OWN_PORT} -k {s} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400");
-        let out = pg_tool("pg_ctl", &["-D", &d, "-w", "-l", &format!("{d}/../server.log"), "-o", &opts, "start"]);
-        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = pg_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                &d,
+                "-w",
+                "-l",
+                &format!("{d}/../server.log"),
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     drop(lock);
     format!("postgres://postgres@127.0.0.1:{OWN_PORT}/postgres")
@@ -98,21 +133,32 @@ pub struct TestDb {
 impl TestDb {
     pub fn create() -> TestDb {
         let admin = admin_url();
-        let mut c = PgConnection::establish(&admin)
-            .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {admin}: {e} (set LOOPD_TEST_PG)"));
+        let mut c = PgConnection::establish(&admin).unwrap_or_else(|e| {
+            panic!("cannot reach the test Postgres at {admin}: {e} (set LOOPD_TEST_PG)")
+        });
         let name = format!("loopd_test_{}", uuid::Uuid::new_v4().simple());
         diesel::sql_query(format!("CREATE DATABASE {name}"))
             .execute(&mut c)
             .expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
-        TestDb { url: format!("{base}/{name}"), name }
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin.clone());
+        TestDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut c) = PgConnection::establish(&admin_url()) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut c);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut c);
         }
     }
 }

@@ -40,7 +40,11 @@ fn a_run_starts_with_an_implementation_step_and_counts_it() {
 
 #[test]
 fn implementation_is_followed_by_review_then_verification() {
-    let d = after_step(&done(StepPhase::Implementation, true), &Counters::default(), &cfg());
+    let d = after_step(
+        &done(StepPhase::Implementation, true),
+        &Counters::default(),
+        &cfg(),
+    );
     assert_eq!(enqueued(&d), (StepPhase::Review, false));
     let d = after_step(&done(StepPhase::Review, true), &Counters::default(), &cfg());
     assert_eq!(enqueued(&d), (StepPhase::Verification, false));
@@ -50,7 +54,11 @@ fn implementation_is_followed_by_review_then_verification() {
 fn without_a_reviewer_implementation_goes_straight_to_verification() {
     let mut c = cfg();
     c.reviewer = false;
-    let d = after_step(&done(StepPhase::Implementation, true), &Counters::default(), &c);
+    let d = after_step(
+        &done(StepPhase::Implementation, true),
+        &Counters::default(),
+        &c,
+    );
     assert_eq!(enqueued(&d), (StepPhase::Verification, false));
 }
 
@@ -104,7 +112,11 @@ fn consecutive_verification_failures_fail_the_run_at_the_limit() {
 
 #[test]
 fn a_failing_review_moves_on_and_is_bounded() {
-    let d = after_step(&done(StepPhase::Review, false), &Counters::default(), &cfg());
+    let d = after_step(
+        &done(StepPhase::Review, false),
+        &Counters::default(),
+        &cfg(),
+    );
     assert_eq!(enqueued(&d), (StepPhase::Verification, false));
     let c = Counters {
         review_failures: 2,
