@@ -1,5 +1,6 @@
 //! Logging: `tracing` to stderr, filtered by `RUST_LOG` when set, else by the `log` setting.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (once; later calls are ignored).
@@ -9,6 +10,7 @@ pub fn init(default_filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

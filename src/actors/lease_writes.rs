@@ -312,6 +312,7 @@ pub fn artifact_kind(name: &str) -> &'static str {
     let base = name.rsplit('/').next().unwrap_or(name);
     match base {
         "prompt.txt" => "prompt",
+        "review-prompt.txt" => "review_prompt",
         "runner-notes.txt" => "runner_notes",
         "report.tsv" => "report",
         "summary.json" => "summary",
