@@ -1,0 +1,59 @@
+//! Shared test support: real `loopd` processes, a fresh Postgres database per test, an
+//! in-process S3 server, git repositories with a spec and a plan driven by the fake agent, and
+//! waiting on conditions with a deadline (never bare sleeps).
+//!
+//! Include from a test binary with `#[path = "../support/mod.rs"] mod support;`.
+
+#![allow(dead_code)] // each test binary uses a different part of it
+
+pub mod pg;
+pub mod proc;
+pub mod repo;
+pub mod s3;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 25 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The fake agent script (see tests/fixtures/fake-agent.sh).
+pub fn fake_agent() -> String {
+    format!(
+        "{}/tests/fixtures/fake-agent.sh",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Where a test keeps its files; kept after a failure for inspection (under target/tmp).
+pub fn test_dir(name: &str) -> tempfile::TempDir {
+    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("loopd-tests");
+    std::fs::create_dir_all(&base).expect("test base dir");
+    tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(base)
+        .expect("test dir")
+}
