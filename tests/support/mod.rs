@@ -48,12 +48,34 @@ pub fn fake_agent() -> String {
     )
 }
 
-/// Where a test keeps its files; kept after a failure for inspection (under target/tmp).
-pub fn test_dir(name: &str) -> tempfile::TempDir {
+/// A test's directory under target/tmp: removed when the test passes, kept (and its path
+/// printed) when it fails, for the logs of the processes it ran.
+pub struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    pub fn path(&self) -> &std::path::Path {
+        self.0.as_ref().map(|d| d.path()).expect("test dir")
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.0.take() {
+                eprintln!("test files kept in {}", d.keep().display());
+            }
+        }
+    }
+}
+
+/// Where a test keeps its files.
+pub fn test_dir(name: &str) -> TestDir {
     let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("loopd-tests");
     std::fs::create_dir_all(&base).expect("test base dir");
-    tempfile::Builder::new()
-        .prefix(&format!("{name}-"))
-        .tempdir_in(base)
-        .expect("test dir")
+    TestDir(Some(
+        tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(base)
+            .expect("test dir"),
+    ))
 }

@@ -1,0 +1,233 @@
+//! The chaos soak, run on demand (it takes minutes):
+//!
+//! ```sh
+//! cargo test --release --test chaos -- --ignored --nocapture
+//! ```
+//!
+//! A controller on Postgres, 3 workers, 20 git-mode runs of 5 iterations. Every few seconds a
+//! random worker is killed with SIGKILL (and restarted) or frozen with SIGSTOP and thawed with
+//! SIGCONT; once, the controller itself is killed and restarted. At the end every run must be
+//! COMPLETED, every task's commit must be in the final bundle exactly once (no duplicate, none
+//! lost), and every succeeded step must have its events, its log artifact and all its output.
+//! It prints the figures and fails if anything was duplicated, lost or left unfinished.
+//! `LOOPD_SOAK_SECS` (default 300) is the least time the chaos goes on; `LOOPD_SOAK_STEP_SECS`
+//! (default 6) how long each agent step takes.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod check;
+
+use nix::sys::signal::Signal;
+use rand::Rng;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::pg::TestDb;
+use support::proc::Loopd;
+use support::repo::Repo;
+use support::{free_port, test_dir, wait_for};
+
+const RUNS: usize = 20;
+const TASKS: usize = 5;
+const WORKERS: usize = 3;
+const JOIN: &str = "soak-join-token";
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn controller_env(db: &TestDb) -> Vec<(String, String)> {
+    [
+        ("LOOPD__STORAGE__TYPE", "postgres".to_string()),
+        ("LOOPD__STORAGE__URL", db.url.clone()),
+        ("LOOPD_WORKER_JOIN_TOKEN", JOIN.into()),
+        ("LOOPD__LEASE__TTL_MS", "4000".into()),
+        ("LOOPD__LEASE__SWEEP_INTERVAL_MS", "250".into()),
+        ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "2500".into()),
+        ("LOOPD__WORKER__HEARTBEAT_INTERVAL_MS", "500".into()),
+        ("LOOPD__SCHEDULER__MAX_CONCURRENT_RUNS", "20".into()),
+        ("LOOPD__SCHEDULER__MAX_RUNS_PER_WORKSPACE", "20".into()),
+        ("LOOPD__SCHEDULER__MAX_INFRA_ATTEMPTS", "100".into()),
+        ("LOOPD__SCHEDULER__AFFINITY_WINDOW_MS", "500".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn as_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, s)| (k.as_str(), s.as_str())).collect()
+}
+
+fn spawn_worker(dir: &std::path::Path, i: usize, controller: &str) -> Loopd {
+    let env = [
+        ("LOOPD_WORKER_JOIN_TOKEN", JOIN),
+        ("LOOPD__WORKER__KILL_GRACE_MS", "500"),
+    ];
+    Loopd::spawn(
+        &dir.join(format!("worker-{i}")),
+        &["--role", "worker", "--controller", controller],
+        &env,
+    )
+}
+
+async fn submit(client: &reqwest::Client, base: &str, repo: &Repo, i: usize) -> String {
+    let body = serde_json::json!({
+        "spec_path": "specs/demo.md",
+        "plan_path": "PLAN.md",
+        "workspace_root": format!("soak-{i}"),
+        "workspace_source": "git",
+        "repo_url": repo.url(),
+        "name": format!("soak-{i}"),
+    });
+    let r: Value = client
+        .post(format!("{base}/runs"))
+        .json(&body)
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("run json");
+    r["run"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run id: {r}"))
+        .to_string()
+}
+
+/// Counts runs per terminal status (None while the controller is away).
+async fn terminal_count(client: &reqwest::Client, base: &str) -> Option<usize> {
+    let v: Value = client
+        .get(format!("{base}/runs"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let runs = v["runs"].as_array()?;
+    Some(
+        runs.iter()
+            .filter(|r| {
+                matches!(
+                    r["status"].as_str(),
+                    Some("COMPLETED" | "FAILED" | "CANCELED")
+                )
+            })
+            .count(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a soak of several minutes: cargo test --release --test chaos -- --ignored --nocapture"]
+async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
+    let soak = Duration::from_secs(env_secs("LOOPD_SOAK_SECS", 300));
+    let step_secs = env_secs("LOOPD_SOAK_STEP_SECS", 6);
+    let dir = test_dir("chaos");
+    let db = TestDb::create();
+    let cenv = controller_env(&db);
+    let port = free_port();
+    let mut controller = Loopd::spawn_on(
+        &dir.path().join("controller"),
+        port,
+        &["--role", "controller"],
+        &as_refs(&cenv),
+    );
+    controller.wait_ready("/ready").await;
+    let base = controller.url();
+    let mut workers: Vec<Loopd> = (0..WORKERS)
+        .map(|i| spawn_worker(dir.path(), i, &base))
+        .collect();
+    let client = reqwest::Client::new();
+    let slow = step_secs.to_string();
+    let mut ids = Vec::new();
+    let mut repos = Vec::new();
+    for i in 0..RUNS {
+        let mode = format!("slow {slow}");
+        let repo = Repo::create(
+            dir.path(),
+            &format!("repo-{i}"),
+            TASKS,
+            &mode,
+            &["reviewer=false", "verify_cmds=test -f PLAN.md"],
+        );
+        ids.push(submit(&client, &base, &repo, i).await);
+        repos.push(repo);
+    }
+    let started = Instant::now();
+    let mut rng = rand::thread_rng();
+    let (mut kills, mut freezes, mut restarted_controller) = (0, 0, false);
+    loop {
+        let done = terminal_count(&client, &base).await.unwrap_or(0);
+        if done == RUNS && started.elapsed() >= soak.min(Duration::from_secs(60)) {
+            break;
+        }
+        if started.elapsed() > soak + Duration::from_secs(600) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(2000..4000))).await;
+        if !restarted_controller && started.elapsed() > soak / 3 {
+            println!(
+                "[{:>4}s] controller: SIGKILL and restart",
+                started.elapsed().as_secs()
+            );
+            controller.kill9();
+            controller.start();
+            controller.wait_ready("/ready").await;
+            restarted_controller = true;
+            continue;
+        }
+        if started.elapsed() > soak {
+            continue; // chaos is over: let the runs finish
+        }
+        let w = rng.gen_range(0..WORKERS);
+        if rng.gen_bool(0.5) {
+            println!(
+                "[{:>4}s] worker {w}: SIGKILL and restart",
+                started.elapsed().as_secs()
+            );
+            workers[w].kill9();
+            workers[w].start();
+            kills += 1;
+        } else {
+            let frozen = Duration::from_millis(rng.gen_range(1000..6000));
+            println!(
+                "[{:>4}s] worker {w}: SIGSTOP for {} ms",
+                started.elapsed().as_secs(),
+                frozen.as_millis()
+            );
+            workers[w].signal(Signal::SIGSTOP);
+            tokio::time::sleep(frozen).await;
+            workers[w].signal(Signal::SIGCONT);
+            freezes += 1;
+        }
+    }
+    wait_for("every run to end", Duration::from_secs(600), || {
+        let (client, base) = (client.clone(), base.clone());
+        async move { (terminal_count(&client, &base).await? == RUNS).then_some(()) }
+    })
+    .await;
+    let report = check::verify_runs(&client, &base, &ids, &repos, dir.path(), TASKS).await;
+    println!(
+        "\nchaos soak: {:.0} s, {kills} worker kills, {freezes} freezes, 1 controller restart",
+        started.elapsed().as_secs_f64()
+    );
+    println!("runs completed: {}/{RUNS}", report.completed);
+    println!("duplicated task commits: {}", report.duplicates);
+    println!(
+        "lost items (task commits, events, artifacts, output bytes): {}",
+        report.lost
+    );
+    println!("leases expired: {}", report.leases_expired);
+    for p in &report.problems {
+        println!("  problem: {p}");
+    }
+    assert!(
+        report.completed == RUNS && report.duplicates == 0 && report.lost == 0,
+        "the soak found problems (see above); logs under {}",
+        dir.path().display()
+    );
+}
