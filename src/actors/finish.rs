@@ -237,6 +237,7 @@ impl SchedulerService {
                 (done, done + pending)
             }),
         };
+        self.publish_final_bundle(run).await;
         self.store_artifact(
             &run.id,
             None,
@@ -252,6 +253,36 @@ impl SchedulerService {
                 report::summary_json(&facts).into_bytes(),
             )
             .await;
+        }
+    }
+
+    /// A git run's recorded checkpoint becomes `run.bundle`: the run branch as it ended.
+    async fn publish_final_bundle(&self, run: &RunRow) {
+        let id = run.id.clone();
+        let found = self
+            .db
+            .run(move |c| {
+                let state = db::runs::state(c, &id)?;
+                match state.checkpoint_name {
+                    Some(name) => db::artifacts::get(c, &id, &name),
+                    None => Ok(None),
+                }
+            })
+            .await;
+        let Ok(Some(art)) = found else { return };
+        match self.store.get(&art.object_key).await {
+            Ok(bytes) => {
+                self.store_artifact(
+                    &run.id,
+                    art.step_id.as_deref(),
+                    FINAL_BUNDLE,
+                    bytes.to_vec(),
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::error!(run_id = %run.id, error = %e, "cannot read the final checkpoint")
+            }
         }
     }
 
@@ -353,6 +384,9 @@ impl SchedulerService {
             .await
     }
 }
+
+/// The artifact holding a git run's branch as it ended.
+pub const FINAL_BUNDLE: &str = "run.bundle";
 
 enum MergeResult {
     NotConfigured,

@@ -28,8 +28,11 @@ pub struct CheckpointFile {
     pub head: String,
 }
 
-/// The artifact name of a run's newest checkpoint (each one holds the whole run branch).
-pub const BUNDLE_NAME: &str = "run.bundle";
+/// The artifact name of a step's checkpoint. Each step's bundle has its own name, so a bundle
+/// uploaded by an attempt whose completion is then refused never replaces the recorded one.
+pub fn bundle_name(step_id: &str) -> String {
+    format!("checkpoints/{step_id}.bundle")
+}
 
 fn blocking_err(e: tokio::task::JoinError) -> String {
     format!("worker task failed: {e}")
@@ -111,7 +114,7 @@ pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Optio
         .work_dir
         .join("steps")
         .join(&a.step_id)
-        .join(BUNDLE_NAME);
+        .join("checkpoint-out.bundle");
     let (dir, branch, base, before) = (
         ws.dir.clone(),
         g.run_branch.clone(),
@@ -134,7 +137,7 @@ pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Optio
     .await;
     match r {
         Ok(Ok(Some(head))) => Some(CheckpointFile {
-            name: BUNDLE_NAME.into(),
+            name: bundle_name(&a.step_id),
             path: out,
             head,
         }),

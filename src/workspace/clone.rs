@@ -29,14 +29,20 @@ pub fn prepare_clone(
     let repository = open_or_clone(dir, repo_url)?;
     let start = match checkpoint {
         Some((bundle, head)) => {
+            // The newest bundle may come from a later attempt whose completion was refused
+            // (its lease was lost): it still holds the recorded head in its history, and the
+            // step starts from that head, not from the refused work.
             let imported = import_bundle(dir, bundle)?;
-            if imported != head {
+            let oid = Oid::from_str(head).context(|| format!("bad checkpoint head {head}"))?;
+            if repository.find_commit(oid).is_err() {
                 return Err(WorkspaceError::InvalidBundle {
                     path: bundle.to_path_buf(),
-                    reason: format!("its head is {imported}, expected {head}"),
+                    reason: format!(
+                        "it does not contain the checkpoint {head} (its head is {imported})"
+                    ),
                 });
             }
-            Oid::from_str(head).context(|| format!("bad checkpoint head {head}"))?
+            oid
         }
         None => match repo::branch_commit(&repository, run_branch) {
             Ok(commit) => commit.id(),

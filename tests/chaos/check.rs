@@ -95,7 +95,7 @@ async fn check_commits(
     base: &str,
     id: &str,
     i: usize,
-    _repo: &Repo,
+    repo: &Repo,
     dir: &Path,
     tasks: usize,
     r: &mut Report,
@@ -108,18 +108,39 @@ async fn check_commits(
     };
     let file = dir.join(format!("final-{i}.bundle"));
     std::fs::write(&file, bundle).expect("write bundle");
+    // The bundle's prerequisite is the run's starting commit: fetch it into a clone of the
+    // repository the run started from.
     let clone = dir.join(format!("final-{i}"));
     let branch = format!("run/soak-{i}");
-    let ok = Command::new("git")
-        .args(["clone", "-q", "-b", &branch])
-        .arg(&file)
-        .arg(&clone)
-        .status()
-        .is_ok_and(|s| s.success());
+    let git = |args: &[&str], cwd: &Path| {
+        Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ok = git(
+        &[
+            "clone",
+            "-q",
+            &repo.path.to_string_lossy(),
+            &clone.to_string_lossy(),
+        ],
+        dir,
+    ) && git(
+        &[
+            "fetch",
+            "-q",
+            &file.to_string_lossy(),
+            &format!("{branch}:{branch}"),
+        ],
+        &clone,
+    ) && git(&["checkout", "-q", &branch], &clone);
     if !ok {
         r.lost += tasks;
-        r.problems
-            .push(format!("run {id}: the bundle does not clone"));
+        r.problems.push(format!(
+            "run {id}: the bundle does not apply to the repository"
+        ));
         return;
     }
     let subjects = subjects_at(&clone, "HEAD");

@@ -181,3 +181,46 @@ fn a_file_that_is_not_a_bundle_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn a_newer_bundle_from_a_refused_attempt_restores_the_recorded_checkpoint() {
+    // Worker A's step 2 uploaded its bundle but lost its lease before completing: the
+    // controller still records step 1's head, so the next attempt starts there.
+    let setup = Setup::new();
+    let a = setup.clone_at("worker-a");
+    let head_one = agent_step(&a, 1);
+    let head_two = agent_step(&a, 2);
+    let newest = setup.path("run.bundle");
+    assert_eq!(write_bundle(&a, "run/x", None, &newest).unwrap(), head_two);
+
+    let b = setup.path("worker-b/run");
+    let checkpoint = Some((newest.as_path(), head_one.as_str()));
+    let sha = prepare_clone(&b, &setup.url, "main", "run/x", checkpoint).unwrap();
+    assert_eq!(sha, head_one);
+    assert_eq!(head(&b), head_one);
+    assert_eq!(read(&b, "README.md"), "step 1\n");
+    assert!(
+        !b.join("notes/step2.md").exists(),
+        "the refused work is not applied"
+    );
+}
+
+#[test]
+fn a_bundle_without_the_recorded_checkpoint_is_refused() {
+    let setup = Setup::new();
+    let a = setup.clone_at("worker-a");
+    agent_step(&a, 1);
+    let bundle = setup.path("run.bundle");
+    write_bundle(&a, "run/x", None, &bundle).unwrap();
+    let b = setup.path("worker-b/run");
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    let err = prepare_clone(
+        &b,
+        &setup.url,
+        "main",
+        "run/x",
+        Some((bundle.as_path(), unknown)),
+    )
+    .unwrap_err();
+    assert!(matches!(err, WorkspaceError::InvalidBundle { .. }), "{err}");
+}
