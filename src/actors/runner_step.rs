@@ -66,10 +66,18 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
     let dir = shared.cfg.work_dir.join("steps").join(&a.step_id);
     let log_name = format!("iter-{:02}-{}.log", a.attempt, a.phase.slug());
     let log = dir.join(&log_name);
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    // The step's log always exists (and becomes an artifact), even when nothing is printed.
+    let made = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map(drop)
+    });
+    if let Err(e) = made {
         return completion(
             a,
-            Produced::failed(format!("cannot create {}: {e}", dir.display()), true),
+            Produced::failed(format!("cannot create {}: {e}", log.display()), true),
             vec![],
             None,
         );

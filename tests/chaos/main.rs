@@ -16,8 +16,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod check;
-
 use nix::sys::signal::Signal;
 use rand::Rng;
 use serde_json::Value;
@@ -210,7 +208,18 @@ async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
         async move { (terminal_count(&client, &base).await? == RUNS).then_some(()) }
     })
     .await;
-    let report = check::verify_runs(&client, &base, &ids, &repos, dir.path(), TASKS).await;
+    let branches: Vec<String> = (0..RUNS).map(|i| format!("run/soak-{i}")).collect();
+    let repo_refs: Vec<&Repo> = repos.iter().collect();
+    let report = support::audit::verify_runs(
+        &client,
+        &base,
+        &ids,
+        &repo_refs,
+        &branches,
+        dir.path(),
+        TASKS,
+    )
+    .await;
     println!(
         "\nchaos soak: {:.0} s, {kills} worker kills, {freezes} freezes, 1 controller restart",
         started.elapsed().as_secs_f64()

@@ -1,8 +1,10 @@
 //! The storage conformance suite: the same tests against SQLite (a real file) and Postgres (a
 //! fresh database per test). Lease primitives must be atomic on both.
 
-#[path = "../support/pg.rs"]
-mod pg;
+#[path = "../support/mod.rs"]
+mod support;
+
+use support::pg;
 
 use loopd::db::leases::{self, ClaimSpec};
 use loopd::db::models::{new_id, RunRow, StepRow};

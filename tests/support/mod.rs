@@ -6,7 +6,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of it
 
+pub mod audit;
 pub mod pg;
+pub mod pool;
 pub mod proc;
 pub mod repo;
 pub mod s3;

@@ -162,3 +162,91 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// A private Postgres cluster for tests that stop and restart the server under a running
+/// controller (the shared server must not be touched). Stopped and removed on drop.
+pub struct OwnCluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl OwnCluster {
+    pub fn start() -> OwnCluster {
+        let dir = tempfile::tempdir().expect("cluster dir");
+        if is_root() {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .status();
+        }
+        let port = super::free_port();
+        let c = OwnCluster { dir, port };
+        let data = c.data();
+        let out = pg_tool(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync"],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.resume();
+        c
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").to_string_lossy().to_string()
+    }
+
+    /// The admin URL of this cluster.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A URL for database `name` (the controller creates it on first start).
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Starts the server (again).
+    pub fn resume(&self) {
+        let sock = self.dir.path().to_string_lossy().to_string();
+        let opts = format!(
+            "-p {} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port
+        );
+        let log = format!("{sock}/server.log");
+        let out = pg_tool(
+            "pg_ctl",
+            &["-D", &self.data(), "-w", "-l", &log, "-o", &opts, "start"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the server at once (`-m immediate`: like a crash).
+    pub fn stop(&self) {
+        let out = pg_tool(
+            "pg_ctl",
+            &["-D", &self.data(), "-w", "-m", "immediate", "stop"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = pg_tool(
+            "pg_ctl",
+            &["-D", &self.data(), "-w", "-m", "immediate", "stop"],
+        );
+    }
+}

@@ -21,6 +21,10 @@ pub struct Loopd {
     pub log: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The address it listens on (default 127.0.0.1).
+    pub host: String,
+    /// A command the process is started under (e.g. `ip netns exec NS`).
+    pub wrapper: Vec<String>,
 }
 
 impl Loopd {
@@ -31,6 +35,19 @@ impl Loopd {
     }
 
     pub fn spawn_on(dir: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) -> Loopd {
+        Self::spawn_custom(dir, "127.0.0.1", port, &[], args, env)
+    }
+
+    /// Like `spawn_on`, but listening on `host` and started under `wrapper` (may be empty,
+    /// e.g. `["ip", "netns", "exec", "ns1"]`).
+    pub fn spawn_custom(
+        dir: &Path,
+        host: &str,
+        port: u16,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Loopd {
         let data_dir = dir.to_path_buf();
         std::fs::create_dir_all(&data_dir).expect("data dir");
         let mut l = Loopd {
@@ -43,6 +60,8 @@ impl Loopd {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            host: host.into(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         l.start();
         l
@@ -55,10 +74,17 @@ impl Loopd {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut cmd = Command::new(bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(&self.args)
             .arg("--bind")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.host, self.port))
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env_clear()
@@ -79,7 +105,7 @@ impl Loopd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub fn pid(&self) -> Pid {

@@ -1,7 +1,8 @@
-//! The soak's audit of finished runs: commits in the final bundle, events and artifacts of
-//! every succeeded step, and the live output against the step logs.
+//! The audit of finished git-mode runs (chaos soak, fault tests): every task's commit in the
+//! final bundle exactly once, the events and log artifact of every succeeded step, and the
+//! live output against the step logs.
 
-use super::support::repo::{subjects_at, Repo};
+use super::repo::{subjects_at, Repo};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -62,12 +63,13 @@ async fn sse(client: &reqwest::Client, url: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Audits every run.
+/// Audits every run; run `i` used `repos[i]` and a run branch named `branches[i]`.
 pub async fn verify_runs(
     client: &reqwest::Client,
     base: &str,
     ids: &[String],
-    repos: &[Repo],
+    repos: &[&Repo],
+    branches: &[String],
     dir: &Path,
     tasks: usize,
 ) -> Report {
@@ -83,7 +85,18 @@ pub async fn verify_runs(
                 run["run"]["failure_reason"]
             ));
         }
-        check_commits(client, base, id, i, &repos[i], dir, tasks, &mut r).await;
+        check_commits(
+            client,
+            base,
+            id,
+            i,
+            repos[i],
+            &branches[i],
+            dir,
+            tasks,
+            &mut r,
+        )
+        .await;
         check_steps(client, base, id, &mut r).await;
     }
     r
@@ -96,6 +109,7 @@ async fn check_commits(
     id: &str,
     i: usize,
     repo: &Repo,
+    branch: &str,
     dir: &Path,
     tasks: usize,
     r: &mut Report,
@@ -111,7 +125,6 @@ async fn check_commits(
     // The bundle's prerequisite is the run's starting commit: fetch it into a clone of the
     // repository the run started from.
     let clone = dir.join(format!("final-{i}"));
-    let branch = format!("run/soak-{i}");
     let git = |args: &[&str], cwd: &Path| {
         Command::new("git")
             .args(args)
