@@ -148,7 +148,7 @@ async fn check_commits(
             &format!("{branch}:{branch}"),
         ],
         &clone,
-    ) && git(&["checkout", "-q", &branch], &clone);
+    ) && git(&["checkout", "-q", branch], &clone);
     if !ok {
         r.lost += tasks;
         r.problems.push(format!(
