@@ -29,6 +29,11 @@ fn valid_event_type(t: &str) -> bool {
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// Text from a worker, made storable: NUL bytes (which databases refuse) become U+FFFD.
+fn storable(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
 /// Keeps the last `cap` bytes of `s`, cut at a character boundary.
 fn tail(s: &str, cap: usize) -> String {
     if s.len() <= cap {
@@ -219,13 +224,13 @@ impl LeaseService {
                 .to_string();
                 step.ended_at = Some(now);
                 step.exit_code = req.exit_code;
-                step.output_tail = Some(tail(&req.output_tail, TAIL_CAP));
+                step.output_tail = Some(storable(&tail(&req.output_tail, TAIL_CAP)));
                 step.completion_detected = req.completion_detected;
                 step.failure_reason = match (&req.failure_reason, req.infra_failure) {
-                    (Some(r), true) => Some(format!("{}{r}", super::INFRA_PREFIX)),
-                    (r, _) => r.clone(),
+                    (Some(r), true) => Some(format!("{}{}", super::INFRA_PREFIX, storable(r))),
+                    (r, _) => r.as_deref().map(storable),
                 };
-                step.runner_notes = req.runner_notes.clone();
+                step.runner_notes = req.runner_notes.as_deref().map(storable);
                 step.completion_digest = Some(digest);
                 let phase: StepPhase = step.phase.parse().unwrap_or(StepPhase::Implementation);
                 let log = format!("iter-{:02}-{}.log", step.attempt, phase.slug());

@@ -138,6 +138,25 @@ impl RegistryService {
 
     /// Registers a worker process: a fresh id and token (shown only in this answer).
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, RegistryError> {
+        let printable = |s: &str| !s.chars().any(char::is_control);
+        if !printable(&req.hostname)
+            || !printable(&req.capabilities.version)
+            || req.capabilities.version.len() > 255
+        {
+            return Err(RegistryError::Invalid(
+                "hostname and version must be printable text".into(),
+            ));
+        }
+        if req
+            .capabilities
+            .labels
+            .iter()
+            .any(|l| l.is_empty() || l.len() > 64 || !printable(l) || l.contains(','))
+        {
+            return Err(RegistryError::Invalid(
+                "labels must be 1-64 printable characters without commas".into(),
+            ));
+        }
         if req.hostname.trim().is_empty() || req.hostname.len() > 255 {
             return Err(RegistryError::Invalid(
                 "hostname must be 1-255 characters".into(),

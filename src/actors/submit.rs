@@ -148,6 +148,26 @@ fn haiku_name() -> String {
     )
 }
 
+/// No text field may hold a NUL byte (no file name or git ref can, and databases refuse it).
+fn reject_nul(req: &CreateRunRequest) -> Result<(), SubmitError> {
+    let fields = [
+        Some(&req.spec_path),
+        Some(&req.workspace_root),
+        req.plan_path.as_ref(),
+        req.name.as_ref(),
+        req.base_branch.as_ref(),
+        req.run_branch_prefix.as_ref(),
+        req.merge_target_branch.as_ref(),
+        req.worktree_path_template.as_ref(),
+        req.repo_url.as_ref(),
+        req.repo_ref.as_ref(),
+    ];
+    if fields.iter().flatten().any(|f| f.contains('\0')) {
+        return Err(bad("text fields must not contain NUL bytes"));
+    }
+    Ok(())
+}
+
 /// Validates a submission and builds the run row (status PENDING).
 pub fn prepare(
     req: &CreateRunRequest,
@@ -155,6 +175,7 @@ pub fn prepare(
     store: StoreKind,
     now: i64,
 ) -> Result<RunRow, SubmitError> {
+    reject_nul(req)?;
     let source = req.workspace_source.unwrap_or(if req.repo_url.is_some() {
         WorkspaceSource::Git
     } else {

@@ -2,6 +2,7 @@
 //! go straight to storage; every change goes through the SchedulerActor.
 
 use super::error::ApiError;
+use super::extract::{Id, Name};
 use super::state::AppState;
 use super::views;
 use crate::actors::scheduler::{Control, ControlRun, CreateRun};
@@ -36,8 +37,8 @@ pub async fn list(
     }))
 }
 
-pub async fn get(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
+pub async fn get(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    let id = id.0;
     let row = st
         .db
         .run(move |c| db::runs::get(c, &id))
@@ -48,11 +49,8 @@ pub async fn get(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpR
     }))
 }
 
-pub async fn steps(
-    st: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
+pub async fn steps(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    let id = id.0;
     let rows = st
         .db
         .run(move |c| {
@@ -73,39 +71,24 @@ async fn control(st: &AppState, id: String, verb: Control) -> Result<HttpRespons
     Ok(HttpResponse::NoContent().finish())
 }
 
-pub async fn pause(
-    st: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    control(&st, id.into_inner(), Control::Pause).await
+pub async fn pause(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    control(&st, id.0, Control::Pause).await
 }
 
-pub async fn resume(
-    st: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    control(&st, id.into_inner(), Control::Resume).await
+pub async fn resume(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    control(&st, id.0, Control::Resume).await
 }
 
-pub async fn cancel(
-    st: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    control(&st, id.into_inner(), Control::Cancel).await
+pub async fn cancel(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    control(&st, id.0, Control::Cancel).await
 }
 
-pub async fn retry(
-    st: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    control(&st, id.into_inner(), Control::Retry).await
+pub async fn retry(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    control(&st, id.0, Control::Retry).await
 }
 
-pub async fn artifacts(
-    st: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
+pub async fn artifacts(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    let id = id.0;
     let rows = st
         .db
         .run(move |c| {
@@ -125,9 +108,10 @@ pub async fn artifacts(
 /// Streams an artifact from the configured store without loading it whole.
 pub async fn artifact(
     st: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    id: Id,
+    name: Name,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, name) = path.into_inner();
+    let (id, name) = (id.0, name.0);
     if validate_name(&name).is_err() {
         return Err(ApiError::not_found("artifact"));
     }

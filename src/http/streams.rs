@@ -4,6 +4,7 @@
 //! `/output` uses the byte offset in the run's output (its steps' outputs in order).
 
 use super::error::ApiError;
+use super::extract::Id;
 use super::state::AppState;
 use crate::api::{EventFrame, OutputFrame};
 use crate::db::{self, models::EventRow, DbError};
@@ -95,11 +96,11 @@ struct EventsCursor {
 /// `GET /runs/{id}/events`
 pub async fn events(
     st: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Id,
     q: web::Query<EventsQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let run_id = id.into_inner();
+    let run_id = id.0;
     let rx = st.hub.subscribe(&run_id);
     require_run(&st, &run_id).await?;
     let seq = match last_event_id(&req) {
@@ -183,11 +184,11 @@ fn locate(
 /// `GET /runs/{id}/output`
 pub async fn output(
     st: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Id,
     q: web::Query<OutputQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let run_id = id.into_inner();
+    let run_id = id.0;
     let rx = st.hub.subscribe(&run_id);
     require_run(&st, &run_id).await?;
     let offset = match last_event_id(&req) {

@@ -3,6 +3,7 @@
 //! Authentication happened in middleware; handlers get the worker's identity.
 
 use super::error::{payload_error, ApiError};
+use super::extract::{Id, Name};
 use super::state::AppState;
 use super::views;
 use crate::actors::lease::{
@@ -19,6 +20,14 @@ use crate::api::{
 use actix_web::{web, HttpResponse};
 use futures_util::StreamExt;
 use std::time::Duration;
+
+/// Whether the request says its body is JSON.
+fn is_json(req: &actix_web::HttpRequest) -> bool {
+    req.headers()
+        .get("Content-Type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
 
 /// The longest long poll a claim may ask for.
 const MAX_WAIT_MS: u64 = 30_000;
@@ -52,14 +61,27 @@ pub async fn heartbeat(
 pub async fn claim(
     st: web::Data<AppState>,
     who: web::ReqData<WorkerIdentity>,
-    body: web::Bytes,
+    payload: web::Payload,
+    http: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    // The body is optional: empty means "answer now".
+    let body = super::extract::body(payload, st.limits.json_body_bytes).await?;
+    // The body is optional: empty means "answer now"; otherwise a JSON object.
     let req: ClaimRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ClaimRequest::default()
+    } else if !is_json(&http) {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ));
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?
+        let bad =
+            |e: String| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}"));
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+        if !v.is_object() {
+            return Err(bad("expected a JSON object".into()));
+        }
+        serde_json::from_value(v).map_err(|e| bad(e.to_string()))?
     };
     let wait = req.wait_ms.unwrap_or(0);
     if wait > MAX_WAIT_MS {
@@ -86,7 +108,7 @@ pub async fn claim(
 pub async fn output(
     st: web::Data<AppState>,
     who: web::ReqData<WorkerIdentity>,
-    id: web::Path<String>,
+    id: Id,
     body: web::Json<OutputChunk>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
@@ -94,7 +116,7 @@ pub async fn output(
         .lease
         .send(AppendOutput {
             worker_id: who.worker_id.clone(),
-            step_id: id.into_inner(),
+            step_id: id.0,
             epoch: b.epoch,
             offset: b.offset,
             content: b.content,
@@ -115,14 +137,14 @@ pub async fn output(
 pub async fn event(
     st: web::Data<AppState>,
     who: web::ReqData<WorkerIdentity>,
-    id: web::Path<String>,
+    id: Id,
     body: web::Json<StepEventRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     st.lease
         .send(RecordStepEvent {
             worker_id: who.worker_id.clone(),
-            step_id: id.into_inner(),
+            step_id: id.0,
             epoch: b.epoch,
             event_type: b.event_type,
             payload: b.payload,
@@ -135,7 +157,8 @@ pub async fn event(
 pub async fn artifact(
     st: web::Data<AppState>,
     who: web::ReqData<WorkerIdentity>,
-    path: web::Path<(String, String)>,
+    id: Id,
+    name: Name,
     q: web::Query<ArtifactUploadQuery>,
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -148,7 +171,7 @@ pub async fn artifact(
         }
         body.extend_from_slice(&chunk);
     }
-    let (step_id, name) = path.into_inner();
+    let (step_id, name) = (id.0, name.0);
     let r = st
         .lease
         .send(StoreArtifact {
@@ -165,13 +188,13 @@ pub async fn artifact(
 pub async fn complete(
     st: web::Data<AppState>,
     who: web::ReqData<WorkerIdentity>,
-    id: web::Path<String>,
+    id: Id,
     body: web::Json<CompleteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     st.lease
         .send(CompleteStep {
             worker_id: who.worker_id.clone(),
-            step_id: id.into_inner(),
+            step_id: id.0,
             request: body.into_inner(),
         })
         .await??;
@@ -184,11 +207,8 @@ pub async fn list(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(WorkersEnvelope { workers }))
 }
 
-pub async fn revoke(
-    st: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    st.registry.send(RevokeWorker(id.into_inner())).await??;
+pub async fn revoke(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    st.registry.send(RevokeWorker(id.0)).await??;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -197,10 +217,11 @@ pub async fn revoke(
 pub async fn download(
     st: web::Data<AppState>,
     who: web::ReqData<WorkerIdentity>,
-    path: web::Path<(String, String)>,
+    id: Id,
+    name: Name,
     q: web::Query<ArtifactUploadQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (step_id, name) = path.into_inner();
+    let (step_id, name) = (id.0, name.0);
     let bytes = st
         .lease
         .send(ReadArtifact {
@@ -219,14 +240,14 @@ pub async fn download(
 pub async fn release(
     st: web::Data<AppState>,
     who: web::ReqData<WorkerIdentity>,
-    id: web::Path<String>,
+    id: Id,
     body: web::Json<ReleaseRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     st.lease
         .send(ReleaseLease {
             worker_id: who.worker_id.clone(),
-            step_id: id.into_inner(),
+            step_id: id.0,
             epoch: b.epoch,
             reason: b.reason.unwrap_or_else(|| "released by worker".into()),
         })
