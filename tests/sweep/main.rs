@@ -19,6 +19,9 @@ use support::proc::Loopd;
 use support::repo::Repo;
 use support::{free_port, test_dir};
 
+/// A status and body, or why no answer came.
+type Answer = Result<(u16, String), String>;
+
 const CLIENT_TOKEN: &str = "sweep-client-token";
 
 #[derive(QueryableByName, Debug, PartialEq, Eq)]
@@ -146,7 +149,7 @@ async fn thousands_of_bad_requests_get_clean_4xx_answers_and_change_nothing() {
 
     let requests = cases::all(&ids, CLIENT_TOKEN, JOIN);
     assert!(requests.len() >= 2000, "only {} requests", requests.len());
-    let results: Vec<(String, Result<(u16, String), String>)> = stream::iter(requests)
+    let results: Vec<(String, Answer)> = stream::iter(requests)
         .map(|r| {
             let (client, base) = (client.clone(), base.clone());
             async move {
