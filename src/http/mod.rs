@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod ids;
 pub mod runs;
 pub mod state;
 pub mod streams;

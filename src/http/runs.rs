@@ -2,6 +2,7 @@
 //! go straight to storage; every change goes through the SchedulerActor.
 
 use super::error::ApiError;
+use super::ids;
 use super::state::AppState;
 use super::views;
 use crate::actors::scheduler::{Control, ControlRun, CreateRun};
@@ -37,7 +38,7 @@ pub async fn list(
 }
 
 pub async fn get(st: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
+    let id = ids::id(id.into_inner(), "run")?;
     let row = st
         .db
         .run(move |c| db::runs::get(c, &id))
@@ -52,7 +53,7 @@ pub async fn steps(
     st: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
+    let id = ids::id(id.into_inner(), "run")?;
     let rows = st
         .db
         .run(move |c| {
@@ -69,6 +70,7 @@ pub async fn steps(
 }
 
 async fn control(st: &AppState, id: String, verb: Control) -> Result<HttpResponse, ApiError> {
+    let id = ids::id(id, "run")?;
     st.scheduler.send(ControlRun { run_id: id, verb }).await??;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -105,7 +107,7 @@ pub async fn artifacts(
     st: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
+    let id = ids::id(id.into_inner(), "run")?;
     let rows = st
         .db
         .run(move |c| {
@@ -128,6 +130,7 @@ pub async fn artifact(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
+    let id = ids::id(id, "run")?;
     if validate_name(&name).is_err() {
         return Err(ApiError::not_found("artifact"));
     }

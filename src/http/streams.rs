@@ -4,6 +4,7 @@
 //! `/output` uses the byte offset in the run's output (its steps' outputs in order).
 
 use super::error::ApiError;
+use super::ids;
 use super::state::AppState;
 use crate::api::{EventFrame, OutputFrame};
 use crate::db::{self, models::EventRow, DbError};
@@ -99,9 +100,10 @@ pub async fn events(
     q: web::Query<EventsQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let run_id = id.into_inner();
-    let rx = st.hub.subscribe(&run_id);
+    let run_id = ids::id(id.into_inner(), "run")?;
+    // Known runs only: a subscription stays in the hub until its run is next notified.
     require_run(&st, &run_id).await?;
+    let rx = st.hub.subscribe(&run_id);
     let seq = match last_event_id(&req) {
         Some(v) => v.parse::<i64>().map_err(|_| {
             ApiError::bad_request("invalid_cursor", "Last-Event-ID must be an event number")
@@ -187,9 +189,10 @@ pub async fn output(
     q: web::Query<OutputQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let run_id = id.into_inner();
-    let rx = st.hub.subscribe(&run_id);
+    let run_id = ids::id(id.into_inner(), "run")?;
+    // Known runs only: a subscription stays in the hub until its run is next notified.
     require_run(&st, &run_id).await?;
+    let rx = st.hub.subscribe(&run_id);
     let offset = match last_event_id(&req) {
         Some(v) => v.parse::<u64>().map_err(|_| {
             ApiError::bad_request("invalid_cursor", "Last-Event-ID must be a byte offset")

@@ -3,6 +3,7 @@
 //! Authentication happened in middleware; handlers get the worker's identity.
 
 use super::error::{payload_error, ApiError};
+use super::ids;
 use super::state::AppState;
 use super::views;
 use crate::actors::lease::{
@@ -131,7 +132,7 @@ pub async fn output(
         .lease
         .send(AppendOutput {
             worker_id: who.worker_id.clone(),
-            step_id: id.into_inner(),
+            step_id: ids::id(id.into_inner(), "step")?,
             epoch: b.epoch,
             offset: b.offset,
             content: b.content,
@@ -159,7 +160,7 @@ pub async fn event(
     st.lease
         .send(RecordStepEvent {
             worker_id: who.worker_id.clone(),
-            step_id: id.into_inner(),
+            step_id: ids::id(id.into_inner(), "step")?,
             epoch: b.epoch,
             event_type: b.event_type,
             payload: b.payload,
@@ -178,6 +179,7 @@ pub async fn artifact(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_capped(payload, st.limits.artifact_bytes).await?;
     let (step_id, name) = path.into_inner();
+    let step_id = ids::id(step_id, "step")?;
     let r = st
         .lease
         .send(StoreArtifact {
@@ -200,7 +202,7 @@ pub async fn complete(
     st.lease
         .send(CompleteStep {
             worker_id: who.worker_id.clone(),
-            step_id: id.into_inner(),
+            step_id: ids::id(id.into_inner(), "step")?,
             request: body.into_inner(),
         })
         .await??;
@@ -217,7 +219,8 @@ pub async fn revoke(
     st: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    st.registry.send(RevokeWorker(id.into_inner())).await??;
+    let id = ids::id(id.into_inner(), "worker")?;
+    st.registry.send(RevokeWorker(id)).await??;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -230,6 +233,7 @@ pub async fn download(
     q: web::Query<ArtifactUploadQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (step_id, name) = path.into_inner();
+    let step_id = ids::id(step_id, "step")?;
     let bytes = st
         .lease
         .send(ReadArtifact {
@@ -255,7 +259,7 @@ pub async fn release(
     st.lease
         .send(ReleaseLease {
             worker_id: who.worker_id.clone(),
-            step_id: id.into_inner(),
+            step_id: ids::id(id.into_inner(), "step")?,
             epoch: b.epoch,
             reason: b.reason.unwrap_or_else(|| "released by worker".into()),
         })
