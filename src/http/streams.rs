@@ -159,23 +159,23 @@ enum Batch {
 
 /// The events after the cursor; when there are none, whether the run has ended. The run's
 /// status and its terminal event are written in one transaction, so an ended run has nothing
-/// more to send; a retried run is not ended, so its stream goes on to its new end.
+/// more to send; a retried run is not ended, so its stream goes on to its new end. The status
+/// is read first: each statement sees what was committed when it ran (SQLite outside a
+/// transaction, Postgres read committed), so events read after an ended status include the
+/// terminal event, whereas the other order could miss it when the run ends in between.
 fn next_events(
     c: &mut db::Conn,
     run_id: &str,
     seq: i64,
     after_ms: Option<i64>,
 ) -> Result<Batch, DbError> {
-    let rows = db::events::after(c, run_id, seq, after_ms, BATCH)?;
-    if !rows.is_empty() {
-        return Ok(Batch::Events(rows));
-    }
     let ended = db::runs::get(c, run_id)?.is_none_or(|r| {
         r.status
             .parse::<RunStatus>()
             .is_ok_and(RunStatus::is_terminal)
     });
-    Ok(if ended {
+    let rows = db::events::after(c, run_id, seq, after_ms, BATCH)?;
+    Ok(if rows.is_empty() && ended {
         Batch::Ended
     } else {
         Batch::Events(rows)
