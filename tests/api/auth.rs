@@ -62,7 +62,11 @@ async fn every_route_needs_the_token_and_accepts_bearer_or_bare() {
         }
     }
     // Reads with either form of the right token.
-    for header in [format!("Bearer {TOKEN}"), TOKEN.to_string()] {
+    for header in [
+        format!("Bearer {TOKEN}"),
+        format!("bearer  {TOKEN}"),
+        TOKEN.to_string(),
+    ] {
         for path in [
             "/runs".to_string(),
             format!("/runs/{id}"),
