@@ -88,8 +88,10 @@ pub enum Command {
         /// Only runs with this status (PENDING, RUNNING, PAUSED, COMPLETED, FAILED, CANCELED).
         #[arg(long)]
         status: Option<String>,
-        /// Only runs of this workspace.
-        #[arg(long)]
+        /// Only runs of this workspace (the git top level of DIR; without DIR, of the current
+        /// directory, like the old `loopctl list --workspace`). Other values (git-run labels)
+        /// are matched as given.
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = ".")]
         workspace: Option<String>,
     },
     /// Show a run and its steps.

@@ -7,8 +7,24 @@ use loopd::cli::Cli;
 use loopd::settings::Settings;
 use std::process::ExitCode;
 
+/// Start-up failures are one line (a multi-line message, e.g. from libpq, is joined).
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            eprintln!("{}", one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     if let Some(cmd) = cli.command {
         return loopd::client::run(cmd);
     }
@@ -16,7 +32,7 @@ fn main() -> ExitCode {
     let settings = match Settings::load(&cli.daemon.overrides(), &env) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("loopd: {e}");
+            eprintln!("loopd: {}", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -28,7 +44,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("loopd: {e}");
+            eprintln!("loopd: {}", one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }

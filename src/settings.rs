@@ -278,8 +278,11 @@ impl Settings {
     /// Layers every source and validates the result. `env` is the process environment (tests
     /// pass their own).
     pub fn load(flags: &Overrides, env: &[(String, String)]) -> Result<Settings, SettingsError> {
-        let defaults = Config::try_from(&Settings::default())
-            .map_err(|e| err(format!("compiled defaults: {e}")))?;
+        let mut compiled = Settings::default();
+        // 0 = not configured: the default depends on the role (see `default_slots`).
+        compiled.worker.slots = 0;
+        let defaults =
+            Config::try_from(&compiled).map_err(|e| err(format!("compiled defaults: {e}")))?;
         let mut builder = Config::builder().add_source(defaults);
 
         let env_value = |k: &str| {
@@ -316,9 +319,21 @@ impl Settings {
         builder = apply_overrides(builder, flags, &env_value).map_err(|e| err(format!("{e}")))?;
 
         let built = builder.build().map_err(|e| describe(&file, e))?;
-        let settings: Settings = built.try_deserialize().map_err(|e| describe(&file, e))?;
+        let mut settings: Settings = built.try_deserialize().map_err(|e| describe(&file, e))?;
+        if settings.worker.slots == 0 {
+            settings.worker.slots = settings.default_slots();
+        }
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Steps at once when `worker.slots` is not configured: a single host runs as many steps as
+    /// it may run runs (like the old loopd, whose runs all progressed at once); a worker, one.
+    fn default_slots(&self) -> u32 {
+        match self.role {
+            Role::Single => self.scheduler.max_concurrent_runs.max(1),
+            Role::Controller | Role::Worker => 1,
+        }
     }
 
     /// Checks what the types cannot: combinations and required values per role.

@@ -8,6 +8,7 @@ mod tail;
 
 use crate::api::ErrorBody;
 use crate::cli::{ClientArgs, Command};
+use crate::domain::RunStatus;
 use reqwest::{Method, StatusCode};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -133,6 +134,8 @@ impl Daemon {
             StatusCode::UNAUTHORIZED => {
                 "unauthorized: check LOOPD_TOKEN env var or --token flag".into()
             }
+            // The server's message usually says the same ("run not found"): once is enough.
+            StatusCode::NOT_FOUND if msg.ends_with("not found") => format!("{what} not found"),
             StatusCode::NOT_FOUND => format!("{what} not found: {msg}"),
             StatusCode::SERVICE_UNAVAILABLE => format!("no capacity: {msg}"),
             StatusCode::CONFLICT => format!("not allowed: {msg}"),
@@ -176,10 +179,20 @@ async fn dispatch(cmd: Command) -> Result<()> {
             d.probe().await?;
             let mut q = Vec::new();
             if let Some(s) = status {
-                q.push(format!("status={}", enc(&s.to_uppercase())));
+                let s: RunStatus = s.to_uppercase().parse().map_err(|_| {
+                    let all: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                    ClientError(format!(
+                        "invalid --status {s}: use one of {}",
+                        all.join(", ")
+                    ))
+                })?;
+                q.push(format!("status={}", s.as_str()));
             }
             if let Some(w) = workspace {
-                q.push(format!("workspace_root={}", enc(&w)));
+                q.push(format!(
+                    "workspace_root={}",
+                    enc(&submit::workspace_filter(&w))
+                ));
             }
             let path = if q.is_empty() {
                 "/runs".into()

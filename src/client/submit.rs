@@ -12,7 +12,20 @@ fn workspace_of(dir: &Path) -> PathBuf {
         .ok()
         .and_then(|r| r.workdir().map(Path::to_path_buf))
         .and_then(|p| p.canonicalize().ok())
+        .or_else(|| dir.canonicalize().ok())
         .unwrap_or_else(|| dir.to_path_buf())
+}
+
+/// What `list --workspace W` filters on: the workspace root of directory `W` as the daemon
+/// stores it (canonical git top level), or `W` as given when it is not a directory (the
+/// `workspace_root` label of git runs).
+pub fn workspace_filter(w: &str) -> String {
+    let dir = Path::new(w);
+    if dir.is_dir() {
+        workspace_of(dir).to_string_lossy().to_string()
+    } else {
+        w.to_string()
+    }
 }
 
 /// A path that exists relative to the current directory is sent absolute; anything else is

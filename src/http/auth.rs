@@ -17,7 +17,11 @@ pub const INSTANCE_HEADER: &str = "X-Loopd-Instance";
 
 fn presented(req: &ServiceRequest) -> Option<String> {
     let v = req.headers().get("Authorization")?.to_str().ok()?.trim();
-    let t = v.strip_prefix("Bearer ").unwrap_or(v).trim();
+    // The scheme name is case-insensitive (RFC 9110); a bare token has no scheme.
+    let t = match v.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => v,
+    };
     (!t.is_empty()).then(|| t.to_string())
 }
 

@@ -43,25 +43,6 @@ impl FromRequest for Name {
     }
 }
 
-/// Reads a raw body of at most `cap` bytes (413 beyond).
-pub async fn body(
-    mut payload: actix_web::web::Payload,
-    cap: usize,
-) -> Result<bytes::Bytes, ApiError> {
-    use futures_util::StreamExt;
-    let mut buf = actix_web::web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(super::error::payload_error)?;
-        if buf.len() + chunk.len() > cap {
-            return Err(super::error::payload_error(
-                actix_web::error::PayloadError::Overflow,
-            ));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,11 +33,12 @@ fn res(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
-/// JSON body, query and path extractor settings with the JSON error shape.
+/// JSON body, query and path extractor settings with the JSON error shape. JSON bodies are
+/// capped at `limits.json_body_bytes`; the output route reads its larger chunks itself.
 pub fn extractor_config(cfg: &mut web::ServiceConfig, st: &AppState) {
     cfg.app_data(
         web::JsonConfig::default()
-            .limit(st.limits.json_body_bytes.max(st.limits.output_chunk_bytes))
+            .limit(st.limits.json_body_bytes)
             .error_handler(error::json_error),
     )
     .app_data(web::QueryConfig::default().error_handler(error::query_error))

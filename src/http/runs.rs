@@ -30,11 +30,25 @@ pub async fn list(
     let q = q.into_inner();
     let rows = st
         .db
-        .run(move |c| db::runs::list(c, q.workspace_root.as_deref(), q.status.map(|s| s.as_str())))
+        .run(move |c| {
+            let ws = q.workspace_root.as_deref().map(stored_workspace_root);
+            db::runs::list(c, ws.as_deref(), q.status.map(|s| s.as_str()))
+        })
         .await?;
     Ok(HttpResponse::Ok().json(RunsEnvelope {
         runs: rows.iter().map(views::run).collect(),
     }))
+}
+
+/// Shared_fs runs store their workspace root canonicalized; a filter naming the same directory
+/// another way (trailing slash, symlink, `..`) matches them too. Anything that is not an
+/// existing absolute path (a git run's label) is matched as given. Blocking (file system).
+fn stored_workspace_root(ws: &str) -> String {
+    let p = std::path::Path::new(ws);
+    match p.is_absolute().then(|| p.canonicalize()) {
+        Some(Ok(real)) => real.to_string_lossy().to_string(),
+        _ => ws.to_string(),
+    }
 }
 
 pub async fn get(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {

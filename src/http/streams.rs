@@ -8,7 +8,7 @@ use super::extract::Id;
 use super::state::AppState;
 use crate::api::{EventFrame, OutputFrame};
 use crate::db::{self, models::EventRow, DbError};
-use crate::domain::events::is_terminal;
+use crate::domain::RunStatus;
 use crate::output_store::utf8_boundary;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -90,7 +90,6 @@ struct EventsCursor {
     seq: i64,
     after_ms: Option<i64>,
     rx: watch::Receiver<u64>,
-    done: bool,
 }
 
 /// `GET /runs/{id}/events`
@@ -101,8 +100,9 @@ pub async fn events(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let run_id = id.0;
-    let rx = st.hub.subscribe(&run_id);
+    // Known runs only: a subscription stays in the hub until its run is next notified.
     require_run(&st, &run_id).await?;
+    let rx = st.hub.subscribe(&run_id);
     let seq = match last_event_id(&req) {
         Some(v) => v.parse::<i64>().map_err(|_| {
             ApiError::bad_request("invalid_cursor", "Last-Event-ID must be an event number")
@@ -115,20 +115,17 @@ pub async fn events(
         seq,
         after_ms: if seq == 0 { q.after } else { None },
         rx,
-        done: false,
     };
     Ok(sse(stream::unfold(cursor, |mut c| async move {
         loop {
-            if c.done {
-                return None;
-            }
             let (rid, seq, after) = (c.run_id.clone(), c.seq, c.after_ms);
-            let rows =
+            let read =
                 c.st.db
-                    .run(move |conn| db::events::after(conn, &rid, seq, after, BATCH))
+                    .run(move |conn| next_events(conn, &rid, seq, after))
                     .await;
-            let rows: Vec<EventRow> = match rows {
-                Ok(r) => r,
+            let rows = match read {
+                Ok(Batch::Events(rows)) => rows,
+                Ok(Batch::Ended) => return None,
                 Err(e) => {
                     tracing::warn!(error = %e, "event stream read failed");
                     Vec::new()
@@ -139,8 +136,9 @@ pub async fn events(
                 for e in &rows {
                     out.push_str(&frame(e));
                     c.seq = e.run_seq.unwrap_or(c.seq);
-                    c.done |= is_terminal(&e.event_type);
                 }
+                // `after` only picks where the replay starts; from here on the cursor rules.
+                c.after_ms = None;
                 return Some((Ok(Bytes::from(out)), c));
             }
             match wait(&mut c.rx).await {
@@ -150,6 +148,38 @@ pub async fn events(
             }
         }
     })))
+}
+
+/// What an events stream reads next.
+enum Batch {
+    Events(Vec<EventRow>),
+    /// Nothing after the cursor and the run has ended: its terminal event has been sent.
+    Ended,
+}
+
+/// The events after the cursor; when there are none, whether the run has ended. The run's
+/// status and its terminal event are written in one transaction, so an ended run has nothing
+/// more to send; a retried run is not ended, so its stream goes on to its new end. The status
+/// is read first: each statement sees what was committed when it ran (SQLite outside a
+/// transaction, Postgres read committed), so events read after an ended status include the
+/// terminal event, whereas the other order could miss it when the run ends in between.
+fn next_events(
+    c: &mut db::Conn,
+    run_id: &str,
+    seq: i64,
+    after_ms: Option<i64>,
+) -> Result<Batch, DbError> {
+    let ended = db::runs::get(c, run_id)?.is_none_or(|r| {
+        r.status
+            .parse::<RunStatus>()
+            .is_ok_and(RunStatus::is_terminal)
+    });
+    let rows = db::events::after(c, run_id, seq, after_ms, BATCH)?;
+    Ok(if rows.is_empty() && ended {
+        Batch::Ended
+    } else {
+        Batch::Events(rows)
+    })
 }
 
 struct OutputCursor {
@@ -189,8 +219,9 @@ pub async fn output(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let run_id = id.0;
-    let rx = st.hub.subscribe(&run_id);
+    // Known runs only: a subscription stays in the hub until its run is next notified.
     require_run(&st, &run_id).await?;
+    let rx = st.hub.subscribe(&run_id);
     let offset = match last_event_id(&req) {
         Some(v) => v.parse::<u64>().map_err(|_| {
             ApiError::bad_request("invalid_cursor", "Last-Event-ID must be a byte offset")

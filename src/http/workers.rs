@@ -17,7 +17,7 @@ use crate::api::{
     ArtifactUploadQuery, ClaimRequest, CompleteRequest, HeartbeatRequest, OutputChunk,
     RegisterRequest, ReleaseRequest, StepEventRequest, WorkersEnvelope,
 };
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use std::time::Duration;
 
@@ -64,7 +64,7 @@ pub async fn claim(
     payload: web::Payload,
     http: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::extract::body(payload, st.limits.json_body_bytes).await?;
+    let body = read_capped(payload, st.limits.json_body_bytes).await?;
     // The body is optional: empty means "answer now"; otherwise a JSON object.
     let req: ClaimRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ClaimRequest::default()
@@ -105,13 +105,50 @@ pub async fn claim(
     })
 }
 
+/// Reads a request body of at most `cap` bytes, refusing more with 413 as soon as it is seen.
+async fn read_capped(mut payload: web::Payload, cap: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(payload_error)?;
+        if body.len() + chunk.len() > cap {
+            return Err(payload_error(actix_web::error::PayloadError::Overflow));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A JSON body under its own cap (output chunks may be larger than other JSON bodies).
+async fn capped_json<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    cap: usize,
+) -> Result<T, ApiError> {
+    let json = req
+        .mime_type()
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"));
+    if !json {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ));
+    }
+    let body = read_capped(payload, cap).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+}
+
 pub async fn output(
     st: web::Data<AppState>,
     who: web::ReqData<WorkerIdentity>,
     id: Id,
-    body: web::Json<OutputChunk>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let b = body.into_inner();
+    let b: OutputChunk = capped_json(&req, payload, st.limits.output_chunk_bytes).await?;
     let r = st
         .lease
         .send(AppendOutput {
@@ -160,17 +197,9 @@ pub async fn artifact(
     id: Id,
     name: Name,
     q: web::Query<ArtifactUploadQuery>,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let cap = st.limits.artifact_bytes;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(payload_error)?;
-        if body.len() + chunk.len() > cap {
-            return Err(payload_error(actix_web::error::PayloadError::Overflow));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = read_capped(payload, st.limits.artifact_bytes).await?;
     let (step_id, name) = (id.0, name.0);
     let r = st
         .lease

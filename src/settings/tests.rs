@@ -151,3 +151,28 @@ fn secrets_never_show_in_debug_output() {
     let dbg = format!("{s:?}");
     assert!(!dbg.contains("hunter2"), "{dbg}");
 }
+
+#[test]
+fn a_single_host_runs_as_many_steps_at_once_as_runs_unless_slots_are_set() {
+    let s = Settings::load(&Overrides::default(), &[]).unwrap();
+    assert_eq!(s.worker.slots, 3, "max_concurrent_runs");
+    let s = Settings::load(
+        &Overrides::default(),
+        &env(&[("LOOPD__SCHEDULER__MAX_CONCURRENT_RUNS", "5")]),
+    )
+    .unwrap();
+    assert_eq!(s.worker.slots, 5);
+    let s = Settings::load(
+        &Overrides::default(),
+        &env(&[("LOOPD__WORKER__SLOTS", "2")]),
+    )
+    .unwrap();
+    assert_eq!(s.worker.slots, 2);
+    let worker = Overrides {
+        role: Some(Role::Worker),
+        controller: Some("http://127.0.0.1:7700".into()),
+        join_token: Some("j".into()),
+        ..Default::default()
+    };
+    assert_eq!(Settings::load(&worker, &[]).unwrap().worker.slots, 1);
+}
