@@ -344,6 +344,9 @@ fn serve(
             .wrap(tracing_actix_web::TracingLogger::default())
             .configure(http::health_routes)
             .default_service(web::to(http::not_found));
+        if subsystems.remote_runners {
+            app = app.configure(http::worker_health_routes);
+        }
         if let Some(s) = &st {
             app = app
                 .app_data(web::Data::new(s.clone()))

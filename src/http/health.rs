@@ -13,13 +13,28 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
+/// Ready = started, and the database answers (a controller whose Postgres is down is up,
+/// but not ready).
 pub async fn ready(st: web::Data<AppState>) -> HttpResponse {
-    if st.ready.load(Ordering::Acquire) {
-        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
-    } else {
+    let not_ready = |why: &str| {
         HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"error": "starting", "code": "not_ready"}))
+            .json(serde_json::json!({"error": why, "code": "not_ready"}))
+    };
+    if !st.ready.load(Ordering::Acquire) {
+        return not_ready("starting");
     }
+    match st.db.run(|c| c.now_ms()).await {
+        Ok(_) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            not_ready("the database does not answer")
+        }
+    }
+}
+
+/// A worker is ready once it has registered, which it does before it listens.
+pub async fn worker_ready() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
 }
 
 pub async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -46,9 +46,14 @@ pub fn extractor_config(cfg: &mut web::ServiceConfig, st: &AppState) {
     .app_data(web::PayloadConfig::default().limit(st.limits.artifact_bytes));
 }
 
-/// `/health`, `/ready` (every role).
+/// `/health` (every role).
 pub fn health_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(res("/health").route(web::get().to(health::health)));
+}
+
+/// `/ready` of a worker (the other roles serve it with the runs API).
+pub fn worker_health_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(res("/ready").route(web::get().to(health::worker_ready)));
 }
 
 /// The runs API (single and controller roles).

@@ -159,8 +159,11 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_everything_recovers() 
     );
     let health = client.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(health.status(), 200, "the process stays up");
+    let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready without its database");
 
     cluster.resume();
+    controller.wait_ready("/ready").await;
     let done = wait_status(&client, &base, &id, "COMPLETED", LONG).await;
     assert_eq!(done["failure_reason"], Value::Null);
     audit(&client, &base, &[id], &[&repo], &["pgdown"], dir.path(), 3).await;
