@@ -8,6 +8,7 @@ use crate::support::proc::Loopd;
 use crate::support::repo::Repo;
 use crate::support::s3::S3Server;
 use crate::support::{test_dir, wait_for};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -262,6 +263,17 @@ impl Cluster {
         panic!("no worker process has id {worker_id}");
     }
 
+    /// Waits until the controller lists worker `index` with `status`.
+    pub async fn wait_worker_status(&self, index: usize, status: &str) -> Value {
+        let what = format!("worker w{index} to be {status}");
+        wait_for(&what, Duration::from_secs(30), || async move {
+            self.worker_info(index)
+                .await
+                .filter(|w| w["status"] == status)
+        })
+        .await
+    }
+
     /// The run's artifact listing.
     pub async fn artifacts(&self, id: &str) -> Vec<Value> {
         self.get(&format!("/runs/{id}/artifacts")).await["artifacts"]
@@ -328,6 +340,11 @@ impl Cluster {
         let spec = format!("refs/heads/{head}:refs/heads/{head}");
         git(&check, &["fetch", "-q", &path_str(&bundle), &spec]);
         crate::support::repo::subjects_at(&check, &head)
+    }
+
+    /// Sends `sig` to worker `index`.
+    pub fn signal_worker(&self, index: usize, sig: Signal) {
+        self.workers[index].signal(sig);
     }
 }
 

@@ -10,6 +10,7 @@ mod cluster;
 mod sse;
 
 mod cancel;
+mod drain;
 mod failover;
 mod git_runs;
 mod output;
