@@ -44,6 +44,13 @@ pub struct Active {
     pub handed_back: AtomicBool,
 }
 
+impl Active {
+    /// The step's lease was lost or handed back: its results are not to be sent.
+    pub fn is_abandoned(&self) -> bool {
+        self.lost.load(Ordering::Acquire) || self.handed_back.load(Ordering::Acquire)
+    }
+}
+
 /// State shared by the slots and the heartbeat loop.
 pub struct Shared {
     pub plane: ControlPlane,

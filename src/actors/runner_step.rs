@@ -3,6 +3,7 @@
 //! checkpoint of a git run, uploads the artifacts and completes — or, when the lease was lost,
 //! discards everything; when the worker is draining, hands the lease back.
 
+use super::plane_retry::retry_transient;
 use super::runner::{Active, Shared};
 use super::streamer::{jitter, Streamer};
 use super::workdir;
@@ -83,7 +84,7 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
     );
     let prepared = workdir::prepare(shared, a, active).await;
     let (produced, checkpoint) = match prepared {
-        Err(reason) => (Produced::failed(reason, false), None),
+        Err(e) => (Produced::failed(e.reason, e.infra), None),
         Ok(ws) => {
             let produced = match a.phase {
                 StepPhase::Verification => {
@@ -118,7 +119,7 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
         });
     }
     for (name, path) in files {
-        match upload(shared, a, &name, &path).await {
+        match upload(shared, a, active, &name, &path).await {
             Ok(Some(r)) => refs.push(r),
             Ok(None) => {}
             Err(e) => {
@@ -157,10 +158,12 @@ fn completion(
 }
 
 /// Uploads one file (skipping a missing one): straight to the store, or through the
-/// controller (which retries against its store; a few retries here cover the network).
+/// controller, which retries against its store; retries here only cover an unreachable
+/// controller.
 async fn upload(
     shared: &Shared,
     a: &Assignment,
+    active: &Active,
     name: &str,
     path: &Path,
 ) -> Result<Option<ArtifactRef>, String> {
@@ -182,24 +185,16 @@ async fn upload(
             sha256: s.sha256,
         }));
     }
-    let mut backoff = Duration::from_millis(500);
-    for attempt in 1..=3 {
-        match shared
+    let put = || {
+        shared
             .plane
             .put_artifact(&a.step_id, a.epoch, name, bytes.clone())
-            .await
-        {
-            // Recorded by the controller already: not repeated in the completion.
-            Ok(_) => return Ok(None),
-            Err(e) if e.is_transient() && attempt < 3 => {
-                tracing::warn!(name, attempt, error = %e, "artifact upload failed; retrying");
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff *= 2;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    };
+    match retry_transient(active, name, put).await {
+        // Recorded by the controller already: not repeated in the completion.
+        Ok(_) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
-    Err("upload retries exhausted".into())
 }
 
 /// Sends the completion (retrying while the controller is away), or discards, or hands back.

@@ -14,5 +14,6 @@ mod drain;
 mod failover;
 mod git_runs;
 mod output;
+mod s3_outage;
 mod secrets;
 mod shared_fs;
