@@ -55,7 +55,9 @@ impl Active {
 pub struct Shared {
     pub plane: ControlPlane,
     pub cfg: RunnerConfig,
-    active: Mutex<HashMap<String, Arc<Active>>>,
+    /// Keyed by step id and epoch: an abandoned attempt may still be winding down when the
+    /// same step is claimed again.
+    active: Mutex<HashMap<(String, i64), Arc<Active>>>,
     pub draining: AtomicBool,
     /// Slots stop claiming when this fires.
     pub stop_claims: CancellationToken,
@@ -66,7 +68,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Active>>> {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Arc<Active>>> {
         match self.active.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -81,19 +83,20 @@ impl Shared {
             lost: AtomicBool::new(false),
             handed_back: AtomicBool::new(false),
         });
-        self.active().insert(step_id.to_string(), a.clone());
+        self.active()
+            .insert((step_id.to_string(), epoch), a.clone());
         a
     }
 
-    pub fn unregister(&self, step_id: &str) {
-        self.active().remove(step_id);
+    pub fn unregister(&self, step_id: &str, epoch: i64) {
+        self.active().remove(&(step_id.to_string(), epoch));
         self.step_ended.notify_waiters();
     }
 
     fn snapshot(&self) -> Vec<(String, Arc<Active>)> {
         self.active()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|((id, _), v)| (id.clone(), v.clone()))
             .collect()
     }
 
@@ -179,7 +182,9 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         match shared.plane.heartbeat(status, leases, metrics).await {
             Ok(verdicts) => {
                 for v in verdicts {
-                    let Some((_, a)) = active.iter().find(|(id, _)| *id == v.step_id) else {
+                    let held =
+                        |(id, a): &&(String, Arc<Active>)| *id == v.step_id && a.epoch == v.epoch;
+                    let Some((_, a)) = active.iter().find(held) else {
                         continue;
                     };
                     match v.action {

@@ -136,8 +136,14 @@ async fn fetch_checkpoint(
 }
 
 /// Commits what the agent left uncommitted and bundles the run branch, when it moved.
-pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Option<CheckpointFile> {
-    let g = ws.git.as_ref()?;
+pub async fn checkpoint(
+    shared: &Shared,
+    a: &Assignment,
+    ws: &Prepared,
+) -> Result<Option<CheckpointFile>, String> {
+    let Some(g) = ws.git.as_ref() else {
+        return Ok(None);
+    };
     let out = shared
         .cfg
         .work_dir
@@ -155,7 +161,7 @@ pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Optio
         a.run_name, a.phase, a.attempt
     );
     let out2 = out.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+    let made = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
         let head = clone::checkpoint_commit(&dir, &msg).map_err(|e| e.to_string())?;
         if head == before {
             return Ok(None);
@@ -163,21 +169,17 @@ pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Optio
         bundle::write_bundle(&dir, &branch, Some(&base), &out2).map_err(|e| e.to_string())?;
         Ok(Some(head))
     })
-    .await;
-    match r {
-        Ok(Ok(Some(head))) => Some(CheckpointFile {
+    .await
+    .map_err(|e| format!("checkpoint task failed: {e}"))?;
+    match made {
+        Ok(head) => Ok(head.map(|head| CheckpointFile {
             name: BUNDLE_NAME.into(),
             path: out,
             head,
-        }),
-        Ok(Ok(None)) => None,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "checkpoint failed");
-            None
-        }
+        })),
         Err(e) => {
-            tracing::error!(error = %e, "checkpoint task failed");
-            None
+            tracing::error!(error = %e, "checkpoint failed");
+            Err(e)
         }
     }
 }

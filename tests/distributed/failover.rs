@@ -1,10 +1,13 @@
-//! A worker killed with SIGKILL in the middle of a step: the controller notices the silence,
-//! takes the lease back and requeues the step, and the other worker runs it again from the
-//! run's last checkpoint, so no task is lost or done twice.
+//! Lost workers. One killed with SIGKILL in the middle of a step: the controller notices the
+//! silence, takes the lease back and requeues the step, and the other worker runs it again
+//! from the run's last checkpoint, so no task is lost or done twice. One frozen past the
+//! offline timeout: what its abandoned attempt did (commits, output) is not reused when it
+//! claims the step again. One restarted after SIGKILL: it kills what its predecessor left.
 
 use crate::cluster::{alive, hang_pids, now_ms, Cluster, Timings};
 use crate::support::repo::Repo;
 use crate::support::wait_for;
+use nix::sys::signal::Signal;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,6 +76,81 @@ async fn a_step_of_a_killed_worker_is_requeued_and_finished_elsewhere_from_the_l
         ["initial", "task 1: task number 1", "task 2: task number 2"],
         "each task's commit exactly once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_past_the_offline_timeout_discards_its_step_and_redoes_it_cleanly() {
+    let c = Cluster::start("frozen", 1, Timings::default()).await;
+    let repo = Repo::create(c.dir.path(), "origin", 1, "drip 20", &[]);
+    let id = c.submit_git(&repo, &[]).await;
+    let step = c
+        .wait_step(&id, "the first step to run", |s| {
+            s["status"] == "IN_PROGRESS"
+        })
+        .await;
+    let step_id = step["id"].as_str().expect("id").to_string();
+    let worker = &c.workers[0];
+    let prompt = worker
+        .data_dir
+        .join("work/steps")
+        .join(&step_id)
+        .join("prompt.txt");
+    let prompt = &prompt;
+    wait_for(
+        "the agent to start",
+        Duration::from_secs(30),
+        || async move { prompt.exists().then_some(()) },
+    )
+    .await;
+
+    // Freeze loopd (not its agent, which runs in its own process group) until the controller
+    // has taken the lease back and the agent has committed its work in the worker's clone.
+    worker.signal(Signal::SIGSTOP);
+    c.wait_step(&id, "the step to be requeued", |s| {
+        s["id"] == step_id.as_str() && s["status"] == "RETRYING"
+    })
+    .await;
+    let clone = worker.data_dir.join("work/clones").join(&id);
+    let clone = &clone;
+    wait_for(
+        "the orphaned attempt to commit",
+        Duration::from_secs(30),
+        || async move {
+            let out = std::process::Command::new("git")
+                .args(["log", "-1", "--format=%s"])
+                .current_dir(clone)
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .starts_with("task 1")
+                .then_some(())
+        },
+    )
+    .await;
+    worker.signal(Signal::SIGCONT);
+
+    c.wait_status(&id, "COMPLETED").await;
+    let steps = c.steps(&id).await;
+    let first = &steps[0];
+    assert_eq!(first["id"], step_id.as_str());
+    assert_eq!(first["lease_epoch"], 2, "{first}");
+    let impls = steps
+        .iter()
+        .filter(|s| s["phase"] == "implementation")
+        .count();
+    assert_eq!(
+        impls, 2,
+        "the accepted attempt did task 1 itself (the discarded one's commit was not reused), \
+         then the completion: {steps:#?}"
+    );
+    let log = String::from_utf8(c.download(&id, "iter-01-impl.log").await).expect("UTF-8");
+    assert_eq!(
+        log.matches("drip line 1 of 20").count(),
+        1,
+        "the log artifact holds only the accepted attempt: {log}"
+    );
+    let subjects = c.bundle_subjects(&repo, &id).await;
+    assert_eq!(subjects, ["initial", "task 1: task number 1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
