@@ -93,6 +93,28 @@ impl Cluster {
     /// Starts one more worker (label `w<index>` plus `labels`) with extra environment, and
     /// waits until the controller lists it online.
     pub async fn add_worker(&mut self, labels: &[&str], extra_env: &[(&str, &str)]) -> usize {
+        let url = self.controller.url();
+        let index = self.spawn_worker(&url, labels, extra_env);
+        self.workers[index].wait_ready("/health").await;
+        let what = format!("worker w{index} to be online");
+        let me = &*self;
+        wait_for(&what, Duration::from_secs(30), || async move {
+            me.worker_info(index)
+                .await
+                .filter(|w| w["status"] != "offline")
+        })
+        .await;
+        index
+    }
+
+    /// Spawns a worker of `controller` (label `w<index>` plus `labels`) without waiting for
+    /// anything; returns its index.
+    pub fn spawn_worker(
+        &mut self,
+        controller: &str,
+        labels: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> usize {
         let index = self.workers.len();
         let label = std::iter::once(format!("w{index}"))
             .chain(labels.iter().map(|l| l.to_string()))
@@ -118,14 +140,13 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
-        let url = self.controller.url();
         let worker = Loopd::spawn(
             &self.dir.path().join(format!("worker{index}")),
             &[
                 "--role",
                 "worker",
                 "--controller",
-                &url,
+                controller,
                 "--join-token",
                 JOIN_TOKEN,
                 "--labels",
@@ -133,16 +154,7 @@ impl Cluster {
             ],
             &pairs(&env),
         );
-        worker.wait_ready("/health").await;
         self.workers.push(worker);
-        let what = format!("worker w{index} to be online");
-        let me = &*self;
-        wait_for(&what, Duration::from_secs(30), || async move {
-            me.worker_info(index)
-                .await
-                .filter(|w| w["status"] != "offline")
-        })
-        .await;
         index
     }
 

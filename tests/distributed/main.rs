@@ -17,3 +17,4 @@ mod output;
 mod s3_outage;
 mod secrets;
 mod shared_fs;
+mod startup;
