@@ -7,6 +7,7 @@
 mod support;
 
 mod cluster;
+mod proxy;
 mod sse;
 
 mod cancel;

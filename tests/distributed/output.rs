@@ -3,6 +3,7 @@
 //! resumes streaming where the controller is, so the stream equals the step's log artifact.
 
 use crate::cluster::{Cluster, Timings};
+use crate::proxy::Proxy;
 use crate::sse::Reader;
 use crate::support::repo::Repo;
 use serde_json::Value;
@@ -108,5 +109,48 @@ async fn output_streams_live_from_a_worker_and_resumes_without_a_gap_after_a_con
             .iter()
             .any(|w| w.log_text().contains("cannot stream output; retrying")),
         "the worker met the controller's absence while streaming"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_survives_network_cuts_between_worker_and_controller_without_gap_or_repeat() {
+    let mut c = Cluster::start("output-cuts", 0, Timings::default()).await;
+    let upstream = format!("127.0.0.1:{}", c.controller.port)
+        .parse()
+        .expect("address");
+    let proxy = Proxy::start(upstream).await;
+    let w = c.spawn_worker(&proxy.url(), &[], &[]);
+    c.workers[w].wait_ready("/health").await;
+    c.wait_worker_status(w, "idle").await;
+    let repo = Repo::create(c.dir.path(), "origin", 1, "drip 40", &[]);
+    let id = c.submit_git(&repo, &[]).await;
+    let url = c.url(&format!("/runs/{id}/output"));
+
+    // Cut the worker's connections every few lines of output, while it streams.
+    let mut got = Collected::default();
+    let mut reader = Reader::open(&c.http, &url).await;
+    let mut cuts = 0;
+    for n in [4, 8, 12, 16, 20, 24] {
+        let line = format!("drip line {n} of 40");
+        read_until(&mut reader, &mut got, |g| {
+            g.steps.values().any(|t| t.contains(&line))
+        })
+        .await;
+        cuts += proxy.cut();
+    }
+    assert!(cuts > 0, "the cuts dropped live connections");
+    read_until(&mut reader, &mut got, |_| false).await;
+    c.wait_status(&id, "COMPLETED").await;
+    let rest = format!("{url}?offset={}", got.cursor);
+    let mut reader = Reader::open(&c.http, &rest).await;
+    read_until(&mut reader, &mut got, |_| false).await;
+
+    let step = &c.steps(&id).await[0];
+    let log = String::from_utf8(c.download(&id, "iter-01-impl.log").await).expect("UTF-8");
+    let streamed = &got.steps[step["id"].as_str().expect("id")];
+    assert_eq!(streamed, &log, "the stream equals the log artifact");
+    assert_eq!(
+        step["lease_epoch"], 1,
+        "the cuts did not cost the lease: {step}"
     );
 }
