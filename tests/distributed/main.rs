@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api;
 mod cluster;
 mod proxy;
 mod sse;
