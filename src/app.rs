@@ -1,7 +1,8 @@
 //! The only module that knows the roles. A role is turned into [`Subsystems`] here; `build`
-//! opens storage, starts the actors and the HTTP server that role needs, and
-//! `run_until_stopped` waits for a signal and shuts down the way the role should (a worker
-//! drains; a single host hands its running steps back).
+//! opens storage, starts the actors and the HTTP server that role needs (a worker joins its
+//! controller in the background, serving `/health` meanwhile), and `run_until_stopped` waits
+//! for a signal and shuts down the way the role should (a worker drains; a single host hands
+//! its running steps back).
 
 use crate::actors::events::EventHub;
 use crate::actors::lease::{LeaseActor, LeaseService, LeaseServiceParts};
@@ -89,6 +90,8 @@ pub struct Application {
     port: u16,
     server: Server,
     worker: Option<WorkerHandle>,
+    /// Role worker: registering with the controller (retried until it answers), then running.
+    joining: Option<tokio::task::JoinHandle<WorkerHandle>>,
     subsystems: Subsystems,
     settings: Settings,
 }
@@ -114,16 +117,18 @@ impl Application {
             None
         };
         let ready = control.as_ref().map(|c| c.state.ready.clone());
-        let worker = if subsystems.local_runners {
+        let (mut worker, mut joining) = (None, None);
+        if subsystems.local_runners {
             let c = control
                 .as_ref()
                 .ok_or_else(|| AppError::Startup("local runners need the control plane".into()))?;
-            Some(start_local_runners(&settings, &c.state).await?)
+            worker = Some(start_local_runners(&settings, &c.state).await?);
         } else if subsystems.remote_runners {
-            Some(start_remote_worker(&settings).await?)
-        } else {
-            None
-        };
+            // In the background: a worker whose controller is away still serves /health and
+            // still stops on a signal.
+            let cfg = remote_runner_config(&settings)?;
+            joining = Some(actix::spawn(join_controller(settings.clone(), cfg)));
+        }
         let state = control.map(|c| c.state);
         let (server, port) = serve(&settings, subsystems, state)?;
         if let Some(r) = ready {
@@ -134,6 +139,7 @@ impl Application {
             port,
             server,
             worker,
+            joining,
             subsystems,
             settings,
         })
@@ -150,33 +156,70 @@ impl Application {
             signal(SignalKind::terminate()).map_err(|e| AppError::Startup(e.to_string()))?;
         let mut int =
             signal(SignalKind::interrupt()).map_err(|e| AppError::Startup(e.to_string()))?;
-        let handle = self.server.handle();
-        let server = self.server;
+        let Application {
+            server,
+            mut worker,
+            joining,
+            subsystems,
+            settings,
+            ..
+        } = self;
+        let handle = server.handle();
         let served = actix::spawn(server);
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+        let mut stopped = false;
+        if let Some(mut joining) = joining {
+            tokio::select! {
+                joined = &mut joining => match joined {
+                    Ok(w) => worker = Some(w),
+                    Err(e) => return Err(AppError::Startup(format!("worker start failed: {e}"))),
+                },
+                _ = term.recv() => stopped = true,
+                _ = int.recv() => stopped = true,
+            }
+            if stopped {
+                joining.abort();
+                tracing::info!("signal received before joining the controller: stopping");
+            }
         }
-        if let Some(worker) = &self.worker {
-            if self.subsystems.remote_runners {
-                let drain = Duration::from_millis(self.settings.worker.drain_timeout_ms);
-                tracing::info!(
-                    timeout_ms = drain.as_millis() as u64,
-                    "draining: finishing the running steps"
-                );
-                tokio::select! {
-                    _ = worker.drain(drain) => {}
-                    _ = term.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
-                    _ = int.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
-                }
-            } else {
-                worker.stop_now().await;
+        if !stopped {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            if let Some(worker) = &worker {
+                let drain = subsystems
+                    .remote_runners
+                    .then(|| Duration::from_millis(settings.worker.drain_timeout_ms));
+                stop_worker(worker, drain, &mut term, &mut int).await;
             }
         }
         handle.stop(true).await;
         let _ = served.await;
         tracing::info!("loopd stopped");
         Ok(())
+    }
+}
+
+/// A worker drains for up to `drain` (a second signal stops it at once); without a drain (a
+/// single host) the running steps are handed back at once.
+async fn stop_worker(
+    worker: &WorkerHandle,
+    drain: Option<Duration>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
+    let Some(drain) = drain else {
+        worker.stop_now().await;
+        return;
+    };
+    tracing::info!(
+        timeout_ms = drain.as_millis() as u64,
+        "draining: finishing the running steps"
+    );
+    tokio::select! {
+        _ = worker.drain(drain) => {}
+        _ = term.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
+        _ = int.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
     }
 }
 
@@ -318,17 +361,22 @@ async fn start_local_runners(settings: &Settings, st: &AppState) -> Result<Worke
     Ok(WorkerHandle::start(plane, cfg))
 }
 
-async fn start_remote_worker(settings: &Settings) -> Result<WorkerHandle, AppError> {
+/// The runner settings of a worker (its own artifact store when it uploads directly).
+fn remote_runner_config(settings: &Settings) -> Result<RunnerConfig, AppError> {
     let mut cfg = runner_config(settings);
     if settings.worker.artifact_upload == "direct" {
         let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
             .map_err(|e| AppError::Artifacts(e.to_string()))?;
         cfg.direct_store = Some(store);
     }
-    let plane = crate::actors::runner::register_with_retry(settings).await;
-    let plane: HttpPlane = plane;
+    Ok(cfg)
+}
+
+/// Registers with the controller (retrying until it answers), then starts the runners.
+async fn join_controller(settings: Settings, mut cfg: RunnerConfig) -> WorkerHandle {
+    let plane: HttpPlane = crate::actors::runner::register_with_retry(&settings).await;
     cfg.heartbeat_interval = Duration::from_millis(plane.heartbeat_interval_ms.max(50));
-    Ok(WorkerHandle::start(ControlPlane::Http(plane), cfg))
+    WorkerHandle::start(ControlPlane::Http(plane), cfg)
 }
 
 /// Binds the HTTP server with the routes the role serves.

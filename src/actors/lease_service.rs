@@ -37,6 +37,9 @@ pub enum LeaseError {
     OffsetGap(u64),
     #[error(transparent)]
     Db(DbError),
+    /// The artifact store failed the request after its own retries.
+    #[error("artifact store unavailable: {0}")]
+    Store(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

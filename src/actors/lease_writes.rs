@@ -133,7 +133,7 @@ impl LeaseService {
             .store
             .put(&step.run_id, name, bytes)
             .await
-            .map_err(|e| LeaseError::Internal(e.to_string()))?;
+            .map_err(|e| LeaseError::Store(e.to_string()))?;
         let r = ArtifactRef {
             name: name.to_string(),
             size: stored.size,
@@ -184,7 +184,7 @@ impl LeaseService {
             .ok_or(LeaseError::NotFound)?;
         self.store.get(&row.object_key).await.map_err(|e| match e {
             crate::artifacts::ArtifactError::NotFound { .. } => LeaseError::NotFound,
-            other => LeaseError::Internal(other.to_string()),
+            other => LeaseError::Store(other.to_string()),
         })
     }
 

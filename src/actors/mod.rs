@@ -10,6 +10,7 @@ pub mod lease;
 mod lease_service;
 mod lease_writes;
 mod phases;
+mod plane_retry;
 mod prompts;
 pub mod registry;
 mod registry_service;

@@ -13,7 +13,7 @@ use crate::settings::Settings;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -44,20 +44,31 @@ pub struct Active {
     pub handed_back: AtomicBool,
 }
 
+impl Active {
+    /// The step's lease was lost or handed back: its results are not to be sent.
+    pub fn is_abandoned(&self) -> bool {
+        self.lost.load(Ordering::Acquire) || self.handed_back.load(Ordering::Acquire)
+    }
+}
+
 /// State shared by the slots and the heartbeat loop.
 pub struct Shared {
     pub plane: ControlPlane,
     pub cfg: RunnerConfig,
-    active: Mutex<HashMap<String, Arc<Active>>>,
+    /// Keyed by step id and epoch: an abandoned attempt may still be winding down when the
+    /// same step is claimed again.
+    active: Mutex<HashMap<(String, i64), Arc<Active>>>,
     pub draining: AtomicBool,
     /// Slots stop claiming when this fires.
     pub stop_claims: CancellationToken,
-    /// Signalled whenever a step ends.
+    /// Slots whose claim loop still runs (one may have a long poll in flight).
+    claiming: AtomicUsize,
+    /// Signalled whenever a step ends or a slot stops claiming.
     pub step_ended: Notify,
 }
 
 impl Shared {
-    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Active>>> {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Arc<Active>>> {
         match self.active.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -72,19 +83,20 @@ impl Shared {
             lost: AtomicBool::new(false),
             handed_back: AtomicBool::new(false),
         });
-        self.active().insert(step_id.to_string(), a.clone());
+        self.active()
+            .insert((step_id.to_string(), epoch), a.clone());
         a
     }
 
-    pub fn unregister(&self, step_id: &str) {
-        self.active().remove(step_id);
+    pub fn unregister(&self, step_id: &str, epoch: i64) {
+        self.active().remove(&(step_id.to_string(), epoch));
         self.step_ended.notify_waiters();
     }
 
     fn snapshot(&self) -> Vec<(String, Arc<Active>)> {
         self.active()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|((id, _), v)| (id.clone(), v.clone()))
             .collect()
     }
 
@@ -110,8 +122,16 @@ impl Actor for RunnerActor {
 }
 
 async fn claim_loop(shared: Arc<Shared>, slot: u32) {
+    claim_until_stopped(&shared, slot).await;
+    shared.claiming.fetch_sub(1, Ordering::AcqRel);
+    shared.step_ended.notify_waiters();
+}
+
+async fn claim_until_stopped(shared: &Shared, slot: u32) {
     let mut backoff = Duration::from_millis(250);
-    while !shared.stop_claims.is_cancelled() {
+    // A draining worker claims nothing new; a long poll already in flight is let finish (its
+    // step, if any, is handed straight back) so that no lease is granted to a dropped request.
+    while !shared.stop_claims.is_cancelled() && !shared.draining.load(Ordering::Acquire) {
         let claimed = tokio::select! {
             r = shared.plane.claim(Duration::from_secs(10)) => r,
             _ = shared.stop_claims.cancelled() => break,
@@ -127,7 +147,7 @@ async fn claim_loop(shared: Arc<Shared>, slot: u32) {
                         .await;
                     continue;
                 }
-                runner_step::execute(&shared, a).await;
+                runner_step::execute(shared, a).await;
             }
             Ok(None) => {}
             Err(e) => {
@@ -162,7 +182,9 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         match shared.plane.heartbeat(status, leases, metrics).await {
             Ok(verdicts) => {
                 for v in verdicts {
-                    let Some((_, a)) = active.iter().find(|(id, _)| *id == v.step_id) else {
+                    let held =
+                        |(id, a): &&(String, Arc<Active>)| *id == v.step_id && a.epoch == v.epoch;
+                    let Some((_, a)) = active.iter().find(held) else {
                         continue;
                     };
                     match v.action {
@@ -206,12 +228,14 @@ impl WorkerHandle {
     /// Starts the heartbeat loop and one RunnerActor per slot.
     pub fn start(plane: ControlPlane, cfg: RunnerConfig) -> WorkerHandle {
         runner_step::kill_leftovers(&cfg.work_dir);
+        let cfg_slots = cfg.slots as usize;
         let shared = Arc::new(Shared {
             plane,
             cfg,
             active: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             stop_claims: CancellationToken::new(),
+            claiming: AtomicUsize::new(cfg_slots),
             step_ended: Notify::new(),
         });
         actix::spawn(heartbeat_loop(shared.clone()));
@@ -230,12 +254,17 @@ impl WorkerHandle {
         }
     }
 
-    /// Stops claiming, lets running steps finish for up to `timeout`, then hands the rest back.
+    /// Stops claiming, lets running steps (and claims in flight) finish for up to `timeout`,
+    /// then hands the rest back.
     pub async fn drain(&self, timeout: Duration) {
         self.shared.draining.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + timeout;
-        while !self.shared.is_idle() {
+        loop {
+            // Registered before the check, so an end in between is not missed.
             let ended = self.shared.step_ended.notified();
+            if self.shared.is_idle() && self.shared.claiming.load(Ordering::Acquire) == 0 {
+                break;
+            }
             if tokio::time::timeout_at(deadline, ended).await.is_err() {
                 break;
             }
@@ -253,8 +282,11 @@ impl WorkerHandle {
         }
         let limit = self.shared.cfg.kill_grace + Duration::from_secs(10);
         let deadline = tokio::time::Instant::now() + limit;
-        while !self.shared.is_idle() {
+        loop {
             let ended = self.shared.step_ended.notified();
+            if self.shared.is_idle() {
+                break;
+            }
             if tokio::time::timeout_at(deadline, ended).await.is_err() {
                 tracing::warn!("steps did not stop in time");
                 break;

@@ -3,6 +3,7 @@
 //! checkpoint of a git run, uploads the artifacts and completes — or, when the lease was lost,
 //! discards everything; when the worker is draining, hands the lease back.
 
+use super::plane_retry::retry_transient;
 use super::runner::{Active, Shared};
 use super::streamer::{jitter, Streamer};
 use super::workdir;
@@ -58,7 +59,7 @@ pub async fn execute(shared: &Shared, a: Assignment) {
     }
     .instrument(span)
     .await;
-    shared.unregister(&a.step_id);
+    shared.unregister(&a.step_id, a.epoch);
 }
 
 /// Prepares, runs and uploads; returns the completion to send.
@@ -66,8 +67,9 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
     let dir = shared.cfg.work_dir.join("steps").join(&a.step_id);
     let log_name = format!("iter-{:02}-{}.log", a.attempt, a.phase.slug());
     let log = dir.join(&log_name);
-    // The step's log always exists (and becomes an artifact), even when nothing is printed.
-    let made = std::fs::create_dir_all(&dir).and_then(|()| {
+    // A fresh directory, and the step's log always exists (and becomes an artifact), even
+    // when nothing is printed.
+    let made = fresh_dir(&dir).await.and_then(|()| {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -75,12 +77,8 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
             .map(drop)
     });
     if let Err(e) = made {
-        return completion(
-            a,
-            Produced::failed(format!("cannot create {}: {e}", log.display()), true),
-            vec![],
-            None,
-        );
+        let reason = format!("cannot create {}: {e}", dir.display());
+        return completion(a, Produced::failed(reason, true), vec![], None);
     }
     let streamer = Streamer::start(
         shared.plane.clone(),
@@ -89,32 +87,70 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
         log.clone(),
         a.output_offset,
     );
-    let prepared = workdir::prepare(shared, a, active).await;
-    let (produced, checkpoint) = match prepared {
-        Err(reason) => (Produced::failed(reason, false), None),
-        Ok(ws) => {
-            let produced = match a.phase {
-                StepPhase::Verification => {
-                    super::phases::verify(shared, a, active, &ws, &dir, &log).await
-                }
-                _ => super::phases::agent(shared, a, active, &ws, &dir, &log).await,
-            };
-            let checkpoint = if active.lost.load(Ordering::Acquire)
-                || active.handed_back.load(Ordering::Acquire)
-            {
-                None
-            } else {
-                workdir::checkpoint(shared, a, &ws).await
-            };
-            (produced, checkpoint)
-        }
-    };
+    let (produced, checkpoint) = work(shared, a, active, &dir, &log).await;
     streamer.finish(Duration::from_secs(30)).await;
-    if active.lost.load(Ordering::Acquire) || active.handed_back.load(Ordering::Acquire) {
+    if active.is_abandoned() {
         return completion(a, produced, vec![], None);
     }
-    let mut produced = produced;
-    let mut files = vec![(log_name, log)];
+    upload_all(shared, a, active, produced, checkpoint, (log_name, log)).await
+}
+
+/// An empty directory for the step's files: a step claimed again on this worker (after its
+/// lease was lost) must not send the abandoned attempt's output again.
+async fn fresh_dir(dir: &Path) -> std::io::Result<()> {
+    let d = dir.to_path_buf();
+    let made = tokio::task::spawn_blocking(move || {
+        match std::fs::remove_dir_all(&d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&d)
+    })
+    .await;
+    made.map_err(std::io::Error::other)?
+}
+
+/// Prepares the workspace, runs the phase, and makes the git checkpoint of what it did.
+async fn work(
+    shared: &Shared,
+    a: &Assignment,
+    active: &Active,
+    dir: &Path,
+    log: &Path,
+) -> (Produced, Option<workdir::CheckpointFile>) {
+    let ws = match workdir::prepare(shared, a, active).await {
+        Ok(ws) => ws,
+        Err(e) => return (Produced::failed(e.reason, e.infra), None),
+    };
+    let produced = match a.phase {
+        StepPhase::Verification => super::phases::verify(shared, a, active, &ws, dir, log).await,
+        _ => super::phases::agent(shared, a, active, &ws, dir, log).await,
+    };
+    if active.is_abandoned() {
+        return (produced, None);
+    }
+    match workdir::checkpoint(shared, a, &ws).await {
+        Ok(cp) => (produced, cp),
+        // The step's work would be lost silently: fail it instead.
+        Err(e) if produced.ok => {
+            let reason = format!("cannot make the git checkpoint: {e}");
+            (Produced::failed(reason, true), None)
+        }
+        Err(_) => (produced, None),
+    }
+}
+
+/// Uploads the log, the phase's files and the checkpoint bundle; an upload that fails for
+/// good fails the step (and drops the checkpoint).
+async fn upload_all(
+    shared: &Shared,
+    a: &Assignment,
+    active: &Active,
+    mut produced: Produced,
+    checkpoint: Option<workdir::CheckpointFile>,
+    log: (String, PathBuf),
+) -> CompleteRequest {
+    let mut files = vec![log];
     files.append(&mut produced.files);
     let (mut refs, mut checkpoint_ref) = (Vec::new(), None);
     if let Some(cp) = &checkpoint {
@@ -126,11 +162,15 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
         });
     }
     for (name, path) in files {
-        match upload(shared, a, &name, &path).await {
+        match upload(shared, a, active, &name, &path).await {
             Ok(Some(r)) => refs.push(r),
             Ok(None) => {}
             Err(e) => {
-                produced = Produced::failed(format!("artifact upload failed: {name}: {e}"), true);
+                // A step that already failed for the infrastructure keeps that first reason.
+                if !produced.infra || produced.ok {
+                    produced =
+                        Produced::failed(format!("artifact upload failed: {name}: {e}"), true);
+                }
                 checkpoint_ref = None;
                 break;
             }
@@ -165,10 +205,12 @@ fn completion(
 }
 
 /// Uploads one file (skipping a missing one): straight to the store, or through the
-/// controller (which retries against its store; a few retries here cover the network).
+/// controller, which retries against its store; retries here only cover an unreachable
+/// controller.
 async fn upload(
     shared: &Shared,
     a: &Assignment,
+    active: &Active,
     name: &str,
     path: &Path,
 ) -> Result<Option<ArtifactRef>, String> {
@@ -190,24 +232,16 @@ async fn upload(
             sha256: s.sha256,
         }));
     }
-    let mut backoff = Duration::from_millis(500);
-    for attempt in 1..=3 {
-        match shared
+    let put = || {
+        shared
             .plane
             .put_artifact(&a.step_id, a.epoch, name, bytes.clone())
-            .await
-        {
-            // Recorded by the controller already: not repeated in the completion.
-            Ok(_) => return Ok(None),
-            Err(e) if e.is_transient() && attempt < 3 => {
-                tracing::warn!(name, attempt, error = %e, "artifact upload failed; retrying");
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff *= 2;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    };
+    match retry_transient(active, name, put).await {
+        // Recorded by the controller already: not repeated in the completion.
+        Ok(_) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
-    Err("upload retries exhausted".into())
 }
 
 /// Sends the completion (retrying while the controller is away), or discards, or hands back.

@@ -3,8 +3,9 @@
 //! commit and bundle after a git step, and keeps pid files of running process groups so a
 //! restarted worker can kill what a crashed one left behind.
 
+use super::plane_retry::retry_transient;
 use super::runner::{Active, Shared};
-use crate::api::{Assignment, WorkspaceSpec};
+use crate::api::{Assignment, Checkpoint, WorkspaceSpec};
 use crate::workspace::{bundle, clone};
 use std::path::{Path, PathBuf};
 
@@ -34,21 +35,39 @@ pub fn bundle_name(step_id: &str) -> String {
     format!("checkpoints/{step_id}.bundle")
 }
 
-fn blocking_err(e: tokio::task::JoinError) -> String {
-    format!("worker task failed: {e}")
+/// Why a step's workspace could not be prepared; `infra` when the artifact store or this
+/// worker is to blame rather than the run's settings (a path or repository it cannot reach).
+#[derive(Debug)]
+pub struct PrepareError {
+    pub reason: String,
+    pub infra: bool,
+}
+
+fn infra(reason: String) -> PrepareError {
+    PrepareError {
+        reason,
+        infra: true,
+    }
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> PrepareError {
+    infra(format!("worker task failed: {e}"))
 }
 
 /// Resolves the step's workspace; a failure is the step's failure, with a clear reason.
 pub async fn prepare(
     shared: &Shared,
     a: &Assignment,
-    _active: &Active,
-) -> Result<Prepared, String> {
+    active: &Active,
+) -> Result<Prepared, PrepareError> {
     match &a.workspace {
         WorkspaceSpec::SharedFs { path } => {
             let p = PathBuf::from(path);
             if !p.is_dir() {
-                return Err(format!("workspace path missing on this worker: {path}"));
+                return Err(PrepareError {
+                    reason: format!("workspace path missing on this worker: {path}"),
+                    infra: false,
+                });
             }
             Ok(Prepared { dir: p, git: None })
         }
@@ -60,25 +79,10 @@ pub async fn prepare(
         } => {
             let dir = shared.cfg.work_dir.join("clones").join(&a.run_id);
             let bundle_path = match checkpoint {
-                Some(cp) => {
-                    let bytes = shared
-                        .plane
-                        .get_artifact(&a.step_id, a.epoch, &cp.name)
-                        .await
-                        .map_err(|e| format!("cannot fetch checkpoint {}: {e}", cp.name))?;
-                    let path = shared
-                        .cfg
-                        .work_dir
-                        .join("steps")
-                        .join(&a.step_id)
-                        .join("checkpoint.bundle");
-                    let p2 = path.clone();
-                    tokio::task::spawn_blocking(move || std::fs::write(&p2, &bytes))
-                        .await
-                        .map_err(blocking_err)?
-                        .map_err(|e| format!("cannot write checkpoint: {e}"))?;
-                    Some((path, cp.head.clone()))
-                }
+                Some(cp) => Some((
+                    fetch_checkpoint(shared, a, active, cp).await?,
+                    cp.head.clone(),
+                )),
                 None => None,
             };
             let (d, url, r, b) = (
@@ -93,7 +97,10 @@ pub async fn prepare(
             })
             .await
             .map_err(blocking_err)?
-            .map_err(|e| format!("cannot prepare the clone of {repo_url}: {e}"))?;
+            .map_err(|e| PrepareError {
+                reason: format!("cannot prepare the clone of {repo_url}: {e}"),
+                infra: false,
+            })?;
             Ok(Prepared {
                 dir,
                 git: Some(GitState {
@@ -106,9 +113,40 @@ pub async fn prepare(
     }
 }
 
+/// Downloads the run's checkpoint bundle into the step's directory.
+async fn fetch_checkpoint(
+    shared: &Shared,
+    a: &Assignment,
+    active: &Active,
+    cp: &Checkpoint,
+) -> Result<PathBuf, PrepareError> {
+    let get = || shared.plane.get_artifact(&a.step_id, a.epoch, &cp.name);
+    let bytes = retry_transient(active, &cp.name, get)
+        .await
+        .map_err(|e| infra(format!("cannot fetch checkpoint {}: {e}", cp.name)))?;
+    let path = shared
+        .cfg
+        .work_dir
+        .join("steps")
+        .join(&a.step_id)
+        .join("checkpoint.bundle");
+    let p2 = path.clone();
+    tokio::task::spawn_blocking(move || std::fs::write(&p2, &bytes))
+        .await
+        .map_err(blocking_err)?
+        .map_err(|e| infra(format!("cannot write checkpoint: {e}")))?;
+    Ok(path)
+}
+
 /// Commits what the agent left uncommitted and bundles the run branch, when it moved.
-pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Option<CheckpointFile> {
-    let g = ws.git.as_ref()?;
+pub async fn checkpoint(
+    shared: &Shared,
+    a: &Assignment,
+    ws: &Prepared,
+) -> Result<Option<CheckpointFile>, String> {
+    let Some(g) = ws.git.as_ref() else {
+        return Ok(None);
+    };
     let out = shared
         .cfg
         .work_dir
@@ -126,7 +164,7 @@ pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Optio
         a.run_name, a.phase, a.attempt
     );
     let out2 = out.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+    let made = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
         let head = clone::checkpoint_commit(&dir, &msg).map_err(|e| e.to_string())?;
         if head == before {
             return Ok(None);
@@ -134,21 +172,17 @@ pub async fn checkpoint(shared: &Shared, a: &Assignment, ws: &Prepared) -> Optio
         bundle::write_bundle(&dir, &branch, Some(&base), &out2).map_err(|e| e.to_string())?;
         Ok(Some(head))
     })
-    .await;
-    match r {
-        Ok(Ok(Some(head))) => Some(CheckpointFile {
+    .await
+    .map_err(|e| format!("checkpoint task failed: {e}"))?;
+    match made {
+        Ok(head) => Ok(head.map(|head| CheckpointFile {
             name: bundle_name(&a.step_id),
             path: out,
             head,
-        }),
-        Ok(Ok(None)) => None,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "checkpoint failed");
-            None
-        }
+        })),
         Err(e) => {
-            tracing::error!(error = %e, "checkpoint task failed");
-            None
+            tracing::error!(error = %e, "checkpoint failed");
+            Err(e)
         }
     }
 }

@@ -63,6 +63,7 @@ async fn refusal(resp: reqwest::Response) -> PlaneError {
         (StatusCode::CONFLICT, "worker_offline" | "duplicate_worker")
         | (StatusCode::UNAUTHORIZED, _) => PlaneError::Gone(msg),
         (StatusCode::NOT_FOUND, _) => PlaneError::NotFound(msg),
+        (StatusCode::SERVICE_UNAVAILABLE, "artifact_store_unavailable") => PlaneError::Store(msg),
         (s, _) if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
             PlaneError::Unavailable(format!("{s}: {msg}"))
         }

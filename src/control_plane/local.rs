@@ -32,6 +32,7 @@ fn lease_err(e: LeaseError) -> PlaneError {
         LeaseError::OffsetGap(n) => PlaneError::OffsetGap(n),
         LeaseError::Invalid(m) => PlaneError::Rejected(m),
         LeaseError::Db(d) => PlaneError::Unavailable(d.to_string()),
+        LeaseError::Store(m) => PlaneError::Store(m),
         LeaseError::Internal(m) => PlaneError::Unavailable(m),
     }
 }

@@ -26,6 +26,10 @@ pub enum PlaneError {
     /// Transient: the controller or its database is unreachable. Retry with backoff.
     #[error("control plane unavailable: {0}")]
     Unavailable(String),
+    /// The controller's artifact store failed the request after its own retries: do not
+    /// retry on top of them.
+    #[error("artifact store unavailable: {0}")]
+    Store(String),
     /// A request the controller refused for good (a bug or bad data).
     #[error("rejected: {0}")]
     Rejected(String),

@@ -122,6 +122,15 @@ impl From<LeaseError> for ApiError {
                 format!("output offset is past the {n} bytes held; resend from {n}"),
             ),
             LeaseError::Db(d) => d.into(),
+            LeaseError::Store(m) => {
+                // The worker fails the step with this message: say what broke, not how.
+                tracing::error!(cause = %m, "artifact store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "artifact_store_unavailable",
+                    "the controller cannot reach the artifact store (it retried)",
+                )
+            }
             LeaseError::Internal(m) => ApiError::internal(m),
         }
     }

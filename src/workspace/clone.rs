@@ -16,9 +16,10 @@ const RUNNER_NOTES_EXCLUDE: &str = "/.loop/runner-notes.txt";
 /// Makes `dir` a clone of `repo_url` with `run_branch` checked out at the commit the step starts
 /// from, and returns that commit's sha. An existing clone of the same URL is fetched and reused;
 /// anything else in `dir` is replaced by a fresh clone. The start commit is the checkpoint's
-/// head (its bundle imported first), else the existing local `run_branch`, else `repo_ref` (a
-/// branch of the remote, a tag or a sha). The work tree is reset hard to it and untracked files
-/// are removed (ignored ones are kept); `/.loop/runner-notes.txt` is added to `.git/info/exclude`.
+/// head (its bundle imported first), else `repo_ref` (a branch of the remote, a tag or a sha):
+/// never the local `run_branch`, whose commits may be the work of a step whose lease was lost.
+/// The work tree is reset hard to it and untracked files are removed (ignored ones are kept);
+/// `/.loop/runner-notes.txt` is added to `.git/info/exclude`.
 pub fn prepare_clone(
     dir: &Path,
     repo_url: &str,
@@ -44,10 +45,8 @@ pub fn prepare_clone(
             }
             oid
         }
-        None => match repo::branch_commit(&repository, run_branch) {
-            Ok(commit) => commit.id(),
-            Err(_) => resolve_remote_ref(&repository, repo_url, repo_ref)?,
-        },
+        // Every worker starts a run without a checkpoint at the same commit.
+        None => resolve_remote_ref(&repository, repo_url, repo_ref)?,
     };
     check_out_branch_at(&repository, run_branch, start)?;
     exclude_runner_notes(&repository)?;

@@ -36,18 +36,22 @@ fn prepare_clone_checks_out_the_run_branch_at_the_ref_and_excludes_runner_notes(
 }
 
 #[test]
-fn prepare_clone_reuses_the_local_run_branch_and_discards_leftovers() {
+fn prepare_clone_without_a_checkpoint_ignores_local_commits_and_discards_leftovers() {
     let tmp = tempfile::tempdir().unwrap();
     let upstream = init_repo(&tmp.path().join("upstream"));
+    let start = head(&upstream);
     let url = file_url(&upstream);
     let dir = tmp.path().join("work");
     prepare_clone(&dir, &url, "main", "run/x", None).unwrap();
-    let step_one = commit_file(&dir, "done.txt", "done\n", "step 1");
+    // A step whose lease was lost committed here; the controller never accepted it.
+    commit_file(&dir, "done.txt", "done\n", "discarded step");
 
     write(&dir, "README.md", "half-written edit");
     write(&dir, "deep/new/file.txt", "untracked");
     let sha = prepare_clone(&dir, &url, "main", "run/x", None).unwrap();
-    assert_eq!(sha, step_one);
+    assert_eq!(sha, start);
+    assert_eq!(head(&dir), start);
+    assert!(!dir.join("done.txt").exists());
     assert_eq!(read(&dir, "README.md"), "hello\n");
     assert!(!dir.join("deep").exists());
     assert_eq!(git(&dir, &["status", "--porcelain"]), "");

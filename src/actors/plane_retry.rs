@@ -1,0 +1,41 @@
+//! Retrying a step's control-plane calls while the controller is unreachable (a restart, a
+//! network error): with backoff, for at most [`CONTROLLER_RETRY_BUDGET`], and never after
+//! the step's lease was lost or handed back. Used by the step executor and its workspace
+//! preparation; answers that are not transient are returned at once.
+
+use super::runner::Active;
+use super::streamer::jitter;
+use crate::control_plane::PlaneError;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// How long a step keeps retrying one call against an unreachable controller. A controller
+/// away for longer has taken the lease back by the time it returns.
+pub const CONTROLLER_RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+/// Runs `call` until it succeeds, fails for good, the budget is spent, or the step stops.
+pub async fn retry_transient<T, F, Fut>(
+    active: &Active,
+    what: &str,
+    mut call: F,
+) -> Result<T, PlaneError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, PlaneError>>,
+{
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && !active.is_abandoned() => {
+                if started.elapsed() >= CONTROLLER_RETRY_BUDGET {
+                    return Err(e);
+                }
+                tracing::warn!(what, error = %e, "the controller is unreachable; retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! A git-mode run on a controller and two workers: the steps run on the workers' own clones,
+//! every artifact lands in S3 and reads back through the runs API, and the final checkpoint
+//! bundle holds the whole run branch.
+
+use crate::cluster::{sha256, Cluster, Timings};
+use crate::support::repo::Repo;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_run_of_four_tasks_completes_on_two_workers_with_its_artifacts_in_s3() {
+    let c = Cluster::start("git-run", 2, Timings::default()).await;
+    let repo = Repo::create(
+        c.dir.path(),
+        "origin",
+        4,
+        "tick",
+        &["verify_cmds=test -f PLAN.md"],
+    );
+    let id = c.submit_git(&repo, &[]).await;
+    let run = c.wait_status(&id, "COMPLETED").await;
+    assert_eq!(run["workspace_source"], "git");
+    assert_eq!(run["artifact_store"], "s3");
+
+    let steps = c.steps(&id).await;
+    assert!(
+        steps.iter().all(|s| s["status"] == "SUCCEEDED"),
+        "every step succeeded: {steps:#?}"
+    );
+    let impls = steps
+        .iter()
+        .filter(|s| s["phase"] == "implementation")
+        .count();
+    assert_eq!(impls, 5, "four tasks, then the completion: {steps:#?}");
+
+    let artifacts = c.artifacts(&id).await;
+    let names: Vec<&str> = artifacts
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    for want in [
+        "run.bundle",
+        "prompt.txt",
+        "iter-01-impl.log",
+        "iter-05-impl.log",
+        "iter-01-verify.log",
+        "report.tsv",
+    ] {
+        assert!(names.contains(&want), "artifact {want} missing: {names:?}");
+    }
+    for a in &artifacts {
+        let name = a["name"].as_str().expect("name");
+        let object = std::fs::read(c.object_path(&id, name))
+            .unwrap_or_else(|e| panic!("{name} is not in the S3 bucket: {e}"));
+        assert_eq!(sha256(&object), a["sha256"], "{name}: S3 object vs listing");
+        assert_eq!(object.len() as u64, a["size"], "{name}: size");
+        let downloaded = c.download(&id, name).await;
+        assert_eq!(
+            sha256(&downloaded),
+            a["sha256"],
+            "{name}: download vs listing"
+        );
+    }
+
+    let subjects = c.bundle_subjects(&repo, &id).await;
+    assert_eq!(
+        subjects,
+        [
+            "initial",
+            "task 1: task number 1",
+            "task 2: task number 2",
+            "task 3: task number 3",
+            "task 4: task number 4",
+        ],
+        "the run branch of the final bundle holds every task's commit once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_verification_s_notes_reach_the_next_step_on_a_remote_clone() {
+    let c = Cluster::start("git-verify", 2, Timings::default()).await;
+    let repo = Repo::create(
+        c.dir.path(),
+        "origin",
+        2,
+        "tick",
+        &["verify_cmds=test -f fixed.txt"],
+    );
+    let id = c.submit_git(&repo, &[]).await;
+    c.wait_status(&id, "COMPLETED").await;
+    let steps = c.steps(&id).await;
+    let verify: Vec<&str> = steps
+        .iter()
+        .filter(|s| s["phase"] == "verification")
+        .filter_map(|s| s["status"].as_str())
+        .collect();
+    assert_eq!(verify.first(), Some(&"FAILED"), "{steps:#?}");
+    assert!(c
+        .artifacts(&id)
+        .await
+        .iter()
+        .any(|a| a["name"] == "runner-notes.txt"));
+    let subjects = c.bundle_subjects(&repo, &id).await;
+    assert_eq!(
+        subjects,
+        [
+            "initial",
+            "task 1: task number 1",
+            "fix the failing verification",
+            "task 2: task number 2",
+        ],
+        "the agent read the runner notes in its clone and fixed the failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_may_upload_its_artifacts_straight_to_s3() {
+    let mut c = Cluster::start("git-direct", 0, Timings::default()).await;
+    let s3 = c.s3.settings();
+    let endpoint = s3.endpoint.clone().expect("endpoint");
+    let bucket = c.s3.bucket().to_string();
+    let (key, secret) = (c.s3.access_key().to_string(), c.s3.secret_key().to_string());
+    c.add_worker(
+        &[],
+        &[
+            ("LOOPD__WORKER__ARTIFACT_UPLOAD", "direct"),
+            ("RUST_LOG", "info,loopd::artifacts=debug"),
+            ("LOOPD__ARTIFACTS__TYPE", "s3"),
+            ("LOOPD__ARTIFACTS__BUCKET", &bucket),
+            ("LOOPD__ARTIFACTS__ENDPOINT", &endpoint),
+            ("LOOPD__ARTIFACTS__REGION", &s3.region),
+            ("LOOPD__ARTIFACTS__ACCESS_KEY_ID", &key),
+            ("LOOPD__ARTIFACTS__SECRET_ACCESS_KEY", &secret),
+        ],
+    )
+    .await;
+    let repo = Repo::create(c.dir.path(), "origin", 2, "tick", &[]);
+    let id = c.submit_git(&repo, &[]).await;
+    c.wait_status(&id, "COMPLETED").await;
+    let worker_log = c.workers[0].log_text();
+    assert!(
+        worker_log.contains("artifact stored") && worker_log.contains("checkpoints/"),
+        "the worker itself stored the artifacts"
+    );
+    for a in c.artifacts(&id).await {
+        let name = a["name"].as_str().expect("name");
+        let object = std::fs::read(c.object_path(&id, name)).expect("object in S3");
+        assert_eq!(sha256(&object), a["sha256"], "{name}");
+    }
+    let subjects = c.bundle_subjects(&repo, &id).await;
+    assert_eq!(
+        subjects,
+        ["initial", "task 1: task number 1", "task 2: task number 2"]
+    );
+}

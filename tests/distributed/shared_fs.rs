@@ -1,0 +1,97 @@
+//! shared_fs runs on remote workers: the controller creates the run's worktree and the worker
+//! works in the path the assignment names. A path the worker cannot see, or a repository it
+//! cannot clone, fails the step with a reason that says so.
+
+use crate::cluster::{path_str, Cluster, Timings};
+use crate::support::repo::Repo;
+use crate::support::wait_for;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_fs_run_completes_on_remote_workers_in_the_worktree_the_assignment_names() {
+    let c = Cluster::start("shared-fs", 2, Timings::default()).await;
+    let repo = Repo::create(
+        c.dir.path(),
+        "ws",
+        2,
+        "tick",
+        &["verify_cmds=test -f PLAN.md"],
+    );
+    let id = c
+        .submit(json!({
+            "spec_path": "specs/demo.md",
+            "plan_path": "PLAN.md",
+            "workspace_root": path_str(&repo.path),
+        }))
+        .await;
+    let run = c.wait_status(&id, "COMPLETED").await;
+    assert_eq!(run["workspace_source"], "shared_fs");
+    let worktree = run["worktree"]["worktree_path"].as_str().expect("worktree");
+    let branch = run["worktree"]["run_branch"].as_str().expect("run branch");
+    assert!(
+        std::path::Path::new(worktree).join("task-2.txt").is_file(),
+        "the agent worked in the run's worktree {worktree}"
+    );
+    assert_eq!(
+        repo.subjects(branch),
+        ["initial", "task 1: task number 1", "task 2: task number 2"]
+    );
+    let steps = c.steps(&id).await;
+    for s in &steps {
+        let index = c.index_of(s["worker_id"].as_str().expect("worker")).await;
+        assert!(index < 2, "ran on a remote worker: {s}");
+    }
+    assert!(c.object_path(&id, "iter-01-impl.log").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worktree_missing_on_the_worker_fails_the_step_with_a_clear_reason() {
+    let mut c = Cluster::start("shared-fs-missing", 0, Timings::default()).await;
+    let repo = Repo::create(c.dir.path(), "ws", 1, "tick", &[]);
+    // No worker has the label yet: the run starts and waits with its worktree created.
+    let id = c
+        .submit(json!({
+            "spec_path": "specs/demo.md",
+            "plan_path": "PLAN.md",
+            "workspace_root": path_str(&repo.path),
+            "labels": ["late"],
+        }))
+        .await;
+    let what = "the run to start with its worktree";
+    let run = wait_for(what, Duration::from_secs(30), || async {
+        Some(c.run(&id).await).filter(|r| r["worktree"]["worktree_path"].is_string())
+    })
+    .await;
+    let worktree = run["worktree"]["worktree_path"].as_str().expect("worktree");
+    std::fs::remove_dir_all(worktree).expect("remove the worktree");
+
+    c.add_worker(&["late"], &[]).await;
+    let run = c.wait_status(&id, "FAILED").await;
+    let reason = run["failure_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("workspace path missing on this worker") && reason.contains(worktree),
+        "{reason}"
+    );
+    let steps = c.steps(&id).await;
+    assert_eq!(steps[0]["status"], "FAILED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_the_worker_cannot_clone_fails_the_step_with_a_clear_reason() {
+    let mut c = Cluster::start("clone-fails", 0, Timings::default()).await;
+    let repo = Repo::create(c.dir.path(), "origin", 1, "tick", &[]);
+    let id = c.submit_git(&repo, &["late"]).await;
+    c.wait_status(&id, "RUNNING").await;
+    // The controller read the repository at submission; now it is gone.
+    let url = repo.url();
+    std::fs::rename(&repo.path, c.dir.path().join("moved")).expect("move the repository");
+
+    c.add_worker(&["late"], &[]).await;
+    let run = c.wait_status(&id, "FAILED").await;
+    let reason = run["failure_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("cannot prepare the clone of") && reason.contains(&url),
+        "{reason}"
+    );
+}

@@ -1,0 +1,70 @@
+//! Reading the runs API's SSE streams: a parser for whole bodies and a reader that yields
+//! frames as they arrive (for live output).
+
+use std::time::Duration;
+
+/// One SSE frame (comments are dropped).
+#[derive(Debug, Clone, Default)]
+pub struct Frame {
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+}
+
+fn frame(block: &str) -> Option<Frame> {
+    let mut f = Frame::default();
+    let mut any = false;
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event: ") {
+            f.event = v.to_string();
+            any = true;
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            f.data.push_str(v);
+            any = true;
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            f.id = Some(v.to_string());
+        }
+    }
+    any.then_some(f)
+}
+
+/// The frames of a complete SSE body.
+pub fn parse(text: &str) -> Vec<Frame> {
+    text.split("\n\n").filter_map(frame).collect()
+}
+
+/// Frames of a live SSE response, as they arrive.
+pub struct Reader {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Reader {
+    /// Opens `url` as an SSE stream.
+    pub async fn open(client: &reqwest::Client, url: &str) -> Reader {
+        let resp = client.get(url).send().await.expect("open SSE stream");
+        assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        Reader {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next frame; `Ok(None)` when the stream ended, `Err(())` when nothing came within
+    /// `timeout` or the connection broke.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<Frame>, ()> {
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                if let Some(f) = frame(&block) {
+                    return Ok(Some(f));
+                }
+            }
+            match tokio::time::timeout(timeout, self.resp.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(_)) | Err(_) => return Err(()),
+            }
+        }
+    }
+}
