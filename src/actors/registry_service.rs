@@ -103,20 +103,25 @@ impl RegistryService {
         }
     }
 
-    /// Loads the workers at start and gives every online one a fresh heartbeat: a controller
-    /// that was down must not declare its whole pool offline the moment it returns.
+    /// Loads the workers at start and gives every online one a fresh heartbeat and its leases
+    /// a fresh lease period: a controller that was down must neither declare its whole pool
+    /// offline nor expire the steps its workers kept running the moment it returns.
     pub async fn load(&self) -> Result<(), RegistryError> {
+        let ttl = self.lease.ttl_ms as i64;
         let rows = self
             .db
-            .tx(|c| {
+            .tx(move |c| {
                 let now = c.now_ms()?;
                 let rows = db::workers::all(c)?;
+                let mut online = Vec::new();
                 for w in rows
                     .iter()
                     .filter(|w| w.status != "offline" && w.status != "revoked")
                 {
                     db::workers::touch(c, &w.id, &w.status, w.metrics_json.as_deref(), now)?;
+                    online.push(w.id.clone());
                 }
+                db::leases::extend_of_workers(c, &online, ttl)?;
                 Ok::<_, DbError>(rows)
             })
             .await?;

@@ -291,6 +291,24 @@ pub fn release_all_except(
         .collect()
 }
 
+/// Gives every lease of `workers` at least `ttl_ms` from now (controller start: a worker that
+/// kept its step running through the outage gets one lease period to heartbeat again).
+pub fn extend_of_workers(
+    conn: &mut Conn,
+    workers: &[String],
+    ttl_ms: i64,
+) -> Result<usize, DbError> {
+    let now = conn.now_ms()?;
+    let n = on_conn!(conn, |c| diesel::update(
+        leases::table
+            .filter(leases::worker_id.eq_any(workers.to_vec()))
+            .filter(leases::expires_at.lt(now + ttl_ms))
+    )
+    .set(leases::expires_at.eq(now + ttl_ms))
+    .execute(c))?;
+    Ok(n)
+}
+
 /// Removes a step's lease when the step finishes or is cancelled.
 pub fn delete(conn: &mut Conn, step_id: &str) -> Result<(), DbError> {
     on_conn!(conn, |c| diesel::delete(leases::table.find(step_id))

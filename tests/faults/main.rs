@@ -113,6 +113,73 @@ async fn a_controller_killed_mid_run_comes_back_with_every_run_as_it_was() {
     drop(workers);
 }
 
+/// Leases of `db` that are past their expiry by the database clock.
+fn due_leases(db: &TestDb) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut c = diesel::PgConnection::establish(&db.url).expect("test database");
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM leases \
+         WHERE expires_at < (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    )
+    .get_result::<N>(&mut c)
+    .expect("count due leases")
+    .n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_down_longer_than_a_lease_takes_no_step_from_its_live_workers() {
+    let dir = test_dir("controller-outage");
+    let db = TestDb::create();
+    let env = controller_env(&db.url, &[]);
+    let mut controller = Loopd::spawn_on(
+        &dir.path().join("controller"),
+        free_port(),
+        &["--role", "controller"],
+        &refs(&env),
+    );
+    controller.wait_ready("/ready").await;
+    let base = controller.url();
+    let client = reqwest::Client::new();
+    let _w = pool::worker(dir.path(), "w0", &base, &[]);
+    let repo = Repo::create(dir.path(), "outage", 1, "slow 12", &["reviewer=false"]);
+    let id = submit_git(&client, &base, &repo, "outage").await;
+    let (step, _) = pool::running_step(&client, &base, &id, LONG).await;
+
+    controller.kill9();
+    // Stay down until the step's lease is past its expiry by the database clock.
+    wait_for("the lease to fall due", LONG, || async {
+        (due_leases(&db) == 1).then_some(())
+    })
+    .await;
+    controller.start();
+    controller.wait_ready("/ready").await;
+    wait_status(&client, &base, &id, "COMPLETED", LONG).await;
+
+    let steps = pool::steps(&client, &base, &id).await;
+    let first = steps
+        .iter()
+        .find(|s| s["id"] == step["id"])
+        .expect("the step that ran through the outage");
+    assert_eq!(first["status"], "SUCCEEDED", "{first}");
+    assert_eq!(first["lease_epoch"], step["lease_epoch"], "{first}");
+    assert_eq!(first["infra_attempts"], 0, "{first}");
+    let branches = ["run/outage".to_string()];
+    let r = verify_runs(&client, &base, &[id], &[&repo], &branches, dir.path(), 1).await;
+    assert_eq!(
+        r.leases_expired, 0,
+        "the restarted controller took the lease of a live worker: {r:?}"
+    );
+    assert!(
+        r.completed == 1 && r.duplicates == 0 && r.lost == 0,
+        "audit: {r:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_fail_cleanly_while_postgres_is_down_and_everything_recovers() {
     let dir = test_dir("pg-restart");
