@@ -65,13 +65,13 @@ async fn write_notes(a: &Assignment, ws: &Path) -> Result<(), String> {
 }
 
 /// The final prompt: the controller's text plus the plan's current task.
-fn final_prompt(a: &Assignment, ws: &Path) -> String {
+async fn final_prompt(a: &Assignment, ws: &Path) -> String {
     let mut prompt = a.prompt.clone().unwrap_or_default();
-    let plan = a.plan_path.as_deref().map(|p| in_workspace(ws, p));
-    if let Some(task) = plan
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|t| select_task(&t))
-    {
+    let plan_text = match a.plan_path.as_deref().map(|p| in_workspace(ws, p)) {
+        Some(p) => tokio::fs::read_to_string(p).await.ok(),
+        None => None,
+    };
+    if let Some(task) = plan_text.and_then(|t| select_task(&t)) {
         match a.phase {
             StepPhase::Review => prompt.push_str(&task_under_review_section(&task)),
             _ => prompt.push_str(&selected_task_section(&task)),
@@ -92,14 +92,14 @@ pub async fn agent(
     if let Err(e) = write_notes(a, &ws.dir).await {
         return Produced::failed(e, true);
     }
-    let prompt = final_prompt(a, &ws.dir);
+    let prompt = final_prompt(a, &ws.dir).await;
     let prompt_name = if a.phase == StepPhase::Review {
         "review-prompt.txt"
     } else {
         "prompt.txt"
     };
     let prompt_file = dir.join(prompt_name);
-    if let Err(e) = std::fs::write(&prompt_file, &prompt) {
+    if let Err(e) = tokio::fs::write(&prompt_file, &prompt).await {
         return Produced::failed(format!("cannot write {prompt_name}: {e}"), true);
     }
     let stem = log.with_extension("");
@@ -206,12 +206,12 @@ pub async fn verify(
             let mut files = Vec::new();
             if let Some(notes) = &r.runner_notes {
                 let p = dir.join("runner-notes.txt");
-                if std::fs::write(&p, notes).is_ok() {
+                if tokio::fs::write(&p, notes).await.is_ok() {
                     files.push(("runner-notes.txt".to_string(), p));
                 }
             }
             let tail = crate::exec::tail::last_lines(
-                &std::fs::read_to_string(log).unwrap_or_default(),
+                &tokio::fs::read_to_string(log).await.unwrap_or_default(),
                 200,
             )
             .to_string();
