@@ -56,6 +56,7 @@ pub async fn execute(shared: &Shared, a: Assignment) {
         let started = Instant::now();
         let req = run(shared, &a, &active).await;
         finish(shared, &a, &active, req, started).await;
+        workdir::remove_step_dir(&shared.cfg.work_dir, &a.step_id).await;
     }
     .instrument(span)
     .await;

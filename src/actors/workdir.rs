@@ -187,6 +187,17 @@ pub async fn checkpoint(
     }
 }
 
+/// Removes a step's directory once its results are sent (or discarded).
+pub async fn remove_step_dir(work_dir: &Path, step_id: &str) {
+    let d = work_dir.join("steps").join(step_id);
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await;
+    if let Ok(Err(e)) = removed {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(error = %e, "cannot remove the step directory");
+        }
+    }
+}
+
 fn pid_dir(work_dir: &Path) -> PathBuf {
     work_dir.join("pids")
 }
@@ -203,8 +214,15 @@ pub fn clear_pgid(work_dir: &Path, step_id: &str) {
     let _ = std::fs::remove_file(pid_dir(work_dir).join(step_id));
 }
 
-/// Kills the process groups a previous process of this worker left running.
+/// Kills the process groups a previous process of this worker left running, and removes the
+/// step directories it left (their results were never sent, or were sent already).
 pub fn kill_leftovers(work_dir: &Path) {
+    match std::fs::remove_dir_all(work_dir.join("steps")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(error = %e, "cannot remove the step directories of a previous run")
+        }
+        _ => {}
+    }
     let Ok(entries) = std::fs::read_dir(pid_dir(work_dir)) else {
         return;
     };

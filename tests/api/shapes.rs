@@ -228,6 +228,12 @@ async fn a_completed_run_lists_its_steps_in_order_and_its_artifacts() {
         let r = env.get(&format!("/runs/{id}/artifacts/{nested}")).await;
         assert_eq!(r.status(), StatusCode::OK, "{nested}");
     }
+    // Each step's scratch directory is gone once its results are in.
+    let scratch = env.daemon.data_dir.join("work").join("steps");
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "step directories left behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
