@@ -1,3 +1,5 @@
+//! The artifact store on the fs backend: writes, reads, checksums and bad names.
+
 use super::error::with_causes;
 use super::*;
 use crate::settings::{ArtifactStoreType, Secret, Settings};

@@ -1,3 +1,5 @@
+//! The diesel table definitions shared by both backends (generated, then kept by hand).
+
 // @generated automatically by Diesel CLI.
 
 diesel::table! {

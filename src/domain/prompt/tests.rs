@@ -1,3 +1,5 @@
+//! Prompt building from spec, plan, notes, context files and templates.
+
 use super::*;
 
 fn inputs<'a>(ctx: &'a [String]) -> PromptInputs<'a> {

@@ -1,3 +1,5 @@
+//! Parsing and validation of `.loop/config`.
+
 use super::*;
 use serde_json::json;
 

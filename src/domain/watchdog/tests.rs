@@ -1,3 +1,5 @@
+//! Watchdog detection and its rewrites.
+
 use super::*;
 
 fn input(output: &str) -> WatchdogInput<'_> {

@@ -1,3 +1,5 @@
+//! The agent command: spawning, retries with backoff, and output capture.
+
 use super::*;
 use crate::exec::test_support::{script, test_env};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,3 +1,5 @@
+//! Parsing of the agent output formats.
+
 use super::*;
 use serde_json::json;
 

@@ -1,3 +1,5 @@
+//! Process groups: spawn, timeout, and cancel as TERM, grace, KILL of the whole group.
+
 use super::*;
 use crate::exec::group::group_alive;
 use crate::exec::test_support::{script, test_env, wait_until};

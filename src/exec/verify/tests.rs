@@ -1,3 +1,5 @@
+//! Verification commands: pass, fail, timeout and the runner notes they produce.
+
 use super::*;
 use crate::exec::group::group_alive;
 use crate::exec::test_support::{test_env, wait_until};
