@@ -4,15 +4,14 @@
 //! for a signal and shuts down the way the role should (a worker drains; a single host hands
 //! its running steps back).
 
+mod runners;
+
 use crate::actors::events::EventHub;
 use crate::actors::lease::{LeaseActor, LeaseService, LeaseServiceParts};
-use crate::actors::registry::{RegisterLocalWorker, RegistryService, WorkerRegistryActor};
-use crate::actors::runner::{RunnerConfig, WorkerHandle};
+use crate::actors::registry::{RegistryService, WorkerRegistryActor};
+use crate::actors::runner::WorkerHandle;
 use crate::actors::scheduler::{SchedulerActor, SchedulerService, StepFinished};
 use crate::artifacts::ArtifactStore;
-use crate::control_plane::http::HttpPlane;
-use crate::control_plane::local::LocalPlane;
-use crate::control_plane::ControlPlane;
 use crate::db::{self, Db, DbError};
 use crate::http::{self, state::AppState};
 use crate::metrics::Metrics;
@@ -21,6 +20,7 @@ use crate::settings::{Role, Settings, StorageType};
 use crate::workspace::mirror::Mirrors;
 use actix::{Actor, AsyncContext, Context};
 use actix_web::{dev::Server, web, App, HttpServer};
+use runners::{join_controller, remote_runner_config, start_local_runners, stop_worker};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,29 +200,6 @@ impl Application {
     }
 }
 
-/// A worker drains for up to `drain` (a second signal stops it at once); without a drain (a
-/// single host) the running steps are handed back at once.
-async fn stop_worker(
-    worker: &WorkerHandle,
-    drain: Option<Duration>,
-    term: &mut tokio::signal::unix::Signal,
-    int: &mut tokio::signal::unix::Signal,
-) {
-    let Some(drain) = drain else {
-        worker.stop_now().await;
-        return;
-    };
-    tracing::info!(
-        timeout_ms = drain.as_millis() as u64,
-        "draining: finishing the running steps"
-    );
-    tokio::select! {
-        _ = worker.drain(drain) => {}
-        _ = term.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
-        _ = int.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
-    }
-}
-
 async fn open_db(settings: &Settings) -> Result<Db, AppError> {
     let s = settings.clone();
     let db = tokio::task::spawn_blocking(move || match s.storage.kind {
@@ -325,58 +302,6 @@ async fn recover_single(db: &Db, settings: &Settings) -> Result<(), AppError> {
         );
     }
     Ok(())
-}
-
-fn runner_config(settings: &Settings) -> RunnerConfig {
-    RunnerConfig {
-        work_dir: settings.work_dir(),
-        slots: settings.worker.slots.max(1),
-        kill_grace: Duration::from_millis(settings.worker.kill_grace_ms),
-        heartbeat_interval: Duration::from_millis(settings.worker.heartbeat_interval_ms.max(50)),
-        agent_env: settings.worker.agent_env.clone(),
-        direct_store: None,
-    }
-}
-
-async fn start_local_runners(settings: &Settings, st: &AppState) -> Result<WorkerHandle, AppError> {
-    let labels = settings.worker.labels.clone();
-    let worker_id = st
-        .registry
-        .send(RegisterLocalWorker {
-            labels: labels.clone(),
-            slots: settings.worker.slots.max(1),
-        })
-        .await
-        .map_err(|e| AppError::Startup(e.to_string()))?
-        .map_err(|e| AppError::Startup(e.to_string()))?;
-    let plane = ControlPlane::Local(LocalPlane {
-        worker_id,
-        labels,
-        lease: st.lease.clone(),
-        registry: st.registry.clone(),
-    });
-    let mut cfg = runner_config(settings);
-    // In-process heartbeats are cheap; a short interval makes cancel take effect quickly.
-    cfg.heartbeat_interval = cfg.heartbeat_interval.min(Duration::from_millis(500));
-    Ok(WorkerHandle::start(plane, cfg))
-}
-
-/// The runner settings of a worker (its own artifact store when it uploads directly).
-fn remote_runner_config(settings: &Settings) -> Result<RunnerConfig, AppError> {
-    let mut cfg = runner_config(settings);
-    if settings.worker.artifact_upload == "direct" {
-        let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
-            .map_err(|e| AppError::Artifacts(e.to_string()))?;
-        cfg.direct_store = Some(store);
-    }
-    Ok(cfg)
-}
-
-/// Registers with the controller (retrying until it answers), then starts the runners.
-async fn join_controller(settings: Settings, mut cfg: RunnerConfig) -> WorkerHandle {
-    let plane: HttpPlane = crate::actors::runner::register_with_retry(&settings).await;
-    cfg.heartbeat_interval = Duration::from_millis(plane.heartbeat_interval_ms.max(50));
-    WorkerHandle::start(ControlPlane::Http(plane), cfg)
 }
 
 /// Binds the HTTP server with the routes the role serves.

@@ -1,0 +1,91 @@
+//! The runners a role starts: local runners on the in-process control plane (single role),
+//! or a worker joining its controller over HTTP; and how a worker stops (drain, or at once).
+
+use super::AppError;
+use crate::actors::registry::RegisterLocalWorker;
+use crate::actors::runner::{RunnerConfig, WorkerHandle};
+use crate::artifacts::ArtifactStore;
+use crate::control_plane::http::HttpPlane;
+use crate::control_plane::local::LocalPlane;
+use crate::control_plane::ControlPlane;
+use crate::http::state::AppState;
+use crate::settings::Settings;
+use std::time::Duration;
+
+/// A worker drains for up to `drain` (a second signal stops it at once); without a drain (a
+/// single host) the running steps are handed back at once.
+pub(super) async fn stop_worker(
+    worker: &WorkerHandle,
+    drain: Option<Duration>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
+    let Some(drain) = drain else {
+        worker.stop_now().await;
+        return;
+    };
+    tracing::info!(
+        timeout_ms = drain.as_millis() as u64,
+        "draining: finishing the running steps"
+    );
+    tokio::select! {
+        _ = worker.drain(drain) => {}
+        _ = term.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
+        _ = int.recv() => { tracing::warn!("second signal: stopping now"); worker.stop_now().await; }
+    }
+}
+
+fn runner_config(settings: &Settings) -> RunnerConfig {
+    RunnerConfig {
+        work_dir: settings.work_dir(),
+        slots: settings.worker.slots.max(1),
+        kill_grace: Duration::from_millis(settings.worker.kill_grace_ms),
+        heartbeat_interval: Duration::from_millis(settings.worker.heartbeat_interval_ms.max(50)),
+        agent_env: settings.worker.agent_env.clone(),
+        direct_store: None,
+    }
+}
+
+pub(super) async fn start_local_runners(
+    settings: &Settings,
+    st: &AppState,
+) -> Result<WorkerHandle, AppError> {
+    let labels = settings.worker.labels.clone();
+    let worker_id = st
+        .registry
+        .send(RegisterLocalWorker {
+            labels: labels.clone(),
+            slots: settings.worker.slots.max(1),
+        })
+        .await
+        .map_err(|e| AppError::Startup(e.to_string()))?
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    let plane = ControlPlane::Local(LocalPlane {
+        worker_id,
+        labels,
+        lease: st.lease.clone(),
+        registry: st.registry.clone(),
+    });
+    let mut cfg = runner_config(settings);
+    // In-process heartbeats are cheap; a short interval makes cancel take effect quickly.
+    cfg.heartbeat_interval = cfg.heartbeat_interval.min(Duration::from_millis(500));
+    Ok(WorkerHandle::start(plane, cfg))
+}
+
+/// The runner settings of a worker (its own artifact store when it uploads directly).
+pub(super) fn remote_runner_config(settings: &Settings) -> Result<RunnerConfig, AppError> {
+    let mut cfg = runner_config(settings);
+    if settings.worker.artifact_upload == "direct" {
+        let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
+            .map_err(|e| AppError::Artifacts(e.to_string()))?;
+        cfg.direct_store = Some(store);
+    }
+    Ok(cfg)
+}
+
+/// Registers with the controller (retrying until it answers), then starts the runners.
+pub(super) async fn join_controller(settings: Settings, mut cfg: RunnerConfig) -> WorkerHandle {
+    let plane: HttpPlane = crate::actors::runner::register_with_retry(&settings).await;
+    cfg.heartbeat_interval = Duration::from_millis(plane.heartbeat_interval_ms.max(50));
+    WorkerHandle::start(ControlPlane::Http(plane), cfg)
+}
