@@ -99,20 +99,29 @@ impl LeaseService {
 }
 
 /// The lease a write carries must be the step's live lease, held by `worker_id`. Another
-/// worker's live lease at the same epoch is `Forbidden`; anything else is `Stale`.
+/// worker's live lease at the same epoch is `Forbidden`; anything else is `Stale`. Call it in
+/// the write's transaction: the lease row stays locked until the write commits (see
+/// [`leases::check`]), and the step is read after the lock, so it is current.
 pub fn authorize(
     c: &mut db::Conn,
     step_id: &str,
     worker_id: &str,
     epoch: i64,
 ) -> Result<(StepRow, LeaseRow), LeaseError> {
-    let step = db::steps::get(c, step_id)?.ok_or(LeaseError::NotFound)?;
     match leases::check(c, step_id, worker_id, epoch) {
-        Ok(l) => Ok((step, l)),
-        Err(DbError::StaleLease) => match leases::get(c, step_id)? {
-            Some(l) if l.worker_id != worker_id && l.epoch == epoch => Err(LeaseError::Forbidden),
-            _ => Err(LeaseError::Stale),
-        },
+        Ok(l) => {
+            let step = db::steps::get(c, step_id)?.ok_or(LeaseError::NotFound)?;
+            Ok((step, l))
+        }
+        Err(DbError::StaleLease) => {
+            db::steps::get(c, step_id)?.ok_or(LeaseError::NotFound)?;
+            match leases::get(c, step_id)? {
+                Some(l) if l.worker_id != worker_id && l.epoch == epoch => {
+                    Err(LeaseError::Forbidden)
+                }
+                _ => Err(LeaseError::Stale),
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }
