@@ -260,8 +260,9 @@ impl RegistryService {
             .split_once('.')
             .map(|(id, _)| id)
             .ok_or(RegistryError::Unauthorized)?;
-        let known = self.known();
-        let k = known.get(id).ok_or(RegistryError::Unauthorized)?;
+        let instance = instance.filter(|i| !i.is_empty());
+        let mut known = self.known();
+        let k = known.get_mut(id).ok_or(RegistryError::Unauthorized)?;
         if !same(&k.token_hash, &hash(token)) || k.status == WorkerStatus::Revoked {
             return Err(RegistryError::Unauthorized);
         }
@@ -276,10 +277,29 @@ impl RegistryService {
         if k.status == WorkerStatus::Offline {
             return Err(RegistryError::Offline);
         }
+        if let (None, Some(first)) = (&k.instance_id, instance) {
+            // Registered without an instance id: the first process to present one owns the
+            // token from now on, so a second process using a copy of it is refused.
+            k.instance_id = Some(first.to_string());
+            self.persist_instance(id, first);
+        }
         Ok(WorkerIdentity {
             worker_id: id.to_string(),
             labels: k.labels.clone(),
         })
+    }
+
+    /// Stores the instance a worker was pinned to (so a restarted controller keeps the pin).
+    fn persist_instance(&self, worker_id: &str, instance: &str) {
+        let (db, wid, inst) = (self.db.clone(), worker_id.to_string(), instance.to_string());
+        tokio::spawn(async move {
+            let r = db
+                .run(move |c| db::workers::pin_instance(c, &wid, &inst))
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot store a worker's instance id");
+            }
+        });
     }
 
     /// Records a heartbeat and renews the leases it lists.
