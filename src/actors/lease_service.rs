@@ -126,6 +126,15 @@ pub fn authorize(
     }
 }
 
+/// What one claim attempt found.
+enum Attempt {
+    Got(Box<Assignment>),
+    /// Nothing this worker may take right now.
+    Empty,
+    /// The worker takes nothing new: it is draining, offline or revoked.
+    Closed,
+}
+
 impl LeaseService {
     /// Claims a step for a worker, waiting up to `wait` for one to be queued.
     pub async fn claim(
@@ -138,10 +147,17 @@ impl LeaseService {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut ticket = self.waiters.register(worker_id, labels);
-            let got = self.try_claim(worker_id, labels).await;
-            if !matches!(got, Ok(None)) {
+            let (got, closed) = match self.try_claim(worker_id, labels).await {
+                Ok(Attempt::Empty) => (None, false),
+                Ok(Attempt::Got(a)) => (Some(Ok(Some(*a))), false),
+                // Draining or gone: answer at once.
+                Ok(Attempt::Closed) => (Some(Ok(None)), true),
+                Err(e) => (Some(Err(e)), false),
+            };
+            if let Some(got) = got {
                 self.waiters.remove(ticket.id);
-                if ticket.woken.try_recv().is_ok() {
+                // A closed worker may have used up a wake-up meant for a step: pass it on.
+                if ticket.woken.try_recv().is_ok() || closed {
                     // Woken for a step we did not take: let someone else have a look.
                     self.waiters.wake_any();
                 }
@@ -162,11 +178,7 @@ impl LeaseService {
     }
 
     /// One claim attempt: lease the oldest matching step, record it, build the assignment.
-    async fn try_claim(
-        &self,
-        worker_id: &str,
-        labels: &[String],
-    ) -> Result<Option<Assignment>, LeaseError> {
+    async fn try_claim(&self, worker_id: &str, labels: &[String]) -> Result<Attempt, LeaseError> {
         let (wid, lbl) = (worker_id.to_string(), labels.to_vec());
         let (ttl, window) = (
             self.lease.ttl_ms as i64,
@@ -182,8 +194,15 @@ impl LeaseService {
                     ttl_ms: ttl,
                     affinity_window_ms: window,
                 };
+                // A draining (or meanwhile offline or revoked) worker takes nothing new, even
+                // from a long poll that began before it said so.
+                let may_take = db::workers::get(c, &wid)?
+                    .is_some_and(|w| w.status == "idle" || w.status == "busy");
+                if !may_take {
+                    return Ok(Err(Attempt::Closed));
+                }
                 let Some(g) = leases::claim(c, &spec)? else {
-                    return Ok(None);
+                    return Ok(Err(Attempt::Empty));
                 };
                 let run = db::runs::require(c, &g.step.run_id)?;
                 let state = db::runs::state(c, &run.id)?;
@@ -217,11 +236,12 @@ impl LeaseService {
                     g.now_ms,
                 )?;
                 let offset = output.size(&run.id, &s.id);
-                Ok(Some((g, run, state, offset)))
+                Ok(Ok((g, run, state, offset)))
             })
             .await?;
-        let Some((g, run, state, offset)) = got else {
-            return Ok(None);
+        let (g, run, state, offset) = match got {
+            Ok(v) => v,
+            Err(nothing) => return Ok(nothing),
         };
         self.metrics
             .step_dispatch
@@ -229,7 +249,7 @@ impl LeaseService {
         tracing::info!(run_id = %run.id, step_id = %g.step.id, worker_id, lease_epoch = g.lease.epoch, phase = %g.step.phase, "lease granted");
         self.hub.notify(&run.id);
         assignment::build(&run, &state, &g.step, &g.lease, offset)
-            .map(Some)
+            .map(|a| Attempt::Got(Box::new(a)))
             .map_err(LeaseError::Internal)
     }
 
