@@ -246,7 +246,7 @@ impl LeaseService {
         self.metrics
             .step_dispatch
             .observe((g.now_ms - g.step.queued_at).max(0) as f64 / 1000.0);
-        tracing::info!(run_id = %run.id, step_id = %g.step.id, worker_id, lease_epoch = g.lease.epoch, phase = %g.step.phase, "lease granted");
+        tracing::info!(run_id = %run.id, step_id = %g.step.id, worker_id = %worker_id, lease_epoch = g.lease.epoch, phase = %g.step.phase, "lease granted");
         self.hub.notify(&run.id);
         assignment::build(&run, &state, &g.step, &g.lease, offset)
             .map(|a| Attempt::Got(Box::new(a)))
@@ -323,6 +323,7 @@ impl LeaseService {
         self.metrics
             .lease_released_total
             .fetch_add(1, Ordering::Relaxed);
+        log_released(std::slice::from_ref(&r), reason);
         self.after_requeue(&[r]);
         Ok(())
     }
@@ -343,6 +344,7 @@ impl LeaseService {
         self.metrics
             .lease_released_total
             .fetch_add(list.len() as u64, Ordering::Relaxed);
+        log_released(&list, reason);
         self.after_requeue(&list);
         Ok(list.len())
     }
@@ -402,6 +404,13 @@ impl LeaseService {
                 }
             });
         }
+    }
+}
+
+/// One log line per lease taken back, naming the step, its worker and the epoch.
+fn log_released(list: &[Requeued], reason: &str) {
+    for r in list {
+        tracing::info!(run_id = %r.run_id, step_id = %r.step_id, worker_id = %r.worker_id, lease_epoch = r.epoch, reason, "lease released");
     }
 }
 
