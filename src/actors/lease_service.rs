@@ -131,7 +131,7 @@ enum Attempt {
     Got(Box<Assignment>),
     /// Nothing this worker may take right now.
     Empty,
-    /// The worker takes nothing new: it is draining, offline or revoked.
+    /// The worker takes nothing new: it is draining or revoked.
     Closed,
 }
 
@@ -194,10 +194,12 @@ impl LeaseService {
                     ttl_ms: ttl,
                     affinity_window_ms: window,
                 };
-                // A draining (or meanwhile offline or revoked) worker takes nothing new, even
-                // from a long poll that began before it said so.
+                // A draining (or revoked) worker takes nothing new, even from a long poll that
+                // began before it said so. An offline one is refused at authentication; the
+                // in-process worker of the single role keeps claiming even if it was once marked
+                // offline (after a suspend), as it never registers again.
                 let may_take = db::workers::get(c, &wid)?
-                    .is_some_and(|w| w.status == "idle" || w.status == "busy");
+                    .is_some_and(|w| w.status != "draining" && w.status != "revoked");
                 if !may_take {
                     return Ok(Err(Attempt::Closed));
                 }
