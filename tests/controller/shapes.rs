@@ -174,3 +174,60 @@ async fn a_repeated_identical_completion_is_idempotent() {
     crate::harness::refused(&w.complete(&lease, &other).await, 409, "stale_lease");
     assert_eq!(ctl.snapshot(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_run_s_assignments_name_the_repository_and_carry_the_last_checkpoint() {
+    let ctl = Ctl::start("ctl-git", LONG).await;
+    let w = ctl.worker("w", &[]).await;
+    let repo = crate::support::repo::Repo::create(ctl.dir.path(), "gitrepo", 2, "tick", &[]);
+    let run = crate::support::pool::submit_git(&ctl.client, &ctl.base, &repo, "gitrun").await;
+    let (lease, a) = w.take().await;
+    assert_eq!(lease.run, run);
+    let ws = &a["workspace"];
+    assert_eq!(ws["source"], "git", "{a}");
+    assert_eq!(ws["repo_url"], repo.url().as_str());
+    assert!(
+        ws["repo_ref"].as_str().is_some_and(|r| !r.is_empty()),
+        "{ws}"
+    );
+    assert!(
+        ws["run_branch"].as_str().is_some_and(|b| !b.is_empty()),
+        "{ws}"
+    );
+    assert!(
+        ws["checkpoint"].is_null(),
+        "a first step has no checkpoint: {ws}"
+    );
+
+    // The step's checkpoint bundle is an artifact; the next step is told to restore it.
+    let bundle = b"not really a bundle";
+    assert_eq!(w.artifact(&lease, "step-1.bundle", bundle).await.0, 201);
+    let mut done = Worker::completion(&lease);
+    done["checkpoint"] = json!({"kind": "git_bundle", "name": "step-1.bundle", "head": "0123abcd"});
+    done["artifacts"] = json!([{"name": "step-1.bundle", "size": bundle.len(),
+                                "sha256": hex::encode(Sha256::digest(bundle))}]);
+    assert_eq!(w.complete(&lease, &done).await.0, 200);
+    let (next, a) = w.take().await;
+    assert_ne!(next.step, lease.step);
+    let cp = &a["workspace"]["checkpoint"];
+    assert_eq!(
+        (cp["name"].as_str(), cp["head"].as_str()),
+        (Some("step-1.bundle"), Some("0123abcd")),
+        "{a}"
+    );
+    // The worker holding the next step may read the bundle back.
+    let path = format!(
+        "/steps/{}/artifacts/step-1.bundle?epoch={}",
+        next.step, next.epoch
+    );
+    let got = w.req(reqwest::Method::GET, &path).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(&got.bytes().await.unwrap()[..], bundle);
+    // The previous step's lease reads nothing any more.
+    let path = format!(
+        "/steps/{}/artifacts/step-1.bundle?epoch={}",
+        lease.step, lease.epoch
+    );
+    let (status, body) = crate::harness::answer(w.req(reqwest::Method::GET, &path)).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("stale_lease")));
+}
