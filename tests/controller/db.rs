@@ -54,6 +54,20 @@ impl Ctl {
         r.instance_id
     }
 
+    /// When a step was (last) queued, by the database clock.
+    pub fn queued_at(&self, step: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            queued_at: i64,
+        }
+        let r: Row = diesel::sql_query("SELECT queued_at FROM steps WHERE id = $1")
+            .bind::<Text, _>(step)
+            .get_result(&mut self.pg())
+            .expect("step row");
+        r.queued_at
+    }
+
     /// Stored events of `types` (all types when empty), oldest first.
     pub fn events(&self, types: &[&str]) -> Vec<Event> {
         let rows: Vec<Event> = diesel::sql_query(

@@ -90,3 +90,33 @@ async fn the_previous_steps_worker_is_preferred_within_the_window() {
     assert_eq!(second.step, next);
     assert_eq!(ctl.step(&run, &next).await["worker_id"], a.id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_affinity_window_another_worker_takes_the_step() {
+    let window_ms = 1500;
+    let ctl = Ctl::start(
+        "ctl-window",
+        &[
+            ("LOOPD__LEASE__TTL_MS", "600000"),
+            ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "600000"),
+            ("LOOPD__SCHEDULER__AFFINITY_WINDOW_MS", "1500"),
+        ],
+    )
+    .await;
+    let a = ctl.worker("a", &[]).await;
+    let b = ctl.worker("b", &[]).await;
+    let run = ctl.submit("window", 3, &[]).await;
+    let (first, _) = a.take().await;
+    assert_eq!(a.complete(&first, &Worker::completion(&first)).await.0, 200);
+    let next = ctl.queued_step(&run).await;
+    // A never claims again: B's long poll gets the step, once the window has passed.
+    let (second, _) = b.take().await;
+    assert_eq!(second.step, next);
+    let granted = ctl.step_events(&next, &["LEASE_GRANTED"]);
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].payload()["worker_id"], b.id.as_str());
+    assert!(
+        granted[0].created_at - ctl.queued_at(&next) >= window_ms,
+        "granted to another worker inside the window"
+    );
+}
