@@ -195,6 +195,14 @@ async fn a_draining_worker_gets_no_new_claims() {
         "a draining worker's long poll was given a step"
     );
     let step = ctl.queued_step(&run).await;
+    let r = wait_for("waiting_reason to name the drain", T, || async {
+        Some(ctl.run(&run).await).filter(|r| !r["waiting_reason"].is_null())
+    })
+    .await;
+    assert_eq!(
+        r["waiting_reason"],
+        "every online worker that could take it is draining"
+    );
 
     // A long poll begun while idle gets nothing once the worker says it is draining.
     let e = ctl.worker("e", &[]).await;
