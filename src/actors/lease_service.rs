@@ -1,6 +1,7 @@
 //! What the LeaseActor does, as async methods over the database: claim (with long polling),
-//! renew, complete, release, expire, and the epoch check in front of every worker write. The
-//! actor in `lease.rs` owns one `LeaseService` and forwards its messages here.
+//! renew, and the epoch check in front of every worker write (the writes are in
+//! `lease_writes.rs`, leases taken back in `lease_returns.rs`). The actor in `lease.rs` owns
+//! one `LeaseService` and forwards its messages here.
 
 use super::assignment;
 use super::events::EventHub;
@@ -8,7 +9,7 @@ use super::waiters::WaitQueue;
 use crate::api::{Assignment, CompleteRequest, HeldLease, LeaseVerdict};
 use crate::artifacts::ArtifactStore;
 use crate::db::events::NewEvent;
-use crate::db::leases::{self, ClaimSpec, Requeued};
+use crate::db::leases::{self, ClaimSpec};
 use crate::db::models::{LeaseRow, StepRow};
 use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
@@ -17,7 +18,6 @@ use crate::domain::LeaseAction;
 use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
 use crate::settings::{LeaseSettings, SchedulerSettings};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,22 +99,40 @@ impl LeaseService {
 }
 
 /// The lease a write carries must be the step's live lease, held by `worker_id`. Another
-/// worker's live lease at the same epoch is `Forbidden`; anything else is `Stale`.
+/// worker's live lease at the same epoch is `Forbidden`; anything else is `Stale`. Call it in
+/// the write's transaction: the lease row stays locked until the write commits (see
+/// [`leases::check`]), and the step is read after the lock, so it is current.
 pub fn authorize(
     c: &mut db::Conn,
     step_id: &str,
     worker_id: &str,
     epoch: i64,
 ) -> Result<(StepRow, LeaseRow), LeaseError> {
-    let step = db::steps::get(c, step_id)?.ok_or(LeaseError::NotFound)?;
     match leases::check(c, step_id, worker_id, epoch) {
-        Ok(l) => Ok((step, l)),
-        Err(DbError::StaleLease) => match leases::get(c, step_id)? {
-            Some(l) if l.worker_id != worker_id && l.epoch == epoch => Err(LeaseError::Forbidden),
-            _ => Err(LeaseError::Stale),
-        },
+        Ok(l) => {
+            let step = db::steps::get(c, step_id)?.ok_or(LeaseError::NotFound)?;
+            Ok((step, l))
+        }
+        Err(DbError::StaleLease) => {
+            db::steps::get(c, step_id)?.ok_or(LeaseError::NotFound)?;
+            match leases::get(c, step_id)? {
+                Some(l) if l.worker_id != worker_id && l.epoch == epoch => {
+                    Err(LeaseError::Forbidden)
+                }
+                _ => Err(LeaseError::Stale),
+            }
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What one claim attempt found.
+enum Attempt {
+    Got(Box<Assignment>),
+    /// Nothing this worker may take right now.
+    Empty,
+    /// The worker takes nothing new: it is draining or revoked.
+    Closed,
 }
 
 impl LeaseService {
@@ -129,10 +147,17 @@ impl LeaseService {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut ticket = self.waiters.register(worker_id, labels);
-            let got = self.try_claim(worker_id, labels).await;
-            if !matches!(got, Ok(None)) {
+            let (got, closed) = match self.try_claim(worker_id, labels).await {
+                Ok(Attempt::Empty) => (None, false),
+                Ok(Attempt::Got(a)) => (Some(Ok(Some(*a))), false),
+                // Draining or gone: answer at once.
+                Ok(Attempt::Closed) => (Some(Ok(None)), true),
+                Err(e) => (Some(Err(e)), false),
+            };
+            if let Some(got) = got {
                 self.waiters.remove(ticket.id);
-                if ticket.woken.try_recv().is_ok() {
+                // A closed worker may have used up a wake-up meant for a step: pass it on.
+                if ticket.woken.try_recv().is_ok() || closed {
                     // Woken for a step we did not take: let someone else have a look.
                     self.waiters.wake_any();
                 }
@@ -153,11 +178,7 @@ impl LeaseService {
     }
 
     /// One claim attempt: lease the oldest matching step, record it, build the assignment.
-    async fn try_claim(
-        &self,
-        worker_id: &str,
-        labels: &[String],
-    ) -> Result<Option<Assignment>, LeaseError> {
+    async fn try_claim(&self, worker_id: &str, labels: &[String]) -> Result<Attempt, LeaseError> {
         let (wid, lbl) = (worker_id.to_string(), labels.to_vec());
         let (ttl, window) = (
             self.lease.ttl_ms as i64,
@@ -173,8 +194,17 @@ impl LeaseService {
                     ttl_ms: ttl,
                     affinity_window_ms: window,
                 };
+                // A draining (or revoked) worker takes nothing new, even from a long poll that
+                // began before it said so. An offline one is refused at authentication; the
+                // in-process worker of the single role keeps claiming even if it was once marked
+                // offline (after a suspend), as it never registers again.
+                let may_take = db::workers::get(c, &wid)?
+                    .is_some_and(|w| w.status != "draining" && w.status != "revoked");
+                if !may_take {
+                    return Ok(Err(Attempt::Closed));
+                }
                 let Some(g) = leases::claim(c, &spec)? else {
-                    return Ok(None);
+                    return Ok(Err(Attempt::Empty));
                 };
                 let run = db::runs::require(c, &g.step.run_id)?;
                 let state = db::runs::state(c, &run.id)?;
@@ -208,19 +238,20 @@ impl LeaseService {
                     g.now_ms,
                 )?;
                 let offset = output.size(&run.id, &s.id);
-                Ok(Some((g, run, state, offset)))
+                Ok(Ok((g, run, state, offset)))
             })
             .await?;
-        let Some((g, run, state, offset)) = got else {
-            return Ok(None);
+        let (g, run, state, offset) = match got {
+            Ok(v) => v,
+            Err(nothing) => return Ok(nothing),
         };
         self.metrics
             .step_dispatch
             .observe((g.now_ms - g.step.queued_at).max(0) as f64 / 1000.0);
-        tracing::info!(run_id = %run.id, step_id = %g.step.id, worker_id, lease_epoch = g.lease.epoch, phase = %g.step.phase, "lease granted");
+        tracing::info!(run_id = %run.id, step_id = %g.step.id, worker_id = %worker_id, lease_epoch = g.lease.epoch, phase = %g.step.phase, "lease granted");
         self.hub.notify(&run.id);
         assignment::build(&run, &state, &g.step, &g.lease, offset)
-            .map(Some)
+            .map(|a| Attempt::Got(Box::new(a)))
             .map_err(LeaseError::Internal)
     }
 
@@ -267,97 +298,6 @@ impl LeaseService {
         Ok(verdicts)
     }
 
-    /// Hands a lease back (worker drain): the step is queued again, no retry used.
-    pub async fn release(
-        &self,
-        worker_id: &str,
-        step_id: &str,
-        epoch: i64,
-        reason: &str,
-    ) -> Result<(), LeaseError> {
-        let (wid, sid, why) = (
-            worker_id.to_string(),
-            step_id.to_string(),
-            reason.to_string(),
-        );
-        let r = self
-            .db
-            .tx(move |c| -> Result<_, LeaseError> {
-                authorize(c, &sid, &wid, epoch)?;
-                let r = leases::release(c, &sid, &wid, epoch)?;
-                let now = c.now_ms()?;
-                record_requeued(c, std::slice::from_ref(&r), ev::LEASE_RELEASED, &why, now)?;
-                Ok(r)
-            })
-            .await;
-        let r = r?;
-        self.metrics
-            .lease_released_total
-            .fetch_add(1, Ordering::Relaxed);
-        self.after_requeue(&[r]);
-        Ok(())
-    }
-
-    /// Takes every lease of a worker away (offline or revoked); each counts as a lost lease.
-    pub async fn release_worker(&self, worker_id: &str, reason: &str) -> Result<usize, LeaseError> {
-        let (wid, why) = (worker_id.to_string(), reason.to_string());
-        let max = self.sched.max_infra_attempts as i32;
-        let list = self
-            .db
-            .tx(move |c| -> Result<_, LeaseError> {
-                let list = leases::release_all_of_worker(c, &wid, max)?;
-                let now = c.now_ms()?;
-                record_requeued(c, &list, ev::LEASE_RELEASED, &why, now)?;
-                Ok(list)
-            })
-            .await?;
-        self.metrics
-            .lease_released_total
-            .fetch_add(list.len() as u64, Ordering::Relaxed);
-        self.after_requeue(&list);
-        Ok(list.len())
-    }
-
-    /// Requeues every lease past its expiry.
-    pub async fn sweep(&self) -> Result<usize, LeaseError> {
-        let max = self.sched.max_infra_attempts as i32;
-        let list = self
-            .db
-            .tx(move |c| -> Result<_, LeaseError> {
-                let list = leases::expire_due(c, max)?;
-                let now = c.now_ms()?;
-                record_requeued(c, &list, ev::LEASE_EXPIRED, "expired", now)?;
-                Ok(list)
-            })
-            .await?;
-        if !list.is_empty() {
-            self.metrics
-                .lease_expired_total
-                .fetch_add(list.len() as u64, Ordering::Relaxed);
-            for r in &list {
-                tracing::warn!(run_id = %r.run_id, step_id = %r.step_id, worker_id = %r.worker_id, lease_epoch = r.epoch, "lease expired");
-            }
-        }
-        self.after_requeue(&list);
-        Ok(list.len())
-    }
-
-    /// After leases were taken back: wake claimers, streams and the scheduler.
-    fn after_requeue(&self, list: &[Requeued]) {
-        for r in list {
-            self.hub.notify(&r.run_id);
-            if r.failed || r.canceled {
-                (self.step_finished)(r.run_id.clone());
-            } else {
-                self.metrics
-                    .step_retry_total
-                    .fetch_add(1, Ordering::Relaxed);
-                // Rare (a worker was lost): let every waiter look, whatever the step's labels.
-                self.waiters.wake_all();
-            }
-        }
-    }
-
     /// A step was queued or became claimable: wake one claimer that may take it.
     pub fn queue_changed(self: &Arc<Self>, required_labels: &str, preferred: Option<&str>) {
         let woken = self.waiters.wake(required_labels, preferred);
@@ -374,41 +314,6 @@ impl LeaseService {
             });
         }
     }
-}
-
-/// Records what happened to requeued leases as events (one per lease, plus a step failure).
-fn record_requeued(
-    c: &mut db::Conn,
-    list: &[Requeued],
-    event_type: &str,
-    reason: &str,
-    now: i64,
-) -> Result<(), DbError> {
-    for r in list {
-        let payload = if event_type == ev::LEASE_EXPIRED {
-            ev::lease_expired(&r.step_id, &r.worker_id, r.epoch)
-        } else {
-            ev::lease_released(&r.step_id, &r.worker_id, r.epoch, reason)
-        };
-        let mut events = vec![NewEvent {
-            step_id: Some(&r.step_id),
-            event_type,
-            payload,
-        }];
-        if r.failed {
-            events.push(NewEvent {
-                step_id: Some(&r.step_id),
-                event_type: ev::STEP_FAILED,
-                payload: ev::step_failed(
-                    &r.step_id,
-                    None,
-                    &format!("lost its lease {} times", r.infra_attempts),
-                ),
-            });
-        }
-        db::events::append_many(c, &r.run_id, &events, now)?;
-    }
-    Ok(())
 }
 
 /// The complete-step request's fingerprint: a repeated identical completion is idempotent.

@@ -61,9 +61,10 @@ impl LeaseService {
             step_id.to_string(),
             self.output.clone(),
         );
+        // In one transaction: the lease stays locked while the bytes are appended.
         let (run_id, next) = self
             .db
-            .run(move |c| -> Result<_, LeaseError> {
+            .tx(move |c| -> Result<_, LeaseError> {
                 let (step, _) = authorize(c, &sid, &wid, epoch)?;
                 let next = out
                     .append(&step.run_id, &sid, offset, content.as_bytes())
@@ -202,14 +203,22 @@ impl LeaseService {
         let first = self
             .db
             .tx(move |c| -> Result<_, LeaseError> {
-                let mut step = db::steps::get(c, &sid)?.ok_or(LeaseError::NotFound)?;
-                if step.completion_digest.as_deref() == Some(digest.as_str())
-                    && step.lease_epoch == req.epoch
-                    && step.worker_id.as_deref() == Some(wid.as_str())
-                {
+                let repeat = |c: &mut db::Conn| -> Result<bool, LeaseError> {
+                    let s = db::steps::get(c, &sid)?.ok_or(LeaseError::NotFound)?;
+                    Ok(s.completion_digest.as_deref() == Some(digest.as_str())
+                        && s.lease_epoch == req.epoch
+                        && s.worker_id.as_deref() == Some(wid.as_str()))
+                };
+                if repeat(c)? {
                     return Ok(None);
                 }
-                authorize(c, &sid, &wid, req.epoch)?;
+                // Locks the lease until this completion commits; the step is read after it.
+                let (mut step, _) = match authorize(c, &sid, &wid, req.epoch) {
+                    Ok(v) => v,
+                    // The same completion may have committed while this one waited for the lock.
+                    Err(LeaseError::Stale) if repeat(c)? => return Ok(None),
+                    Err(e) => return Err(e),
+                };
                 let run = db::runs::require(c, &step.run_id)?;
                 let mut state = db::runs::state(c, &run.id)?;
                 let now = c.now_ms()?;
@@ -231,7 +240,7 @@ impl LeaseService {
                     (r, _) => r.as_deref().map(storable),
                 };
                 step.runner_notes = req.runner_notes.as_deref().map(storable);
-                step.completion_digest = Some(digest);
+                step.completion_digest = Some(digest.clone());
                 let phase: StepPhase = step.phase.parse().unwrap_or(StepPhase::Implementation);
                 let log = format!("iter-{:02}-{}.log", step.attempt, phase.slug());
                 step.output_path = Some(log.clone());

@@ -1,10 +1,10 @@
 //! What the WorkerRegistryActor does: registration and per-worker tokens (stored hashed; a
 //! token is `<worker_id>.<secret>` so a request names its worker), authentication of worker
-//! requests, heartbeats, revocation, and marking silent workers offline — whose leases are
-//! then taken back at once, not at their TTL. Tokens are checked against an in-memory copy of
-//! the workers table, which this service alone writes.
+//! requests (one process per token), and heartbeats; listing, revocation and offline marking
+//! are in `registry_admin.rs`. Tokens are checked against an in-memory copy of the workers
+//! table, which this service alone writes.
 
-use super::lease::{LeaseActor, ReleaseWorkerLeases, RenewLeases};
+use super::lease::{LeaseActor, RenewLeases};
 use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
 use crate::db::models::{decode_labels, encode_labels, new_id, WorkerRow};
 use crate::db::{self, Db, DbError};
@@ -41,10 +41,10 @@ pub enum RegistryError {
 
 /// A worker as the registry remembers it.
 #[derive(Debug, Clone)]
-struct Known {
+pub(super) struct Known {
     token_hash: String,
     instance_id: Option<String>,
-    status: WorkerStatus,
+    pub(super) status: WorkerStatus,
     labels: Vec<String>,
 }
 
@@ -96,7 +96,7 @@ impl RegistryService {
         }
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+    pub(super) fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
         match self.known.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -265,8 +265,9 @@ impl RegistryService {
             .split_once('.')
             .map(|(id, _)| id)
             .ok_or(RegistryError::Unauthorized)?;
-        let known = self.known();
-        let k = known.get(id).ok_or(RegistryError::Unauthorized)?;
+        let instance = instance.filter(|i| !i.is_empty());
+        let mut known = self.known();
+        let k = known.get_mut(id).ok_or(RegistryError::Unauthorized)?;
         if !same(&k.token_hash, &hash(token)) || k.status == WorkerStatus::Revoked {
             return Err(RegistryError::Unauthorized);
         }
@@ -281,10 +282,29 @@ impl RegistryService {
         if k.status == WorkerStatus::Offline {
             return Err(RegistryError::Offline);
         }
+        if let (None, Some(first)) = (&k.instance_id, instance) {
+            // Registered without an instance id: the first process to present one owns the
+            // token from now on, so a second process using a copy of it is refused.
+            k.instance_id = Some(first.to_string());
+            self.persist_instance(id, first);
+        }
         Ok(WorkerIdentity {
             worker_id: id.to_string(),
             labels: k.labels.clone(),
         })
+    }
+
+    /// Stores the instance a worker was pinned to (so a restarted controller keeps the pin).
+    fn persist_instance(&self, worker_id: &str, instance: &str) {
+        let (db, wid, inst) = (self.db.clone(), worker_id.to_string(), instance.to_string());
+        tokio::spawn(async move {
+            let r = db
+                .run(move |c| db::workers::pin_instance(c, &wid, &inst))
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot store a worker's instance id");
+            }
+        });
     }
 
     /// Records a heartbeat and renews the leases it lists.
@@ -335,91 +355,6 @@ impl RegistryService {
             .map_err(|e| RegistryError::Lease(e.to_string()))?
             .map_err(|e| RegistryError::Lease(e.to_string()))?;
         Ok(HeartbeatResponse { leases: verdicts })
-    }
-
-    /// Every worker with the leases it holds.
-    pub async fn list(&self) -> Result<Vec<(WorkerRow, Vec<db::models::LeaseRow>)>, RegistryError> {
-        let out = self
-            .db
-            .run(|c| {
-                let workers = db::workers::all(c)?;
-                let leases = db::leases::all(c)?;
-                Ok::<_, DbError>(
-                    workers
-                        .into_iter()
-                        .map(|w| {
-                            let held = leases
-                                .iter()
-                                .filter(|l| l.worker_id == w.id)
-                                .cloned()
-                                .collect();
-                            (w, held)
-                        })
-                        .collect(),
-                )
-            })
-            .await?;
-        Ok(out)
-    }
-
-    /// Revokes a worker's token and takes its leases back.
-    pub async fn revoke(&self, worker_id: &str) -> Result<(), RegistryError> {
-        let wid = worker_id.to_string();
-        let found = self
-            .db
-            .run(move |c| db::workers::set_status(c, &wid, "revoked"))
-            .await?;
-        if !found {
-            return Err(RegistryError::NotFound);
-        }
-        if let Some(k) = self.known().get_mut(worker_id) {
-            k.status = WorkerStatus::Revoked;
-        }
-        self.take_leases(worker_id, "worker revoked").await;
-        tracing::info!(worker_id, "worker revoked");
-        Ok(())
-    }
-
-    /// Marks workers silent for longer than `worker_offline_after_ms` offline.
-    pub async fn mark_silent_offline(&self) -> Result<usize, RegistryError> {
-        let after = self.lease.worker_offline_after_ms as i64;
-        let gone = self
-            .db
-            .tx(move |c| {
-                let now = c.now_ms()?;
-                let silent = db::workers::silent_since(c, now - after)?;
-                for w in &silent {
-                    db::workers::set_status(c, &w.id, "offline")?;
-                    let p = ev::worker_offline(&w.id, &format!("no heartbeat for {after} ms"));
-                    db::events::append(c, None, None, ev::WORKER_OFFLINE, &p, now)?;
-                }
-                Ok::<_, DbError>(silent)
-            })
-            .await?;
-        for w in &gone {
-            if let Some(k) = self.known().get_mut(&w.id) {
-                k.status = WorkerStatus::Offline;
-            }
-            tracing::warn!(worker_id = %w.id, "worker offline");
-            self.take_leases(&w.id, "worker offline").await;
-        }
-        Ok(gone.len())
-    }
-
-    async fn take_leases(&self, worker_id: &str, reason: &str) {
-        let r = self
-            .leases
-            .send(ReleaseWorkerLeases {
-                worker_id: worker_id.into(),
-                reason: reason.into(),
-            })
-            .await;
-        if !matches!(r, Ok(Ok(_))) {
-            tracing::error!(
-                worker_id,
-                "cannot release the leases of a lost worker (they will expire)"
-            );
-        }
     }
 
     /// Workers that are idle, busy or draining.

@@ -208,16 +208,22 @@ fn explain_waits(c: &mut Conn) -> Result<(), SchedError> {
         let reason = match waiting {
             None => None,
             Some(s) => {
-                let fits = online
+                let fit: Vec<_> = online
                     .iter()
-                    .any(|w| labels_match(&s.required_labels, &decode_labels(&w.labels)));
-                match (online.is_empty(), fits) {
-                    (true, _) => Some("no worker is online".to_string()),
-                    (false, false) => Some(format!(
+                    .filter(|w| labels_match(&s.required_labels, &decode_labels(&w.labels)))
+                    .collect();
+                if online.is_empty() {
+                    Some("no worker is online".to_string())
+                } else if fit.is_empty() {
+                    Some(format!(
                         "no online worker has label {}",
                         decode_labels(&s.required_labels).join(", ")
-                    )),
-                    _ => None,
+                    ))
+                } else if fit.iter().all(|w| w.status == "draining") {
+                    // Draining workers take nothing new.
+                    Some("every online worker that could take it is draining".to_string())
+                } else {
+                    None
                 }
             }
         };

@@ -110,7 +110,11 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
     }))
 }
 
-/// The lease a write must carry: present, held by `worker_id` at `epoch`, not expired.
+/// The lease a write must carry: present, held by `worker_id` at `epoch`, not expired. Call
+/// it inside the write's transaction ([`Conn::write_tx`]): on Postgres the lease row stays
+/// locked (`FOR UPDATE`) until the write commits, so the expiry sweep (which skips locked
+/// rows) cannot take the lease away in between; on SQLite the immediate transaction already
+/// holds the write lock.
 pub fn check(
     conn: &mut Conn,
     step_id: &str,
@@ -118,11 +122,19 @@ pub fn check(
     epoch: i64,
 ) -> Result<LeaseRow, DbError> {
     let now = conn.now_ms()?;
-    let lease: Option<LeaseRow> = on_conn!(conn, |c| leases::table
-        .find(step_id)
-        .select(LeaseRow::as_select())
-        .first(c)
-        .optional())?;
+    let lease: Option<LeaseRow> = match conn {
+        Conn::Pg(c) => leases::table
+            .find(step_id)
+            .select(LeaseRow::as_select())
+            .for_update()
+            .first(&mut **c)
+            .optional()?,
+        Conn::Sqlite(c) => leases::table
+            .find(step_id)
+            .select(LeaseRow::as_select())
+            .first(&mut **c)
+            .optional()?,
+    };
     match lease {
         Some(l) if l.worker_id == worker_id && l.epoch == epoch && l.expires_at > now => Ok(l),
         _ => Err(DbError::StaleLease),

@@ -79,3 +79,15 @@ pub fn silent_since(conn: &mut Conn, cutoff_ms: i64) -> Result<Vec<WorkerRow>, D
         .load(c))?;
     Ok(r)
 }
+
+/// Pins a worker registered without an instance id to the first one it presented.
+pub fn pin_instance(conn: &mut Conn, id: &str, instance: &str) -> Result<(), DbError> {
+    on_conn!(conn, |c| diesel::update(
+        workers::table
+            .find(id)
+            .filter(workers::instance_id.is_null())
+    )
+    .set(workers::instance_id.eq(Some(instance)))
+    .execute(c))?;
+    Ok(())
+}

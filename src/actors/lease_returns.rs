@@ -1,0 +1,147 @@
+//! Leases taken back from their workers — handed back (drain), lost with a worker (offline or
+//! revoked), or expired — and what follows: events, metrics, log lines, and waking claimers,
+//! streams and the scheduler. Part of the LeaseActor's service.
+
+use super::lease_service::{authorize, LeaseError, LeaseService};
+use crate::db::events::NewEvent;
+use crate::db::leases::{self, Requeued};
+use crate::db::{self, DbError};
+use crate::domain::events as ev;
+use std::sync::atomic::Ordering;
+
+impl LeaseService {
+    /// Hands a lease back (worker drain): the step is queued again, no retry used.
+    pub async fn release(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        epoch: i64,
+        reason: &str,
+    ) -> Result<(), LeaseError> {
+        let (wid, sid, why) = (
+            worker_id.to_string(),
+            step_id.to_string(),
+            reason.to_string(),
+        );
+        let r = self
+            .db
+            .tx(move |c| -> Result<_, LeaseError> {
+                authorize(c, &sid, &wid, epoch)?;
+                let r = leases::release(c, &sid, &wid, epoch)?;
+                let now = c.now_ms()?;
+                record_requeued(c, std::slice::from_ref(&r), ev::LEASE_RELEASED, &why, now)?;
+                Ok(r)
+            })
+            .await;
+        let r = r?;
+        self.metrics
+            .lease_released_total
+            .fetch_add(1, Ordering::Relaxed);
+        log_released(std::slice::from_ref(&r), reason);
+        self.after_requeue(&[r]);
+        Ok(())
+    }
+
+    /// Takes every lease of a worker away (offline or revoked); each counts as a lost lease.
+    pub async fn release_worker(&self, worker_id: &str, reason: &str) -> Result<usize, LeaseError> {
+        let (wid, why) = (worker_id.to_string(), reason.to_string());
+        let max = self.sched.max_infra_attempts as i32;
+        let list = self
+            .db
+            .tx(move |c| -> Result<_, LeaseError> {
+                let list = leases::release_all_of_worker(c, &wid, max)?;
+                let now = c.now_ms()?;
+                record_requeued(c, &list, ev::LEASE_RELEASED, &why, now)?;
+                Ok(list)
+            })
+            .await?;
+        self.metrics
+            .lease_released_total
+            .fetch_add(list.len() as u64, Ordering::Relaxed);
+        log_released(&list, reason);
+        self.after_requeue(&list);
+        Ok(list.len())
+    }
+
+    /// Requeues every lease past its expiry.
+    pub async fn sweep(&self) -> Result<usize, LeaseError> {
+        let max = self.sched.max_infra_attempts as i32;
+        let list = self
+            .db
+            .tx(move |c| -> Result<_, LeaseError> {
+                let list = leases::expire_due(c, max)?;
+                let now = c.now_ms()?;
+                record_requeued(c, &list, ev::LEASE_EXPIRED, "expired", now)?;
+                Ok(list)
+            })
+            .await?;
+        if !list.is_empty() {
+            self.metrics
+                .lease_expired_total
+                .fetch_add(list.len() as u64, Ordering::Relaxed);
+            for r in &list {
+                tracing::warn!(run_id = %r.run_id, step_id = %r.step_id, worker_id = %r.worker_id, lease_epoch = r.epoch, "lease expired");
+            }
+        }
+        self.after_requeue(&list);
+        Ok(list.len())
+    }
+
+    /// After leases were taken back: wake claimers, streams and the scheduler.
+    pub(super) fn after_requeue(&self, list: &[Requeued]) {
+        for r in list {
+            self.hub.notify(&r.run_id);
+            if r.failed || r.canceled {
+                (self.step_finished)(r.run_id.clone());
+            } else {
+                self.metrics
+                    .step_retry_total
+                    .fetch_add(1, Ordering::Relaxed);
+                // Rare (a worker was lost): let every waiter look, whatever the step's labels.
+                self.waiters.wake_all();
+            }
+        }
+    }
+}
+
+/// One log line per lease taken back, naming the step, its worker and the epoch.
+fn log_released(list: &[Requeued], reason: &str) {
+    for r in list {
+        tracing::info!(run_id = %r.run_id, step_id = %r.step_id, worker_id = %r.worker_id, lease_epoch = r.epoch, reason, "lease released");
+    }
+}
+
+/// Records what happened to requeued leases as events (one per lease, plus a step failure).
+fn record_requeued(
+    c: &mut db::Conn,
+    list: &[Requeued],
+    event_type: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), DbError> {
+    for r in list {
+        let payload = if event_type == ev::LEASE_EXPIRED {
+            ev::lease_expired(&r.step_id, &r.worker_id, r.epoch)
+        } else {
+            ev::lease_released(&r.step_id, &r.worker_id, r.epoch, reason)
+        };
+        let mut events = vec![NewEvent {
+            step_id: Some(&r.step_id),
+            event_type,
+            payload,
+        }];
+        if r.failed {
+            events.push(NewEvent {
+                step_id: Some(&r.step_id),
+                event_type: ev::STEP_FAILED,
+                payload: ev::step_failed(
+                    &r.step_id,
+                    None,
+                    &format!("lost its lease {} times", r.infra_attempts),
+                ),
+            });
+        }
+        db::events::append_many(c, &r.run_id, &events, now)?;
+    }
+    Ok(())
+}
