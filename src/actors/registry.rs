@@ -98,6 +98,16 @@ forward!(Heartbeat, Result<HeartbeatResponse, RegistryError>, |svc, m| svc
     .heartbeat(&m.worker_id, m.request)
     .await);
 
+/// The single role's in-process worker, marked offline, comes back online.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct ReviveLocal {
+    pub worker_id: String,
+}
+forward!(ReviveLocal, Result<(), RegistryError>, |svc, m| svc
+    .revive_local(&m.worker_id)
+    .await);
+
 /// Every worker and its leases.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(WorkerRow, Vec<LeaseRow>)>, RegistryError>")]

@@ -35,6 +35,37 @@ impl RegistryService {
         Ok(out)
     }
 
+    /// Brings the single role's in-process worker back after it was marked offline (the
+    /// process was suspended longer than `worker_offline_after_ms`): its leases were taken back
+    /// already; from now on it claims and heartbeats again. Remote workers register again
+    /// instead.
+    pub async fn revive_local(&self, worker_id: &str) -> Result<(), RegistryError> {
+        let wid = worker_id.to_string();
+        let revived = self
+            .db
+            .tx(move |c| {
+                let now = c.now_ms()?;
+                let revived = db::workers::revive(c, &wid, now)?;
+                if revived {
+                    let p = ev::worker_heartbeat(&wid, "idle", &serde_json::json!({}));
+                    db::events::append(c, None, None, ev::WORKER_HEARTBEAT, &p, now)?;
+                }
+                Ok::<_, DbError>(revived)
+            })
+            .await?;
+        if !revived {
+            return Err(RegistryError::Offline);
+        }
+        if let Some(k) = self.known().get_mut(worker_id) {
+            k.status = WorkerStatus::Idle;
+        }
+        tracing::warn!(
+            worker_id,
+            "the in-process worker was marked offline: back online"
+        );
+        Ok(())
+    }
+
     /// Revokes a worker's token and takes its leases back.
     pub async fn revoke(&self, worker_id: &str) -> Result<(), RegistryError> {
         let wid = worker_id.to_string();

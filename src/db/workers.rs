@@ -80,6 +80,22 @@ pub fn silent_since(conn: &mut Conn, cutoff_ms: i64) -> Result<Vec<WorkerRow>, D
     Ok(r)
 }
 
+/// Brings an offline worker back online (the single role's in-process worker, which cannot
+/// register again). Returns false for a revoked or unknown worker.
+pub fn revive(conn: &mut Conn, id: &str, now_ms: i64) -> Result<bool, DbError> {
+    let n = on_conn!(conn, |c| diesel::update(
+        workers::table
+            .find(id)
+            .filter(workers::status.eq("offline"))
+    )
+    .set((
+        workers::status.eq("idle"),
+        workers::last_heartbeat_at.eq(now_ms),
+    ))
+    .execute(c))?;
+    Ok(n == 1)
+}
+
 /// Pins a worker registered without an instance id to the first one it presented.
 pub fn pin_instance(conn: &mut Conn, id: &str, instance: &str) -> Result<(), DbError> {
     on_conn!(conn, |c| diesel::update(

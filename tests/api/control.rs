@@ -216,3 +216,37 @@ async fn a_failed_run_is_retried_and_other_states_are_not() {
     )
     .await;
 }
+
+/// A single host suspended longer than `worker_offline_after_ms` finds its in-process worker
+/// marked offline when it wakes up: the worker comes back by itself and runs go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_host_s_worker_marked_offline_comes_back_and_runs_go_on() {
+    use diesel::prelude::*;
+    let env = Env::single("revive").await;
+    let url = env.sqlite_path().to_string_lossy().to_string();
+    let mut c = diesel::SqliteConnection::establish(&url).expect("open SQLite");
+    // What the offline sweep writes when the process was frozen past the offline timeout.
+    let n = diesel::sql_query("UPDATE workers SET status = 'offline'")
+        .execute(&mut c)
+        .expect("mark offline");
+    assert_eq!(n, 1);
+    wait_for(
+        "the in-process worker back online",
+        STATE_TIMEOUT,
+        || async {
+            let v = env.get_json("/workers").await;
+            let status = v["workers"][0]["status"].as_str().unwrap_or("").to_string();
+            ["idle", "busy"].contains(&status.as_str()).then_some(())
+        },
+    )
+    .await;
+    let repo = env.repo("revived", 2, "tick");
+    let id = env.create(&repo, json!({})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.wait_status(&id, "COMPLETED").await;
+    for s in steps(&env, &id).await {
+        assert_eq!(s["infra_attempts"], 0, "a step lost its lease: {s}");
+    }
+}
