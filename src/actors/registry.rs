@@ -25,18 +25,23 @@ impl Actor for WorkerRegistryActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Check often enough that a silent worker is caught within a quarter of the limit.
-        let every =
-            Duration::from_millis((self.svc.lease.worker_offline_after_ms / 4).clamp(100, 2000));
-        ctx.run_interval(every, |act, ctx| {
-            let svc = act.svc.clone();
-            ctx.wait(
-                async move {
-                    if let Err(e) = svc.mark_silent_offline().await {
-                        tracing::error!(error = %e, "offline check failed");
+        let after = Duration::from_millis(self.svc.lease.worker_offline_after_ms);
+        let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        // The first check waits one whole offline period: the workers of a controller that was
+        // down must get that long, counted from now rather than from `load`, to reach it again
+        // (a slow start must not cost them their leases).
+        ctx.run_later(after, move |_, ctx| {
+            ctx.run_interval(every, |act, ctx| {
+                let svc = act.svc.clone();
+                ctx.wait(
+                    async move {
+                        if let Err(e) = svc.mark_silent_offline().await {
+                            tracing::error!(error = %e, "offline check failed");
+                        }
                     }
-                }
-                .into_actor(act),
-            );
+                    .into_actor(act),
+                );
+            });
         });
     }
 }
