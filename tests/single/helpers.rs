@@ -208,9 +208,16 @@ pub fn phase_of(events: &[Event], step_id: &str) -> String {
         .to_string()
 }
 
-/// Whether a process with this pid exists.
+/// Whether a process with this pid exists and is not a zombie (an orphaned zombie waits for
+/// init to reap it, which some container inits do only now and then).
 pub fn pid_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 impl Drop for Single {
