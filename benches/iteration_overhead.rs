@@ -13,7 +13,8 @@
 //! output capture and streaming, artifact uploads, the verification step, SQLite writes.
 //!
 //! `LOOPD_BENCH_ITERATIONS` (default 50) sets N; `LOOPD_BENCH_LOG` is loopd's `RUST_LOG`;
-//! `LOOPD_BENCH_KEEP` keeps the files (loopd's log) instead of measuring.
+//! `LOOPD_BENCH_KEEP` keeps the files (loopd's log) instead of measuring; `LOOPD_BENCH_BIN`
+//! runs another loopd binary (to compare two builds under the same load).
 //! Run: `cargo bench --bench iteration_overhead`.
 
 use serde_json::Value;
@@ -123,7 +124,8 @@ fn main() {
         .map(|a| a.port())
         .expect("port");
     let log = std::fs::File::create(root.join("loopd.log")).expect("log");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_loopd"))
+    let bin = std::env::var("LOOPD_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_loopd").into());
+    let mut daemon = Command::new(bin)
         .args(["--role", "single", "--bind", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(root.join("data"))
