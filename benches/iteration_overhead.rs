@@ -124,7 +124,8 @@ fn main() {
         .map(|a| a.port())
         .expect("port");
     let log = std::fs::File::create(root.join("loopd.log")).expect("log");
-    let bin = std::env::var("LOOPD_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_loopd").into());
+    let bin =
+        std::env::var("LOOPD_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_loopd").into());
     let mut daemon = Command::new(bin)
         .args(["--role", "single", "--bind", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
