@@ -288,7 +288,7 @@ async fn recover_single(db: &Db, settings: &Settings) -> Result<(), AppError> {
     let max = settings.scheduler.max_infra_attempts as i32;
     let requeued = db
         .tx(move |c| {
-            let list = db::leases::release_all_except(c, &[], max)?;
+            let list = crate::actors::lease::release_all_at_restart(c, max)?;
             for w in db::workers::with_status(c, &["idle", "busy", "draining"])? {
                 db::workers::set_status(c, &w.id, "offline")?;
             }

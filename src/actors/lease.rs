@@ -3,6 +3,7 @@
 //! back the leases of lost workers, and rejects every write that carries a stale epoch. Its
 //! messages are declared here; the work is done by [`LeaseService`].
 
+pub use super::lease_returns::release_all_at_restart;
 pub use super::lease_service::{LeaseError, LeaseService, LeaseServiceParts};
 use crate::api::{ArtifactRef, Assignment, CompleteRequest, HeldLease, LeaseVerdict, OutputAck};
 use actix::prelude::*;

@@ -145,3 +145,12 @@ fn record_requeued(
     }
     Ok(())
 }
+
+/// A single host at start: its previous process and that process's runner are gone, so every
+/// lease is taken back (counted as a lost lease) and recorded as released by the restart.
+pub fn release_all_at_restart(c: &mut db::Conn, max_infra: i32) -> Result<Vec<Requeued>, DbError> {
+    let list = leases::release_all_except(c, &[], max_infra)?;
+    let now = c.now_ms()?;
+    record_requeued(c, &list, ev::LEASE_RELEASED, "daemon restarted", now)?;
+    Ok(list)
+}

@@ -42,6 +42,9 @@ pub struct Active {
     pub lost: AtomicBool,
     /// Drain: give the lease back instead of completing.
     pub handed_back: AtomicBool,
+    /// The step's work is over and its completion is being sent (or was accepted, which
+    /// drops the lease): the completion's answer, not a heartbeat, says whether it counted.
+    pub completing: AtomicBool,
 }
 
 impl Active {
@@ -82,6 +85,7 @@ impl Shared {
             cancel: CancellationToken::new(),
             lost: AtomicBool::new(false),
             handed_back: AtomicBool::new(false),
+            completing: AtomicBool::new(false),
         });
         self.active()
             .insert((step_id.to_string(), epoch), a.clone());
@@ -192,6 +196,11 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                         LeaseAction::Cancel => {
                             tracing::info!(run_id = %a.run_id, step_id = %v.step_id, "run cancelled: killing the step");
                             a.cancel.cancel();
+                        }
+                        // A heartbeat racing the completion finds the lease gone because
+                        // the completion was accepted: the step is done, not lost.
+                        LeaseAction::Stop if a.completing.load(Ordering::Acquire) => {
+                            tracing::debug!(step_id = %v.step_id, "lease ended with the step's completion");
                         }
                         LeaseAction::Stop => lose(&v.step_id, a),
                     }

@@ -265,6 +265,7 @@ async fn finish(
         }
         return;
     }
+    active.completing.store(true, Ordering::Release);
     let mut backoff = Duration::from_millis(250);
     loop {
         if active.lost.load(Ordering::Acquire) {

@@ -136,25 +136,25 @@ fn pick_next(
     let pending = db::runs::with_status(c, "PENDING")?;
     let mut picked = None;
     for run in pending {
-        let reason = if picked.is_some() || running.len() >= max_all {
-            Some(format!(
+        // Every cap that holds the run back is named: the per-workspace one still holds it
+        // when a global place frees.
+        let mut reasons = Vec::new();
+        if picked.is_some() || running.len() >= max_all {
+            reasons.push(format!(
                 "global limit reached: {} runs running (max_concurrent_runs = {max_all})",
                 running.len()
-            ))
-        } else if running
-            .iter()
-            .filter(|r| r.workspace_root == run.workspace_root)
-            .count()
-            >= max_ws
-        {
-            Some(format!(
+            ));
+        }
+        let same_ws = |r: &RunRow| r.workspace_root == run.workspace_root;
+        let in_ws = running.iter().filter(|r| same_ws(r)).count()
+            + usize::from(picked.as_ref().is_some_and(same_ws));
+        if in_ws >= max_ws {
+            reasons.push(format!(
                 "per-workspace limit reached (max_runs_per_workspace = {max_ws})"
-            ))
-        } else {
-            None
-        };
-        if let Some(r) = reason {
-            db::runs::set_waiting_reason(c, &run.id, Some(&r))?;
+            ));
+        }
+        if !reasons.is_empty() {
+            db::runs::set_waiting_reason(c, &run.id, Some(&reasons.join("; ")))?;
             continue;
         }
         let mut row = run;

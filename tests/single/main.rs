@@ -1,8 +1,15 @@
 //! Single-host loops end to end: a real `loopd --role single` process, real git repositories,
-//! the fake agent, and the `loopd` client verbs.
+//! the fake agent, and the `loopd` client verbs. The pipeline (runner notes, merge), the
+//! watchdog, recovery after SIGKILL and the concurrency caps have their own modules.
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod caps;
+mod helpers;
+mod pipeline;
+mod recovery;
+mod watchdog;
 
 use serde_json::Value;
 use std::process::Command;
