@@ -6,6 +6,7 @@ use crate::cluster::{Cluster, Timings};
 use crate::proxy::Proxy;
 use crate::sse::Reader;
 use crate::support::repo::Repo;
+use crate::support::wait_for;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -74,6 +75,18 @@ async fn output_streams_live_from_a_worker_and_resumes_without_a_gap_after_a_con
 
     // Restart the controller in the middle of the step (a network error for the worker).
     c.controller.kill9();
+    // Stay down until the worker has met the controller's absence while streaming.
+    wait_for(
+        "the worker to retry its output",
+        Duration::from_secs(30),
+        || async {
+            c.workers
+                .iter()
+                .any(|w| w.log_text().contains("cannot stream output; retrying"))
+                .then_some(())
+        },
+    )
+    .await;
     c.controller.start();
     c.controller.wait_ready("/ready").await;
     let resumed = format!("{url}?offset={}", got.cursor);
@@ -104,12 +117,6 @@ async fn output_streams_live_from_a_worker_and_resumes_without_a_gap_after_a_con
     }
     let first = &got.steps[c.steps(&id).await[0]["id"].as_str().expect("id")];
     assert!(first.contains("drip line 1 of 30") && first.contains("drip line 30 of 30"));
-    assert!(
-        c.workers
-            .iter()
-            .any(|w| w.log_text().contains("cannot stream output; retrying")),
-        "the worker met the controller's absence while streaming"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
