@@ -6,6 +6,7 @@ pub mod assignment;
 mod control;
 pub mod events;
 mod finish;
+mod finish_git;
 pub mod lease;
 mod lease_returns;
 mod lease_service;
