@@ -27,16 +27,14 @@ impl Actor for WorkerRegistryActor {
         // Check often enough that a silent worker is caught within a quarter of the limit.
         let every =
             Duration::from_millis((self.svc.lease.worker_offline_after_ms / 4).clamp(100, 2000));
-        ctx.run_interval(every, |act, ctx| {
-            let svc = act.svc.clone();
-            ctx.wait(
-                async move {
-                    if let Err(e) = svc.mark_silent_offline().await {
-                        tracing::error!(error = %e, "offline check failed");
-                    }
+        let svc = self.svc.clone();
+        super::background_tick(ctx, every, move || {
+            let svc = svc.clone();
+            async move {
+                if let Err(e) = svc.mark_silent_offline().await {
+                    tracing::error!(error = %e, "offline check failed");
                 }
-                .into_actor(act),
-            );
+            }
         });
     }
 }
