@@ -13,6 +13,7 @@ mod finish;
 pub mod lease;
 mod lease_service;
 mod lease_writes;
+mod liveness;
 mod phases;
 mod plane_retry;
 mod prompts;

@@ -1,11 +1,12 @@
 //! What the WorkerRegistryActor does: registration and per-worker tokens (stored hashed; a
 //! token is `<worker_id>.<secret>` so a request names its worker), authentication of worker
-//! requests, heartbeats, revocation, and marking silent workers offline — whose leases are
-//! then taken back at once, not at their TTL. Tokens are checked against an in-memory copy of
+//! requests, revocation; heartbeats and marking silent workers offline (whose leases are then
+//! taken back at once, not at their TTL) are in `liveness.rs`. Tokens are checked against an in-memory copy of
 //! the workers table, which this service alone writes.
 
-use super::lease::{LeaseActor, ReleaseWorkerLeases, RenewLeases};
-use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use super::lease::{LeaseActor, ReleaseWorkerLeases};
+use super::liveness::BeatBuffer;
+use crate::api::{RegisterRequest, RegisterResponse};
 use crate::db::models::{decode_labels, encode_labels, new_id, WorkerRow};
 use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
@@ -15,8 +16,8 @@ use crate::settings::{LeaseSettings, WorkerSettings};
 use actix::Addr;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Why a worker request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +42,13 @@ pub enum RegistryError {
 
 /// A worker as the registry remembers it.
 #[derive(Debug, Clone)]
-struct Known {
+pub(super) struct Known {
     token_hash: String,
     instance_id: Option<String>,
-    status: WorkerStatus,
+    pub(super) status: WorkerStatus,
     labels: Vec<String>,
+    /// When its last heartbeat arrived (or it registered, or this process started).
+    pub(super) seen: Instant,
 }
 
 /// An authenticated worker.
@@ -76,6 +79,8 @@ pub struct RegistryService {
     pub worker: WorkerSettings,
     pub leases: Addr<LeaseActor>,
     known: Mutex<HashMap<String, Known>>,
+    /// Heartbeats not yet written (see `liveness.rs`).
+    pub(super) beats: BeatBuffer,
 }
 
 impl RegistryService {
@@ -93,10 +98,11 @@ impl RegistryService {
             worker,
             leases,
             known: Mutex::new(HashMap::new()),
+            beats: BeatBuffer::default(),
         }
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+    pub(super) fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
         match self.known.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -130,6 +136,7 @@ impl RegistryService {
                     instance_id: w.instance_id,
                     status,
                     labels: decode_labels(&w.labels),
+                    seen: Instant::now(),
                 },
             );
         }
@@ -216,6 +223,7 @@ impl RegistryService {
                 instance_id: req.instance_id,
                 status: WorkerStatus::Idle,
                 labels: decode_labels(&labels),
+                seen: Instant::now(),
             },
         );
         tracing::info!(worker_id = %id, hostname = %req.hostname, "worker registered");
@@ -282,58 +290,10 @@ impl RegistryService {
         })
     }
 
-    /// Records a heartbeat and renews the leases it lists.
-    pub async fn heartbeat(
-        &self,
-        worker_id: &str,
-        req: HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, RegistryError> {
-        if !req.status.is_online() {
-            return Err(RegistryError::Invalid(
-                "status must be idle, busy or draining".into(),
-            ));
-        }
-        self.metrics
-            .heartbeats_total
-            .fetch_add(1, Ordering::Relaxed);
-        let previous = self.known().get(worker_id).map(|k| k.status);
-        let metrics = serde_json::Value::Object(req.metrics.clone());
-        let (wid, status) = (worker_id.to_string(), req.status);
-        let changed = previous != Some(status);
-        let alive = self
-            .db
-            .run(move |c| {
-                let now = c.now_ms()?;
-                let m = metrics.to_string();
-                let alive = db::workers::touch(c, &wid, status.as_str(), Some(&m), now)?;
-                if alive && changed {
-                    // Stored on changes only, not on every beat.
-                    let p = ev::worker_heartbeat(&wid, status.as_str(), &metrics);
-                    db::events::append(c, None, None, ev::WORKER_HEARTBEAT, &p, now)?;
-                }
-                Ok::<_, DbError>(alive)
-            })
-            .await?;
-        if !alive {
-            return Err(RegistryError::Offline);
-        }
-        if let Some(k) = self.known().get_mut(worker_id) {
-            k.status = status;
-        }
-        let verdicts = self
-            .leases
-            .send(RenewLeases {
-                worker_id: worker_id.to_string(),
-                leases: req.leases,
-            })
-            .await
-            .map_err(|e| RegistryError::Lease(e.to_string()))?
-            .map_err(|e| RegistryError::Lease(e.to_string()))?;
-        Ok(HeartbeatResponse { leases: verdicts })
-    }
-
     /// Every worker with the leases it holds.
     pub async fn list(&self) -> Result<Vec<(WorkerRow, Vec<db::models::LeaseRow>)>, RegistryError> {
+        // Shown heartbeat times are current.
+        self.flush_beats().await?;
         let out = self
             .db
             .run(|c| {
@@ -375,33 +335,7 @@ impl RegistryService {
         Ok(())
     }
 
-    /// Marks workers silent for longer than `worker_offline_after_ms` offline.
-    pub async fn mark_silent_offline(&self) -> Result<usize, RegistryError> {
-        let after = self.lease.worker_offline_after_ms as i64;
-        let gone = self
-            .db
-            .tx(move |c| {
-                let now = c.now_ms()?;
-                let silent = db::workers::silent_since(c, now - after)?;
-                for w in &silent {
-                    db::workers::set_status(c, &w.id, "offline")?;
-                    let p = ev::worker_offline(&w.id, &format!("no heartbeat for {after} ms"));
-                    db::events::append(c, None, None, ev::WORKER_OFFLINE, &p, now)?;
-                }
-                Ok::<_, DbError>(silent)
-            })
-            .await?;
-        for w in &gone {
-            if let Some(k) = self.known().get_mut(&w.id) {
-                k.status = WorkerStatus::Offline;
-            }
-            tracing::warn!(worker_id = %w.id, "worker offline");
-            self.take_leases(&w.id, "worker offline").await;
-        }
-        Ok(gone.len())
-    }
-
-    async fn take_leases(&self, worker_id: &str, reason: &str) {
+    pub(super) async fn take_leases(&self, worker_id: &str, reason: &str) {
         let r = self
             .leases
             .send(ReleaseWorkerLeases {
