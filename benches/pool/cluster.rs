@@ -33,6 +33,9 @@ impl Cluster {
             ("LOOPD__SCHEDULER__MAX_RUNS_PER_WORKSPACE", "100000"),
         ];
         env.extend_from_slice(extra);
+        // Experiments: LOOPD_BENCH_CONTROLLER_ENV="LOOPD__STORAGE__POOL_SIZE=32 KEY=VALUE…".
+        let more = std::env::var("LOOPD_BENCH_CONTROLLER_ENV").unwrap_or_default();
+        env.extend(more.split_whitespace().filter_map(|kv| kv.split_once('=')));
         let ctl = Loopd::spawn(
             &dir.path().join("controller"),
             &["--role", "controller"],

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 const WORKERS: usize = 1000;
 /// Linux reports /proc/PID/stat times in USER_HZ ticks, 100 per second.
-const TICKS_PER_SEC: f64 = 100.0;
+pub const TICKS_PER_SEC: f64 = 100.0;
 
 /// utime + stime of `pid`, in ticks.
-fn cpu_ticks(pid: i32) -> u64 {
+pub fn cpu_ticks(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at the last ')'.
     let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

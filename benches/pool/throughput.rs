@@ -4,6 +4,7 @@
 //! single-row UPDATE transactions per second from 64 connections.
 
 use crate::cluster::{endless, heartbeats, Cluster, SimWorker, Task};
+use crate::footprint::{cpu_ticks, TICKS_PER_SEC};
 use crate::{Opts, Table};
 use diesel::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,10 +53,16 @@ pub async fn run(o: &Opts, t: &mut Table) {
         })));
     }
     tokio::time::sleep(WARMUP).await;
-    let (d0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    let (d0, t0, c0) = (
+        done.load(Ordering::Relaxed),
+        Instant::now(),
+        cpu_ticks(c.pid()),
+    );
     tokio::time::sleep(Duration::from_secs(o.secs)).await;
     let cycles = done.load(Ordering::Relaxed) - d0;
-    let rate = cycles as f64 / t0.elapsed().as_secs_f64();
+    let secs = t0.elapsed().as_secs_f64();
+    let rate = cycles as f64 / secs;
+    let cpu = (cpu_ticks(c.pid()) - c0) as f64 / TICKS_PER_SEC / secs * 100.0;
     drop(tasks);
     // The limit is measured alone, on the same database.
     c.ctl.kill9();
@@ -66,7 +73,10 @@ pub async fn run(o: &Opts, t: &mut Table) {
     let ratio = rate / limit * 100.0;
     t.add(
         "throughput (claim+complete/s, 64 workers)",
-        format!("{rate:.0} ({} errors)", errors.load(Ordering::Relaxed)),
+        format!(
+            "{rate:.0} ({} errors; controller CPU {cpu:.0} % of a core)",
+            errors.load(Ordering::Relaxed)
+        ),
         "",
         None,
     );
