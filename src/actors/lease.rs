@@ -26,17 +26,14 @@ impl Actor for LeaseActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = Duration::from_millis(self.svc.lease.sweep_interval_ms);
-        ctx.run_interval(every, |act, ctx| {
-            let svc = act.svc.clone();
-            // One sweep at a time: the next tick waits for this one.
-            ctx.wait(
-                async move {
-                    if let Err(e) = svc.sweep().await {
-                        tracing::error!(error = %e, "lease sweep failed");
-                    }
+        let svc = self.svc.clone();
+        super::background_tick(ctx, every, move || {
+            let svc = svc.clone();
+            async move {
+                if let Err(e) = svc.sweep().await {
+                    tracing::error!(error = %e, "lease sweep failed");
                 }
-                .into_actor(act),
-            );
+            }
         });
     }
 }

@@ -30,17 +30,15 @@ impl Actor for WorkerRegistryActor {
         // The first check waits one whole offline period: the workers of a controller that was
         // down must get that long, counted from now rather than from `load`, to reach it again
         // (a slow start must not cost them their leases).
+        let svc = self.svc.clone();
         ctx.run_later(after, move |_, ctx| {
-            ctx.run_interval(every, |act, ctx| {
-                let svc = act.svc.clone();
-                ctx.wait(
-                    async move {
-                        if let Err(e) = svc.mark_silent_offline().await {
-                            tracing::error!(error = %e, "offline check failed");
-                        }
+            super::background_tick(ctx, every, move || {
+                let svc = svc.clone();
+                async move {
+                    if let Err(e) = svc.mark_silent_offline().await {
+                        tracing::error!(error = %e, "offline check failed");
                     }
-                    .into_actor(act),
-                );
+                }
             });
         });
     }
@@ -101,16 +99,6 @@ pub struct Heartbeat {
 }
 forward!(Heartbeat, Result<HeartbeatResponse, RegistryError>, |svc, m| svc
     .heartbeat(&m.worker_id, m.request)
-    .await);
-
-/// The single role's in-process worker, marked offline, comes back online.
-#[derive(Message)]
-#[rtype(result = "Result<(), RegistryError>")]
-pub struct ReviveLocal {
-    pub worker_id: String,
-}
-forward!(ReviveLocal, Result<(), RegistryError>, |svc, m| svc
-    .revive_local(&m.worker_id)
     .await);
 
 /// Every worker and its leases.

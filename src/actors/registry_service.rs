@@ -1,11 +1,13 @@
 //! What the WorkerRegistryActor does: registration and per-worker tokens (stored hashed; a
 //! token is `<worker_id>.<secret>` so a request names its worker), authentication of worker
-//! requests (one process per token), and heartbeats; listing, revocation and offline marking
-//! are in `registry_admin.rs`. Tokens are checked against an in-memory copy of the workers
-//! table, which this service alone writes.
+//! requests (one process per token); heartbeats and marking silent workers offline (whose
+//! leases are then taken back at once, not at their TTL) are in `liveness.rs`, listing and
+//! revocation in `registry_admin.rs`. Tokens are checked against an in-memory copy of the
+//! workers table, which this service alone writes.
 
-use super::lease::{LeaseActor, RenewLeases};
-use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use super::lease::LeaseActor;
+use super::liveness::BeatBuffer;
+use crate::api::{RegisterRequest, RegisterResponse};
 use crate::db::models::{decode_labels, encode_labels, new_id, WorkerRow};
 use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
@@ -15,8 +17,8 @@ use crate::settings::{LeaseSettings, WorkerSettings};
 use actix::Addr;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Why a worker request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,12 @@ pub(super) struct Known {
     instance_id: Option<String>,
     pub(super) status: WorkerStatus,
     labels: Vec<String>,
+    /// When its last heartbeat arrived (or it registered, or this process started).
+    pub(super) seen: Instant,
+    /// The single role's in-process worker: alive exactly as long as this process, so it is
+    /// never marked offline (a host suspended past the offline timeout must not lose its
+    /// steps when it wakes up).
+    pub(super) local: bool,
 }
 
 /// An authenticated worker.
@@ -76,6 +84,8 @@ pub struct RegistryService {
     pub worker: WorkerSettings,
     pub leases: Addr<LeaseActor>,
     known: Mutex<HashMap<String, Known>>,
+    /// Heartbeats not yet written (see `liveness.rs`).
+    pub(super) beats: BeatBuffer,
 }
 
 impl RegistryService {
@@ -93,6 +103,7 @@ impl RegistryService {
             worker,
             leases,
             known: Mutex::new(HashMap::new()),
+            beats: BeatBuffer::default(),
         }
     }
 
@@ -135,6 +146,8 @@ impl RegistryService {
                     instance_id: w.instance_id,
                     status,
                     labels: decode_labels(&w.labels),
+                    seen: Instant::now(),
+                    local: false,
                 },
             );
         }
@@ -221,6 +234,8 @@ impl RegistryService {
                 instance_id: req.instance_id,
                 status: WorkerStatus::Idle,
                 labels: decode_labels(&labels),
+                seen: Instant::now(),
+                local: false,
             },
         );
         tracing::info!(worker_id = %id, hostname = %req.hostname, "worker registered");
@@ -251,6 +266,9 @@ impl RegistryService {
                 instance_id: None,
             })
             .await?;
+        if let Some(k) = self.known().get_mut(&r.worker_id) {
+            k.local = true;
+        }
         Ok(r.worker_id)
     }
 
@@ -305,56 +323,6 @@ impl RegistryService {
                 tracing::error!(error = %e, "cannot store a worker's instance id");
             }
         });
-    }
-
-    /// Records a heartbeat and renews the leases it lists.
-    pub async fn heartbeat(
-        &self,
-        worker_id: &str,
-        req: HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, RegistryError> {
-        if !req.status.is_online() {
-            return Err(RegistryError::Invalid(
-                "status must be idle, busy or draining".into(),
-            ));
-        }
-        self.metrics
-            .heartbeats_total
-            .fetch_add(1, Ordering::Relaxed);
-        let previous = self.known().get(worker_id).map(|k| k.status);
-        let metrics = serde_json::Value::Object(req.metrics.clone());
-        let (wid, status) = (worker_id.to_string(), req.status);
-        let changed = previous != Some(status);
-        let alive = self
-            .db
-            .run(move |c| {
-                let now = c.now_ms()?;
-                let m = metrics.to_string();
-                let alive = db::workers::touch(c, &wid, status.as_str(), Some(&m), now)?;
-                if alive && changed {
-                    // Stored on changes only, not on every beat.
-                    let p = ev::worker_heartbeat(&wid, status.as_str(), &metrics);
-                    db::events::append(c, None, None, ev::WORKER_HEARTBEAT, &p, now)?;
-                }
-                Ok::<_, DbError>(alive)
-            })
-            .await?;
-        if !alive {
-            return Err(RegistryError::Offline);
-        }
-        if let Some(k) = self.known().get_mut(worker_id) {
-            k.status = status;
-        }
-        let verdicts = self
-            .leases
-            .send(RenewLeases {
-                worker_id: worker_id.to_string(),
-                leases: req.leases,
-            })
-            .await
-            .map_err(|e| RegistryError::Lease(e.to_string()))?
-            .map_err(|e| RegistryError::Lease(e.to_string()))?;
-        Ok(HeartbeatResponse { leases: verdicts })
     }
 
     /// Workers that are idle, busy or draining.

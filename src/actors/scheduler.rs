@@ -27,16 +27,14 @@ impl Actor for SchedulerActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = Duration::from_millis(self.svc.settings.tick_interval_ms.max(50));
-        ctx.run_interval(every, |act, ctx| {
-            let svc = act.svc.clone();
-            ctx.wait(
-                async move {
-                    if let Err(e) = svc.tick().await {
-                        tracing::error!(error = %e, "scheduler tick failed");
-                    }
+        let svc = self.svc.clone();
+        super::background_tick(ctx, every, move || {
+            let svc = svc.clone();
+            async move {
+                if let Err(e) = svc.tick().await {
+                    tracing::error!(error = %e, "scheduler tick failed");
                 }
-                .into_actor(act),
-            );
+            }
         });
     }
 }

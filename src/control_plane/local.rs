@@ -7,7 +7,7 @@ use crate::actors::lease::{
     AppendOutput, ClaimStep, CompleteStep, LeaseActor, LeaseError, ReadArtifact, RecordStepEvent,
     ReleaseLease, StoreArtifact,
 };
-use crate::actors::registry::{Heartbeat, RegistryError, ReviveLocal, WorkerRegistryActor};
+use crate::actors::registry::{Heartbeat, RegistryError, WorkerRegistryActor};
 use crate::api::{
     ArtifactRef, Assignment, CompleteRequest, HeartbeatRequest, HeldLease, LeaseVerdict,
 };
@@ -64,25 +64,14 @@ impl LocalPlane {
             metrics: Default::default(),
             leases,
         };
-        let beat = Heartbeat {
-            worker_id: self.worker_id.clone(),
-            request: request.clone(),
-        };
-        let mut r = self.registry.send(beat).await.map_err(mailbox)?;
-        if matches!(r, Err(RegistryError::Offline)) {
-            // This process was suspended long enough to be marked offline (its leases were
-            // taken back then); it is alive again, and no other process holds its identity.
-            let revive = ReviveLocal {
+        let r = self
+            .registry
+            .send(Heartbeat {
                 worker_id: self.worker_id.clone(),
-            };
-            if let Ok(Ok(())) = self.registry.send(revive).await {
-                let again = Heartbeat {
-                    worker_id: self.worker_id.clone(),
-                    request,
-                };
-                r = self.registry.send(again).await.map_err(mailbox)?;
-            }
-        }
+                request,
+            })
+            .await
+            .map_err(mailbox)?;
         match r {
             Ok(r) => Ok(r.leases),
             Err(RegistryError::Offline | RegistryError::Unauthorized | RegistryError::NotFound) => {

@@ -27,8 +27,8 @@ pub struct Granted {
     pub now_ms: i64,
 }
 
-/// Claims the oldest claimable step of a RUNNING run that this worker may run. Must run
-/// inside a write transaction.
+/// Claims the oldest claimable step of a RUNNING run that this worker may run, a step that
+/// prefers this worker before any other. Must run inside a write transaction.
 pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, DbError> {
     let now = conn.now_ms()?;
     // The distinct label sets in the queue are few; matching them here keeps the subset test
@@ -65,7 +65,18 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
                         .or(steps::preferred_worker_id.eq(me.clone()))
                         .or(steps::queued_at.le(cutoff)),
                 )
-                .order((steps::queued_at.asc(), steps::id.asc()))
+                // The steps waiting for this very worker first: taking another run's step
+                // (whose window ran out) instead would leave its own waiting a whole window.
+                .order((
+                    diesel::dsl::case_when(
+                        steps::preferred_worker_id.eq(me.clone()),
+                        0.into_sql::<diesel::sql_types::Integer>(),
+                    )
+                    .otherwise(1.into_sql::<diesel::sql_types::Integer>())
+                    .asc(),
+                    steps::queued_at.asc(),
+                    steps::id.asc(),
+                ))
                 .select(steps::id)
                 .limit(1)
         };

@@ -70,32 +70,6 @@ pub fn set_status(conn: &mut Conn, id: &str, status: &str) -> Result<bool, DbErr
     Ok(n == 1)
 }
 
-/// Online workers whose last heartbeat is older than `cutoff_ms`.
-pub fn silent_since(conn: &mut Conn, cutoff_ms: i64) -> Result<Vec<WorkerRow>, DbError> {
-    let r = on_conn!(conn, |c| workers::table
-        .filter(workers::status.eq_any(["idle", "busy", "draining"]))
-        .filter(workers::last_heartbeat_at.lt(cutoff_ms))
-        .select(WorkerRow::as_select())
-        .load(c))?;
-    Ok(r)
-}
-
-/// Brings an offline worker back online (the single role's in-process worker, which cannot
-/// register again). Returns false for a revoked or unknown worker.
-pub fn revive(conn: &mut Conn, id: &str, now_ms: i64) -> Result<bool, DbError> {
-    let n = on_conn!(conn, |c| diesel::update(
-        workers::table
-            .find(id)
-            .filter(workers::status.eq("offline"))
-    )
-    .set((
-        workers::status.eq("idle"),
-        workers::last_heartbeat_at.eq(now_ms),
-    ))
-    .execute(c))?;
-    Ok(n == 1)
-}
-
 /// Pins a worker registered without an instance id to the first one it presented.
 pub fn pin_instance(conn: &mut Conn, id: &str, instance: &str) -> Result<(), DbError> {
     on_conn!(conn, |c| diesel::update(
@@ -105,5 +79,37 @@ pub fn pin_instance(conn: &mut Conn, id: &str, instance: &str) -> Result<(), DbE
     )
     .set(workers::instance_id.eq(Some(instance)))
     .execute(c))?;
+    Ok(())
+}
+
+/// Records many heartbeats at once, seen at `now_ms`: each worker's reported status and
+/// metrics (`(id, status, metrics_json)`). Workers no longer online are left alone, as in
+/// [`touch`]. One statement on Postgres.
+pub fn touch_many(
+    conn: &mut Conn,
+    beats: &[(String, String, Option<String>)],
+    now_ms: i64,
+) -> Result<(), DbError> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    if let Conn::Pg(c) = conn {
+        let ids: Vec<&str> = beats.iter().map(|b| b.0.as_str()).collect();
+        let statuses: Vec<&str> = beats.iter().map(|b| b.1.as_str()).collect();
+        let metrics: Vec<Option<&str>> = beats.iter().map(|b| b.2.as_deref()).collect();
+        diesel::sql_query(
+            "UPDATE workers SET status = u.status, metrics_json = u.metrics, \
+             last_heartbeat_at = $1 \
+             FROM unnest($2::text[], $3::text[], $4::text[]) AS u(id, status, metrics) \
+             WHERE workers.id = u.id AND workers.status IN ('idle', 'busy', 'draining')",
+        )
+        .bind::<BigInt, _>(now_ms)
+        .bind::<Array<Text>, _>(ids)
+        .bind::<Array<Text>, _>(statuses)
+        .bind::<Array<Nullable<Text>>, _>(metrics)
+        .execute(&mut **c)?;
+        return Ok(());
+    }
+    for (id, status, metrics) in beats {
+        touch(conn, id, status, metrics.as_deref(), now_ms)?;
+    }
     Ok(())
 }

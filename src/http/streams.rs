@@ -18,7 +18,8 @@ use tokio::sync::watch;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const BATCH: i64 = 500;
-const CHUNK: usize = 64 * 1024;
+/// Output bytes per frame: as large as the chunks workers post, so a reader keeps up with them.
+const CHUNK: usize = 256 * 1024;
 
 #[derive(serde::Deserialize)]
 pub struct EventsQuery {

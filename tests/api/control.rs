@@ -217,36 +217,41 @@ async fn a_failed_run_is_retried_and_other_states_are_not() {
     .await;
 }
 
-/// A single host suspended longer than `worker_offline_after_ms` finds its in-process worker
-/// marked offline when it wakes up: the worker comes back by itself and runs go on.
+/// A single host suspended longer than `worker_offline_after_ms` (a laptop asleep, a frozen
+/// process) keeps its running step when it wakes up: its in-process worker lives exactly as
+/// long as the process and is never marked offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_single_host_s_worker_marked_offline_comes_back_and_runs_go_on() {
-    use diesel::prelude::*;
-    let env = Env::single("revive").await;
-    let url = env.sqlite_path().to_string_lossy().to_string();
-    let mut c = diesel::SqliteConnection::establish(&url).expect("open SQLite");
-    // What the offline sweep writes when the process was frozen past the offline timeout.
-    let n = diesel::sql_query("UPDATE workers SET status = 'offline'")
-        .execute(&mut c)
-        .expect("mark offline");
-    assert_eq!(n, 1);
-    wait_for(
-        "the in-process worker back online",
-        STATE_TIMEOUT,
-        || async {
-            let v = env.get_json("/workers").await;
-            let status = v["workers"][0]["status"].as_str().unwrap_or("").to_string();
-            ["idle", "busy"].contains(&status.as_str()).then_some(())
-        },
+async fn a_single_host_suspended_past_the_offline_timeout_keeps_its_step() {
+    use nix::sys::signal::Signal;
+    let env = Env::single_with(
+        "suspend",
+        &[("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "600")],
     )
     .await;
-    let repo = env.repo("revived", 2, "tick");
+    let repo = env.repo("suspended", 1, "slow 6");
     let id = env.create(&repo, json!({})).await["id"]
         .as_str()
         .expect("id")
         .to_string();
-    env.wait_status(&id, "COMPLETED").await;
-    for s in steps(&env, &id).await {
-        assert_eq!(s["infra_attempts"], 0, "a step lost its lease: {s}");
+    env.wait_step_in_progress(&id).await;
+    for _ in 0..3 {
+        env.daemon.signal(Signal::SIGSTOP);
+        // The fault itself: the process stays frozen for twice the offline timeout.
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        env.daemon.signal(Signal::SIGCONT);
+        env.get_json("/health").await;
     }
+    env.wait_status(&id, "COMPLETED").await;
+    let events = run_events(&env, &id);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.starts_with("LEASE_") && e != "LEASE_GRANTED"),
+        "the step lost its lease: {events:?}"
+    );
+    let offline = env.row_counts(&["events WHERE event_type = 'WORKER_OFFLINE'"]);
+    assert_eq!(offline, [0], "the in-process worker was marked offline");
+    let first = &steps(&env, &id).await[0];
+    assert_eq!(first["lease_epoch"], 1, "{first}");
+    assert_eq!(first["infra_attempts"], 0, "{first}");
 }
