@@ -199,7 +199,11 @@ impl LeaseService {
         let digest = completion_digest(&req);
         let (wid, sid) = (worker_id.to_string(), step_id.to_string());
         let kind = self.store.kind().as_str().to_string();
-        let prefix_key = |run: &str, name: &str| format!("runs/{run}/{name}");
+        // Artifacts a worker stored itself are under its lease's own keys.
+        for a in &req.artifacts {
+            crate::artifacts::attempt_key("r", step_id, req.epoch, &a.name)
+                .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+        }
         let first = self
             .db
             .tx(move |c| -> Result<_, LeaseError> {
@@ -249,7 +253,9 @@ impl LeaseService {
                 for a in &req.artifacts {
                     let known = db::artifacts::get(c, &run.id, &a.name)?;
                     if known.is_none_or(|k| k.sha256 != a.sha256) {
-                        record_artifact(c, &run.id, &sid, a, &kind, &prefix_key(&run.id, &a.name), now)?;
+                        let key = crate::artifacts::attempt_key(&run.id, &sid, req.epoch, &a.name)
+                            .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+                        record_artifact(c, &run.id, &sid, a, &kind, &key, now)?;
                     }
                 }
                 if let Some(cp) = &req.checkpoint {

@@ -223,8 +223,10 @@ async fn upload(
         Err(e) => return Err(e.to_string()),
     };
     if let Some(store) = &shared.cfg.direct_store {
+        let key = crate::artifacts::attempt_key(&a.run_id, &a.step_id, a.epoch, name)
+            .map_err(|e| e.to_string())?;
         let s = store
-            .put(&a.run_id, name, bytes)
+            .put_key(&key, bytes)
             .await
             .map_err(|e| e.to_string())?;
         return Ok(Some(ArtifactRef {

@@ -12,7 +12,7 @@ mod names;
 mod retry;
 
 pub use error::ArtifactError;
-pub use names::{artifact_key, validate_name, MAX_NAME_BYTES};
+pub use names::{artifact_key, attempt_key, validate_name, MAX_NAME_BYTES};
 
 use crate::domain::StoreKind;
 use crate::settings::ArtifactSettings;
@@ -98,7 +98,13 @@ impl ArtifactStore {
         name: &str,
         bytes: Bytes,
     ) -> Result<Stored, ArtifactError> {
-        let key = artifact_key(run_id, name)?;
+        self.put_key(&artifact_key(run_id, name)?, bytes).await
+    }
+
+    /// Stores `bytes` under `key` (one [`artifact_key`] or [`attempt_key`] made); retried.
+    pub async fn put_key(&self, key: &str, bytes: Bytes) -> Result<Stored, ArtifactError> {
+        names::validate_key(key)?;
+        let key = key.to_string();
         let sha256 = sha256_hex(bytes.clone()).await;
         let size = bytes.len() as u64;
         self.retry

@@ -62,6 +62,20 @@ pub fn artifact_key(run_id: &str, name: &str) -> Result<String, ArtifactError> {
     Ok(format!("runs/{run_id}/{name}"))
 }
 
+/// The store key of artifact `name` written for one lease of a step (a worker that uploads to
+/// the store itself): `runs/<run_id>/steps/<step_id>/<epoch>/<name>`. Each lease has its own
+/// keys, so a worker that lost its lease and uploads late cannot overwrite what the step's
+/// next holder stored and the controller recorded.
+pub fn attempt_key(
+    run_id: &str,
+    step_id: &str,
+    epoch: i64,
+    name: &str,
+) -> Result<String, ArtifactError> {
+    validate_run_id(step_id)?;
+    artifact_key(run_id, &format!("steps/{step_id}/{epoch}/{name}"))
+}
+
 /// Checks a key handed back by a caller (it must be one [`artifact_key`] could have made).
 pub(crate) fn validate_key(key: &str) -> Result<(), ArtifactError> {
     let rest = key.strip_prefix("runs/").unwrap_or("");

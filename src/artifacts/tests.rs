@@ -123,3 +123,15 @@ fn error_text_carries_the_causes_the_top_error_hides() {
     ));
     assert_eq!(with_causes(&e), "error sending request: Connection refused");
 }
+
+#[test]
+fn each_lease_of_a_step_has_its_own_keys_and_bad_parts_are_refused() {
+    let a = attempt_key("run-1", "step-1", 1, "iter-01-impl.log").expect("key");
+    let b = attempt_key("run-1", "step-1", 2, "iter-01-impl.log").expect("key");
+    assert_eq!(a, "runs/run-1/steps/step-1/1/iter-01-impl.log");
+    assert_ne!(a, b, "a later lease never writes over an earlier one");
+    assert!(names::validate_key(&a).is_ok());
+    assert!(attempt_key("run-1", "a/b", 1, "x.log").is_err());
+    assert!(attempt_key("run-1", "step-1", 1, "../x.log").is_err());
+    assert!(attempt_key("run-1", "", 1, "x.log").is_err());
+}

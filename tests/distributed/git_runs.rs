@@ -140,11 +140,29 @@ async fn a_worker_may_upload_its_artifacts_straight_to_s3() {
         worker_log.contains("artifact stored") && worker_log.contains("checkpoints/"),
         "the worker itself stored the artifacts"
     );
+    // What the worker stored itself is under its lease's own keys
+    // (`runs/<run>/steps/<step>/<epoch>/<name>`); the controller's own files are not.
+    let steps = c.steps(&id).await;
+    let mut by_lease = 0;
     for a in c.artifacts(&id).await {
         let name = a["name"].as_str().expect("name");
-        let object = std::fs::read(c.object_path(&id, name)).expect("object in S3");
+        let mut path = c.object_path(&id, name);
+        if !path.is_file() {
+            let sid = a["step_id"]
+                .as_str()
+                .expect("a worker's artifact names its step");
+            let step = steps.iter().find(|s| s["id"] == sid).expect("its step");
+            let epoch = step["lease_epoch"].as_i64().expect("epoch").to_string();
+            path = c.object_path(&id, &format!("steps/{sid}/{epoch}/{name}"));
+            by_lease += 1;
+        }
+        let object = std::fs::read(&path).expect("object in S3");
         assert_eq!(sha256(&object), a["sha256"], "{name}");
     }
+    assert!(
+        by_lease >= 4,
+        "the worker's uploads are keyed by lease: {by_lease}"
+    );
     let subjects = c.bundle_subjects(&repo, &id).await;
     assert_eq!(
         subjects,
