@@ -3,7 +3,7 @@
 //! immediate transaction), renew, release, expire everything due, and the epoch check every
 //! worker write goes through. Times come from the database clock.
 
-use super::models::{decode_labels, encode_labels, labels_match, LeaseRow, StepRow};
+use super::models::{label_subsets, labels_match, LeaseRow, StepRow};
 use super::schema::{leases, runs, steps};
 use super::{on_conn, Conn, DbError};
 use crate::domain::pipeline::INFRA_PREFIX;
@@ -124,27 +124,6 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
         lease,
         now_ms: now,
     }))
-}
-
-/// Every label set a worker with `labels` may run, encoded as steps store them
-/// ([`encode_labels`]): all subsets of its labels. `None` above 10 labels (1,024 sets).
-fn label_subsets(labels: &[String]) -> Option<Vec<String>> {
-    let own: Vec<String> = decode_labels(&encode_labels(labels));
-    if own.len() > 10 {
-        return None;
-    }
-    let sets = (0u32..1 << own.len())
-        .map(|mask| {
-            let picked: Vec<String> = own
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| mask & (1 << i) != 0)
-                .map(|(_, l)| l.clone())
-                .collect();
-            encode_labels(&picked)
-        })
-        .collect();
-    Some(sets)
 }
 
 /// The lease a write must carry: present, held by `worker_id` at `epoch`, not expired. Call
@@ -389,31 +368,4 @@ pub fn all(conn: &mut Conn) -> Result<Vec<LeaseRow>, DbError> {
         .select(LeaseRow::as_select())
         .load(c))?;
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn a_worker_may_run_every_subset_of_its_labels_and_nothing_else() {
-        let mut all = label_subsets(&set(&["linux", "gpu", "linux", " "])).expect("few");
-        all.sort();
-        assert_eq!(all, ["", "gpu", "gpu,linux", "linux"]);
-        assert_eq!(label_subsets(&[]).expect("none"), [""]);
-        let many: Vec<String> = (0..11).map(|i| format!("l{i}")).collect();
-        assert!(
-            label_subsets(&many).is_none(),
-            "too many: the queue is asked instead"
-        );
-        // Each subset is exactly what a step requiring those labels stores.
-        for s in label_subsets(&set(&["b", "a", "c"])).expect("few") {
-            assert_eq!(s, encode_labels(&decode_labels(&s)));
-            assert!(labels_match(&s, &set(&["a", "b", "c"])));
-        }
-    }
 }
