@@ -2,7 +2,7 @@
 //! the verb says), 409 `invalid_transition` otherwise, with nothing changed.
 
 use crate::harness::{error_of, Env, STATE_TIMEOUT};
-use crate::support::wait_for;
+use crate::support::{alive as pid_alive, hang_pids, wait_for};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -62,10 +62,6 @@ async fn steps(env: &Env, id: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn pid_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_run_pauses_resumes_and_cancels_killing_its_agent() {
     let env = Env::single("pause-cancel").await;
@@ -98,16 +94,7 @@ async fn a_running_run_pauses_resumes_and_cancels_killing_its_agent() {
         .as_str()
         .expect("worktree")
         .to_string();
-    let pids_file = std::path::Path::new(&wt).join(".hang.pids");
-    let pids: Vec<i32> = wait_for("the hang pids", STATE_TIMEOUT, || async {
-        let text = std::fs::read_to_string(&pids_file).ok()?;
-        let v: Vec<i32> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        (v.len() == 2).then_some(v)
-    })
-    .await;
+    let pids = hang_pids(std::path::Path::new(&wt)).await;
     assert!(pids.iter().all(|p| pid_alive(*p)));
 
     assert_eq!(verb(&env, &id, "cancel").await, StatusCode::NO_CONTENT);

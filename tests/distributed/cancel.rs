@@ -1,9 +1,10 @@
 //! Cancelling a run whose step runs on a remote worker: the worker learns it from its next
 //! heartbeat and kills the step's whole process group (TERM, grace, KILL).
 
-use crate::cluster::{alive, hang_pids, Cluster, Timings};
+use crate::cluster::{Cluster, Timings};
 use crate::support::repo::Repo;
 use crate::support::wait_for;
+use crate::support::{alive, hang_pids};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

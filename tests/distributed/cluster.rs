@@ -238,32 +238,6 @@ pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The pids a `hang` agent wrote into its workspace, once the file is complete.
-pub async fn hang_pids(workspace: &Path) -> Vec<i32> {
-    let file = workspace.join(".hang.pids");
-    let what = format!("{} to be written", file.display());
-    let file = &file;
-    wait_for(&what, Duration::from_secs(30), || async move {
-        let text = std::fs::read_to_string(file).ok()?;
-        let pids: Vec<i32> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        (pids.len() == 2).then_some(pids)
-    })
-    .await
-}
-
-/// True while a process with this pid exists (and is not a zombie).
-pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 /// Milliseconds since the Unix epoch (the clock SSE timestamps use; same host).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

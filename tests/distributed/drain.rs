@@ -3,9 +3,10 @@
 //! without using up a retry; a second SIGTERM stops it at once and kills the step's process
 //! group.
 
-use crate::cluster::{alive, hang_pids, Cluster, Timings};
+use crate::cluster::{Cluster, Timings};
 use crate::support::repo::Repo;
 use crate::support::wait_for;
+use crate::support::{alive, hang_pids};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::time::{Duration, Instant};

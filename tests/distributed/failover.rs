@@ -4,9 +4,10 @@
 //! offline timeout: what its abandoned attempt did (commits, output) is not reused when it
 //! claims the step again. One restarted after SIGKILL: it kills what its predecessor left.
 
-use crate::cluster::{alive, hang_pids, now_ms, Cluster, Timings};
+use crate::cluster::{now_ms, Cluster, Timings};
 use crate::support::repo::Repo;
 use crate::support::wait_for;
+use crate::support::{alive, hang_pids};
 use nix::sys::signal::Signal;
 use std::time::Duration;
 

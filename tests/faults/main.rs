@@ -50,13 +50,7 @@ async fn a_controller_killed_mid_run_comes_back_with_every_run_as_it_was() {
             ("LOOPD__SCHEDULER__MAX_RUNS_PER_WORKSPACE", "5"),
         ],
     );
-    let mut controller = Loopd::spawn_on(
-        &dir.path().join("controller"),
-        free_port(),
-        &["--role", "controller"],
-        &refs(&env),
-    );
-    controller.wait_ready("/ready").await;
+    let mut controller = pool::controller(dir.path(), &env).await;
     let base = controller.url();
     let client = reqwest::Client::new();
     let workers: Vec<Loopd> = (0..2)
@@ -136,13 +130,7 @@ async fn a_controller_down_longer_than_a_lease_takes_no_step_from_its_live_worke
     let dir = test_dir("controller-outage");
     let db = TestDb::create();
     let env = controller_env(&db.url, &[]);
-    let mut controller = Loopd::spawn_on(
-        &dir.path().join("controller"),
-        free_port(),
-        &["--role", "controller"],
-        &refs(&env),
-    );
-    controller.wait_ready("/ready").await;
+    let mut controller = pool::controller(dir.path(), &env).await;
     let base = controller.url();
     let client = reqwest::Client::new();
     let _w = pool::worker(dir.path(), "w0", &base, &[]);
@@ -191,13 +179,7 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_everything_recovers() 
             ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "15000"),
         ],
     );
-    let controller = Loopd::spawn_on(
-        &dir.path().join("controller"),
-        free_port(),
-        &["--role", "controller"],
-        &refs(&env),
-    );
-    controller.wait_ready("/ready").await;
+    let controller = pool::controller(dir.path(), &env).await;
     let base = controller.url();
     let client = reqwest::Client::new();
     let _w = pool::worker(dir.path(), "w0", &base, &[]);
@@ -241,13 +223,7 @@ async fn a_worker_frozen_past_its_lease_is_refused_and_kills_its_own_step() {
     let dir = test_dir("sigstop");
     let db = TestDb::create();
     let env = controller_env(&db.url, &[]);
-    let controller = Loopd::spawn_on(
-        &dir.path().join("controller"),
-        free_port(),
-        &["--role", "controller"],
-        &refs(&env),
-    );
-    controller.wait_ready("/ready").await;
+    let controller = pool::controller(dir.path(), &env).await;
     let base = controller.url();
     let client = reqwest::Client::new();
     let workers = [

@@ -208,18 +208,6 @@ pub fn phase_of(events: &[Event], step_id: &str) -> String {
         .to_string()
 }
 
-/// Whether a process with this pid exists and is not a zombie (an orphaned zombie waits for
-/// init to reap it, which some container inits do only now and then).
-pub fn pid_alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
-}
-
 impl Drop for Single {
     /// SIGTERM first so the daemon kills the agents it runs (a hanging agent would outlive a
     /// SIGKILLed daemon); the process guard SIGKILLs whatever is left.

@@ -2,8 +2,8 @@
 //! it kills the agent its predecessor left running, queues the interrupted step again (from a
 //! fresh step directory) and finishes the run; no step is left IN_PROGRESS.
 
-use crate::helpers::{pid_alive, Single, STATE_TIMEOUT};
-use crate::support::wait_for;
+use crate::helpers::{Single, STATE_TIMEOUT};
+use crate::support::{alive as pid_alive, hang_pids, wait_for};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,16 +17,7 @@ async fn a_daemon_killed_mid_step_requeues_the_step_and_completes_after_restart(
         .as_str()
         .expect("worktree")
         .to_string();
-    let pids_file = std::path::Path::new(&wt).join(".hang.pids");
-    let pids: Vec<i32> = wait_for("the agent's pids", STATE_TIMEOUT, || async {
-        let text = std::fs::read_to_string(&pids_file).ok()?;
-        let v: Vec<i32> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        (v.len() == 2).then_some(v)
-    })
-    .await;
+    let pids = hang_pids(std::path::Path::new(&wt)).await;
 
     s.daemon.kill9();
     // The agent's shell dies with its daemon (parent-death signal), but what it started, in

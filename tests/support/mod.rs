@@ -81,3 +81,32 @@ pub fn test_dir(name: &str) -> TestDir {
             .expect("test dir"),
     ))
 }
+
+/// The pids a `hang` agent wrote into its workspace (its shell and the `sleep` it started),
+/// once the file is complete.
+pub async fn hang_pids(workspace: &std::path::Path) -> Vec<i32> {
+    let file = workspace.join(".hang.pids");
+    let what = format!("{} to be written", file.display());
+    let file = &file;
+    wait_for(&what, Duration::from_secs(30), || async move {
+        let text = std::fs::read_to_string(file).ok()?;
+        let pids: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    })
+    .await
+}
+
+/// True while a process with this pid exists and has not exited (a zombie or a dead task
+/// counts as gone).
+pub fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}

@@ -37,6 +37,18 @@ pub fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, s)| (k.as_str(), s.as_str())).collect()
 }
 
+/// Starts a controller with `env` in `dir/controller` on a free port; returns it ready.
+pub async fn controller(dir: &Path, env: &[(String, String)]) -> Loopd {
+    let c = Loopd::spawn_on(
+        &dir.join("controller"),
+        super::free_port(),
+        &["--role", "controller"],
+        &refs(env),
+    );
+    c.wait_ready("/ready").await;
+    c
+}
+
 /// Starts a worker of `controller_url` in `dir/name`.
 pub fn worker(dir: &Path, name: &str, controller_url: &str, extra: &[(&str, &str)]) -> Loopd {
     let mut env = vec![

@@ -15,10 +15,9 @@ use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::pg::TestDb;
-use support::pool::{controller_env, refs, JOIN};
-use support::proc::Loopd;
+use support::pool::{self, controller_env, JOIN};
 use support::repo::Repo;
-use support::{free_port, test_dir};
+use support::test_dir;
 
 /// A status and body, or why no answer came.
 type Answer = Result<(u16, String), String>;
@@ -132,13 +131,7 @@ async fn thousands_of_bad_requests_get_clean_4xx_answers_and_change_nothing() {
             ("LOOPD__LIMITS__ARTIFACT_BYTES", "1048576"),
         ],
     );
-    let controller = Loopd::spawn_on(
-        &dir.path().join("controller"),
-        free_port(),
-        &["--role", "controller"],
-        &refs(&env),
-    );
-    controller.wait_ready("/ready").await;
+    let controller = pool::controller(dir.path(), &env).await;
     let base = controller.url();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
