@@ -38,6 +38,10 @@ pub struct Subsystems {
     pub local_runners: bool,
     /// Runs steps claimed from a remote controller.
     pub remote_runners: bool,
+    /// Marks silent workers offline (and takes their leases back before their TTL). Off on a
+    /// single host, whose only worker lives and dies with the process: a restart takes its
+    /// leases back, and a host suspended for less than a lease TTL keeps its steps.
+    pub offline_detection: bool,
 }
 
 impl Subsystems {
@@ -50,6 +54,7 @@ impl Subsystems {
                 worker_api: false,
                 local_runners: true,
                 remote_runners: false,
+                offline_detection: false,
             },
             Role::Controller => Subsystems {
                 control: true,
@@ -57,6 +62,7 @@ impl Subsystems {
                 worker_api: true,
                 local_runners: false,
                 remote_runners: false,
+                offline_detection: true,
             },
             Role::Worker => Subsystems {
                 control: false,
@@ -64,6 +70,7 @@ impl Subsystems {
                 worker_api: false,
                 local_runners: false,
                 remote_runners: true,
+                offline_detection: false,
             },
         }
     }
@@ -112,7 +119,7 @@ impl Application {
             ))
         })?;
         let control = if subsystems.control {
-            Some(build_control(&settings).await?)
+            Some(build_control(&settings, subsystems).await?)
         } else {
             None
         };
@@ -220,7 +227,7 @@ async fn open_db(settings: &Settings) -> Result<Db, AppError> {
 }
 
 /// Storage, stores and the three control actors.
-async fn build_control(settings: &Settings) -> Result<Control, AppError> {
+async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Control, AppError> {
     let db = open_db(settings).await?;
     let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
         .map_err(|e| AppError::Artifacts(e.to_string()))?;
@@ -264,7 +271,7 @@ async fn build_control(settings: &Settings) -> Result<Control, AppError> {
         .load()
         .await
         .map_err(|e| AppError::Startup(e.to_string()))?;
-    let registry = WorkerRegistryActor::new(registry_svc).start();
+    let registry = WorkerRegistryActor::new(registry_svc, subsystems.offline_detection).start();
     let state = AppState {
         db,
         hub,

@@ -149,7 +149,7 @@ impl RegistryService {
             let mut known = self.known();
             known
                 .iter_mut()
-                .filter(|(_, k)| !k.local && k.status.is_online() && k.seen.elapsed() > limit)
+                .filter(|(_, k)| k.status.is_online() && k.seen.elapsed() > limit)
                 .map(|(id, k)| {
                     (
                         id.clone(),

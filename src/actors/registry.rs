@@ -12,11 +12,17 @@ use std::time::Duration;
 /// The worker owner.
 pub struct WorkerRegistryActor {
     svc: Arc<RegistryService>,
+    detect_offline: bool,
 }
 
 impl WorkerRegistryActor {
-    pub fn new(svc: Arc<RegistryService>) -> Self {
-        WorkerRegistryActor { svc }
+    /// With `detect_offline`, silent workers are marked offline on a timer (not on a single
+    /// host, whose only worker is this process).
+    pub fn new(svc: Arc<RegistryService>, detect_offline: bool) -> Self {
+        WorkerRegistryActor {
+            svc,
+            detect_offline,
+        }
     }
 }
 
@@ -24,6 +30,9 @@ impl Actor for WorkerRegistryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if !self.detect_offline {
+            return;
+        }
         // Check often enough that a silent worker is caught within a quarter of the limit.
         let after = Duration::from_millis(self.svc.lease.worker_offline_after_ms);
         let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));

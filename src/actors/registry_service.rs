@@ -50,10 +50,6 @@ pub(super) struct Known {
     labels: Vec<String>,
     /// When its last heartbeat arrived (or it registered, or this process started).
     pub(super) seen: Instant,
-    /// The single role's in-process worker: alive exactly as long as this process, so it is
-    /// never marked offline (a host suspended past the offline timeout must not lose its
-    /// steps when it wakes up).
-    pub(super) local: bool,
 }
 
 /// An authenticated worker.
@@ -147,7 +143,6 @@ impl RegistryService {
                     status,
                     labels: decode_labels(&w.labels),
                     seen: Instant::now(),
-                    local: false,
                 },
             );
         }
@@ -235,7 +230,6 @@ impl RegistryService {
                 status: WorkerStatus::Idle,
                 labels: decode_labels(&labels),
                 seen: Instant::now(),
-                local: false,
             },
         );
         tracing::info!(worker_id = %id, hostname = %req.hostname, "worker registered");
@@ -266,9 +260,6 @@ impl RegistryService {
                 instance_id: None,
             })
             .await?;
-        if let Some(k) = self.known().get_mut(&r.worker_id) {
-            k.local = true;
-        }
         Ok(r.worker_id)
     }
 

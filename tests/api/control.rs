@@ -205,8 +205,8 @@ async fn a_failed_run_is_retried_and_other_states_are_not() {
 }
 
 /// A single host suspended longer than `worker_offline_after_ms` (a laptop asleep, a frozen
-/// process) keeps its running step when it wakes up: its in-process worker lives exactly as
-/// long as the process and is never marked offline.
+/// process) but less than its lease TTL keeps its running step when it wakes up: its
+/// in-process worker lives exactly as long as the process and is never marked offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_host_suspended_past_the_offline_timeout_keeps_its_step() {
     use nix::sys::signal::Signal;
