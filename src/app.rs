@@ -7,7 +7,7 @@
 mod runners;
 
 use crate::actors::events::EventHub;
-use crate::actors::lease::{LeaseActor, LeaseService, LeaseServiceParts};
+use crate::actors::lease::{FollowUp, LeaseActor, LeaseService, LeaseServiceParts};
 use crate::actors::registry::{RegistryService, WorkerRegistryActor};
 use crate::actors::runner::WorkerHandle;
 use crate::actors::scheduler::{SchedulerActor, SchedulerService, StepFinished};
@@ -248,7 +248,13 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         store: store.clone(),
         lease: settings.lease.clone(),
         sched: settings.scheduler.clone(),
-        step_finished: Arc::new(move |run_id| sched_addr.do_send(StepFinished { run_id })),
+        follow_up: Arc::new(move |f: FollowUp| {
+            sched_addr.do_send(StepFinished {
+                run_id: f.run_id,
+                decided: f.decided,
+            })
+        }),
+        mirrors: mirrors.clone(),
     }));
     let lease = LeaseActor::new(lease_svc).start();
     let sched_svc = Arc::new(SchedulerService::new(

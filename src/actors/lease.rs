@@ -4,7 +4,7 @@
 //! messages are declared here; the work is done by [`LeaseService`].
 
 pub use super::lease_returns::release_all_at_restart;
-pub use super::lease_service::{LeaseError, LeaseService, LeaseServiceParts};
+pub use super::lease_service::{FollowUp, LeaseError, LeaseService, LeaseServiceParts};
 use crate::api::{ArtifactRef, Assignment, CompleteRequest, HeldLease, LeaseVerdict, OutputAck};
 use actix::prelude::*;
 use std::sync::Arc;

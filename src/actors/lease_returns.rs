@@ -2,7 +2,7 @@
 //! revoked), or expired — and what follows: events, metrics, log lines, and waking claimers,
 //! streams and the scheduler. Part of the LeaseActor's service.
 
-use super::lease_service::{authorize, LeaseError, LeaseService};
+use super::lease_service::{authorize, FollowUp, LeaseError, LeaseService};
 use crate::db::events::NewEvent;
 use crate::db::leases::{self, Requeued};
 use crate::db::{self, DbError};
@@ -92,7 +92,10 @@ impl LeaseService {
         for r in list {
             self.hub.notify(&r.run_id);
             if r.failed || r.canceled {
-                (self.step_finished)(r.run_id.clone());
+                (self.follow_up)(FollowUp {
+                    run_id: r.run_id.clone(),
+                    decided: None,
+                });
             } else {
                 self.metrics
                     .step_retry_total
@@ -115,7 +118,7 @@ fn log_released(list: &[Requeued], reason: &str) {
 fn record_requeued(
     c: &mut db::Conn,
     list: &[Requeued],
-    event_type: &str,
+    event_type: &'static str,
     reason: &str,
     now: i64,
 ) -> Result<(), DbError> {
@@ -126,13 +129,13 @@ fn record_requeued(
             ev::lease_released(&r.step_id, &r.worker_id, r.epoch, reason)
         };
         let mut events = vec![NewEvent {
-            step_id: Some(&r.step_id),
+            step_id: Some(r.step_id.clone()),
             event_type,
             payload,
         }];
         if r.failed {
             events.push(NewEvent {
-                step_id: Some(&r.step_id),
+                step_id: Some(r.step_id.clone()),
                 event_type: ev::STEP_FAILED,
                 payload: ev::step_failed(
                     &r.step_id,

@@ -5,6 +5,7 @@
 
 use super::assignment;
 use super::events::EventHub;
+use super::scheduler_service::Advanced;
 use super::waiters::WaitQueue;
 use crate::api::{Assignment, CompleteRequest, HeldLease, LeaseVerdict};
 use crate::artifacts::ArtifactStore;
@@ -18,6 +19,7 @@ use crate::domain::LeaseAction;
 use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
 use crate::settings::{LeaseSettings, SchedulerSettings};
+use crate::workspace::mirror::Mirrors;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,8 +56,15 @@ impl From<DbError> for LeaseError {
     }
 }
 
+/// A run whose step finished (or was given up), for the scheduler: what was already decided
+/// in the step's own transaction, to carry out, or `None`: decide now.
+pub struct FollowUp {
+    pub run_id: String,
+    pub decided: Option<Vec<Advanced>>,
+}
+
 /// Who the service tells about finished steps (the scheduler).
-pub type StepFinishedSink = Arc<dyn Fn(String) + Send + Sync>;
+pub type FollowUpSink = Arc<dyn Fn(FollowUp) + Send + Sync>;
 
 /// The lease logic and everything it needs.
 pub struct LeaseService {
@@ -67,7 +76,9 @@ pub struct LeaseService {
     pub lease: LeaseSettings,
     pub sched: SchedulerSettings,
     pub waiters: WaitQueue,
-    pub step_finished: StepFinishedSink,
+    pub follow_up: FollowUpSink,
+    /// Repository mirrors, for the prompts of the steps a completion queues.
+    pub mirrors: Arc<Mirrors>,
 }
 
 /// What a LeaseService is built from.
@@ -79,7 +90,9 @@ pub struct LeaseServiceParts {
     pub store: ArtifactStore,
     pub lease: LeaseSettings,
     pub sched: SchedulerSettings,
-    pub step_finished: StepFinishedSink,
+    pub follow_up: FollowUpSink,
+    /// Repository mirrors, for the prompts of the steps a completion queues.
+    pub mirrors: Arc<Mirrors>,
 }
 
 impl LeaseService {
@@ -93,7 +106,8 @@ impl LeaseService {
             lease: p.lease,
             sched: p.sched,
             waiters: WaitQueue::default(),
-            step_finished: p.step_finished,
+            follow_up: p.follow_up,
+            mirrors: p.mirrors,
         }
     }
 }
@@ -101,18 +115,25 @@ impl LeaseService {
 /// The lease a write carries must be the step's live lease, held by `worker_id`. Another
 /// worker's live lease at the same epoch is `Forbidden`; anything else is `Stale`. Call it in
 /// the write's transaction: the lease row stays locked until the write commits (see
-/// [`leases::check`]), and the step is read after the lock, so it is current.
+/// [`leases::check`]), and the step is read under the same lock, so it is current.
 pub fn authorize(
     c: &mut db::Conn,
     step_id: &str,
     worker_id: &str,
     epoch: i64,
 ) -> Result<(StepRow, LeaseRow), LeaseError> {
-    match leases::check(c, step_id, worker_id, epoch) {
-        Ok(l) => {
-            let step = db::steps::get(c, step_id)?.ok_or(LeaseError::NotFound)?;
-            Ok((step, l))
-        }
+    authorize_held(c, step_id, worker_id, epoch).map(|h| (h.step, h.lease))
+}
+
+/// [`authorize`], with the database time of the check.
+pub fn authorize_held(
+    c: &mut db::Conn,
+    step_id: &str,
+    worker_id: &str,
+    epoch: i64,
+) -> Result<leases::Held, LeaseError> {
+    match leases::check_held(c, step_id, worker_id, epoch) {
+        Ok(h) => Ok(h),
         Err(DbError::StaleLease) => {
             db::steps::get(c, step_id)?.ok_or(LeaseError::NotFound)?;
             match leases::get(c, step_id)? {
@@ -195,48 +216,41 @@ impl LeaseService {
                     affinity_window_ms: window,
                 };
                 // A draining (or revoked) worker takes nothing new, even from a long poll that
-                // began before it said so. An offline one is refused at authentication; the
-                // in-process worker of the single role keeps claiming even if it was once marked
-                // offline (after a suspend), as it never registers again.
-                let may_take = db::workers::get(c, &wid)?
-                    .is_some_and(|w| w.status != "draining" && w.status != "revoked");
-                if !may_take {
-                    return Ok(Err(Attempt::Closed));
-                }
+                // began before it said so (the claim itself checks). An offline one is refused
+                // at authentication; the in-process worker of the single role keeps claiming
+                // even if it was once marked offline (after a suspend), as it never registers
+                // again.
                 let Some(g) = leases::claim(c, &spec)? else {
-                    return Ok(Err(Attempt::Empty));
+                    let may_take = db::workers::get(c, &wid)?
+                        .is_some_and(|w| w.status != "draining" && w.status != "revoked");
+                    return Ok(Err(if may_take {
+                        Attempt::Empty
+                    } else {
+                        Attempt::Closed
+                    }));
                 };
                 let run = db::runs::require(c, &g.step.run_id)?;
-                let state = db::runs::state(c, &run.id)?;
                 let s = &g.step;
-                db::events::append_many(
-                    c,
-                    &run.id,
-                    &[
-                        NewEvent {
-                            step_id: Some(&s.id),
-                            event_type: ev::LEASE_GRANTED,
-                            payload: ev::lease_granted(
-                                &s.id,
-                                &wid,
-                                g.lease.epoch,
-                                &rfc3339(g.lease.expires_at),
-                            ),
-                        },
-                        NewEvent {
-                            step_id: Some(&s.id),
-                            event_type: ev::STEP_STARTED,
-                            payload: ev::step_started(
-                                &s.id,
-                                &s.phase,
-                                s.attempt,
-                                &wid,
-                                g.lease.epoch,
-                            ),
-                        },
-                    ],
-                    g.now_ms,
-                )?;
+                let events = [
+                    NewEvent {
+                        step_id: Some(s.id.clone()),
+                        event_type: ev::LEASE_GRANTED,
+                        payload: ev::lease_granted(
+                            &s.id,
+                            &wid,
+                            g.lease.epoch,
+                            &rfc3339(g.lease.expires_at),
+                        ),
+                    },
+                    NewEvent {
+                        step_id: Some(s.id.clone()),
+                        event_type: ev::STEP_STARTED,
+                        payload: ev::step_started(&s.id, &s.phase, s.attempt, &wid, g.lease.epoch),
+                    },
+                ];
+                // The run's state comes back with the event numbers taken.
+                let state = db::events::reserve(c, &run.id, events.len())?;
+                db::events::insert_numbered(c, &run.id, state.event_seq, &events, g.now_ms)?;
                 let offset = output.size(&run.id, &s.id);
                 Ok(Ok((g, run, state, offset)))
             })

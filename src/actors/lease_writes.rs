@@ -1,7 +1,10 @@
 //! What a lease holder writes for its step — output, events, artifacts, the completion — each
 //! checked against the step's current lease epoch first. Part of the LeaseActor's service.
 
-use super::lease_service::{authorize, completion_digest, LeaseError, LeaseService};
+use super::decide::{decide_in_tx, decides_now};
+use super::lease_service::{
+    authorize, authorize_held, completion_digest, FollowUp, LeaseError, LeaseService,
+};
 use crate::api::{ArtifactRef, CompleteRequest, OutputAck};
 use crate::artifacts::validate_name;
 use crate::db::events::NewEvent;
@@ -204,6 +207,8 @@ impl LeaseService {
             crate::artifacts::attempt_key("r", step_id, req.epoch, &a.name)
                 .map_err(|e| LeaseError::Invalid(e.to_string()))?;
         }
+        let mirrors = self.mirrors.clone();
+        // One transaction records the completion and decides what follows it.
         let first = self
             .db
             .tx(move |c| -> Result<_, LeaseError> {
@@ -213,19 +218,15 @@ impl LeaseService {
                         && s.lease_epoch == req.epoch
                         && s.worker_id.as_deref() == Some(wid.as_str()))
                 };
-                if repeat(c)? {
-                    return Ok(None);
-                }
                 // Locks the lease until this completion commits; the step is read after it.
-                let (mut step, _) = match authorize(c, &sid, &wid, req.epoch) {
-                    Ok(v) => v,
-                    // The same completion may have committed while this one waited for the lock.
+                let held = match authorize_held(c, &sid, &wid, req.epoch) {
+                    Ok(h) => h,
+                    // Already completed (perhaps while this one waited for the lock).
                     Err(LeaseError::Stale) if repeat(c)? => return Ok(None),
                     Err(e) => return Err(e),
                 };
-                let run = db::runs::require(c, &step.run_id)?;
-                let mut state = db::runs::state(c, &run.id)?;
-                let now = c.now_ms()?;
+                let (mut step, now) = (held.step, held.now_ms);
+                let (run, mut state) = db::runs::lock_with_state(c, &step.run_id)?;
                 let ok = req.status == StepOutcome::Succeeded;
                 step.status = if run.status == "CANCELED" {
                     "CANCELED"
@@ -248,7 +249,6 @@ impl LeaseService {
                 let phase: StepPhase = step.phase.parse().unwrap_or(StepPhase::Implementation);
                 let log = format!("iter-{:02}-{}.log", step.attempt, phase.slug());
                 step.output_path = Some(log.clone());
-                db::steps::save(c, &step)?;
                 db::leases::delete(c, &sid)?;
                 for a in &req.artifacts {
                     let known = db::artifacts::get(c, &run.id, &a.name)?;
@@ -263,29 +263,37 @@ impl LeaseService {
                     state.checkpoint_head = Some(cp.head.clone());
                 }
                 state.last_worker_id = Some(wid.clone());
-                db::runs::save_state(c, &state)?;
                 let event = if ok || phase == StepPhase::Verification {
                     NewEvent {
-                        step_id: Some(&sid),
+                        step_id: Some(sid.clone()),
                         event_type: ev::STEP_FINISHED,
                         payload: ev::step_finished(&sid, req.exit_code.unwrap_or(if ok { 0 } else { 1 }), req.duration_ms, &log),
                     }
                 } else {
                     NewEvent {
-                        step_id: Some(&sid),
+                        step_id: Some(sid.clone()),
                         event_type: ev::STEP_FAILED,
                         payload: ev::step_failed(&sid, req.exit_code, req.failure_reason.as_deref().unwrap_or("failed")),
                     }
                 };
-                db::events::append_many(c, &run.id, &[event], now)?;
                 tracing::info!(run_id = %run.id, step_id = %sid, worker_id = %wid, lease_epoch = req.epoch, status = %step.status, "step completed");
-                Ok(Some(run.id))
+                // The scheduler's decision, in this transaction when the run is going on;
+                // otherwise the step is recorded and the scheduler looks at the run afterwards.
+                if decides_now(c, &run, &state, &sid)? {
+                    let actions = decide_in_tx(c, &run, state, Some(step), vec![event], &mirrors, now)
+                        .map_err(|e| LeaseError::Internal(e.to_string()))?;
+                    return Ok(Some((run.id, Some(actions))));
+                }
+                db::steps::save(c, &step)?;
+                let seq = db::runs::save_state_with_events(c, &state, 1)?;
+                db::events::insert_numbered(c, &run.id, seq, &[event], now)?;
+                Ok(Some((run.id, None)))
             })
             .await
             ?;
-        if let Some(run_id) = first {
+        if let Some((run_id, decided)) = first {
             self.hub.notify(&run_id);
-            (self.step_finished)(run_id);
+            (self.follow_up)(FollowUp { run_id, decided });
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 pub mod assignment;
 mod control;
+mod decide;
 pub mod events;
 mod finish;
 mod finish_git;

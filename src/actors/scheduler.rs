@@ -4,7 +4,7 @@
 //! [`SchedulerService`].
 
 pub use super::control::Control;
-pub use super::scheduler_service::{SchedError, SchedulerService};
+pub use super::scheduler_service::{Advanced, SchedError, SchedulerService};
 use crate::api::CreateRunRequest;
 use crate::db::models::RunRow;
 use actix::prelude::*;
@@ -78,11 +78,13 @@ impl Handler<ControlRun> for SchedulerActor {
     }
 }
 
-/// A step of the run finished (or was given up): decide what follows.
+/// A step of the run finished (or was given up): carry out what its transaction decided
+/// to follow it, or, when nothing was decided there, decide now.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StepFinished {
     pub run_id: String,
+    pub decided: Option<Vec<Advanced>>,
 }
 
 impl Handler<StepFinished> for SchedulerActor {
@@ -90,7 +92,9 @@ impl Handler<StepFinished> for SchedulerActor {
     fn handle(&mut self, m: StepFinished, _: &mut Self::Context) -> Self::Result {
         let svc = self.svc.clone();
         Box::pin(async move {
-            if let Err(e) = svc.advance(&m.run_id).await {
+            if let Some(actions) = m.decided {
+                svc.carry_out(&m.run_id, actions).await;
+            } else if let Err(e) = svc.advance(&m.run_id).await {
                 // The tick retries: the step stays unsettled until an advance succeeds.
                 tracing::error!(run_id = %m.run_id, error = %e, "cannot advance run");
             }

@@ -1,6 +1,6 @@
 //! Queries on `events`: appending (numbered per run) and reading after a cursor.
 
-use super::models::{new_id, EventRow};
+use super::models::{new_id, EventRow, RunStateRow};
 use super::schema::{events, run_state};
 use super::{on_conn, runs, Conn, DbError};
 use diesel::prelude::*;
@@ -35,9 +35,9 @@ pub fn append(
 
 /// One event to append with [`append_many`].
 #[derive(Debug, Clone)]
-pub struct NewEvent<'a> {
-    pub step_id: Option<&'a str>,
-    pub event_type: &'a str,
+pub struct NewEvent {
+    pub step_id: Option<String>,
+    pub event_type: &'static str,
     pub payload: serde_json::Value,
 }
 
@@ -45,19 +45,42 @@ pub struct NewEvent<'a> {
 pub fn append_many(
     conn: &mut Conn,
     run_id: &str,
-    list: &[NewEvent<'_>],
+    list: &[NewEvent],
+    now_ms: i64,
+) -> Result<(), DbError> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    let state = reserve(conn, run_id, list.len())?;
+    insert_numbered(conn, run_id, state.event_seq, list, now_ms)
+}
+
+/// Takes `n` event numbers of a run (locking its `run_state` row until commit, so events are
+/// numbered in commit order) and returns the run's state as it now is: one statement for a
+/// caller that needs both.
+pub fn reserve(conn: &mut Conn, run_id: &str, n: usize) -> Result<RunStateRow, DbError> {
+    let n = n as i64;
+    let state: Option<RunStateRow> =
+        on_conn!(conn, |c| diesel::update(run_state::table.find(run_id))
+            .set(run_state::event_seq.eq(run_state::event_seq + n))
+            .returning(RunStateRow::as_returning())
+            .get_result(c)
+            .optional())?;
+    state.ok_or(DbError::NotFound)
+}
+
+/// Inserts events numbered up to `last` (taken with [`reserve`]).
+pub fn insert_numbered(
+    conn: &mut Conn,
+    run_id: &str,
+    last: i64,
+    list: &[NewEvent],
     now_ms: i64,
 ) -> Result<(), DbError> {
     if list.is_empty() {
         return Ok(());
     }
     let n = list.len() as i64;
-    let last: Option<i64> = on_conn!(conn, |c| diesel::update(run_state::table.find(run_id))
-        .set(run_state::event_seq.eq(run_state::event_seq + n))
-        .returning(run_state::event_seq)
-        .get_result(c)
-        .optional())?;
-    let last = last.ok_or(DbError::NotFound)?;
     let rows: Vec<EventRow> = list
         .iter()
         .enumerate()
@@ -65,7 +88,7 @@ pub fn append_many(
             id: new_id(),
             run_id: Some(run_id.to_string()),
             run_seq: Some(last - n + 1 + i as i64),
-            step_id: e.step_id.map(str::to_string),
+            step_id: e.step_id.clone(),
             event_type: e.event_type.to_string(),
             payload_json: e.payload.to_string(),
             created_at: now_ms,

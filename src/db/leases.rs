@@ -4,10 +4,13 @@
 //! worker write goes through. Times come from the database clock.
 
 use super::models::{label_subsets, labels_match, LeaseRow, StepRow};
-use super::schema::{leases, runs, steps};
+use super::schema::{leases, runs, steps, workers};
 use super::{on_conn, Conn, DbError};
-use crate::domain::pipeline::INFRA_PREFIX;
 use diesel::prelude::*;
+
+pub use super::requeue::{
+    expire_due, release, release_all_except, release_all_of_worker, Requeued,
+};
 
 /// Who is claiming, and the rules for what it may take.
 #[derive(Debug, Clone)]
@@ -28,7 +31,8 @@ pub struct Granted {
 }
 
 /// Claims the oldest claimable step of a RUNNING run that this worker may run, a step that
-/// prefers this worker before any other. Must run inside a write transaction.
+/// prefers this worker before any other. Must run inside a write transaction. A worker that is
+/// draining or revoked gets nothing.
 pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, DbError> {
     let now = conn.now_ms()?;
     // The label sets this worker may run, as a plain equality list: every subset of its labels
@@ -70,6 +74,11 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
                         .or(steps::preferred_worker_id.eq(me.clone()))
                         .or(steps::queued_at.le(cutoff)),
                 )
+                .filter(diesel::dsl::not(diesel::dsl::exists(
+                    workers::table
+                        .filter(workers::id.eq(me.clone()))
+                        .filter(workers::status.eq_any(["draining", "revoked"])),
+                )))
                 // The steps waiting for this very worker first: taking another run's step
                 // (whose window ran out) instead would leave its own waiting a whole window.
                 .order((
@@ -86,6 +95,8 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
                 .limit(1)
         };
     }
+    // A SELECT (which the connection keeps prepared; diesel prepares no UPDATE) picks and
+    // locks the step, skipping rows other claimers hold.
     let picked: Option<String> = match conn {
         Conn::Pg(c) => candidates!()
             .for_update()
@@ -115,9 +126,21 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
         expires_at: now + spec.ttl_ms,
         attempt: step.attempt,
     };
+    // A lease row left from an earlier epoch is replaced.
     on_conn!(conn, |c| {
-        diesel::delete(leases::table.find(&step.id)).execute(c)?;
-        diesel::insert_into(leases::table).values(&lease).execute(c)
+        use diesel::upsert::excluded;
+        diesel::insert_into(leases::table)
+            .values(&lease)
+            .on_conflict(leases::step_id)
+            .do_update()
+            .set((
+                leases::worker_id.eq(excluded(leases::worker_id)),
+                leases::epoch.eq(excluded(leases::epoch)),
+                leases::granted_at.eq(excluded(leases::granted_at)),
+                leases::expires_at.eq(excluded(leases::expires_at)),
+                leases::attempt.eq(excluded(leases::attempt)),
+            ))
+            .execute(c)
     })?;
     Ok(Some(Granted {
         step,
@@ -137,22 +160,45 @@ pub fn check(
     worker_id: &str,
     epoch: i64,
 ) -> Result<LeaseRow, DbError> {
+    check_held(conn, step_id, worker_id, epoch).map(|h| h.lease)
+}
+
+/// A live lease checked by [`check_held`], its step (read under the same lock) and the
+/// database time of the check.
+pub struct Held {
+    pub lease: LeaseRow,
+    pub step: StepRow,
+    pub now_ms: i64,
+}
+
+/// [`check`], returning the step too: one statement reads and locks both rows.
+pub fn check_held(
+    conn: &mut Conn,
+    step_id: &str,
+    worker_id: &str,
+    epoch: i64,
+) -> Result<Held, DbError> {
     let now = conn.now_ms()?;
-    let lease: Option<LeaseRow> = match conn {
-        Conn::Pg(c) => leases::table
-            .find(step_id)
-            .select(LeaseRow::as_select())
-            .for_update()
-            .first(&mut **c)
-            .optional()?,
-        Conn::Sqlite(c) => leases::table
-            .find(step_id)
-            .select(LeaseRow::as_select())
-            .first(&mut **c)
-            .optional()?,
+    macro_rules! both {
+        () => {
+            leases::table
+                .inner_join(steps::table)
+                .filter(leases::step_id.eq(step_id))
+                .select((LeaseRow::as_select(), StepRow::as_select()))
+        };
+    }
+    let found: Option<(LeaseRow, StepRow)> = match conn {
+        Conn::Pg(c) => both!().for_update().first(&mut **c).optional()?,
+        Conn::Sqlite(c) => both!().first(&mut **c).optional()?,
     };
-    match lease {
-        Some(l) if l.worker_id == worker_id && l.epoch == epoch && l.expires_at > now => Ok(l),
+    match found {
+        Some((l, s)) if l.worker_id == worker_id && l.epoch == epoch && l.expires_at > now => {
+            Ok(Held {
+                lease: l,
+                step: s,
+                now_ms: now,
+            })
+        }
         _ => Err(DbError::StaleLease),
     }
 }
@@ -178,145 +224,6 @@ pub fn renew(
     .get_result(c)
     .optional())?;
     renewed.ok_or(DbError::StaleLease)
-}
-
-/// A lease taken away from its worker, and what became of its step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requeued {
-    pub step_id: String,
-    pub run_id: String,
-    pub worker_id: String,
-    pub epoch: i64,
-    /// True when the step used up its infrastructure retries and is now FAILED.
-    pub failed: bool,
-    /// True when the step's run was cancelled: the step is now CANCELED.
-    pub canceled: bool,
-    pub infra_attempts: i32,
-}
-
-/// Takes a lease back and puts its step in `RETRYING`. With `count_infra`, the loss counts
-/// against the step's infrastructure retries and fails it once `max_infra` are used up.
-fn requeue(
-    conn: &mut Conn,
-    lease: &LeaseRow,
-    count_infra: bool,
-    max_infra: i32,
-    now: i64,
-) -> Result<Requeued, DbError> {
-    on_conn!(conn, |c| diesel::delete(leases::table.find(&lease.step_id))
-        .execute(c))?;
-    let step: StepRow = on_conn!(conn, |c| steps::table
-        .find(&lease.step_id)
-        .select(StepRow::as_select())
-        .first(c))?;
-    let run_status: String = on_conn!(conn, |c| runs::table
-        .find(&step.run_id)
-        .select(runs::status)
-        .first(c))?;
-    let infra = step.infra_attempts + i32::from(count_infra);
-    let failed = count_infra && infra >= max_infra;
-    let (status, reason, ended) = if run_status == "CANCELED" {
-        // Nobody will run a step of a cancelled run again.
-        (
-            "CANCELED",
-            Some("the run was cancelled".to_string()),
-            Some(now),
-        )
-    } else if failed {
-        (
-            "FAILED",
-            Some(format!(
-                "{INFRA_PREFIX}lost its lease {infra} times (last on worker {}): giving up",
-                lease.worker_id
-            )),
-            Some(now),
-        )
-    } else {
-        ("RETRYING", None, None)
-    };
-    on_conn!(conn, |c| diesel::update(steps::table.find(&lease.step_id))
-        .set((
-            steps::status.eq(status),
-            steps::infra_attempts.eq(infra),
-            steps::preferred_worker_id.eq(None::<String>),
-            steps::failure_reason.eq(reason),
-            steps::ended_at.eq(ended),
-        ))
-        .execute(c))?;
-    Ok(Requeued {
-        step_id: lease.step_id.clone(),
-        run_id: step.run_id,
-        worker_id: lease.worker_id.clone(),
-        epoch: lease.epoch,
-        failed: failed && run_status != "CANCELED",
-        canceled: run_status == "CANCELED",
-        infra_attempts: infra,
-    })
-}
-
-/// Hands a lease back on the worker's own initiative (drain): no retry is used up.
-pub fn release(
-    conn: &mut Conn,
-    step_id: &str,
-    worker_id: &str,
-    epoch: i64,
-) -> Result<Requeued, DbError> {
-    let lease = check(conn, step_id, worker_id, epoch)?;
-    let now = conn.now_ms()?;
-    requeue(conn, &lease, false, i32::MAX, now)
-}
-
-/// Requeues every lease whose expiry has passed; each counts as an infrastructure retry.
-pub fn expire_due(conn: &mut Conn, max_infra: i32) -> Result<Vec<Requeued>, DbError> {
-    let now = conn.now_ms()?;
-    let due: Vec<LeaseRow> = match conn {
-        Conn::Pg(c) => leases::table
-            .filter(leases::expires_at.le(now))
-            .select(LeaseRow::as_select())
-            .for_update()
-            .skip_locked()
-            .load(&mut **c)?,
-        Conn::Sqlite(c) => leases::table
-            .filter(leases::expires_at.le(now))
-            .select(LeaseRow::as_select())
-            .load(&mut **c)?,
-    };
-    due.iter()
-        .map(|l| requeue(conn, l, true, max_infra, now))
-        .collect()
-}
-
-/// Requeues every lease a worker holds (it went offline or was revoked).
-pub fn release_all_of_worker(
-    conn: &mut Conn,
-    worker_id: &str,
-    max_infra: i32,
-) -> Result<Vec<Requeued>, DbError> {
-    let now = conn.now_ms()?;
-    let held: Vec<LeaseRow> = on_conn!(conn, |c| leases::table
-        .filter(leases::worker_id.eq(worker_id))
-        .select(LeaseRow::as_select())
-        .load(c))?;
-    held.iter()
-        .map(|l| requeue(conn, l, true, max_infra, now))
-        .collect()
-}
-
-/// Requeues the leases of every worker not in `live` (single role at start: the previous
-/// process's local worker is gone).
-pub fn release_all_except(
-    conn: &mut Conn,
-    live: &[String],
-    max_infra: i32,
-) -> Result<Vec<Requeued>, DbError> {
-    let now = conn.now_ms()?;
-    let held: Vec<LeaseRow> = on_conn!(conn, |c| leases::table
-        .filter(leases::worker_id.ne_all(live.to_vec()))
-        .select(LeaseRow::as_select())
-        .load(c))?;
-    held.iter()
-        .map(|l| requeue(conn, l, true, max_infra, now))
-        .collect()
 }
 
 /// Gives every lease of `workers` at least `ttl_ms` from now (controller start: a worker that

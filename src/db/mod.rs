@@ -8,6 +8,7 @@ pub mod events;
 pub mod leases;
 mod migrate;
 pub mod models;
+mod requeue;
 pub mod runs;
 pub mod schema;
 pub mod steps;
@@ -66,7 +67,58 @@ impl DbError {
 /// A pooled connection to either backend.
 pub enum Conn {
     Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
-    Pg(PooledConnection<ConnectionManager<PgConnection>>),
+    Pg(PooledConnection<PgManager>),
+}
+
+/// Postgres connections for the pool. r2d2 would run `SELECT 1` on every checkout (a round
+/// trip per transaction); here a connection is tested at checkout only while the pool is
+/// suspect: after a statement failed on a connection that then failed the same test (the
+/// server restarted, or dropped it), for [`SUSPECT_FOR`], so the dead ones are weeded out.
+#[derive(Debug)]
+pub struct PgManager {
+    inner: ConnectionManager<PgConnection>,
+    suspect: Suspect,
+}
+
+/// Until when (ms since the epoch, process clock) checkouts test their connection; shared by
+/// the pool's manager and the [`Db`] that reports failures.
+type Suspect = std::sync::Arc<std::sync::atomic::AtomicI64>;
+
+/// After a call failed on `conn`: a connection that no longer answers makes the pool suspect.
+fn check_after_error(suspect: &Suspect, conn: &mut PgConnection) {
+    use diesel::r2d2::R2D2Connection;
+    if conn.ping().is_err() {
+        let until = crate::domain::time::now_ms() + SUSPECT_FOR.as_millis() as i64;
+        suspect.store(until, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            "a database connection is dead: testing connections at checkout for a while"
+        );
+    }
+}
+
+/// How long checkouts test connections after a dead one was found.
+const SUSPECT_FOR: Duration = Duration::from_secs(60);
+
+impl r2d2::ManageConnection for PgManager {
+    type Connection = PgConnection;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<PgConnection, r2d2::Error> {
+        self.inner.connect()
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), r2d2::Error> {
+        let now = crate::domain::time::now_ms();
+        if now < self.suspect.load(std::sync::atomic::Ordering::Relaxed) {
+            self.inner.is_valid(conn)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        self.inner.has_broken(conn)
+    }
 }
 
 /// Runs `$body` with `$c` bound to the concrete connection (`&mut SqliteConnection` or
@@ -187,7 +239,7 @@ impl CustomizeConnection<SqliteConnection, r2d2::Error> for SqlitePragmas {
 #[derive(Clone)]
 enum Pool {
     Sqlite(r2d2::Pool<ConnectionManager<SqliteConnection>>),
-    Pg(r2d2::Pool<ConnectionManager<PgConnection>>),
+    Pg(r2d2::Pool<PgManager>, Suspect),
 }
 
 /// The storage handle: a connection pool plus the blocking helper. Cheap to clone.
@@ -246,14 +298,18 @@ impl Db {
             migrate::run_postgres(&mut c)?;
         }
         drop(c);
+        let suspect = Suspect::default();
         let pool = r2d2::Pool::builder()
             .max_size(pool_size)
             .min_idle(Some(pool_size.min(4)))
             .connection_timeout(Duration::from_secs(5))
-            .build(ConnectionManager::<PgConnection>::new(url))
+            .build(PgManager {
+                inner: ConnectionManager::<PgConnection>::new(url),
+                suspect: suspect.clone(),
+            })
             .map_err(|e| DbError::Connect(e.to_string()))?;
         Ok(Db {
-            pool: Pool::Pg(pool),
+            pool: Pool::Pg(pool, suspect),
             write_turn: None,
         })
     }
@@ -261,7 +317,7 @@ impl Db {
     pub fn backend(&self) -> Backend {
         match self.pool {
             Pool::Sqlite(_) => Backend::Sqlite,
-            Pool::Pg(_) => Backend::Postgres,
+            Pool::Pg(..) => Backend::Postgres,
         }
     }
 
@@ -272,10 +328,17 @@ impl Db {
                 .get()
                 .map(Conn::Sqlite)
                 .map_err(|e| DbError::Pool(e.to_string())),
-            Pool::Pg(p) => p
+            Pool::Pg(p, _) => p
                 .get()
                 .map(Conn::Pg)
                 .map_err(|e| DbError::Pool(e.to_string())),
+        }
+    }
+
+    /// After a call failed on `conn`: see [`PgManager`].
+    fn check_after_error(&self, conn: &mut Conn) {
+        if let (Pool::Pg(_, suspect), Conn::Pg(c)) = (&self.pool, conn) {
+            check_after_error(suspect, c);
         }
     }
 
@@ -290,7 +353,11 @@ impl Db {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = db.conn()?;
-            f(&mut conn)
+            let r = f(&mut conn);
+            if r.is_err() {
+                db.check_after_error(&mut conn);
+            }
+            r
         })
         .await
         .map_err(|e| E::from(DbError::Join(e.to_string())))?
@@ -311,7 +378,11 @@ impl Db {
                 .as_ref()
                 .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()));
             let mut conn = db.conn()?;
-            conn.write_tx(f)
+            let r = conn.write_tx(f);
+            if r.is_err() {
+                db.check_after_error(&mut conn);
+            }
+            r
         })
         .await
         .map_err(|e| E::from(DbError::Join(e.to_string())))?

@@ -41,6 +41,23 @@ pub fn lock(conn: &mut Conn, id: &str) -> Result<RunRow, DbError> {
     r.ok_or(DbError::NotFound)
 }
 
+/// [`lock`], with the run's scheduler state read (and locked) in the same statement.
+pub fn lock_with_state(conn: &mut Conn, id: &str) -> Result<(RunRow, RunStateRow), DbError> {
+    macro_rules! both {
+        () => {
+            runs::table
+                .inner_join(run_state::table)
+                .filter(runs::id.eq(id))
+                .select((RunRow::as_select(), RunStateRow::as_select()))
+        };
+    }
+    let r = match conn {
+        Conn::Pg(c) => both!().for_update().first(&mut **c).optional()?,
+        Conn::Sqlite(c) => both!().first(&mut **c).optional()?,
+    };
+    r.ok_or(DbError::NotFound)
+}
+
 /// Newest first, optionally filtered.
 pub fn list(
     conn: &mut Conn,
@@ -139,9 +156,15 @@ pub fn state(conn: &mut Conn, id: &str) -> Result<RunStateRow, DbError> {
     r.ok_or(DbError::NotFound)
 }
 
-/// Writes the scheduler state back (`event_seq` is left alone: only events move it).
-pub fn save_state(conn: &mut Conn, row: &RunStateRow) -> Result<(), DbError> {
-    on_conn!(conn, |c| diesel::update(run_state::table.find(&row.run_id))
+/// Writes the scheduler state back and takes `n` event numbers in the same statement;
+/// returns the last number taken (see [`super::events::reserve`]).
+pub fn save_state_with_events(
+    conn: &mut Conn,
+    row: &RunStateRow,
+    n: usize,
+) -> Result<i64, DbError> {
+    let n = n as i64;
+    let last: Option<i64> = on_conn!(conn, |c| diesel::update(run_state::table.find(&row.run_id))
         .set((
             run_state::iterations_done.eq(row.iterations_done),
             run_state::verify_failures.eq(row.verify_failures),
@@ -153,7 +176,15 @@ pub fn save_state(conn: &mut Conn, row: &RunStateRow) -> Result<(), DbError> {
             run_state::checkpoint_name.eq(&row.checkpoint_name),
             run_state::checkpoint_head.eq(&row.checkpoint_head),
             run_state::finishing.eq(&row.finishing),
+            run_state::event_seq.eq(run_state::event_seq + n),
         ))
-        .execute(c))?;
-    Ok(())
+        .returning(run_state::event_seq)
+        .get_result(c)
+        .optional())?;
+    last.ok_or(DbError::NotFound)
+}
+
+/// Writes the scheduler state back (`event_seq` is left alone: only events move it).
+pub fn save_state(conn: &mut Conn, row: &RunStateRow) -> Result<(), DbError> {
+    save_state_with_events(conn, row, 0).map(|_| ())
 }

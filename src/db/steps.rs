@@ -78,6 +78,47 @@ pub fn active_for_run(conn: &mut Conn, run_id: &str) -> Result<Vec<StepRow>, DbE
     Ok(rows)
 }
 
+/// Whether a run has a step that is not finished, other than `except`.
+pub fn any_active(conn: &mut Conn, run_id: &str, except: Option<&str>) -> Result<bool, DbError> {
+    let found: Option<String> = on_conn!(conn, |c| steps::table
+        .filter(steps::run_id.eq(run_id))
+        .filter(steps::status.eq_any(["QUEUED", "IN_PROGRESS", "RETRYING"]))
+        .filter(steps::id.ne(except.unwrap_or("")))
+        .select(steps::id)
+        .first(c)
+        .optional())?;
+    Ok(found.is_some())
+}
+
+/// A run's newest implementation steps, newest first, at most `limit`.
+pub fn recent_implementations(
+    conn: &mut Conn,
+    run_id: &str,
+    limit: i64,
+) -> Result<Vec<StepRow>, DbError> {
+    let rows = on_conn!(conn, |c| steps::table
+        .filter(steps::run_id.eq(run_id))
+        .filter(steps::phase.eq("implementation"))
+        .select(StepRow::as_select())
+        .order(steps::seq.desc())
+        .limit(limit)
+        .load(c))?;
+    Ok(rows)
+}
+
+/// A run's succeeded implementation steps, newest first.
+pub fn succeeded_implementations(conn: &mut Conn, run_id: &str) -> Result<Vec<StepRow>, DbError> {
+    let rows = on_conn!(conn, |c| steps::table
+        .filter(steps::run_id.eq(run_id))
+        .filter(steps::phase.eq("implementation"))
+        .filter(steps::status.eq("SUCCEEDED"))
+        .select(StepRow::as_select())
+        .order(steps::seq.desc())
+        .limit(2)
+        .load(c))?;
+    Ok(rows)
+}
+
 /// Writes a step's mutable columns back.
 pub fn save(conn: &mut Conn, row: &StepRow) -> Result<(), DbError> {
     let n = on_conn!(conn, |c| diesel::update(steps::table.find(&row.id))

@@ -6,6 +6,9 @@ mod support;
 
 use support::pg;
 
+mod races;
+use races::*;
+
 use loopd::db::leases::{self, ClaimSpec};
 use loopd::db::models::{new_id, RunRow, StepRow};
 use loopd::db::{self, Conn, Db, DbError};
@@ -55,6 +58,8 @@ both!(
     a_released_lease_requeues_without_using_a_retry,
     events_of_a_run_are_numbered_in_order,
     offline_worker_leases_are_released_at_once,
+    draining_or_revoked_workers_claim_nothing,
+    a_release_that_waited_for_a_completion_leaves_the_step_completed,
 );
 
 fn run_row(status: &str, labels: &str) -> RunRow {

@@ -1,0 +1,211 @@
+//! What follows a finished step — the SchedulerActor's decision, taken inside the
+//! transaction that settles the step (the completion's own, or an advance's): the pipeline's
+//! verdict, the next step queued with its prompt, or the run marked for finishing.
+
+use super::assignment::run_config;
+use super::prompts;
+use super::scheduler_service::{Advanced, FinishPlan, SchedError, INFRA_PREFIX};
+use crate::db::events::NewEvent;
+use crate::db::models::{new_id, RunRow, RunStateRow, StepRow};
+use crate::db::{self, Conn, DbError};
+use crate::domain::events as ev;
+use crate::domain::pipeline::{self, Counters, Decision, Finished, Next};
+use crate::domain::{StepPhase, StepStatus};
+use crate::workspace::mirror::Mirrors;
+
+/// Whether a step's completion can be followed up in its own transaction: the run (locked by
+/// the caller) is going on, not being finished, and has no other step in flight.
+pub fn decides_now(
+    c: &mut Conn,
+    run: &RunRow,
+    state: &RunStateRow,
+    step_id: &str,
+) -> Result<bool, DbError> {
+    Ok((run.status == "RUNNING" || run.status == "PAUSED")
+        && state.finishing.is_none()
+        && !db::steps::any_active(c, &run.id, Some(step_id))?)
+}
+
+/// Decides what follows `last` — the run's newest step, finished (and written back here,
+/// settled, in the same statement) — or starts the run when it has none; queues the next step
+/// or marks the run for finishing, and writes the state with `events` (the caller's, then
+/// this decision's). Runs in the caller's transaction, which holds the run's lock.
+pub fn decide_in_tx(
+    c: &mut Conn,
+    run: &RunRow,
+    mut state: RunStateRow,
+    last: Option<StepRow>,
+    mut events: Vec<NewEvent>,
+    mirrors: &Mirrors,
+    now: i64,
+) -> Result<Vec<Advanced>, SchedError> {
+    let config = run_config(run);
+    let counters = Counters {
+        iterations_done: state.iterations_done.max(0) as u32,
+        verify_failures: state.verify_failures.max(0) as u32,
+        review_failures: state.review_failures.max(0) as u32,
+        watchdog_rewrites: state.watchdog_rewrites.max(0) as u32,
+    };
+    let mut actions = Vec::new();
+    let decision = match &last {
+        Some(l) if !l.settled => {
+            let impls = implementations_before(c, l)?;
+            let d = pipeline::after_step(&finished(l, &impls), &counters, &config);
+            let mut settled = l.clone();
+            settled.settled = true;
+            db::steps::save(c, &settled)?;
+            d
+        }
+        _ => pipeline::first_step(&counters, &config),
+    };
+    let Decision {
+        next,
+        counters,
+        effects,
+    } = decision;
+    state.iterations_done = counters.iterations_done as i32;
+    state.verify_failures = counters.verify_failures as i32;
+    state.review_failures = counters.review_failures as i32;
+    state.watchdog_rewrites = counters.watchdog_rewrites as i32;
+    if let Some(notes) = effects.runner_notes {
+        state.runner_notes = Some(notes).filter(|n| !n.is_empty());
+    }
+    if let Some(rw) = effects.rewrite {
+        let name = format!("prompt.rewrite.{}.txt", state.watchdog_rewrites);
+        let step_id = last.as_ref().map(|s| s.id.clone());
+        state.pending_prompt = Some(rw.prompt.clone());
+        events.push(NewEvent {
+            payload: ev::watchdog_rewrite(
+                step_id.as_deref().unwrap_or(""),
+                &rw.signal,
+                "prompt.txt",
+                &name,
+            ),
+            step_id,
+            event_type: ev::WATCHDOG_REWRITE,
+        });
+        actions.push(Advanced::Rewrite {
+            name,
+            prompt: rw.prompt,
+        });
+    }
+    match next {
+        Next::Enqueue { phase, is_final } => {
+            let seq = last.as_ref().map(|s| s.seq + 1).unwrap_or(1);
+            let step = enqueue(c, run, &mut state, phase, is_final, mirrors, seq, now)?;
+            events.push(NewEvent {
+                step_id: Some(step.id.clone()),
+                event_type: ev::STEP_QUEUED,
+                payload: ev::step_queued(&step.id, phase.as_str(), step.attempt),
+            });
+            actions.push(Advanced::Queued {
+                labels: step.required_labels,
+                preferred: step.preferred_worker_id,
+            });
+        }
+        Next::Finish(outcome) => {
+            state.finishing =
+                Some(serde_json::to_string(&FinishPlan::from(outcome)).unwrap_or_default());
+            actions.push(Advanced::Finish);
+        }
+    }
+    let seq = db::runs::save_state_with_events(c, &state, events.len())?;
+    db::events::insert_numbered(c, &run.id, seq, &events, now)?;
+    Ok(actions)
+}
+
+/// The implementation steps the watchdog compares, newest first: read only after a
+/// verification that may lead to another implementation (the only decision that uses them).
+fn implementations_before(c: &mut Conn, last: &StepRow) -> Result<Vec<StepRow>, DbError> {
+    if last.phase != StepPhase::Verification.as_str() || last.is_final {
+        return Ok(Vec::new());
+    }
+    // Usually the two newest succeeded; when failures sit between, ask for those directly.
+    let mut recent = db::steps::recent_implementations(c, &last.run_id, 3)?;
+    let succeeded = recent.iter().filter(|s| s.status == "SUCCEEDED").count();
+    if succeeded < 2 && recent.len() == 3 {
+        let newest = recent.remove(0);
+        recent = db::steps::succeeded_implementations(c, &last.run_id)?;
+        if recent.first().is_none_or(|s| s.id != newest.id) {
+            recent.insert(0, newest);
+        }
+    }
+    Ok(recent)
+}
+
+/// What the pipeline needs to know about a finished step; `impls` are the run's newest
+/// implementation steps, newest first (see [`implementations_before`]).
+fn finished<'a>(last: &'a StepRow, impls: &'a [StepRow]) -> Finished<'a> {
+    let mut succeeded = impls.iter().filter(|s| s.status == "SUCCEEDED");
+    let reason = last.failure_reason.as_deref();
+    Finished {
+        phase: last.phase.parse().ok(),
+        succeeded: last.status == "SUCCEEDED",
+        is_final: last.is_final,
+        completion_detected: last.completion_detected.unwrap_or(false),
+        failure_reason: reason.map(|r| r.strip_prefix(INFRA_PREFIX).unwrap_or(r)),
+        infra_failure: reason.is_some_and(|r| r.starts_with(INFRA_PREFIX)),
+        runner_notes: last.runner_notes.as_deref(),
+        last_impl_output: succeeded.next().and_then(|s| s.output_tail.as_deref()),
+        previous_impl_output: succeeded.next().and_then(|s| s.output_tail.as_deref()),
+        last_impl_prompt: impls.first().and_then(|s| s.prompt.as_deref()),
+    }
+}
+
+/// Queues a step of `phase` (with its prompt); the caller records STEP_QUEUED.
+#[allow(clippy::too_many_arguments)]
+fn enqueue(
+    c: &mut Conn,
+    run: &RunRow,
+    state: &mut RunStateRow,
+    phase: StepPhase,
+    is_final: bool,
+    mirrors: &Mirrors,
+    seq: i32,
+    now: i64,
+) -> Result<StepRow, SchedError> {
+    let attempt = db::steps::next_attempt(c, &run.id, phase.as_str())?;
+    let prompt = if phase == StepPhase::Implementation {
+        state
+            .pending_prompt
+            .take()
+            .or_else(|| prompts::build(run, mirrors, phase))
+    } else {
+        prompts::build(run, mirrors, phase)
+    };
+    let prompt_path = match phase {
+        StepPhase::Implementation => Some("prompt.txt".to_string()),
+        StepPhase::Review => Some("review-prompt.txt".to_string()),
+        _ => None,
+    };
+    let step = StepRow {
+        id: new_id(),
+        run_id: run.id.clone(),
+        seq,
+        phase: phase.as_str().into(),
+        status: StepStatus::Queued.as_str().into(),
+        attempt,
+        infra_attempts: 0,
+        is_final,
+        settled: false,
+        queued_at: now,
+        started_at: None,
+        ended_at: None,
+        exit_code: None,
+        prompt,
+        prompt_path,
+        output_path: None,
+        output_tail: None,
+        runner_notes: None,
+        output_size: 0,
+        completion_detected: None,
+        worker_id: None,
+        lease_epoch: 0,
+        required_labels: run.labels.clone(),
+        preferred_worker_id: state.last_worker_id.clone(),
+        failure_reason: None,
+        completion_digest: None,
+    };
+    db::steps::insert(c, &step)?;
+    Ok(step)
+}
