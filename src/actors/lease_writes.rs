@@ -5,6 +5,7 @@ use super::decide::{decide_in_tx, decides_now};
 use super::lease_service::{
     authorize, authorize_held, completion_digest, FollowUp, LeaseError, LeaseService,
 };
+use super::scheduler_service::SchedError;
 use crate::api::{ArtifactRef, CompleteRequest, OutputAck};
 use crate::artifacts::validate_name;
 use crate::db::events::NewEvent;
@@ -281,7 +282,11 @@ impl LeaseService {
                 // otherwise the step is recorded and the scheduler looks at the run afterwards.
                 if decides_now(c, &run, &state, &sid)? {
                     let actions = decide_in_tx(c, &run, state, Some(step), vec![event], &mirrors, now)
-                        .map_err(|e| LeaseError::Internal(e.to_string()))?;
+                        .map_err(|e| match e {
+                            // An unavailable database is the caller's 503, not a 500.
+                            SchedError::Db(d) => LeaseError::Db(d),
+                            other => LeaseError::Internal(other.to_string()),
+                        })?;
                     return Ok(Some((run.id, Some(actions))));
                 }
                 db::steps::save(c, &step)?;

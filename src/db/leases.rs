@@ -5,7 +5,7 @@
 
 use super::models::{label_subsets, labels_match, LeaseRow, StepRow};
 use super::schema::{leases, runs, steps, workers};
-use super::{on_conn, Conn, DbError};
+use super::{loopd_now_ms, on_conn, Conn, DbError};
 use diesel::prelude::*;
 
 pub use super::requeue::{
@@ -34,7 +34,6 @@ pub struct Granted {
 /// prefers this worker before any other. Must run inside a write transaction. A worker that is
 /// draining or revoked gets nothing.
 pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, DbError> {
-    let now = conn.now_ms()?;
     // The label sets this worker may run, as a plain equality list: every subset of its labels
     // (a step's required labels are stored in the same canonical encoding), or, for a worker
     // with many labels, the distinct sets in the queue that it matches.
@@ -54,7 +53,7 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
     if allowed.is_empty() {
         return Ok(None);
     }
-    let cutoff = now - spec.affinity_window_ms;
+    let window = spec.affinity_window_ms;
     let me = spec.worker_id.to_string();
     macro_rules! candidates {
         () => {
@@ -72,7 +71,8 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
                     steps::preferred_worker_id
                         .is_null()
                         .or(steps::preferred_worker_id.eq(me.clone()))
-                        .or(steps::queued_at.le(cutoff)),
+                        // Queued a window ago, a step no longer waits for the one it prefers.
+                        .or((steps::queued_at + window).le(loopd_now_ms())),
                 )
                 .filter(diesel::dsl::not(diesel::dsl::exists(
                     workers::table
@@ -91,13 +91,14 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
                     steps::queued_at.asc(),
                     steps::id.asc(),
                 ))
-                .select(steps::id)
+                // The database time comes with the pick: no statement of its own.
+                .select((steps::id, loopd_now_ms()))
                 .limit(1)
         };
     }
     // A SELECT (which the connection keeps prepared; diesel prepares no UPDATE) picks and
     // locks the step, skipping rows other claimers hold.
-    let picked: Option<String> = match conn {
+    let picked: Option<(String, i64)> = match conn {
         Conn::Pg(c) => candidates!()
             .for_update()
             .skip_locked()
@@ -105,7 +106,7 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
             .optional()?,
         Conn::Sqlite(c) => candidates!().first(&mut **c).optional()?,
     };
-    let Some(step_id) = picked else {
+    let Some((step_id, now)) = picked else {
         return Ok(None);
     };
     let step: StepRow = on_conn!(conn, |c| diesel::update(steps::table.find(&step_id))
@@ -178,21 +179,20 @@ pub fn check_held(
     worker_id: &str,
     epoch: i64,
 ) -> Result<Held, DbError> {
-    let now = conn.now_ms()?;
     macro_rules! both {
         () => {
             leases::table
                 .inner_join(steps::table)
                 .filter(leases::step_id.eq(step_id))
-                .select((LeaseRow::as_select(), StepRow::as_select()))
+                .select((LeaseRow::as_select(), StepRow::as_select(), loopd_now_ms()))
         };
     }
-    let found: Option<(LeaseRow, StepRow)> = match conn {
+    let found: Option<(LeaseRow, StepRow, i64)> = match conn {
         Conn::Pg(c) => both!().for_update().first(&mut **c).optional()?,
         Conn::Sqlite(c) => both!().first(&mut **c).optional()?,
     };
     match found {
-        Some((l, s)) if l.worker_id == worker_id && l.epoch == epoch && l.expires_at > now => {
+        Some((l, s, now)) if l.worker_id == worker_id && l.epoch == epoch && l.expires_at > now => {
             Ok(Held {
                 lease: l,
                 step: s,

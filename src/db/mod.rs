@@ -178,23 +178,10 @@ impl Conn {
     }
 
     /// The database clock in milliseconds since the epoch (lease times use it, never a
-    /// worker's clock).
+    /// worker's clock). Queries that need it alongside other data select [`loopd_now_ms`].
     pub fn now_ms(&mut self) -> Result<i64, DbError> {
-        #[derive(QueryableByName)]
-        struct Now {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            now: i64,
-        }
-        let q = match self.backend() {
-            Backend::Sqlite => {
-                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now"
-            }
-            Backend::Postgres => {
-                "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now"
-            }
-        };
-        let row: Now = on_conn!(self, |c| diesel::sql_query(q).get_result(c))?;
-        Ok(row.now)
+        let now = on_conn!(self, |c| diesel::select(loopd_now_ms()).get_result(c))?;
+        Ok(now)
     }
 }
 
@@ -223,6 +210,13 @@ fn create_database(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+#[diesel::declare_sql_function]
+extern "SQL" {
+    /// The database clock in ms since the epoch: a function in the Postgres schema (see its
+    /// migration); on SQLite, registered on every connection (the file's clock is this host's).
+    fn loopd_now_ms() -> diesel::sql_types::BigInt;
+}
+
 #[derive(Debug)]
 struct SqlitePragmas;
 
@@ -232,7 +226,9 @@ impl CustomizeConnection<SqliteConnection, r2d2::Error> for SqlitePragmas {
         conn.batch_execute(
             "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
         )
-        .map_err(r2d2::Error::QueryError)
+        .map_err(r2d2::Error::QueryError)?;
+        loopd_now_ms_utils::register_nondeterministic_impl(conn, crate::domain::time::now_ms)
+            .map_err(r2d2::Error::QueryError)
     }
 }
 

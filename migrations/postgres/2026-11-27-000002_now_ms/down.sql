@@ -1,0 +1,1 @@
+DROP FUNCTION loopd_now_ms();
