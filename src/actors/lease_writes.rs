@@ -134,9 +134,13 @@ impl LeaseService {
             .run(move |c| authorize(c, &sid, &wid, epoch))
             .await?
             .0;
+        // Under the lease's own key: an upload that outlives its lease (it passed the check
+        // above, then retried for long) cannot overwrite what the step's next holder stored.
+        let key = crate::artifacts::attempt_key(&step.run_id, step_id, epoch, name)
+            .map_err(|e| LeaseError::Invalid(e.to_string()))?;
         let stored = self
             .store
-            .put(&step.run_id, name, bytes)
+            .put_key(&key, bytes)
             .await
             .map_err(|e| LeaseError::Store(e.to_string()))?;
         let r = ArtifactRef {

@@ -1,5 +1,7 @@
-//! The artifact store: logs, bundles and other files a run produces, kept under
-//! `runs/<run_id>/<name>` in an `fs` directory or an `s3` bucket (behind opendal). Uploads
+//! The artifact store: logs, bundles and other files a run produces, kept in an `fs`
+//! directory or an `s3` bucket (behind opendal): a step's files under the prefix of the lease
+//! that made them, `runs/<run_id>/steps/<step_id>/<epoch>/<name>`, the controller's own under
+//! `runs/<run_id>/<name>`; the `artifacts` table says which object a name is now. Uploads
 //! are retried with backoff; downloads stream. Callers: the step executor and the HTTP
 //! artifact handlers (which must pass names through [`validate_name`] first, or use [`put`]
 //! which checks them again).

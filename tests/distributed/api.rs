@@ -157,18 +157,44 @@ impl Cluster {
         resp.bytes().await.expect("artifact bytes").to_vec()
     }
 
-    /// The object file of an artifact in the S3 server's bucket.
+    /// The object file of a run-level artifact (one the controller made) in the S3 bucket.
     pub fn object_path(&self, id: &str, name: &str) -> PathBuf {
         self.s3.bucket_dir().join("runs").join(id).join(name)
     }
 
-    /// Whether a checkpoint bundle of the run (`checkpoints/<step>.bundle`) is in the bucket.
+    /// The object file of artifact `a` (an entry of the run's listing) when it is under the
+    /// prefix of the lease that stored it, `runs/<run>/steps/<step>/<epoch>/<name>`, as every
+    /// step's upload is (the controller's own files are under the run's). `steps` is the run's
+    /// step listing.
+    pub fn lease_object(&self, id: &str, a: &Value, steps: &[Value]) -> Option<PathBuf> {
+        let name = a["name"].as_str().expect("artifact name");
+        let sid = a["step_id"].as_str()?;
+        let step = steps.iter().find(|s| s["id"] == sid).expect("its step");
+        let epoch = step["lease_epoch"].as_i64().expect("epoch");
+        let path = self.object_path(id, &format!("steps/{sid}/{epoch}/{name}"));
+        path.is_file().then_some(path)
+    }
+
+    /// Whether a checkpoint bundle of the run (`checkpoints/<step>.bundle`, under the prefix of
+    /// the lease that stored it) is in the bucket.
     pub fn checkpoint_stored(&self, id: &str) -> bool {
-        std::fs::read_dir(self.object_path(id, "checkpoints"))
-            .map(|mut d| {
-                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".bundle")))
+        fn walk(dir: &std::path::Path) -> bool {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return false;
+            };
+            entries.flatten().any(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p)
+                } else {
+                    p.extension().is_some_and(|x| x == "bundle")
+                        && p.parent()
+                            .and_then(|d| d.file_name())
+                            .is_some_and(|d| d == "checkpoints")
+                }
             })
-            .unwrap_or(false)
+        }
+        walk(&self.object_path(id, ""))
     }
 
     /// Every event of a finished run (the SSE stream ends after the terminal event).

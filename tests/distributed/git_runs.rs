@@ -46,10 +46,17 @@ async fn a_git_run_of_four_tasks_completes_on_two_workers_with_its_artifacts_in_
     ] {
         assert!(names.contains(&want), "artifact {want} missing: {names:?}");
     }
+    let steps = c.steps(&id).await;
     for a in &artifacts {
         let name = a["name"].as_str().expect("name");
-        let object = std::fs::read(c.object_path(&id, name))
-            .unwrap_or_else(|e| panic!("{name} is not in the S3 bucket: {e}"));
+        // A step's files are under its lease's prefix, even uploaded through the controller.
+        let by_lease = c.lease_object(&id, a, &steps);
+        if name.starts_with("iter-") {
+            assert!(by_lease.is_some(), "{name} is not under its lease's prefix");
+        }
+        let path = by_lease.unwrap_or_else(|| c.object_path(&id, name));
+        let object =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{name} is not in the S3 bucket: {e}"));
         assert_eq!(sha256(&object), a["sha256"], "{name}: S3 object vs listing");
         assert_eq!(object.len() as u64, a["size"], "{name}: size");
         let downloaded = c.download(&id, name).await;
@@ -146,16 +153,13 @@ async fn a_worker_may_upload_its_artifacts_straight_to_s3() {
     let mut by_lease = 0;
     for a in c.artifacts(&id).await {
         let name = a["name"].as_str().expect("name");
-        let mut path = c.object_path(&id, name);
-        if !path.is_file() {
-            let sid = a["step_id"]
-                .as_str()
-                .expect("a worker's artifact names its step");
-            let step = steps.iter().find(|s| s["id"] == sid).expect("its step");
-            let epoch = step["lease_epoch"].as_i64().expect("epoch").to_string();
-            path = c.object_path(&id, &format!("steps/{sid}/{epoch}/{name}"));
-            by_lease += 1;
-        }
+        let path = match c.lease_object(&id, &a, &steps) {
+            Some(p) => {
+                by_lease += 1;
+                p
+            }
+            None => c.object_path(&id, name),
+        };
         let object = std::fs::read(&path).expect("object in S3");
         assert_eq!(sha256(&object), a["sha256"], "{name}");
     }

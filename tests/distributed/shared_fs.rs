@@ -42,7 +42,16 @@ async fn a_shared_fs_run_completes_on_remote_workers_in_the_worktree_the_assignm
         let index = c.index_of(s["worker_id"].as_str().expect("worker")).await;
         assert!(index < 2, "ran on a remote worker: {s}");
     }
-    assert!(c.object_path(&id, "iter-01-impl.log").is_file());
+    let log = c
+        .artifacts(&id)
+        .await
+        .into_iter()
+        .find(|a| a["name"] == "iter-01-impl.log")
+        .expect("the first implementation log is listed");
+    assert!(
+        c.lease_object(&id, &log, &steps).is_some(),
+        "stored under its lease's prefix"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
