@@ -6,7 +6,7 @@ use super::assignment::run_config;
 use super::prompts;
 use super::scheduler_service::{Advanced, FinishPlan, SchedError, INFRA_PREFIX};
 use crate::db::events::NewEvent;
-use crate::db::models::{new_id, RunRow, RunStateRow, StepRow};
+use crate::db::models::{RunRow, RunStateRow, StepRow};
 use crate::db::{self, Conn, DbError};
 use crate::domain::events as ev;
 use crate::domain::pipeline::{self, Counters, Decision, Finished, Next};
@@ -179,32 +179,19 @@ fn enqueue(
         _ => None,
     };
     let step = StepRow {
-        id: new_id(),
-        run_id: run.id.clone(),
-        seq,
-        phase: phase.as_str().into(),
-        status: StepStatus::Queued.as_str().into(),
         attempt,
-        infra_attempts: 0,
         is_final,
-        settled: false,
-        queued_at: now,
-        started_at: None,
-        ended_at: None,
-        exit_code: None,
         prompt,
         prompt_path,
-        output_path: None,
-        output_tail: None,
-        runner_notes: None,
-        output_size: 0,
-        completion_detected: None,
-        worker_id: None,
-        lease_epoch: 0,
         required_labels: run.labels.clone(),
         preferred_worker_id: state.last_worker_id.clone(),
-        failure_reason: None,
-        completion_digest: None,
+        ..StepRow::new(
+            &run.id,
+            seq,
+            phase.as_str(),
+            StepStatus::Queued.as_str(),
+            now,
+        )
     };
     db::steps::insert(c, &step)?;
     Ok(step)

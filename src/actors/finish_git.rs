@@ -4,7 +4,7 @@
 
 use super::assignment::{run_config, worktree};
 use super::scheduler_service::{SchedError, SchedulerService};
-use crate::db::models::{new_id, RunRow, StepRow};
+use crate::db::models::{RunRow, StepRow};
 use crate::db::{self, DbError};
 use crate::domain::events as ev;
 use crate::domain::time::now_ms;
@@ -124,31 +124,9 @@ pub(super) enum MergeResult {
 
 fn merge_step_row(run_id: &str, seq: i32, now: i64) -> StepRow {
     StepRow {
-        id: new_id(),
-        run_id: run_id.to_string(),
-        seq,
-        phase: StepPhase::Merge.as_str().into(),
-        status: "IN_PROGRESS".into(),
-        attempt: 1,
-        infra_attempts: 0,
         is_final: true,
         settled: true,
-        queued_at: now,
         started_at: Some(now),
-        ended_at: None,
-        exit_code: None,
-        prompt: None,
-        prompt_path: None,
-        output_path: None,
-        output_tail: None,
-        runner_notes: None,
-        output_size: 0,
-        completion_detected: None,
-        worker_id: None,
-        lease_epoch: 0,
-        required_labels: String::new(),
-        preferred_worker_id: None,
-        failure_reason: None,
-        completion_digest: None,
+        ..StepRow::new(run_id, seq, StepPhase::Merge.as_str(), "IN_PROGRESS", now)
     }
 }

@@ -86,6 +86,41 @@ pub struct StepRow {
     pub completion_digest: Option<String>,
 }
 
+impl StepRow {
+    /// A new step of `run_id` (a fresh id, attempt 1, nothing run, no lease, no labels, not
+    /// final or settled), queued at `now`; callers set what differs.
+    pub fn new(run_id: &str, seq: i32, phase: &str, status: &str, now: i64) -> StepRow {
+        StepRow {
+            id: new_id(),
+            run_id: run_id.to_string(),
+            seq,
+            phase: phase.to_string(),
+            status: status.to_string(),
+            attempt: 1,
+            infra_attempts: 0,
+            is_final: false,
+            settled: false,
+            queued_at: now,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            prompt: None,
+            prompt_path: None,
+            output_path: None,
+            output_tail: None,
+            runner_notes: None,
+            output_size: 0,
+            completion_detected: None,
+            worker_id: None,
+            lease_epoch: 0,
+            required_labels: String::new(),
+            preferred_worker_id: None,
+            failure_reason: None,
+            completion_digest: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = events)]
 pub struct EventRow {

@@ -95,32 +95,8 @@ fn run_row(status: &str, labels: &str) -> RunRow {
 
 fn step_row(run: &RunRow, seq: i32, queued_at: i64) -> StepRow {
     StepRow {
-        id: new_id(),
-        run_id: run.id.clone(),
-        seq,
-        phase: "implementation".into(),
-        status: "QUEUED".into(),
-        attempt: 1,
-        infra_attempts: 0,
-        is_final: false,
-        settled: false,
-        queued_at,
-        started_at: None,
-        ended_at: None,
-        exit_code: None,
-        prompt: None,
-        prompt_path: None,
-        output_path: None,
-        output_tail: None,
-        runner_notes: None,
-        output_size: 0,
-        completion_detected: None,
-        worker_id: None,
-        lease_epoch: 0,
         required_labels: run.labels.clone(),
-        preferred_worker_id: None,
-        failure_reason: None,
-        completion_digest: None,
+        ..StepRow::new(&run.id, seq, "implementation", "QUEUED", queued_at)
     }
 }
 
