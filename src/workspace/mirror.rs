@@ -1,24 +1,39 @@
 //! The controller's cache of bare mirrors of git-run repositories (ARCHITECTURE "Workspaces"):
 //! fetching, resolving the run's ref to a commit and reading the spec, plan and `.loop/config`
-//! at that commit. Used by the controller when a git run is submitted.
+//! at that commit (kept: a commit's files never change). Used by the controller when a git run
+//! is submitted and when a step's prompt is built.
 
 use super::error::{Context, WorkspaceError};
 use super::{repo, Result};
 use git2::{Direction, FetchOptions, FetchPrune, Oid, Repository};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// Bare mirrors of remote repositories, one directory per URL under `root`.
 #[derive(Debug, Clone)]
 pub struct Mirrors {
     root: PathBuf,
+    /// Files read at full commit ids, which never change: every queued step's prompt reads
+    /// the same few files of its run's commit.
+    read: Arc<Mutex<HashMap<FileAt, Option<Vec<u8>>>>>,
 }
+
+/// A file of a repository at a commit: (url, commit id, path).
+type FileAt = (String, String, String);
+
+/// Most files [`Mirrors::read_file`] keeps.
+const READ_CAP: usize = 1024;
 
 impl Mirrors {
     /// Mirrors kept under `root` (created on the first fetch).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Mirrors { root: root.into() }
+        Mirrors {
+            root: root.into(),
+            read: Arc::default(),
+        }
     }
 
     /// The directory of the mirror of `repo_url`: a hash of the URL, so any URL is a safe name.
@@ -85,6 +100,30 @@ impl Mirrors {
     /// The content of the file `path` at commit `sha` in the mirror of `repo_url`; `None` when
     /// the commit has no file there.
     pub fn read_file(&self, repo_url: &str, sha: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let key = (repo_url.to_string(), sha.to_string(), path.to_string());
+        let kept = |m: &Self| {
+            m.read
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned()
+        };
+        if let Some(found) = kept(self) {
+            return Ok(found);
+        }
+        let found = self.read_file_at(repo_url, sha, path)?;
+        if sha.len() == 40 {
+            let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+            if read.len() >= READ_CAP {
+                read.clear();
+            }
+            read.insert(key, found.clone());
+        }
+        Ok(found)
+    }
+
+    /// [`Self::read_file`] from the repository.
+    fn read_file_at(&self, repo_url: &str, sha: &str, path: &str) -> Result<Option<Vec<u8>>> {
         let mirror = self.open(repo_url)?;
         let commit = Oid::from_str(sha)
             .and_then(|oid| mirror.find_commit(oid))

@@ -78,3 +78,23 @@ fn unknown_refs_and_unfetched_urls_are_clear_errors() {
         "{error}"
     );
 }
+
+#[test]
+fn files_read_at_a_commit_are_kept_and_failures_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = init_repo_on(&tmp.path().join("upstream"), "main");
+    let url = file_url(&upstream);
+    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
+    mirrors.fetch(&url).unwrap();
+    let newer = commit_file(&upstream, "p.txt", "v2\n", "p");
+    // Not fetched yet: an error, and not remembered as one.
+    assert!(mirrors.read_file(&url, &newer, "p.txt").is_err());
+    mirrors.fetch(&url).unwrap();
+    let read = mirrors.read_file(&url, &newer, "p.txt").unwrap();
+    assert_eq!(read.as_deref(), Some(&b"v2\n"[..]));
+    // A commit's files never change: a second read does not open the mirror again.
+    std::fs::remove_dir_all(mirrors.path_of(&url)).unwrap();
+    assert_eq!(mirrors.read_file(&url, &newer, "p.txt").unwrap(), read);
+    let error = mirrors.read_file(&url, &newer, "q.txt").unwrap_err();
+    assert!(matches!(error, WorkspaceError::NoMirror { .. }), "{error}");
+}
