@@ -21,9 +21,70 @@ pub fn decides_now(
     state: &RunStateRow,
     step_id: &str,
 ) -> Result<bool, DbError> {
-    Ok((run.status == "RUNNING" || run.status == "PAUSED")
+    Ok(decides(
+        run,
+        state,
+        db::steps::any_active(c, &run.id, Some(step_id))?,
+    ))
+}
+
+/// [`decides_now`], given whether another step of the run is in flight.
+pub fn decides(run: &RunRow, state: &RunStateRow, others_active: bool) -> bool {
+    (run.status == "RUNNING" || run.status == "PAUSED")
         && state.finishing.is_none()
-        && !db::steps::any_active(c, &run.id, Some(step_id))?)
+        && !others_active
+}
+
+/// What a decision reads of a run's steps besides the finished one: the database in a
+/// transaction, or a snapshot read in one statement (`db::fast`).
+pub trait History {
+    /// The run's newest implementation steps, newest first, at most `limit` (≤ 3).
+    fn recent_implementations(&mut self, run_id: &str, limit: i64)
+        -> Result<Vec<StepRow>, DbError>;
+    /// The run's two newest succeeded implementation steps, newest first.
+    fn succeeded_implementations(&mut self, run_id: &str) -> Result<Vec<StepRow>, DbError>;
+    /// The attempt number a new step of `phase` gets.
+    fn next_attempt(&mut self, run_id: &str, phase: &str) -> Result<i32, DbError>;
+}
+
+impl History for Conn {
+    fn recent_implementations(
+        &mut self,
+        run_id: &str,
+        limit: i64,
+    ) -> Result<Vec<StepRow>, DbError> {
+        db::steps::recent_implementations(self, run_id, limit)
+    }
+    fn succeeded_implementations(&mut self, run_id: &str) -> Result<Vec<StepRow>, DbError> {
+        db::steps::succeeded_implementations(self, run_id)
+    }
+    fn next_attempt(&mut self, run_id: &str, phase: &str) -> Result<i32, DbError> {
+        db::steps::next_attempt(self, run_id, phase)
+    }
+}
+
+impl History for db::fast::Snapshot {
+    fn recent_implementations(&mut self, _: &str, limit: i64) -> Result<Vec<StepRow>, DbError> {
+        let mut v = self.inputs.recent_impls.clone();
+        v.truncate(limit.max(0) as usize);
+        Ok(v)
+    }
+    fn succeeded_implementations(&mut self, _: &str) -> Result<Vec<StepRow>, DbError> {
+        Ok(self.inputs.succeeded_impls.clone())
+    }
+    fn next_attempt(&mut self, _: &str, phase: &str) -> Result<i32, DbError> {
+        Ok(self.inputs.attempts.get(phase).copied().unwrap_or(0) + 1)
+    }
+}
+
+/// A decision's writes: the finished step settled, the step queued, the state, the events
+/// (the caller's, then the decision's), and what the SchedulerActor carries out afterwards.
+pub struct Plan {
+    pub settled: Option<StepRow>,
+    pub queued: Option<StepRow>,
+    pub state: RunStateRow,
+    pub events: Vec<NewEvent>,
+    pub actions: Vec<Advanced>,
 }
 
 /// Decides what follows `last` — the run's newest step, finished (and written back here,
@@ -33,12 +94,34 @@ pub fn decides_now(
 pub fn decide_in_tx(
     c: &mut Conn,
     run: &RunRow,
+    state: RunStateRow,
+    last: Option<StepRow>,
+    events: Vec<NewEvent>,
+    mirrors: &Mirrors,
+    now: i64,
+) -> Result<Vec<Advanced>, SchedError> {
+    let p = plan(c, run, state, last, events, mirrors, now)?;
+    if let Some(s) = &p.settled {
+        db::steps::save(c, s)?;
+    }
+    if let Some(s) = &p.queued {
+        db::steps::insert(c, s)?;
+    }
+    let seq = db::runs::save_state_with_events(c, &p.state, p.events.len())?;
+    db::events::insert_numbered(c, &run.id, seq, &p.events, now)?;
+    Ok(p.actions)
+}
+
+/// [`decide_in_tx`]'s decision without its writes; `h` answers what it reads.
+pub fn plan(
+    h: &mut impl History,
+    run: &RunRow,
     mut state: RunStateRow,
     last: Option<StepRow>,
     mut events: Vec<NewEvent>,
     mirrors: &Mirrors,
     now: i64,
-) -> Result<Vec<Advanced>, SchedError> {
+) -> Result<Plan, SchedError> {
     let config = run_config(run);
     let counters = Counters {
         iterations_done: state.iterations_done.max(0) as u32,
@@ -47,13 +130,14 @@ pub fn decide_in_tx(
         watchdog_rewrites: state.watchdog_rewrites.max(0) as u32,
     };
     let mut actions = Vec::new();
+    let mut settled = None;
     let decision = match &last {
         Some(l) if !l.settled => {
-            let impls = implementations_before(c, l)?;
+            let impls = implementations_before(h, l)?;
             let d = pipeline::after_step(&finished(l, &impls), &counters, &config);
-            let mut settled = l.clone();
-            settled.settled = true;
-            db::steps::save(c, &settled)?;
+            let mut s = l.clone();
+            s.settled = true;
+            settled = Some(s);
             d
         }
         _ => pipeline::first_step(&counters, &config),
@@ -89,19 +173,21 @@ pub fn decide_in_tx(
             prompt: rw.prompt,
         });
     }
+    let mut queued = None;
     match next {
         Next::Enqueue { phase, is_final } => {
             let seq = last.as_ref().map(|s| s.seq + 1).unwrap_or(1);
-            let step = enqueue(c, run, &mut state, phase, is_final, mirrors, seq, now)?;
+            let step = enqueue(h, run, &mut state, phase, is_final, mirrors, seq, now)?;
             events.push(NewEvent {
                 step_id: Some(step.id.clone()),
                 event_type: ev::STEP_QUEUED,
                 payload: ev::step_queued(&step.id, phase.as_str(), step.attempt),
             });
             actions.push(Advanced::Queued {
-                labels: step.required_labels,
-                preferred: step.preferred_worker_id,
+                labels: step.required_labels.clone(),
+                preferred: step.preferred_worker_id.clone(),
             });
+            queued = Some(step);
         }
         Next::Finish(outcome) => {
             state.finishing =
@@ -109,23 +195,27 @@ pub fn decide_in_tx(
             actions.push(Advanced::Finish);
         }
     }
-    let seq = db::runs::save_state_with_events(c, &state, events.len())?;
-    db::events::insert_numbered(c, &run.id, seq, &events, now)?;
-    Ok(actions)
+    Ok(Plan {
+        settled,
+        queued,
+        state,
+        events,
+        actions,
+    })
 }
 
 /// The implementation steps the watchdog compares, newest first: read only after a
 /// verification that may lead to another implementation (the only decision that uses them).
-fn implementations_before(c: &mut Conn, last: &StepRow) -> Result<Vec<StepRow>, DbError> {
+fn implementations_before(h: &mut impl History, last: &StepRow) -> Result<Vec<StepRow>, DbError> {
     if last.phase != StepPhase::Verification.as_str() || last.is_final {
         return Ok(Vec::new());
     }
     // Usually the two newest succeeded; when failures sit between, ask for those directly.
-    let mut recent = db::steps::recent_implementations(c, &last.run_id, 3)?;
+    let mut recent = h.recent_implementations(&last.run_id, 3)?;
     let succeeded = recent.iter().filter(|s| s.status == "SUCCEEDED").count();
     if succeeded < 2 && recent.len() == 3 {
         let newest = recent.remove(0);
-        recent = db::steps::succeeded_implementations(c, &last.run_id)?;
+        recent = h.succeeded_implementations(&last.run_id)?;
         if recent.first().is_none_or(|s| s.id != newest.id) {
             recent.insert(0, newest);
         }
@@ -152,10 +242,11 @@ fn finished<'a>(last: &'a StepRow, impls: &'a [StepRow]) -> Finished<'a> {
     }
 }
 
-/// Queues a step of `phase` (with its prompt); the caller records STEP_QUEUED.
+/// The step of `phase` to queue (with its prompt); the caller inserts it and records
+/// STEP_QUEUED.
 #[allow(clippy::too_many_arguments)]
 fn enqueue(
-    c: &mut Conn,
+    h: &mut impl History,
     run: &RunRow,
     state: &mut RunStateRow,
     phase: StepPhase,
@@ -164,7 +255,7 @@ fn enqueue(
     seq: i32,
     now: i64,
 ) -> Result<StepRow, SchedError> {
-    let attempt = db::steps::next_attempt(c, &run.id, phase.as_str())?;
+    let attempt = h.next_attempt(&run.id, phase.as_str())?;
     let prompt = if phase == StepPhase::Implementation {
         state
             .pending_prompt
@@ -193,6 +284,5 @@ fn enqueue(
             now,
         )
     };
-    db::steps::insert(c, &step)?;
     Ok(step)
 }

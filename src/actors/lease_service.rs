@@ -9,17 +9,16 @@ use super::scheduler_service::Advanced;
 use super::waiters::WaitQueue;
 use crate::api::{Assignment, CompleteRequest, HeldLease, LeaseVerdict};
 use crate::artifacts::ArtifactStore;
-use crate::db::events::NewEvent;
 use crate::db::leases::{self, ClaimSpec};
 use crate::db::models::{LeaseRow, StepRow};
 use crate::db::{self, Db, DbError};
-use crate::domain::events as ev;
 use crate::domain::time::rfc3339;
 use crate::domain::LeaseAction;
 use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
 use crate::settings::{LeaseSettings, SchedulerSettings};
 use crate::workspace::mirror::Mirrors;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,7 +78,13 @@ pub struct LeaseService {
     pub follow_up: FollowUpSink,
     /// Repository mirrors, for the prompts of the steps a completion queues.
     pub mirrors: Arc<Mirrors>,
+    /// Postgres: what each step's completion will likely decide from, as its claim read it
+    /// (see `completion.rs`); taken by the completion.
+    pub(super) claimed: std::sync::Mutex<HashMap<String, db::fast::Snapshot>>,
 }
+
+/// Most claim snapshots kept (a step whose completion never comes leaves one behind).
+const CLAIMED_CAP: usize = 16_384;
 
 /// What a LeaseService is built from.
 pub struct LeaseServiceParts {
@@ -108,6 +113,7 @@ impl LeaseService {
             waiters: WaitQueue::default(),
             follow_up: p.follow_up,
             mirrors: p.mirrors,
+            claimed: Default::default(),
         }
     }
 }
@@ -199,72 +205,64 @@ impl LeaseService {
     }
 
     /// One claim attempt: lease the oldest matching step, record it, build the assignment.
+    /// A draining (or revoked) worker takes nothing new, even from a long poll that began
+    /// before it said so (the claim itself checks). An offline one is refused at
+    /// authentication; the in-process worker of the single role keeps claiming even if it was
+    /// once marked offline (after a suspend), as it never registers again.
     async fn try_claim(&self, worker_id: &str, labels: &[String]) -> Result<Attempt, LeaseError> {
         let (wid, lbl) = (worker_id.to_string(), labels.to_vec());
         let (ttl, window) = (
             self.lease.ttl_ms as i64,
             self.sched.affinity_window_ms as i64,
         );
-        let output = self.output.clone();
         let got = self
             .db
-            .tx(move |c| -> Result<_, LeaseError> {
+            .run(move |c| {
                 let spec = ClaimSpec {
                     worker_id: &wid,
                     labels: &lbl,
                     ttl_ms: ttl,
                     affinity_window_ms: window,
                 };
-                // A draining (or revoked) worker takes nothing new, even from a long poll that
-                // began before it said so (the claim itself checks). An offline one is refused
-                // at authentication; the in-process worker of the single role keeps claiming
-                // even if it was once marked offline (after a suspend), as it never registers
-                // again.
-                let Some(g) = leases::claim(c, &spec)? else {
-                    let may_take = db::workers::get(c, &wid)?
-                        .is_some_and(|w| w.status != "draining" && w.status != "revoked");
-                    return Ok(Err(if may_take {
-                        Attempt::Empty
-                    } else {
-                        Attempt::Closed
-                    }));
-                };
-                let run = db::runs::require(c, &g.step.run_id)?;
-                let s = &g.step;
-                let events = [
-                    NewEvent {
-                        step_id: Some(s.id.clone()),
-                        event_type: ev::LEASE_GRANTED,
-                        payload: ev::lease_granted(
-                            &s.id,
-                            &wid,
-                            g.lease.epoch,
-                            &rfc3339(g.lease.expires_at),
-                        ),
-                    },
-                    NewEvent {
-                        step_id: Some(s.id.clone()),
-                        event_type: ev::STEP_STARTED,
-                        payload: ev::step_started(&s.id, &s.phase, s.attempt, &wid, g.lease.epoch),
-                    },
-                ];
-                // The run's state comes back with the event numbers taken.
-                let state = db::events::reserve(c, &run.id, events.len())?;
-                db::events::insert_numbered(c, &run.id, state.event_seq, &events, g.now_ms)?;
-                let offset = output.size(&run.id, &s.id);
-                Ok(Ok((g, run, state, offset)))
+                db::fast::claim(c, &spec)
             })
             .await?;
-        let (g, run, state, offset) = match got {
-            Ok(v) => v,
-            Err(nothing) => return Ok(nothing),
+        let mut g = match got {
+            db::fast::Claimed::Closed => return Ok(Attempt::Closed),
+            db::fast::Claimed::Empty => return Ok(Attempt::Empty),
+            db::fast::Claimed::Got(g) => g,
         };
+        if let Some(next) = g.next.take() {
+            let mut kept = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() >= CLAIMED_CAP {
+                kept.clear();
+            }
+            kept.insert(g.step.id.clone(), next);
+        }
+        let offset = self.output.size(&g.run.id, &g.step.id);
+        self.granted(
+            worker_id, &g.run, &g.state, &g.step, &g.lease, g.now, offset,
+        )
+    }
+
+    /// A granted lease, seen out: metrics, log, the run's watchers woken, the assignment.
+    #[allow(clippy::too_many_arguments)]
+    fn granted(
+        &self,
+        worker_id: &str,
+        run: &db::models::RunRow,
+        state: &db::models::RunStateRow,
+        step: &StepRow,
+        lease: &LeaseRow,
+        now_ms: i64,
+        offset: u64,
+    ) -> Result<Attempt, LeaseError> {
         self.metrics
             .step_dispatch
-            .observe((g.now_ms - g.step.queued_at).max(0) as f64 / 1000.0);
-        tracing::info!(run_id = %run.id, step_id = %g.step.id, worker_id = %worker_id, lease_epoch = g.lease.epoch, phase = %g.step.phase, "lease granted");
+            .observe((now_ms - step.queued_at).max(0) as f64 / 1000.0);
+        tracing::info!(run_id = %run.id, step_id = %step.id, worker_id = %worker_id, lease_epoch = lease.epoch, phase = %step.phase, "lease granted");
         self.hub.notify(&run.id);
-        assignment::build(&run, &state, &g.step, &g.lease, offset)
+        assignment::build(run, state, step, lease, offset)
             .map(|a| Attempt::Got(Box::new(a)))
             .map_err(LeaseError::Internal)
     }

@@ -1,22 +1,17 @@
 //! What a lease holder writes for its step — output, events, artifacts, the completion — each
 //! checked against the step's current lease epoch first. Part of the LeaseActor's service.
 
+use super::completion::{completed, note_in_state, sched_err};
 use super::decide::{decide_in_tx, decides_now};
 use super::lease_service::{
     authorize, authorize_held, completion_digest, FollowUp, LeaseError, LeaseService,
 };
-use super::scheduler_service::SchedError;
 use crate::api::{ArtifactRef, CompleteRequest, OutputAck};
 use crate::artifacts::validate_name;
-use crate::db::events::NewEvent;
 use crate::db::models::{new_id, ArtifactRow};
 use crate::db::{self, DbError};
 use crate::domain::events as ev;
-use crate::domain::{StepOutcome, StepPhase};
 use crate::output_store::OutputError;
-
-/// Longest output tail kept with a step (the watchdog compares tails).
-const TAIL_CAP: usize = 64 * 1024;
 
 /// Event types a worker may not send: the controller alone emits them.
 fn reserved(event_type: &str) -> bool {
@@ -31,23 +26,6 @@ fn valid_event_type(t: &str) -> bool {
         && t.starts_with(|c: char| c.is_ascii_uppercase())
         && t.chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-}
-
-/// Text from a worker, made storable: NUL bytes (which databases refuse) become U+FFFD.
-fn storable(s: &str) -> String {
-    s.replace('\0', "\u{FFFD}")
-}
-
-/// Keeps the last `cap` bytes of `s`, cut at a character boundary.
-fn tail(s: &str, cap: usize) -> String {
-    if s.len() <= cap {
-        return s.to_string();
-    }
-    let mut start = s.len() - cap;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    s[start..].to_string()
 }
 
 impl LeaseService {
@@ -212,6 +190,19 @@ impl LeaseService {
             crate::artifacts::attempt_key("r", step_id, req.epoch, &a.name)
                 .map_err(|e| LeaseError::Invalid(e.to_string()))?;
         }
+        // On Postgres, usually one statement to read and one to write (see `completion.rs`).
+        if self.db.backend() == db::Backend::Postgres && req.artifacts.is_empty() {
+            if let Some((run_id, actions)) =
+                self.complete_pg(worker_id, step_id, &req, &digest).await?
+            {
+                self.hub.notify(&run_id);
+                (self.follow_up)(FollowUp {
+                    run_id,
+                    decided: Some(actions),
+                });
+                return Ok(());
+            }
+        }
         let mirrors = self.mirrors.clone();
         // One transaction records the completion and decides what follows it.
         let first = self
@@ -232,28 +223,7 @@ impl LeaseService {
                 };
                 let (mut step, now) = (held.step, held.now_ms);
                 let (run, mut state) = db::runs::lock_with_state(c, &step.run_id)?;
-                let ok = req.status == StepOutcome::Succeeded;
-                step.status = if run.status == "CANCELED" {
-                    "CANCELED"
-                } else if ok {
-                    "SUCCEEDED"
-                } else {
-                    "FAILED"
-                }
-                .to_string();
-                step.ended_at = Some(now);
-                step.exit_code = req.exit_code;
-                step.output_tail = Some(storable(&tail(&req.output_tail, TAIL_CAP)));
-                step.completion_detected = req.completion_detected;
-                step.failure_reason = match (&req.failure_reason, req.infra_failure) {
-                    (Some(r), true) => Some(format!("{}{}", super::INFRA_PREFIX, storable(r))),
-                    (r, _) => r.as_deref().map(storable),
-                };
-                step.runner_notes = req.runner_notes.as_deref().map(storable);
-                step.completion_digest = Some(digest.clone());
-                let phase: StepPhase = step.phase.parse().unwrap_or(StepPhase::Implementation);
-                let log = format!("iter-{:02}-{}.log", step.attempt, phase.slug());
-                step.output_path = Some(log.clone());
+                let event = completed(&mut step, &run.status, &req, &digest, now);
                 db::leases::delete(c, &sid)?;
                 for a in &req.artifacts {
                     let known = db::artifacts::get(c, &run.id, &a.name)?;
@@ -263,34 +233,13 @@ impl LeaseService {
                         record_artifact(c, &run.id, &sid, a, &kind, &key, now)?;
                     }
                 }
-                if let Some(cp) = &req.checkpoint {
-                    state.checkpoint_name = Some(cp.name.clone());
-                    state.checkpoint_head = Some(cp.head.clone());
-                }
-                state.last_worker_id = Some(wid.clone());
-                let event = if ok || phase == StepPhase::Verification {
-                    NewEvent {
-                        step_id: Some(sid.clone()),
-                        event_type: ev::STEP_FINISHED,
-                        payload: ev::step_finished(&sid, req.exit_code.unwrap_or(if ok { 0 } else { 1 }), req.duration_ms, &log),
-                    }
-                } else {
-                    NewEvent {
-                        step_id: Some(sid.clone()),
-                        event_type: ev::STEP_FAILED,
-                        payload: ev::step_failed(&sid, req.exit_code, req.failure_reason.as_deref().unwrap_or("failed")),
-                    }
-                };
+                note_in_state(&mut state, &req, &wid);
                 tracing::info!(run_id = %run.id, step_id = %sid, worker_id = %wid, lease_epoch = req.epoch, status = %step.status, "step completed");
                 // The scheduler's decision, in this transaction when the run is going on;
                 // otherwise the step is recorded and the scheduler looks at the run afterwards.
                 if decides_now(c, &run, &state, &sid)? {
                     let actions = decide_in_tx(c, &run, state, Some(step), vec![event], &mirrors, now)
-                        .map_err(|e| match e {
-                            // An unavailable database is the caller's 503, not a 500.
-                            SchedError::Db(d) => LeaseError::Db(d),
-                            other => LeaseError::Internal(other.to_string()),
-                        })?;
+                        .map_err(sched_err)?;
                     return Ok(Some((run.id, Some(actions))));
                 }
                 db::steps::save(c, &step)?;

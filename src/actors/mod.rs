@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub mod assignment;
+mod completion;
 mod control;
 mod decide;
 pub mod events;

@@ -80,9 +80,17 @@ pub fn insert_numbered(
     if list.is_empty() {
         return Ok(());
     }
+    let rows = numbered(run_id, last, list, now_ms);
+    on_conn!(conn, |c| diesel::insert_into(events::table)
+        .values(&rows)
+        .execute(c))?;
+    Ok(())
+}
+
+/// The rows of events of one run numbered up to `last`.
+pub fn numbered(run_id: &str, last: i64, list: &[NewEvent], now_ms: i64) -> Vec<EventRow> {
     let n = list.len() as i64;
-    let rows: Vec<EventRow> = list
-        .iter()
+    list.iter()
         .enumerate()
         .map(|(i, e)| EventRow {
             id: new_id(),
@@ -93,11 +101,7 @@ pub fn insert_numbered(
             payload_json: e.payload.to_string(),
             created_at: now_ms,
         })
-        .collect();
-    on_conn!(conn, |c| diesel::insert_into(events::table)
-        .values(&rows)
-        .execute(c))?;
-    Ok(())
+        .collect()
 }
 
 /// A run's events with `run_seq > after_seq` and, when given, `created_at > after_ms`, in order.

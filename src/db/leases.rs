@@ -30,14 +30,11 @@ pub struct Granted {
     pub now_ms: i64,
 }
 
-/// Claims the oldest claimable step of a RUNNING run that this worker may run, a step that
-/// prefers this worker before any other. Must run inside a write transaction. A worker that is
-/// draining or revoked gets nothing.
-pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, DbError> {
-    // The label sets this worker may run, as a plain equality list: every subset of its labels
-    // (a step's required labels are stored in the same canonical encoding), or, for a worker
-    // with many labels, the distinct sets in the queue that it matches.
-    let allowed = match label_subsets(spec.labels) {
+/// The label sets a worker with `labels` may run, as a plain equality list: every subset of
+/// its labels (a step's required labels are stored in the same canonical encoding), or, for a
+/// worker with many labels, the distinct sets in the queue that it matches.
+pub fn allowed_sets(conn: &mut Conn, labels: &[String]) -> Result<Vec<String>, DbError> {
+    Ok(match label_subsets(labels) {
         Some(all) => all,
         None => {
             let sets: Vec<String> = on_conn!(conn, |c| steps::table
@@ -46,10 +43,17 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
                 .distinct()
                 .load(c))?;
             sets.into_iter()
-                .filter(|s| labels_match(s, spec.labels))
+                .filter(|s| labels_match(s, labels))
                 .collect()
         }
-    };
+    })
+}
+
+/// Claims the oldest claimable step of a RUNNING run that this worker may run, a step that
+/// prefers this worker before any other. Must run inside a write transaction. A worker that is
+/// draining or revoked gets nothing.
+pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, DbError> {
+    let allowed = allowed_sets(conn, spec.labels)?;
     if allowed.is_empty() {
         return Ok(None);
     }

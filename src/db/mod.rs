@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod events;
+pub mod fast;
 pub mod leases;
 mod migrate;
 pub mod models;
@@ -52,6 +53,10 @@ pub enum DbError {
     Conflict(String),
     #[error("blocking task failed: {0}")]
     Join(String),
+    /// A reply the code cannot read (a schema and binary out of step), or a call to a
+    /// Postgres-only function on SQLite.
+    #[error("unexpected database reply: {0}")]
+    Reply(String),
 }
 
 impl DbError {

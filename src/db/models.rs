@@ -2,8 +2,9 @@
 
 use super::schema::{artifacts, events, leases, run_state, runs, steps, workers};
 use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, Serialize, Deserialize)]
 #[diesel(table_name = runs)]
 #[diesel(treat_none_as_null = true)]
 pub struct RunRow {
@@ -36,7 +37,9 @@ pub struct RunRow {
 }
 
 /// The scheduler's progress counters of one run (see the migration's comment).
-#[derive(Debug, Clone, Default, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(
+    Debug, Clone, Default, Queryable, Selectable, Insertable, AsChangeset, Serialize, Deserialize,
+)]
 #[diesel(table_name = run_state)]
 #[diesel(treat_none_as_null = true)]
 pub struct RunStateRow {
@@ -55,7 +58,7 @@ pub struct RunStateRow {
     pub event_seq: i64,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = steps)]
 pub struct StepRow {
     pub id: String,
@@ -121,7 +124,7 @@ impl StepRow {
     }
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = events)]
 pub struct EventRow {
     pub id: String,
@@ -164,7 +167,9 @@ pub struct WorkerRow {
     pub metrics_json: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, Serialize, Deserialize,
+)]
 #[diesel(table_name = leases)]
 pub struct LeaseRow {
     pub step_id: String,

@@ -6,9 +6,12 @@ mod support;
 
 use support::pg;
 
+mod fast_paths;
 mod races;
+use fast_paths::*;
 use races::*;
 
+use loopd::db::fast::{self, Claimed, ClaimedStep};
 use loopd::db::leases::{self, ClaimSpec};
 use loopd::db::models::{new_id, RunRow, StepRow};
 use loopd::db::{self, Conn, Db, DbError};
@@ -60,7 +63,20 @@ both!(
     offline_worker_leases_are_released_at_once,
     draining_or_revoked_workers_claim_nothing,
     a_release_that_waited_for_a_completion_leaves_the_step_completed,
+    a_claim_records_lease_granted_and_step_started,
 );
+
+/// The Postgres-only half of the completion path (SQLite always takes the transaction).
+mod on_postgres_only {
+    #[test]
+    fn a_completion_written_from_a_snapshot_changes_everything_at_once() {
+        super::a_completion_written_from_a_snapshot_changes_everything_at_once(super::postgres())
+    }
+    #[test]
+    fn a_snapshot_that_moved_writes_nothing() {
+        super::a_snapshot_that_moved_writes_nothing(super::postgres())
+    }
+}
 
 fn run_row(status: &str, labels: &str) -> RunRow {
     RunRow {
@@ -123,9 +139,12 @@ fn spec<'a>(worker: &'a str, labels: &'a [String], ttl: i64) -> ClaimSpec<'a> {
     }
 }
 
-fn claim(c: &mut Conn, worker: &str, labels: &[String], ttl: i64) -> Option<leases::Granted> {
-    c.write_tx(|c| leases::claim(c, &spec(worker, labels, ttl)))
-        .unwrap()
+/// A claim as the LeaseActor takes it (on Postgres the one-statement function).
+fn claim(c: &mut Conn, worker: &str, labels: &[String], ttl: i64) -> Option<ClaimedStep> {
+    match fast::claim(c, &spec(worker, labels, ttl)).unwrap() {
+        Claimed::Got(g) => Some(*g),
+        Claimed::Empty | Claimed::Closed => None,
+    }
 }
 
 fn eight_claimers_over_a_thousand_steps_claim_each_exactly_once(s: Store) {

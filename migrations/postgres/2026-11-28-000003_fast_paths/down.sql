@@ -1,0 +1,10 @@
+DROP FUNCTION loopd_complete_apply(text, text, bigint, jsonb, jsonb, jsonb, jsonb, jsonb, jsonb);
+DROP FUNCTION loopd_complete_snapshot(text, text[]);
+DROP FUNCTION loopd_decision_inputs(steps, text[]);
+DROP FUNCTION loopd_claim(text, text[], bigint, bigint, text[], text[]);
+DROP INDEX steps_claimable_preferred;
+DROP INDEX steps_claimable;
+DROP INDEX steps_run_phase_attempt;
+DROP INDEX steps_run_active;
+CREATE INDEX steps_status_queued ON steps (status, queued_at);
+CREATE INDEX steps_run_status ON steps (run_id, status);

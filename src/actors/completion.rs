@@ -1,0 +1,206 @@
+//! A completion, as both paths write it: the finished step's row and event, and what it
+//! tells the run's state. And the Postgres path: read everything in one statement, decide in
+//! Rust, write in one statement that first checks nothing moved — otherwise the transactional
+//! path in `lease_writes.rs` (which SQLite always takes) does it. Part of the LeaseActor.
+
+use super::decide::{self, decides};
+use super::lease_service::{LeaseError, LeaseService};
+use super::scheduler_service::{Advanced, SchedError};
+use crate::api::CompleteRequest;
+use crate::db::events::NewEvent;
+use crate::db::fast::{self, Completion};
+use crate::db::models::{RunStateRow, StepRow};
+use crate::domain::events as ev;
+use crate::domain::{StepOutcome, StepPhase};
+
+/// Longest output tail kept with a step (the watchdog compares tails).
+const TAIL_CAP: usize = 64 * 1024;
+
+/// Text from a worker, made storable: NUL bytes (which databases refuse) become U+FFFD.
+fn storable(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// Keeps the last `cap` bytes of `s`, cut at a character boundary.
+fn tail(s: &str, cap: usize) -> String {
+    if s.len() <= cap {
+        return s.to_string();
+    }
+    let mut start = s.len() - cap;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
+}
+
+/// Marks `step` finished as `req` says (cancelled if its run is) and returns its event.
+pub fn completed(
+    step: &mut StepRow,
+    run_status: &str,
+    req: &CompleteRequest,
+    digest: &str,
+    now: i64,
+) -> NewEvent {
+    let ok = req.status == StepOutcome::Succeeded;
+    step.status = if run_status == "CANCELED" {
+        "CANCELED"
+    } else if ok {
+        "SUCCEEDED"
+    } else {
+        "FAILED"
+    }
+    .to_string();
+    step.ended_at = Some(now);
+    step.exit_code = req.exit_code;
+    step.output_tail = Some(storable(&tail(&req.output_tail, TAIL_CAP)));
+    step.completion_detected = req.completion_detected;
+    step.failure_reason = match (&req.failure_reason, req.infra_failure) {
+        (Some(r), true) => Some(format!("{}{}", super::INFRA_PREFIX, storable(r))),
+        (r, _) => r.as_deref().map(storable),
+    };
+    step.runner_notes = req.runner_notes.as_deref().map(storable);
+    step.completion_digest = Some(digest.to_string());
+    let phase: StepPhase = step.phase.parse().unwrap_or(StepPhase::Implementation);
+    let log = format!("iter-{:02}-{}.log", step.attempt, phase.slug());
+    step.output_path = Some(log.clone());
+    let sid = Some(step.id.clone());
+    if ok || phase == StepPhase::Verification {
+        let code = req.exit_code.unwrap_or(if ok { 0 } else { 1 });
+        NewEvent {
+            payload: ev::step_finished(&step.id, code, req.duration_ms, &log),
+            step_id: sid,
+            event_type: ev::STEP_FINISHED,
+        }
+    } else {
+        let reason = req.failure_reason.as_deref().unwrap_or("failed");
+        NewEvent {
+            payload: ev::step_failed(&step.id, req.exit_code, reason),
+            step_id: sid,
+            event_type: ev::STEP_FAILED,
+        }
+    }
+}
+
+/// What a completion tells the run's state: its checkpoint, and who ran the step.
+pub fn note_in_state(state: &mut RunStateRow, req: &CompleteRequest, worker_id: &str) {
+    if let Some(cp) = &req.checkpoint {
+        state.checkpoint_name = Some(cp.name.clone());
+        state.checkpoint_head = Some(cp.head.clone());
+    }
+    state.last_worker_id = Some(worker_id.to_string());
+}
+
+/// A decision's failure as the worker's answer: an unavailable database is a 503, not a 500.
+pub fn sched_err(e: SchedError) -> LeaseError {
+    match e {
+        SchedError::Db(d) => LeaseError::Db(d),
+        other => LeaseError::Internal(other.to_string()),
+    }
+}
+
+impl LeaseService {
+    /// A completion without artifacts on Postgres in one or two statements: `Some((run,
+    /// actions))` when done, `None` when the transactional path must do it (the lease is not
+    /// this worker's, the run is not going on or has another step in flight, or something
+    /// moved between the read and the write). It decides from what the claim read when it
+    /// can (one statement: the write, which checks that nothing moved), else from a fresh
+    /// snapshot.
+    pub(super) async fn complete_pg(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        req: &CompleteRequest,
+        digest: &str,
+    ) -> Result<Option<(String, Vec<Advanced>)>, LeaseError> {
+        let kept = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(step_id);
+        let (wid, sid, req, digest) = (
+            worker_id.to_string(),
+            step_id.to_string(),
+            req.clone(),
+            digest.to_string(),
+        );
+        let mirrors = self.mirrors.clone();
+        self.db
+            .run(move |c| -> Result<_, LeaseError> {
+                let w = Writer {
+                    worker_id: &wid,
+                    req: &req,
+                    digest: &digest,
+                    mirrors: &mirrors,
+                };
+                if let Some(snap) = kept {
+                    if let Some(done) = w.write_from(c, snap)? {
+                        return Ok(Some(done));
+                    }
+                }
+                match fast::complete_snapshot(c, &sid)? {
+                    Some(snap) => w.write_from(c, snap),
+                    None => Ok(None),
+                }
+            })
+            .await
+    }
+}
+
+/// One completion, written from snapshots.
+struct Writer<'a> {
+    worker_id: &'a str,
+    req: &'a CompleteRequest,
+    digest: &'a str,
+    mirrors: &'a crate::workspace::mirror::Mirrors,
+}
+
+impl Writer<'_> {
+    /// Decides from `snap` and writes if it still holds; `None` when it does not apply.
+    fn write_from(
+        &self,
+        c: &mut crate::db::Conn,
+        mut snap: fast::Snapshot,
+    ) -> Result<Option<(String, Vec<Advanced>)>, LeaseError> {
+        let (wid, req) = (self.worker_id, self.req);
+        // (The write checks the lease's expiry against the database clock.)
+        let held = snap
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.worker_id == wid && l.epoch == req.epoch);
+        if !held || !decides(&snap.run, &snap.state, snap.inputs.others_active) {
+            return Ok(None);
+        }
+        let now = snap.now;
+        let (run, mut state, mut step) = (snap.run.clone(), snap.state.clone(), snap.step.clone());
+        let event = completed(&mut step, &run.status, req, self.digest, now);
+        note_in_state(&mut state, req, wid);
+        let mut plan = decide::plan(
+            &mut snap,
+            &run,
+            state,
+            Some(step),
+            vec![event],
+            self.mirrors,
+            now,
+        )
+        .map_err(sched_err)?;
+        plan.state.event_seq += plan.events.len() as i64;
+        let events = crate::db::events::numbered(&run.id, plan.state.event_seq, &plan.events, now);
+        let Some(done) = plan.settled.as_ref() else {
+            return Ok(None);
+        };
+        let w = Completion {
+            worker_id: wid,
+            epoch: req.epoch,
+            done,
+            queued: plan.queued.as_ref(),
+            state: &plan.state,
+            events: &events,
+        };
+        if !fast::complete_apply(c, &snap, &w)? {
+            return Ok(None);
+        }
+        tracing::info!(run_id = %run.id, step_id = %done.id, worker_id = %wid, lease_epoch = req.epoch, status = %done.status, "step completed");
+        Ok(Some((run.id, plan.actions)))
+    }
+}

@@ -1,0 +1,275 @@
+//! The pool's two hot paths, on Postgres one round trip each (see the migration
+//! `2026-11-28-000003_fast_paths`): a claim, and a completion's read and write. Every statement
+//! sent to Postgres costs it about as much as a whole one-row transaction, while statements
+//! inside a function stay planned and cost little; so these call one function each. The
+//! decisions stay in Rust. SQLite runs the transactional paths (`leases::claim` with the
+//! events here, the completion transaction in the LeaseActor), which stay the reference: the
+//! storage suite holds both backends to the same behaviour.
+
+use super::events::{self, NewEvent};
+use super::leases::{self, ClaimSpec};
+use super::models::{new_id, EventRow, LeaseRow, RunRow, RunStateRow, StepRow};
+use super::{Conn, DbError};
+use crate::domain::events as ev;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::HashMap;
+
+#[diesel::declare_sql_function]
+extern "SQL" {
+    fn loopd_claim(
+        worker: Text,
+        allowed: Array<Text>,
+        ttl: BigInt,
+        window: BigInt,
+        event_ids: Array<Text>,
+        phases: Array<Text>,
+    ) -> Jsonb;
+    fn loopd_complete_snapshot(step: Text, phases: Array<Text>) -> Jsonb;
+    #[allow(clippy::too_many_arguments)]
+    fn loopd_complete_apply(
+        step: Text,
+        worker: Text,
+        epoch: BigInt,
+        run: Jsonb,
+        state_before: Jsonb,
+        done: Jsonb,
+        queued: Nullable<Jsonb>,
+        state: Jsonb,
+        events: Jsonb,
+    ) -> diesel::sql_types::Bool;
+}
+
+fn pg(conn: &mut Conn) -> Result<&mut diesel::PgConnection, DbError> {
+    match conn {
+        Conn::Pg(c) => Ok(&mut **c),
+        Conn::Sqlite(_) => Err(DbError::Reply(
+            "the one-statement paths are Postgres functions".into(),
+        )),
+    }
+}
+
+/// Every step phase: the snapshot reads the highest attempt of each.
+fn phases() -> Vec<&'static str> {
+    crate::domain::StepPhase::ALL
+        .iter()
+        .map(|p| p.as_str())
+        .collect()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, DbError> {
+    serde_json::from_value(v).map_err(|e| DbError::Reply(format!("database reply: {e}")))
+}
+
+/// What a claim found.
+#[derive(Debug)]
+pub enum Claimed {
+    /// The worker may take nothing: draining, revoked or unknown.
+    Closed,
+    /// Nothing it may run is queued.
+    Empty,
+    Got(Box<ClaimedStep>),
+}
+
+/// A step leased by [`claim`], with its run and the run's state after the claim's events.
+#[derive(Debug)]
+pub struct ClaimedStep {
+    pub step: StepRow,
+    pub lease: LeaseRow,
+    pub run: RunRow,
+    pub state: RunStateRow,
+    pub now: i64,
+    /// On Postgres, the snapshot the step's completion will decide from if nothing about
+    /// the run moves in between (one step in flight per run: usually nothing does).
+    pub next: Option<Snapshot>,
+}
+
+/// A claim as the LeaseActor takes it: `leases::claim` plus the LEASE_GRANTED and
+/// STEP_STARTED events, and, when nothing is granted, whether the worker may take anything at
+/// all. On Postgres one statement (`loopd_claim`); on SQLite one immediate transaction.
+pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Claimed, DbError> {
+    if let Conn::Sqlite(_) = conn {
+        return conn.write_tx(|c| claim_in_tx(c, spec));
+    }
+    let allowed = leases::allowed_sets(conn, spec.labels)?;
+    let ids = vec![new_id(), new_id()];
+    let (ttl, window) = (spec.ttl_ms, spec.affinity_window_ms);
+    let v: Value = diesel::select(loopd_claim(
+        spec.worker_id,
+        allowed,
+        ttl,
+        window,
+        ids,
+        phases(),
+    ))
+    .get_result(pg(conn)?)?;
+    if v.get("step").is_none() {
+        return Ok(match v.get("closed").and_then(Value::as_bool) {
+            Some(true) => Claimed::Closed,
+            _ => Claimed::Empty,
+        });
+    }
+    let snap = parse(v)?.ok_or_else(|| DbError::Reply("a claim without its run".into()))?;
+    let lease = snap
+        .lease
+        .clone()
+        .ok_or_else(|| DbError::Reply("a claim without its lease".into()))?;
+    let mut next = snap.clone();
+    next.step.prompt = None;
+    Ok(Claimed::Got(Box::new(ClaimedStep {
+        step: snap.step,
+        lease,
+        run: snap.run,
+        state: snap.state,
+        now: snap.now,
+        next: Some(next),
+    })))
+}
+
+/// [`claim`] in the caller's write transaction, with the transactional primitives.
+fn claim_in_tx(c: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Claimed, DbError> {
+    let wid = spec.worker_id;
+    let Some(g) = leases::claim(c, spec)? else {
+        let may_take = super::workers::get(c, wid)?
+            .is_some_and(|w| w.status != "draining" && w.status != "revoked");
+        return Ok(if may_take {
+            Claimed::Empty
+        } else {
+            Claimed::Closed
+        });
+    };
+    let run = super::runs::require(c, &g.step.run_id)?;
+    let s = &g.step;
+    let expires = crate::domain::time::rfc3339(g.lease.expires_at);
+    let events = [
+        NewEvent {
+            step_id: Some(s.id.clone()),
+            event_type: ev::LEASE_GRANTED,
+            payload: ev::lease_granted(&s.id, wid, g.lease.epoch, &expires),
+        },
+        NewEvent {
+            step_id: Some(s.id.clone()),
+            event_type: ev::STEP_STARTED,
+            payload: ev::step_started(&s.id, &s.phase, s.attempt, wid, g.lease.epoch),
+        },
+    ];
+    // The run's state comes back with the event numbers taken.
+    let state = events::reserve(c, &run.id, events.len())?;
+    events::insert_numbered(c, &run.id, state.event_seq, &events, g.now_ms)?;
+    Ok(Claimed::Got(Box::new(ClaimedStep {
+        step: g.step,
+        lease: g.lease,
+        run,
+        state,
+        now: g.now_ms,
+        next: None,
+    })))
+}
+
+/// What deciding what follows a step reads besides its run and state
+/// (`loopd_decision_inputs`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Inputs {
+    /// Whether another step of the run is queued or running.
+    pub others_active: bool,
+    /// Highest attempt of each phase the run has had.
+    pub attempts: HashMap<String, i32>,
+    /// After a verification, the newest three implementation steps, newest first.
+    pub recent_impls: Vec<StepRow>,
+    /// After a verification, the newest two that succeeded, newest first.
+    pub succeeded_impls: Vec<StepRow>,
+}
+
+/// What a completion's decision reads (see the migration), with the run and state as the
+/// database sent them, to be handed back to [`complete_apply`] for its check.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub now: i64,
+    pub step: StepRow,
+    pub lease: Option<LeaseRow>,
+    pub run: RunRow,
+    pub state: RunStateRow,
+    pub inputs: Inputs,
+    pub run_json: Value,
+    pub state_json: Value,
+}
+
+#[derive(Deserialize)]
+struct Parts {
+    now: i64,
+    step: StepRow,
+    lease: Option<LeaseRow>,
+    inputs: Inputs,
+}
+
+/// A snapshot from a function's reply; `None` when the step or its run is gone.
+fn parse(mut v: Value) -> Result<Option<Snapshot>, DbError> {
+    let (run_json, state_json) = (v["run"].take(), v["state"].take());
+    if v.get("step").is_none() || run_json.is_null() || state_json.is_null() {
+        return Ok(None);
+    }
+    let p: Parts = decode(v)?;
+    Ok(Some(Snapshot {
+        now: p.now,
+        step: p.step,
+        lease: p.lease,
+        run: decode(run_json.clone())?,
+        state: decode(state_json.clone())?,
+        inputs: p.inputs,
+        run_json,
+        state_json,
+    }))
+}
+
+/// Reads a completion's inputs without locks; `None` when the step or its run is gone.
+pub fn complete_snapshot(conn: &mut Conn, step_id: &str) -> Result<Option<Snapshot>, DbError> {
+    let v: Value =
+        diesel::select(loopd_complete_snapshot(step_id, phases())).get_result(pg(conn)?)?;
+    parse(v)
+}
+
+/// What a completion decided from a [`Snapshot`].
+pub struct Completion<'a> {
+    pub worker_id: &'a str,
+    pub epoch: i64,
+    /// The finished step, settled.
+    pub done: &'a StepRow,
+    pub queued: Option<&'a StepRow>,
+    /// The state to write, its `event_seq` already counting `events`.
+    pub state: &'a RunStateRow,
+    pub events: &'a [EventRow],
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
+    serde_json::to_value(v).map_err(|e| DbError::Reply(e.to_string()))
+}
+
+/// Writes a completion if `snap` still holds (lease live and held, run and state unchanged,
+/// no other step in flight); `false`, having written nothing, when anything moved.
+pub fn complete_apply(
+    conn: &mut Conn,
+    snap: &Snapshot,
+    w: &Completion<'_>,
+) -> Result<bool, DbError> {
+    let queued = w.queued.map(to_json).transpose()?;
+    // The function writes what a completion changes; the prompt is not among it.
+    let mut done = to_json(w.done)?;
+    if let Some(o) = done.as_object_mut() {
+        o.remove("prompt");
+    }
+    let ok = diesel::select(loopd_complete_apply(
+        &w.done.id,
+        w.worker_id,
+        w.epoch,
+        &snap.run_json,
+        &snap.state_json,
+        done,
+        queued,
+        to_json(w.state)?,
+        to_json(&w.events)?,
+    ))
+    .get_result(pg(conn)?)?;
+    Ok(ok)
+}
