@@ -8,3 +8,5 @@ DROP INDEX steps_run_phase_attempt;
 DROP INDEX steps_run_active;
 CREATE INDEX steps_status_queued ON steps (status, queued_at);
 CREATE INDEX steps_run_status ON steps (run_id, status);
+DROP INDEX events_global;
+CREATE INDEX events_created ON events (created_at);

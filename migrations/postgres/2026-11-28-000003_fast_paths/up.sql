@@ -10,6 +10,10 @@ CREATE INDEX steps_run_active ON steps (run_id)
     WHERE status IN ('QUEUED', 'IN_PROGRESS', 'RETRYING');
 DROP INDEX steps_status_queued;
 DROP INDEX steps_run_status;
+-- Only events without a run are read by time (a run's are read by number): four fewer index
+-- entries per claim and completion.
+CREATE INDEX events_global ON events (event_type, created_at, id) WHERE run_id IS NULL;
+DROP INDEX events_created;
 
 -- The two hot paths of a worker pool in one round trip each: a claim, and a completion's
 -- write (plus, when what the claim read no longer holds, a snapshot read). Every statement a
