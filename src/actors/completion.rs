@@ -12,6 +12,7 @@ use crate::db::fast::{self, Completion};
 use crate::db::models::{RunStateRow, StepRow};
 use crate::domain::events as ev;
 use crate::domain::{StepOutcome, StepPhase};
+use std::collections::HashMap;
 
 /// Longest output tail kept with a step (the watchdog compares tails).
 const TAIL_CAP: usize = 64 * 1024;
@@ -90,6 +91,62 @@ pub fn note_in_state(state: &mut RunStateRow, req: &CompleteRequest, worker_id: 
     state.last_worker_id = Some(worker_id.to_string());
 }
 
+/// Postgres: what each step's completion will likely decide from, as its claim read it, taken
+/// by the completion. Bounded by entries and by bytes (a verification's snapshot carries the
+/// watchdog's implementation steps with their output tails): a snapshot that does not fit is
+/// not kept, and its completion reads a fresh one.
+#[derive(Debug)]
+pub struct Kept<T> {
+    map: HashMap<String, (T, usize)>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl<T> Kept<T> {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Kept {
+            map: HashMap::new(),
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// Keeps `value` (about `size` bytes) for `id`, replacing what `id` had. When it does not
+    /// fit, everything kept is dropped first: the entries of steps whose completion never came
+    /// (a lost lease, a cancelled run) would otherwise fill the room for good.
+    pub fn keep(&mut self, id: &str, value: T, size: usize) {
+        self.take(id);
+        if self.map.len() >= self.max_entries || self.bytes + size > self.max_bytes {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        if size <= self.max_bytes {
+            self.bytes += size;
+            self.map.insert(id.to_string(), (value, size));
+        }
+    }
+
+    pub fn take(&mut self, id: &str) -> Option<T> {
+        let (value, size) = self.map.remove(id)?;
+        self.bytes -= size;
+        Some(value)
+    }
+}
+
+/// About how many bytes a snapshot holds.
+pub fn snapshot_size(s: &fast::Snapshot) -> usize {
+    let text = |r: &StepRow| {
+        r.output_tail.as_ref().map_or(0, String::len) + r.prompt.as_ref().map_or(0, String::len)
+    };
+    let steps: usize = (s.inputs.recent_impls.iter())
+        .chain(&s.inputs.succeeded_impls)
+        .map(|r| 1024 + text(r))
+        .sum();
+    4096 + text(&s.step) + steps
+}
+
 /// A decision's failure as the worker's answer: an unavailable database is a 503, not a 500.
 pub fn sched_err(e: SchedError) -> LeaseError {
     match e {
@@ -116,7 +173,7 @@ impl LeaseService {
             .claimed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(step_id);
+            .take(step_id);
         let (wid, sid, req, digest) = (
             worker_id.to_string(),
             step_id.to_string(),
@@ -202,5 +259,40 @@ impl Writer<'_> {
         }
         tracing::info!(run_id = %run.id, step_id = %done.id, worker_id = %wid, lease_epoch = req.epoch, status = %done.status, "step completed");
         Ok(Some((run.id, plan.actions)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kept;
+
+    #[test]
+    fn kept_snapshots_stay_within_their_entries_and_bytes() {
+        let mut k = Kept::new(2, 100);
+        k.keep("a", 1, 60);
+        k.keep("a", 2, 50);
+        assert_eq!(k.bytes, 50, "replaced, and its old size given back");
+        k.keep("b", 3, 40);
+        assert_eq!(k.take("a"), Some(2));
+        assert_eq!(k.take("a"), None, "taken once");
+        k.keep("c", 4, 70);
+        assert_eq!(k.take("b"), None, "no room: what was kept is dropped");
+        assert_eq!(k.take("c"), Some(4));
+        k.keep("d", 5, 1);
+        k.keep("e", 6, 1);
+        k.keep("f", 7, 1);
+        assert_eq!(
+            (k.take("d"), k.take("e")),
+            (None, None),
+            "over the entry cap"
+        );
+        assert_eq!(k.take("f"), Some(7));
+        k.keep("g", 8, 101);
+        assert_eq!(
+            k.take("g"),
+            None,
+            "larger than the whole budget: never kept"
+        );
+        assert_eq!(k.bytes, 0);
     }
 }

@@ -4,6 +4,7 @@
 //! one `LeaseService` and forwards its messages here.
 
 use super::assignment;
+use super::completion::{snapshot_size, Kept};
 use super::events::EventHub;
 use super::scheduler_service::Advanced;
 use super::waiters::WaitQueue;
@@ -18,7 +19,6 @@ use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
 use crate::settings::{LeaseSettings, SchedulerSettings};
 use crate::workspace::mirror::Mirrors;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,11 +80,13 @@ pub struct LeaseService {
     pub mirrors: Arc<Mirrors>,
     /// Postgres: what each step's completion will likely decide from, as its claim read it
     /// (see `completion.rs`); taken by the completion.
-    pub(super) claimed: std::sync::Mutex<HashMap<String, db::fast::Snapshot>>,
+    pub(super) claimed: std::sync::Mutex<Kept<db::fast::Snapshot>>,
 }
 
-/// Most claim snapshots kept (a step whose completion never comes leaves one behind).
+/// Most claim snapshots kept, and their bytes (a step whose completion never comes leaves one
+/// behind until its step is claimed again).
 const CLAIMED_CAP: usize = 16_384;
+const CLAIMED_BYTES: usize = 32 << 20;
 
 /// What a LeaseService is built from.
 pub struct LeaseServiceParts {
@@ -113,7 +115,7 @@ impl LeaseService {
             waiters: WaitQueue::default(),
             follow_up: p.follow_up,
             mirrors: p.mirrors,
-            claimed: Default::default(),
+            claimed: std::sync::Mutex::new(Kept::new(CLAIMED_CAP, CLAIMED_BYTES)),
         }
     }
 }
@@ -233,11 +235,9 @@ impl LeaseService {
             db::fast::Claimed::Got(g) => g,
         };
         if let Some(next) = g.next.take() {
+            let size = snapshot_size(&next);
             let mut kept = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-            if kept.len() >= CLAIMED_CAP {
-                kept.clear();
-            }
-            kept.insert(g.step.id.clone(), next);
+            kept.keep(&g.step.id, next, size);
         }
         let offset = self.output.size(&g.run.id, &g.step.id);
         self.granted(
