@@ -217,52 +217,41 @@ impl LeaseService {
             self.lease.ttl_ms as i64,
             self.sched.affinity_window_ms as i64,
         );
+        let output = self.output.clone();
         let got = self
             .db
-            .run(move |c| {
+            .run(move |c| -> Result<_, DbError> {
                 let spec = ClaimSpec {
                     worker_id: &wid,
                     labels: &lbl,
                     ttl_ms: ttl,
                     affinity_window_ms: window,
                 };
-                db::fast::claim(c, &spec)
+                let got = db::fast::claim(c, &spec)?;
+                // How much output the controller holds (a stat: blocking, so here).
+                let offset = match &got {
+                    db::fast::Claimed::Got(g) => output.size(&g.run.id, &g.step.id),
+                    _ => 0,
+                };
+                Ok((got, offset))
             })
             .await?;
-        let mut g = match got {
-            db::fast::Claimed::Closed => return Ok(Attempt::Closed),
-            db::fast::Claimed::Empty => return Ok(Attempt::Empty),
-            db::fast::Claimed::Got(g) => g,
+        let (mut g, offset) = match got {
+            (db::fast::Claimed::Closed, _) => return Ok(Attempt::Closed),
+            (db::fast::Claimed::Empty, _) => return Ok(Attempt::Empty),
+            (db::fast::Claimed::Got(g), offset) => (g, offset),
         };
         if let Some(next) = g.next.take() {
             let size = snapshot_size(&next);
             let mut kept = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
             kept.keep(&g.step.id, next, size);
         }
-        let offset = self.output.size(&g.run.id, &g.step.id);
-        self.granted(
-            worker_id, &g.run, &g.state, &g.step, &g.lease, g.now, offset,
-        )
-    }
-
-    /// A granted lease, seen out: metrics, log, the run's watchers woken, the assignment.
-    #[allow(clippy::too_many_arguments)]
-    fn granted(
-        &self,
-        worker_id: &str,
-        run: &db::models::RunRow,
-        state: &db::models::RunStateRow,
-        step: &StepRow,
-        lease: &LeaseRow,
-        now_ms: i64,
-        offset: u64,
-    ) -> Result<Attempt, LeaseError> {
         self.metrics
             .step_dispatch
-            .observe((now_ms - step.queued_at).max(0) as f64 / 1000.0);
-        tracing::info!(run_id = %run.id, step_id = %step.id, worker_id = %worker_id, lease_epoch = lease.epoch, phase = %step.phase, "lease granted");
-        self.hub.notify(&run.id);
-        assignment::build(run, state, step, lease, offset)
+            .observe((g.now - g.step.queued_at).max(0) as f64 / 1000.0);
+        tracing::info!(run_id = %g.run.id, step_id = %g.step.id, worker_id = %worker_id, lease_epoch = g.lease.epoch, phase = %g.step.phase, "lease granted");
+        self.hub.notify(&g.run.id);
+        assignment::build(&g.run, &g.state, &g.step, &g.lease, offset)
             .map(|a| Attempt::Got(Box::new(a)))
             .map_err(LeaseError::Internal)
     }

@@ -59,8 +59,12 @@ fn phases() -> Vec<&'static str> {
         .collect()
 }
 
+fn reply(e: serde_json::Error) -> DbError {
+    DbError::Reply(format!("database reply: {e}"))
+}
+
 fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, DbError> {
-    serde_json::from_value(v).map_err(|e| DbError::Reply(format!("database reply: {e}")))
+    serde_json::from_value(v).map_err(reply)
 }
 
 /// What a claim found.
@@ -215,8 +219,8 @@ fn parse(mut v: Value) -> Result<Option<Snapshot>, DbError> {
         now: p.now,
         step: p.step,
         lease: p.lease,
-        run: decode(run_json.clone())?,
-        state: decode(state_json.clone())?,
+        run: RunRow::deserialize(&run_json).map_err(reply)?,
+        state: RunStateRow::deserialize(&state_json).map_err(reply)?,
         inputs: p.inputs,
         run_json,
         state_json,
