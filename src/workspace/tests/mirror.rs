@@ -2,17 +2,25 @@
 
 use super::support::{commit_file, file_url, git, init_repo_on};
 use crate::workspace::{Mirrors, WorkspaceError};
+use std::path::PathBuf;
+
+/// An upstream repository on `branch` (one commit), its file URL, and an empty mirror cache,
+/// all in a temporary directory kept alive by the first value.
+fn upstream_and_mirrors(branch: &str) -> (tempfile::TempDir, PathBuf, String, Mirrors) {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = init_repo_on(&tmp.path().join("upstream"), branch);
+    let url = file_url(&upstream);
+    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
+    (tmp, upstream, url, mirrors)
+}
 
 #[test]
 fn a_mirror_resolves_the_remote_head_and_branches_and_reads_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let upstream = init_repo_on(&tmp.path().join("upstream"), "trunk");
+    let (_tmp, upstream, url, mirrors) = upstream_and_mirrors("trunk");
     let trunk = commit_file(&upstream, "specs/a.md", "# Spec A\n", "spec");
     git(&upstream, &["checkout", "-q", "-b", "feature"]);
     let feature = commit_file(&upstream, "specs/b.md", "# Spec B\n", "spec b");
     git(&upstream, &["checkout", "-q", "trunk"]);
-    let url = file_url(&upstream);
-    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
 
     mirrors.fetch(&url).unwrap();
     assert_eq!(
@@ -44,10 +52,7 @@ fn a_mirror_resolves_the_remote_head_and_branches_and_reads_files() {
 
 #[test]
 fn a_second_fetch_brings_new_commits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let upstream = init_repo_on(&tmp.path().join("upstream"), "main");
-    let url = file_url(&upstream);
-    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
+    let (tmp, upstream, url, mirrors) = upstream_and_mirrors("main");
     mirrors.fetch(&url).unwrap();
     let newer = commit_file(&upstream, "plan.md", "- [ ] x\n", "plan");
     assert_ne!(mirrors.resolve_ref(&url, Some("main")).unwrap().1, newer);
@@ -60,10 +65,7 @@ fn a_second_fetch_brings_new_commits() {
 
 #[test]
 fn unknown_refs_and_unfetched_urls_are_clear_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let upstream = init_repo_on(&tmp.path().join("upstream"), "main");
-    let url = file_url(&upstream);
-    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
+    let (tmp, _upstream, url, mirrors) = upstream_and_mirrors("main");
 
     let error = mirrors.resolve_ref(&url, None).unwrap_err();
     assert!(matches!(error, WorkspaceError::NoMirror { .. }), "{error}");
@@ -81,10 +83,7 @@ fn unknown_refs_and_unfetched_urls_are_clear_errors() {
 
 #[test]
 fn files_read_at_a_commit_are_kept_and_failures_are_not() {
-    let tmp = tempfile::tempdir().unwrap();
-    let upstream = init_repo_on(&tmp.path().join("upstream"), "main");
-    let url = file_url(&upstream);
-    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
+    let (_tmp, upstream, url, mirrors) = upstream_and_mirrors("main");
     mirrors.fetch(&url).unwrap();
     let newer = commit_file(&upstream, "p.txt", "v2\n", "p");
     // Not fetched yet: an error, and not remembered as one.
