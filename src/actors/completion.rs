@@ -4,11 +4,12 @@
 //! path in `lease_writes.rs` (which SQLite always takes) does it. Part of the LeaseActor.
 
 use super::decide::{self, decides};
-use super::lease_service::{LeaseError, LeaseService};
+use super::lease_service::{output_held, LeaseError, LeaseService};
 use super::scheduler_service::{Advanced, SchedError};
 use crate::api::CompleteRequest;
 use crate::db::events::NewEvent;
-use crate::db::fast::{self, Completion};
+use crate::db::fast::{self, Claimed, Completion};
+use crate::db::leases::ClaimSpec;
 use crate::db::models::{RunStateRow, StepRow};
 use crate::domain::events as ev;
 use crate::domain::{StepOutcome, StepPhase};
@@ -155,20 +156,29 @@ pub fn sched_err(e: SchedError) -> LeaseError {
     }
 }
 
+/// A completion the Postgres path wrote: its run, what was decided for it, and the claim made
+/// in the same statement when one was asked for (with the output held for the claimed step).
+pub(super) struct Written {
+    pub run_id: String,
+    pub actions: Vec<Advanced>,
+    pub claimed: Option<(Claimed, u64)>,
+}
+
 impl LeaseService {
-    /// A completion without artifacts on Postgres in one or two statements: `Some((run,
-    /// actions))` when done, `None` when the transactional path must do it (the lease is not
-    /// this worker's, the run is not going on or has another step in flight, or something
-    /// moved between the read and the write). It decides from what the claim read when it
-    /// can (one statement: the write, which checks that nothing moved), else from a fresh
-    /// snapshot.
+    /// A completion without artifacts on Postgres in one or two statements: `Some` when done,
+    /// `None` when the transactional path must do it (the lease is not this worker's, the run
+    /// is not going on or has another step in flight, or something moved between the read and
+    /// the write). It decides from what the claim read when it can (one statement: the write,
+    /// which checks that nothing moved), else from a fresh snapshot. With `next` (the worker's
+    /// labels), the write's statement also claims the worker's next step.
     pub(super) async fn complete_pg(
         &self,
         worker_id: &str,
         step_id: &str,
         req: &CompleteRequest,
         digest: &str,
-    ) -> Result<Option<(String, Vec<Advanced>)>, LeaseError> {
+        next: Option<&[String]>,
+    ) -> Result<Option<Written>, LeaseError> {
         let kept = self
             .claimed
             .lock()
@@ -180,7 +190,9 @@ impl LeaseService {
             req.clone(),
             digest.to_string(),
         );
-        let mirrors = self.mirrors.clone();
+        let labels = next.map(<[String]>::to_vec);
+        let (ttl, window) = self.claim_times();
+        let (mirrors, output) = (self.mirrors.clone(), self.output.clone());
         self.db
             .run(move |c| -> Result<_, LeaseError> {
                 let w = Writer {
@@ -188,16 +200,32 @@ impl LeaseService {
                     req: &req,
                     digest: &digest,
                     mirrors: &mirrors,
+                    next: labels.as_deref().map(|labels| ClaimSpec {
+                        worker_id: &wid,
+                        labels,
+                        ttl_ms: ttl,
+                        affinity_window_ms: window,
+                    }),
                 };
+                let mut done = None;
                 if let Some(snap) = kept {
-                    if let Some(done) = w.write_from(c, snap)? {
-                        return Ok(Some(done));
-                    }
+                    done = w.write_from(c, snap)?;
                 }
-                match fast::complete_snapshot(c, &sid)? {
-                    Some(snap) => w.write_from(c, snap),
-                    None => Ok(None),
+                if done.is_none() {
+                    done = match fast::complete_snapshot(c, &sid)? {
+                        Some(snap) => w.write_from(c, snap)?,
+                        None => None,
+                    };
                 }
+                // How much output the controller holds for the claimed step (a stat: here).
+                Ok(done.map(|(run_id, actions, claimed)| Written {
+                    run_id,
+                    actions,
+                    claimed: claimed.map(|got| {
+                        let offset = output_held(&output, &got);
+                        (got, offset)
+                    }),
+                }))
             })
             .await
     }
@@ -209,7 +237,12 @@ struct Writer<'a> {
     req: &'a CompleteRequest,
     digest: &'a str,
     mirrors: &'a crate::workspace::mirror::Mirrors,
+    /// The worker's next claim, made by the write's statement.
+    next: Option<ClaimSpec<'a>>,
 }
+
+/// What [`Writer::write_from`] wrote: the run, what was decided, the claim made with it.
+type Wrote = (String, Vec<Advanced>, Option<Claimed>);
 
 impl Writer<'_> {
     /// Decides from `snap` and writes if it still holds; `None` when it does not apply.
@@ -217,7 +250,7 @@ impl Writer<'_> {
         &self,
         c: &mut crate::db::Conn,
         mut snap: fast::Snapshot,
-    ) -> Result<Option<(String, Vec<Advanced>)>, LeaseError> {
+    ) -> Result<Option<Wrote>, LeaseError> {
         let (wid, req) = (self.worker_id, self.req);
         // (The write checks the lease's expiry against the database clock.)
         let held = snap
@@ -254,11 +287,16 @@ impl Writer<'_> {
             state: &plan.state,
             events: &events,
         };
-        if !fast::complete_apply(c, &snap, &w)? {
-            return Ok(None);
-        }
+        let claimed = match &self.next {
+            Some(spec) => match fast::complete_and_claim(c, &snap, &w, spec)? {
+                Some(got) => Some(got),
+                None => return Ok(None),
+            },
+            None if fast::complete_apply(c, &snap, &w)? => None,
+            None => return Ok(None),
+        };
         tracing::info!(run_id = %run.id, step_id = %done.id, worker_id = %wid, lease_epoch = req.epoch, status = %done.status, "step completed");
-        Ok(Some((run.id, plan.actions)))
+        Ok(Some((run.id, plan.actions, claimed)))
     }
 }
 

@@ -133,17 +133,23 @@ forward!(ReadArtifact, Result<bytes::Bytes, LeaseError>, |svc, m| svc
     .read_artifact(&m.worker_id, &m.step_id, m.epoch, &m.name)
     .await);
 
-/// Complete a leased step.
+/// Complete a leased step; with `next` (the worker's labels), also claim the worker's next
+/// step at once, without waiting.
 #[derive(Message)]
-#[rtype(result = "Result<(), LeaseError>")]
+#[rtype(result = "Result<Option<Assignment>, LeaseError>")]
 pub struct CompleteStep {
     pub worker_id: String,
     pub step_id: String,
     pub request: CompleteRequest,
+    pub next: Option<Vec<String>>,
 }
-forward!(CompleteStep, Result<(), LeaseError>, |svc, m| svc
-    .complete(&m.worker_id, &m.step_id, m.request)
-    .await);
+forward!(
+    CompleteStep,
+    Result<Option<Assignment>, LeaseError>,
+    |svc, m| svc
+        .complete(&m.worker_id, &m.step_id, m.request, m.next.as_deref())
+        .await
+);
 
 /// Hand a lease back without using a retry (worker drain).
 #[derive(Message)]

@@ -156,7 +156,7 @@ pub fn authorize_held(
 }
 
 /// What one claim attempt found.
-enum Attempt {
+pub(super) enum Attempt {
     Got(Box<Assignment>),
     /// Nothing this worker may take right now.
     Empty,
@@ -211,14 +211,15 @@ impl LeaseService {
     /// before it said so (the claim itself checks). An offline one is refused at
     /// authentication; the in-process worker of the single role keeps claiming even if it was
     /// once marked offline (after a suspend), as it never registers again.
-    async fn try_claim(&self, worker_id: &str, labels: &[String]) -> Result<Attempt, LeaseError> {
+    pub(super) async fn try_claim(
+        &self,
+        worker_id: &str,
+        labels: &[String],
+    ) -> Result<Attempt, LeaseError> {
         let (wid, lbl) = (worker_id.to_string(), labels.to_vec());
-        let (ttl, window) = (
-            self.lease.ttl_ms as i64,
-            self.sched.affinity_window_ms as i64,
-        );
+        let (ttl, window) = self.claim_times();
         let output = self.output.clone();
-        let got = self
+        let (got, offset) = self
             .db
             .run(move |c| -> Result<_, DbError> {
                 let spec = ClaimSpec {
@@ -228,18 +229,33 @@ impl LeaseService {
                     affinity_window_ms: window,
                 };
                 let got = db::fast::claim(c, &spec)?;
-                // How much output the controller holds (a stat: blocking, so here).
-                let offset = match &got {
-                    db::fast::Claimed::Got(g) => output.size(&g.run.id, &g.step.id),
-                    _ => 0,
-                };
+                let offset = output_held(&output, &got);
                 Ok((got, offset))
             })
             .await?;
-        let (mut g, offset) = match got {
-            (db::fast::Claimed::Closed, _) => return Ok(Attempt::Closed),
-            (db::fast::Claimed::Empty, _) => return Ok(Attempt::Empty),
-            (db::fast::Claimed::Got(g), offset) => (g, offset),
+        self.granted(worker_id, got, offset)
+    }
+
+    /// A claim's lease time and affinity window, in milliseconds.
+    pub(super) fn claim_times(&self) -> (i64, i64) {
+        (
+            self.lease.ttl_ms as i64,
+            self.sched.affinity_window_ms as i64,
+        )
+    }
+
+    /// What a claim found, as the worker gets it: the snapshot its completion will decide from
+    /// is kept, the dispatch time measured, the run's watchers told.
+    pub(super) fn granted(
+        &self,
+        worker_id: &str,
+        got: db::fast::Claimed,
+        offset: u64,
+    ) -> Result<Attempt, LeaseError> {
+        let mut g = match got {
+            db::fast::Claimed::Closed => return Ok(Attempt::Closed),
+            db::fast::Claimed::Empty => return Ok(Attempt::Empty),
+            db::fast::Claimed::Got(g) => g,
         };
         if let Some(next) = g.next.take() {
             let size = snapshot_size(&next);
@@ -314,6 +330,15 @@ impl LeaseService {
                 }
             });
         }
+    }
+}
+
+/// How much output the controller holds for a claimed step (a stat: call it where blocking is
+/// fine).
+pub(super) fn output_held(output: &OutputStore, got: &db::fast::Claimed) -> u64 {
+    match got {
+        db::fast::Claimed::Got(g) => output.size(&g.run.id, &g.step.id),
+        _ => 0,
     }
 }
 

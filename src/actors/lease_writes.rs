@@ -4,10 +4,11 @@
 use super::completion::{completed, note_in_state, sched_err};
 use super::decide::{decide_in_tx, decides_now};
 use super::lease_service::{
-    authorize, authorize_held, completion_digest, FollowUp, LeaseError, LeaseService,
+    authorize, authorize_held, completion_digest, Attempt, FollowUp, LeaseError, LeaseService,
 };
-use crate::api::{ArtifactRef, CompleteRequest, OutputAck};
+use crate::api::{ArtifactRef, Assignment, CompleteRequest, OutputAck};
 use crate::artifacts::validate_name;
+use crate::db::fast::Claimed;
 use crate::db::models::{new_id, ArtifactRow};
 use crate::db::{self, DbError};
 use crate::domain::events as ev;
@@ -176,12 +177,39 @@ impl LeaseService {
     }
 
     /// Completes a step. A repeat of the same completion is accepted and changes nothing.
+    /// Records a completion; when `next` (the worker's labels) is given, also claims the
+    /// worker's next step at once, without waiting: usually in the completion's own statement.
     pub async fn complete(
         &self,
         worker_id: &str,
         step_id: &str,
         req: CompleteRequest,
-    ) -> Result<(), LeaseError> {
+        next: Option<&[String]>,
+    ) -> Result<Option<Assignment>, LeaseError> {
+        let claimed = self
+            .record_completion(worker_id, step_id, req, next)
+            .await?;
+        let Some(labels) = next else {
+            return Ok(None);
+        };
+        let attempt = match claimed {
+            Some((got, offset)) => self.granted(worker_id, got, offset)?,
+            None => self.try_claim(worker_id, labels).await?,
+        };
+        Ok(match attempt {
+            Attempt::Got(a) => Some(*a),
+            Attempt::Empty | Attempt::Closed => None,
+        })
+    }
+
+    /// Records a completion, and returns the next claim when the completion's statement made it.
+    async fn record_completion(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        req: CompleteRequest,
+        next: Option<&[String]>,
+    ) -> Result<Option<(Claimed, u64)>, LeaseError> {
         let digest = completion_digest(&req);
         let (wid, sid) = (worker_id.to_string(), step_id.to_string());
         let kind = self.store.kind().as_str().to_string();
@@ -192,15 +220,16 @@ impl LeaseService {
         }
         // On Postgres, usually one statement to read and one to write (see `completion.rs`).
         if self.db.backend() == db::Backend::Postgres && req.artifacts.is_empty() {
-            if let Some((run_id, actions)) =
-                self.complete_pg(worker_id, step_id, &req, &digest).await?
+            if let Some(done) = self
+                .complete_pg(worker_id, step_id, &req, &digest, next)
+                .await?
             {
-                self.hub.notify(&run_id);
+                self.hub.notify(&done.run_id);
                 (self.follow_up)(FollowUp {
-                    run_id,
-                    decided: Some(actions),
+                    run_id: done.run_id,
+                    decided: Some(done.actions),
                 });
-                return Ok(());
+                return Ok(done.claimed);
             }
         }
         let mirrors = self.mirrors.clone();
@@ -253,7 +282,7 @@ impl LeaseService {
             self.hub.notify(&run_id);
             (self.follow_up)(FollowUp { run_id, decided });
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -4,7 +4,7 @@
 //! The same code runs in the single role (local control plane) and on workers (HTTP).
 
 use super::runner_step;
-use crate::api::{Capabilities, HeldLease, RegisterRequest};
+use crate::api::{Assignment, Capabilities, HeldLease, RegisterRequest};
 use crate::artifacts::ArtifactStore;
 use crate::control_plane::http::HttpPlane;
 use crate::control_plane::{ControlPlane, PlaneError};
@@ -107,6 +107,11 @@ impl Shared {
     fn is_idle(&self) -> bool {
         self.active().is_empty()
     }
+
+    /// Whether this worker takes new steps: not stopping, not draining.
+    pub(super) fn claims_wanted(&self) -> bool {
+        !self.stop_claims.is_cancelled() && !self.draining.load(Ordering::Acquire)
+    }
 }
 
 /// One slot: claims and executes steps until told to stop.
@@ -133,25 +138,31 @@ async fn claim_loop(shared: Arc<Shared>, slot: u32) {
 
 async fn claim_until_stopped(shared: &Shared, slot: u32) {
     let mut backoff = Duration::from_millis(250);
+    // A step leased to this slot by its last completion.
+    let mut next: Option<Assignment> = None;
     // A draining worker claims nothing new; a long poll already in flight is let finish (its
     // step, if any, is handed straight back) so that no lease is granted to a dropped request.
-    while !shared.stop_claims.is_cancelled() && !shared.draining.load(Ordering::Acquire) {
-        let claimed = tokio::select! {
-            r = shared.plane.claim(Duration::from_secs(10)) => r,
-            _ = shared.stop_claims.cancelled() => break,
+    loop {
+        let claimed = match next.take() {
+            Some(a) => Ok(Some(a)),
+            None if !shared.claims_wanted() => break,
+            None => tokio::select! {
+                r = shared.plane.claim(Duration::from_secs(10)) => r,
+                _ = shared.stop_claims.cancelled() => break,
+            },
         };
         match claimed {
             Ok(Some(a)) => {
                 backoff = Duration::from_millis(250);
-                if shared.draining.load(Ordering::Acquire) {
-                    // Claimed while a drain began: give it straight back.
+                if !shared.claims_wanted() {
+                    // Claimed while a drain or a stop began: give it straight back.
                     let _ = shared
                         .plane
                         .release(&a.step_id, a.epoch, "worker draining")
                         .await;
                     continue;
                 }
-                runner_step::execute(shared, a).await;
+                next = runner_step::execute(shared, a).await;
             }
             Ok(None) => {}
             Err(e) => {

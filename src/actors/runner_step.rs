@@ -46,21 +46,24 @@ impl Produced {
     }
 }
 
-/// Runs one assignment to its end (complete, discard or hand back).
-pub async fn execute(shared: &Shared, a: Assignment) {
+/// Runs one assignment to its end (complete, discard or hand back); returns the next step
+/// when its completion claimed one.
+pub async fn execute(shared: &Shared, a: Assignment) -> Option<Assignment> {
     let active = shared.register(&a.step_id, &a.run_id, a.epoch);
     let span = tracing::info_span!("step", run_id = %a.run_id, step_id = %a.step_id,
         worker_id = %shared.plane.worker_id(), lease_epoch = a.epoch, phase = %a.phase);
-    async {
+    let next = async {
         tracing::info!("step started");
         let started = Instant::now();
         let req = run(shared, &a, &active).await;
-        finish(shared, &a, &active, req, started).await;
+        let next = finish(shared, &a, &active, req, started).await;
         workdir::remove_step_dir(&shared.cfg.work_dir, &a.step_id).await;
+        next
     }
     .instrument(span)
     .await;
     shared.unregister(&a.step_id, a.epoch);
+    next
 }
 
 /// Prepares, runs and uploads; returns the completion to send.
@@ -202,6 +205,7 @@ fn completion(
         runner_notes: p.runner_notes,
         duration_ms: 0,
         infra_failure: p.infra,
+        claim_next: false,
     }
 }
 
@@ -248,13 +252,14 @@ async fn upload(
 }
 
 /// Sends the completion (retrying while the controller is away), or discards, or hands back.
+/// A worker that takes new steps asks for its next one with the completion; returns it.
 async fn finish(
     shared: &Shared,
     a: &Assignment,
     active: &Active,
     mut req: CompleteRequest,
     started: Instant,
-) {
+) -> Option<Assignment> {
     req.duration_ms = started.elapsed().as_millis() as u64;
     if active.handed_back.load(Ordering::Acquire) && !active.lost.load(Ordering::Acquire) {
         match shared
@@ -265,25 +270,26 @@ async fn finish(
             Ok(()) => tracing::info!("lease handed back"),
             Err(e) => tracing::warn!(error = %e, "cannot hand the lease back; it will expire"),
         }
-        return;
+        return None;
     }
     active.completing.store(true, Ordering::Release);
     let mut backoff = Duration::from_millis(250);
     loop {
         if active.lost.load(Ordering::Acquire) {
             tracing::warn!("lease lost: results discarded");
-            return;
+            return None;
         }
+        req.claim_next = shared.claims_wanted();
         match shared.plane.complete(&a.step_id, req.clone()).await {
-            Ok(()) => {
+            Ok(next) => {
                 tracing::info!(status = %req.status, "step completed");
-                return;
+                return next;
             }
             Err(PlaneError::Stale) | Err(PlaneError::Gone(_)) | Err(PlaneError::NotFound(_)) => {
                 tracing::warn!(
                     "completion refused: the lease is no longer ours; results discarded"
                 );
-                return;
+                return None;
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "cannot complete; retrying");
@@ -292,7 +298,7 @@ async fn finish(
             }
             Err(e) => {
                 tracing::error!(error = %e, "completion rejected");
-                return;
+                return None;
             }
         }
     }

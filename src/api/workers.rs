@@ -249,6 +249,19 @@ pub struct CompleteRequest {
     /// The failure is the infrastructure's (artifact store, workspace), not the agent's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub infra_failure: bool,
+    /// Claim this worker's next step in the same request, without waiting; the answer's
+    /// `next` holds it. Not part of the completion itself: a repeat that differs only here
+    /// is the same completion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claim_next: bool,
+}
+
+/// `POST /steps/{id}/complete` answer: `{}`, or, when the completion asked to claim the next
+/// step and one was leased, `{"next": Assignment}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompleteResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Assignment>,
 }
 
 /// One worker in `GET /workers`.

@@ -4,9 +4,9 @@
 
 use super::PlaneError;
 use crate::api::{
-    ArtifactRef, Assignment, ClaimRequest, CompleteRequest, ErrorBody, HeartbeatRequest,
-    HeartbeatResponse, HeldLease, LeaseVerdict, OutputAck, OutputChunk, RegisterRequest,
-    RegisterResponse, ReleaseRequest, StepEventRequest,
+    ArtifactRef, Assignment, ClaimRequest, CompleteRequest, CompleteResponse, ErrorBody,
+    HeartbeatRequest, HeartbeatResponse, HeldLease, LeaseVerdict, OutputAck, OutputChunk,
+    RegisterRequest, RegisterResponse, ReleaseRequest, StepEventRequest,
 };
 use crate::domain::WorkerStatus;
 use bytes::Bytes;
@@ -323,10 +323,17 @@ impl HttpPlane {
         resp.bytes().await.map_err(unavailable)
     }
 
-    pub async fn complete(&self, step_id: &str, req: CompleteRequest) -> Result<(), PlaneError> {
-        self.post_json(&format!("/steps/{step_id}/complete"), &req)
+    pub async fn complete(
+        &self,
+        step_id: &str,
+        req: CompleteRequest,
+    ) -> Result<Option<Assignment>, PlaneError> {
+        let resp = self
+            .post_json(&format!("/steps/{step_id}/complete"), &req)
             .await?;
-        Ok(())
+        // An older controller answers `{}` whatever was asked.
+        let r: CompleteResponse = resp.json().await.map_err(unavailable)?;
+        Ok(r.next)
     }
 
     pub async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {

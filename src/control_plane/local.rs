@@ -169,11 +169,15 @@ impl LocalPlane {
         &self,
         step_id: &str,
         request: CompleteRequest,
-    ) -> Result<(), PlaneError> {
+    ) -> Result<Option<Assignment>, PlaneError> {
         let m = CompleteStep {
             worker_id: self.worker_id.clone(),
             step_id: step_id.into(),
-            request,
+            next: request.claim_next.then(|| self.labels.clone()),
+            request: CompleteRequest {
+                claim_next: false,
+                ..request
+            },
         };
         self.lease
             .send(m)

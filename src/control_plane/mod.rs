@@ -135,8 +135,13 @@ impl ControlPlane {
         }
     }
 
-    /// Completes the step.
-    pub async fn complete(&self, step_id: &str, req: CompleteRequest) -> Result<(), PlaneError> {
+    /// Completes the step; when `req.claim_next` is set, the answer may carry this worker's
+    /// next step, already leased to it.
+    pub async fn complete(
+        &self,
+        step_id: &str,
+        req: CompleteRequest,
+    ) -> Result<Option<Assignment>, PlaneError> {
         match self {
             ControlPlane::Local(p) => p.complete(step_id, req).await,
             ControlPlane::Http(p) => p.complete(step_id, req).await,

@@ -40,6 +40,23 @@ extern "SQL" {
         state: Jsonb,
         events: Jsonb,
     ) -> diesel::sql_types::Bool;
+    #[allow(clippy::too_many_arguments)]
+    fn loopd_complete_and_claim(
+        step: Text,
+        worker: Text,
+        epoch: BigInt,
+        run: Jsonb,
+        state_before: Jsonb,
+        done: Jsonb,
+        queued: Nullable<Jsonb>,
+        state: Jsonb,
+        events: Jsonb,
+        allowed: Array<Text>,
+        ttl: BigInt,
+        window: BigInt,
+        event_ids: Array<Text>,
+        phases: Array<Text>,
+    ) -> Jsonb;
 }
 
 fn pg(conn: &mut Conn) -> Result<&mut diesel::PgConnection, DbError> {
@@ -109,6 +126,11 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Claimed, DbError> 
         phases(),
     ))
     .get_result(pg(conn)?)?;
+    claimed(v)
+}
+
+/// A claim from `loopd_claim`'s reply.
+fn claimed(v: Value) -> Result<Claimed, DbError> {
     if v.get("step").is_none() {
         return Ok(match v.get("closed").and_then(Value::as_bool) {
             Some(true) => Claimed::Closed,
@@ -250,6 +272,30 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
     serde_json::to_value(v).map_err(|e| DbError::Reply(e.to_string()))
 }
 
+/// What `loopd_complete_apply` writes, as JSON: the finished step (without its prompt, which
+/// a completion does not change), the queued step, the state and the events.
+struct Written {
+    done: Value,
+    queued: Option<Value>,
+    state: Value,
+    events: Value,
+}
+
+impl Written {
+    fn of(w: &Completion<'_>) -> Result<Self, DbError> {
+        let mut done = to_json(w.done)?;
+        if let Some(o) = done.as_object_mut() {
+            o.remove("prompt");
+        }
+        Ok(Written {
+            done,
+            queued: w.queued.map(to_json).transpose()?,
+            state: to_json(w.state)?,
+            events: to_json(&w.events)?,
+        })
+    }
+}
+
 /// Writes a completion if `snap` still holds (lease live and held, run and state unchanged,
 /// no other step in flight); `false`, having written nothing, when anything moved.
 pub fn complete_apply(
@@ -257,23 +303,52 @@ pub fn complete_apply(
     snap: &Snapshot,
     w: &Completion<'_>,
 ) -> Result<bool, DbError> {
-    let queued = w.queued.map(to_json).transpose()?;
-    // The function writes what a completion changes; the prompt is not among it.
-    let mut done = to_json(w.done)?;
-    if let Some(o) = done.as_object_mut() {
-        o.remove("prompt");
-    }
+    let x = Written::of(w)?;
     let ok = diesel::select(loopd_complete_apply(
         &w.done.id,
         w.worker_id,
         w.epoch,
         &snap.run_json,
         &snap.state_json,
-        done,
-        queued,
-        to_json(w.state)?,
-        to_json(&w.events)?,
+        x.done,
+        x.queued,
+        x.state,
+        x.events,
     ))
     .get_result(pg(conn)?)?;
     Ok(ok)
+}
+
+/// [`complete_apply`] and then, in the same statement, [`claim`] for the same worker (who is
+/// also `spec.worker_id`): `None`, having written nothing, when `snap` no longer holds.
+pub fn complete_and_claim(
+    conn: &mut Conn,
+    snap: &Snapshot,
+    w: &Completion<'_>,
+    spec: &ClaimSpec<'_>,
+) -> Result<Option<Claimed>, DbError> {
+    debug_assert_eq!(w.worker_id, spec.worker_id);
+    let x = Written::of(w)?;
+    let allowed = leases::allowed_sets(conn, spec.labels)?;
+    let mut v: Value = diesel::select(loopd_complete_and_claim(
+        &w.done.id,
+        w.worker_id,
+        w.epoch,
+        &snap.run_json,
+        &snap.state_json,
+        x.done,
+        x.queued,
+        x.state,
+        x.events,
+        allowed,
+        spec.ttl_ms,
+        spec.affinity_window_ms,
+        vec![new_id(), new_id()],
+        phases(),
+    ))
+    .get_result(pg(conn)?)?;
+    if v.get("applied").and_then(Value::as_bool) != Some(true) {
+        return Ok(None);
+    }
+    claimed(v["claim"].take()).map(Some)
 }

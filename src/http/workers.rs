@@ -14,8 +14,8 @@ use crate::actors::registry::{
     Heartbeat, ListWorkers, RegisterWorker, RevokeWorker, WorkerIdentity,
 };
 use crate::api::{
-    ArtifactUploadQuery, ClaimRequest, CompleteRequest, HeartbeatRequest, OutputChunk,
-    RegisterRequest, ReleaseRequest, StepEventRequest, WorkersEnvelope,
+    ArtifactUploadQuery, ClaimRequest, CompleteRequest, CompleteResponse, HeartbeatRequest,
+    OutputChunk, RegisterRequest, ReleaseRequest, StepEventRequest, WorkersEnvelope,
 };
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -220,14 +220,20 @@ pub async fn complete(
     id: Id,
     body: web::Json<CompleteRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    st.lease
+    let mut request = body.into_inner();
+    let who = who.into_inner();
+    // Taken out: the completion's fingerprint does not depend on it.
+    let next = std::mem::take(&mut request.claim_next).then_some(who.labels);
+    let next = st
+        .lease
         .send(CompleteStep {
-            worker_id: who.worker_id.clone(),
+            worker_id: who.worker_id,
             step_id: id.0,
-            request: body.into_inner(),
+            request,
+            next,
         })
         .await??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({})))
+    Ok(HttpResponse::Ok().json(CompleteResponse { next }))
 }
 
 pub async fn list(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -3,7 +3,7 @@
 //! shape and refusals (checked against the database: a refused request changes nothing),
 //! leases under short timings (expiry, offline detection, bounded infrastructure retries,
 //! idempotent completion), long polls, heartbeat verdicts, revocation, instance pinning,
-//! draining, label routing and affinity, and what `GET /workers`, `/metrics`, the events and
+//! draining, completions that claim the next step, label routing and affinity, and what `GET /workers`, `/metrics`, the events and
 //! the log show.
 
 #[path = "../support/mod.rs"]
@@ -13,6 +13,7 @@ mod db;
 mod harness;
 
 mod leases;
+mod next;
 mod observe;
 mod polling;
 mod rejects;

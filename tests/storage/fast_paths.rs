@@ -1,6 +1,7 @@
 //! The one-statement paths: a claim records its events like the transactional one did (both
 //! backends), and a completion decided from a snapshot is written whole, or not at all when
-//! anything moved since the snapshot (Postgres).
+//! anything moved since the snapshot, and with the next claim in the same statement when asked
+//! (Postgres).
 
 use super::{claim, seed, Store};
 use loopd::db::events::{self, NewEvent};
@@ -195,4 +196,78 @@ pub fn a_snapshot_that_moved_writes_nothing(s: Store) {
     db::runs::save(&mut c, &paused).unwrap();
     assert!(!fast::complete_apply(&mut c, &snap, &w("w", g.lease.epoch)).unwrap());
     unchanged(&mut c);
+}
+
+pub fn a_completion_that_claims_takes_the_next_step_in_the_same_statement(s: Store) {
+    let (run, ids) = seed(&s.db, "RUNNING", "", 1);
+    let mut c = s.db.conn().unwrap();
+    let g = claim(&mut c, "w", &[], 60_000).unwrap();
+    // Another run's step, queued long before: the one this completion queues waits for this
+    // worker, so it is taken first.
+    let (_, other) = seed(&s.db, "RUNNING", "", 1);
+    let snap = g.next.clone().expect("the claim's snapshot");
+    let (done, mut queued, state) = decided(&snap);
+    queued.preferred_worker_id = Some("w".into());
+    let evs = two_events(&snap, &queued, state.event_seq);
+    let w = |worker| Completion {
+        worker_id: worker,
+        epoch: g.lease.epoch,
+        done: &done,
+        queued: Some(&queued),
+        state: &state,
+        events: &evs,
+    };
+    let labels: Vec<String> = Vec::new();
+    let queued_still = |c: &mut Conn, id: &str| {
+        let s = db::steps::get(c, id).unwrap().unwrap();
+        s.status == "QUEUED" && db::leases::get(c, id).unwrap().is_none()
+    };
+    // Not this worker's lease: nothing written, nothing claimed.
+    let x = super::spec("x", &labels, 60_000);
+    assert!(fast::complete_and_claim(&mut c, &snap, &w("x"), &x)
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        db::steps::get(&mut c, &ids[0]).unwrap().unwrap().status,
+        "IN_PROGRESS"
+    );
+    assert!(db::steps::get(&mut c, &queued.id).unwrap().is_none());
+    assert!(queued_still(&mut c, &other[0]));
+
+    let me = super::spec("w", &labels, 60_000);
+    let got = fast::complete_and_claim(&mut c, &snap, &w("w"), &me).unwrap();
+    let Some(fast::Claimed::Got(n)) = got else {
+        panic!("nothing claimed: {got:?}");
+    };
+    assert_eq!(
+        db::steps::get(&mut c, &ids[0]).unwrap().unwrap().status,
+        "SUCCEEDED"
+    );
+    assert_eq!(
+        (n.step.id.as_str(), n.step.status.as_str(), n.lease.epoch),
+        (queued.id.as_str(), "IN_PROGRESS", 1)
+    );
+    assert_eq!(n.lease.worker_id, "w");
+    assert_eq!(
+        n.state.event_seq, 6,
+        "the claim's events follow the completion's"
+    );
+    let next = n.next.as_ref().expect("the next completion's snapshot");
+    assert_eq!(next.step.id, queued.id);
+    let types: Vec<_> = events::for_run(&mut c, &run.id)
+        .unwrap()
+        .iter()
+        .map(|e| (e.run_seq, e.event_type.clone()))
+        .collect();
+    let want = [
+        "LEASE_GRANTED",
+        "STEP_STARTED",
+        "STEP_FINISHED",
+        "STEP_QUEUED",
+    ];
+    let want: Vec<_> = (want.iter().chain(&want[..2]).enumerate())
+        .map(|(i, t)| (Some(i as i64 + 1), t.to_string()))
+        .collect();
+    assert_eq!(types, want);
+    assert!(queued_still(&mut c, &other[0]));
 }

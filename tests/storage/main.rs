@@ -76,6 +76,10 @@ mod on_postgres_only {
     fn a_snapshot_that_moved_writes_nothing() {
         super::a_snapshot_that_moved_writes_nothing(super::postgres())
     }
+    #[test]
+    fn a_completion_that_claims_takes_the_next_step_in_the_same_statement() {
+        super::a_completion_that_claims_takes_the_next_step_in_the_same_statement(super::postgres())
+    }
 }
 
 fn run_row(status: &str, labels: &str) -> RunRow {
