@@ -126,6 +126,17 @@ pub struct Lease {
     pub epoch: i64,
 }
 
+impl Lease {
+    /// The lease of an assignment (API.md §2).
+    fn of(a: &Value) -> Lease {
+        Lease {
+            run_id: a["run_id"].as_str().unwrap_or_default().to_string(),
+            step_id: a["step_id"].as_str().unwrap_or_default().to_string(),
+            epoch: a["epoch"].as_i64().unwrap_or_default(),
+        }
+    }
+}
+
 impl SimWorker {
     pub async fn register(http: &reqwest::Client, base: &str, host: &str) -> SimWorker {
         let body = json!({"hostname": host, "capabilities": {"labels": [], "slots": 1, "version": "bench"}});
@@ -166,11 +177,7 @@ impl SimWorker {
             204 => Ok(None),
             200 => {
                 let a: Value = r.json().await.map_err(|e| e.to_string())?;
-                Ok(Some(Lease {
-                    run_id: a["run_id"].as_str().unwrap_or_default().to_string(),
-                    step_id: a["step_id"].as_str().unwrap_or_default().to_string(),
-                    epoch: a["epoch"].as_i64().unwrap_or_default(),
-                }))
+                Ok(Some(Lease::of(&a)))
             }
             s => Err(format!("claim: {s} {}", r.text().await.unwrap_or_default())),
         }
@@ -178,12 +185,25 @@ impl SimWorker {
 
     /// Completes a step; `tail` must differ between iterations (the watchdog compares them).
     pub async fn complete(&self, l: &Lease, ok: bool, tail: &str) -> Result<(), String> {
+        self.complete_then(l, ok, tail, false).await.map(drop)
+    }
+
+    /// [`SimWorker::complete`], asking with `claim_next` for the next step in the same request
+    /// as `loopd --role worker` does; returns it when one was leased.
+    pub async fn complete_then(
+        &self,
+        l: &Lease,
+        ok: bool,
+        tail: &str,
+        claim_next: bool,
+    ) -> Result<Option<Lease>, String> {
         let body = json!({
             "epoch": l.epoch,
             "status": if ok { "succeeded" } else { "failed" },
             "exit_code": if ok { 0 } else { 1 },
             "output_tail": tail,
             "artifacts": [],
+            "claim_next": claim_next,
         });
         let r = self
             .post(&format!("/steps/{}/complete", l.step_id))
@@ -191,11 +211,11 @@ impl SimWorker {
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("complete: {}", r.status()))
+        if !r.status().is_success() {
+            return Err(format!("complete: {}", r.status()));
         }
+        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+        Ok(v.get("next").map(Lease::of))
     }
 
     /// One heartbeat; returns the actions the controller gave for `leases`.
