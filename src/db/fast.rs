@@ -137,19 +137,23 @@ fn claimed(v: Value) -> Result<Claimed, DbError> {
             _ => Claimed::Empty,
         });
     }
-    let snap = parse(v)?.ok_or_else(|| DbError::Reply("a claim without its run".into()))?;
-    let lease = snap
+    let mut next = parse(v)?.ok_or_else(|| DbError::Reply("a claim without its run".into()))?;
+    let lease = next
         .lease
         .clone()
         .ok_or_else(|| DbError::Reply("a claim without its lease".into()))?;
-    let mut next = snap.clone();
-    next.step.prompt = None;
+    // The snapshot keeps everything but the prompt, which the worker gets.
+    let prompt = next.step.prompt.take();
+    let step = StepRow {
+        prompt,
+        ..next.step.clone()
+    };
     Ok(Claimed::Got(Box::new(ClaimedStep {
-        step: snap.step,
+        step,
         lease,
-        run: snap.run,
-        state: snap.state,
-        now: snap.now,
+        run: next.run.clone(),
+        state: next.state.clone(),
+        now: next.now,
         next: Some(next),
     })))
 }
