@@ -38,10 +38,16 @@ impl Seen {
             self.offset_errors += 1;
         }
         self.bytes += content.len() as u64;
-        self.partial.push_str(content);
         let now = t0.elapsed().as_micros() as f64;
-        while let Some(end) = self.partial.find('\n') {
-            let l: String = self.partial.drain(..=end).collect();
+        // Lines are cut from the front of what is held in one pass: removing each line from
+        // the front of a 256 KiB chunk would move the rest of it every time (the reader,
+        // not loopd, would set the lag).
+        let mut text = std::mem::take(&mut self.partial);
+        text.push_str(content);
+        let mut rest = text.as_str();
+        while let Some(end) = rest.find('\n') {
+            let (l, after) = rest.split_at(end + 1);
+            rest = after;
             let seq = l.get(1..11).and_then(|v| v.parse::<u64>().ok());
             let ts = l.get(13..27).and_then(|v| v.parse::<f64>().ok());
             match (seq, ts) {
@@ -57,6 +63,7 @@ impl Seen {
                 _ => self.missing += 1,
             }
         }
+        self.partial = rest.to_string();
     }
 }
 
