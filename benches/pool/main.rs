@@ -8,7 +8,7 @@
 //!
 //! Sections: dispatch throughput recovery soak footprint streaming. Settings (env):
 //! LOOPD_BENCH_PG (admin URL of the Postgres server, default 127.0.0.1:5432),
-//! LOOPD_BENCH_SAMPLES (dispatch samples, 500), LOOPD_BENCH_SECS (throughput window, 20),
+//! LOOPD_BENCH_SAMPLES (dispatch samples, 500), LOOPD_BENCH_SECS (each throughput window, 20),
 //! LOOPD_BENCH_SOAK_SECS (60; 600 is the ten minutes), LOOPD_BENCH_FOOTPRINT_SECS (30),
 //! LOOPD_BENCH_STREAM_MB (50), LOOPD_BENCH_CONTROLLER_ENV (extra controller settings for
 //! experiments, e.g. "LOOPD__STORAGE__POOL_SIZE=32").
