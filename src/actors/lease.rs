@@ -133,21 +133,21 @@ forward!(ReadArtifact, Result<bytes::Bytes, LeaseError>, |svc, m| svc
     .read_artifact(&m.worker_id, &m.step_id, m.epoch, &m.name)
     .await);
 
-/// Complete a leased step; with `next` (the worker's labels), also claim the worker's next
-/// step at once, without waiting.
+/// Complete a leased step; when the request has `claim_next`, also claim the worker's next
+/// step (one its `labels` allow) at once, without waiting.
 #[derive(Message)]
 #[rtype(result = "Result<Option<Assignment>, LeaseError>")]
 pub struct CompleteStep {
     pub worker_id: String,
     pub step_id: String,
     pub request: CompleteRequest,
-    pub next: Option<Vec<String>>,
+    pub labels: Vec<String>,
 }
 forward!(
     CompleteStep,
     Result<Option<Assignment>, LeaseError>,
     |svc, m| svc
-        .complete(&m.worker_id, &m.step_id, m.request, m.next.as_deref())
+        .complete(&m.worker_id, &m.step_id, m.request, &m.labels)
         .await
 );
 

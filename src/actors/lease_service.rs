@@ -343,8 +343,13 @@ pub(super) fn output_held(output: &OutputStore, got: &db::fast::Claimed) -> u64 
 }
 
 /// The complete-step request's fingerprint: a repeated identical completion is idempotent.
+/// `claim_next` asks for something besides the completion and is not part of it.
 pub fn completion_digest(req: &CompleteRequest) -> String {
     use sha2::{Digest, Sha256};
-    let bytes = serde_json::to_vec(req).unwrap_or_default();
+    let completion = CompleteRequest {
+        claim_next: false,
+        ..req.clone()
+    };
+    let bytes = serde_json::to_vec(&completion).unwrap_or_default();
     hex::encode(Sha256::digest(bytes))
 }

@@ -177,15 +177,16 @@ impl LeaseService {
     }
 
     /// Completes a step. A repeat of the same completion is accepted and changes nothing.
-    /// Records a completion; when `next` (the worker's labels) is given, also claims the
-    /// worker's next step at once, without waiting: usually in the completion's own statement.
+    /// With `claim_next`, also claims the worker's next step (one its `labels` allow) at once,
+    /// without waiting: usually in the completion's own statement.
     pub async fn complete(
         &self,
         worker_id: &str,
         step_id: &str,
         req: CompleteRequest,
-        next: Option<&[String]>,
+        labels: &[String],
     ) -> Result<Option<Assignment>, LeaseError> {
+        let next = req.claim_next.then_some(labels);
         let claimed = self
             .record_completion(worker_id, step_id, req, next)
             .await?;

@@ -173,11 +173,8 @@ impl LocalPlane {
         let m = CompleteStep {
             worker_id: self.worker_id.clone(),
             step_id: step_id.into(),
-            next: request.claim_next.then(|| self.labels.clone()),
-            request: CompleteRequest {
-                claim_next: false,
-                ..request
-            },
+            request,
+            labels: self.labels.clone(),
         };
         self.lease
             .send(m)

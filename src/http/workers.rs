@@ -220,17 +220,14 @@ pub async fn complete(
     id: Id,
     body: web::Json<CompleteRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut request = body.into_inner();
     let who = who.into_inner();
-    // Taken out: the completion's fingerprint does not depend on it.
-    let next = std::mem::take(&mut request.claim_next).then_some(who.labels);
     let next = st
         .lease
         .send(CompleteStep {
             worker_id: who.worker_id,
             step_id: id.0,
-            request,
-            next,
+            request: body.into_inner(),
+            labels: who.labels,
         })
         .await??;
     Ok(HttpResponse::Ok().json(CompleteResponse { next }))

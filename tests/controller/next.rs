@@ -64,6 +64,15 @@ async fn a_completion_that_asks_gets_the_next_step_leased() {
     assert!(a["prompt"].as_str().is_some_and(|p| !p.is_empty()), "{a}");
     let seqs = run_seqs(&ctl, &run);
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gaps");
+    // The flag is not part of the completion: the same completion without it is a repeat.
+    let before = ctl.snapshot();
+    let (status, body) = w.complete(&first, &Worker::completion(&first)).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({})),
+        "not taken as the same completion"
+    );
+    assert_eq!(ctl.snapshot(), before);
 
     // It is this worker's lease: its heartbeat keeps it, its completion is accepted. A
     // completion that does not ask answers as it always did, and leaves the step after it
