@@ -133,10 +133,19 @@ async fn a_controller_down_longer_than_a_lease_takes_no_step_from_its_live_worke
     let mut controller = pool::controller(dir.path(), &env).await;
     let base = controller.url();
     let client = reqwest::Client::new();
-    let _w = pool::worker(dir.path(), "w0", &base, &[]);
+    let w = pool::worker(dir.path(), "w0", &base, &[]);
     let repo = Repo::create(dir.path(), "outage", 1, "slow 12", &["reviewer=false"]);
     let id = submit_git(&client, &base, &repo, "outage").await;
     let (step, _) = pool::running_step(&client, &base, &id, LONG).await;
+    // Running on the worker, not only leased: killed before its claim's answer arrived, the
+    // controller would rightly let that lease expire.
+    let sid = step["id"].as_str().expect("step id").to_string();
+    wait_for("the worker to start the step", LONG, || async {
+        (w.log_text().lines())
+            .any(|l| l.contains(&sid) && l.contains("step started"))
+            .then_some(())
+    })
+    .await;
 
     controller.kill9();
     // Stay down until the step's lease is past its expiry by the database clock.
