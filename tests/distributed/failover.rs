@@ -91,16 +91,21 @@ async fn a_worker_frozen_past_the_offline_timeout_discards_its_step_and_redoes_i
         .await;
     let step_id = step["id"].as_str().expect("id").to_string();
     let worker = &c.workers[0];
-    let prompt = worker
+    // The agent's first line in the step's log: it runs (the prompt file alone is written
+    // before the agent is spawned, and a freeze in between would leave no agent to commit).
+    let log = worker
         .data_dir
         .join("work/steps")
         .join(&step_id)
-        .join("prompt.txt");
-    let prompt = &prompt;
+        .join("iter-01-impl.log");
+    let log = &log;
     wait_for(
         "the agent to start",
         Duration::from_secs(30),
-        || async move { prompt.exists().then_some(()) },
+        || async move {
+            let text = std::fs::read_to_string(log).ok()?;
+            text.contains("drip line 1 of 20").then_some(())
+        },
     )
     .await;
 
