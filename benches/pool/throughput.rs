@@ -9,6 +9,7 @@ use crate::cluster::{endless, heartbeats, Cluster, SimWorker, Task};
 use crate::footprint::{cpu_ticks, TICKS_PER_SEC};
 use crate::{Opts, Table};
 use diesel::prelude::*;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,10 +85,11 @@ pub async fn run(o: &Opts, t: &mut Table) {
     t.add(
         "throughput, claim + complete (2 requests/cycle)",
         format!(
-            "{:.0} /s ({:.1} % of the limit; controller CPU {:.0} % of a core)",
-            two.0,
-            two.0 / limit * 100.0,
-            two.1
+            "{:.0} /s ({:.1} % of the limit; controller CPU {:.0} % of a core; {})",
+            two.rate,
+            two.rate / limit * 100.0,
+            two.cpu,
+            two.per_cycle()
         ),
         "",
         None,
@@ -95,11 +97,13 @@ pub async fn run(o: &Opts, t: &mut Table) {
     t.add(
         "throughput, complete + claim_next (1 request/cycle)",
         format!(
-            "{:.0} /s ({errors} errors in both; controller CPU {:.0} % of a core)",
-            one.0, one.1
+            "{:.0} /s ({errors} errors in both; controller CPU {:.0} % of a core; {})",
+            one.rate,
+            one.cpu,
+            one.per_cycle()
         ),
         ">= 1000 /s",
-        Some(one.0 >= 1000.0),
+        Some(one.rate >= 1000.0),
     );
     t.add(
         "postgres limit (1-row UPDATE tx/s, 64 conns)",
@@ -107,7 +111,7 @@ pub async fn run(o: &Opts, t: &mut Table) {
         "",
         None,
     );
-    let ratio = one.0 / limit * 100.0;
+    let ratio = one.rate / limit * 100.0;
     t.add(
         "throughput (1 request/cycle) / postgres limit",
         format!("{ratio:.1} %"),
@@ -116,18 +120,64 @@ pub async fn run(o: &Opts, t: &mut Table) {
     );
 }
 
-/// Cycles per second over `secs`, and the controller's CPU meanwhile (% of a core).
-async fn window(c: &Cluster, done: &AtomicU64, secs: u64) -> (f64, f64) {
-    let (d0, t0, c0) = (
+/// One window's figures.
+struct Window {
+    /// Cycles per second.
+    rate: f64,
+    /// The controller's CPU, % of a core.
+    cpu: f64,
+    /// CPU time per cycle (ms) of the controller and of the Postgres server's processes:
+    /// steadier than the rate, which moves with whatever else the machine does.
+    ctl_ms: f64,
+    pg_ms: f64,
+}
+
+impl Window {
+    fn per_cycle(&self) -> String {
+        format!(
+            "CPU per cycle: controller {:.2} ms, postgres {:.2} ms",
+            self.ctl_ms, self.pg_ms
+        )
+    }
+}
+
+/// CPU ticks of every process named `postgres` on this machine (the bench's server when it
+/// runs here; an empty map when it runs elsewhere).
+fn postgres_ticks() -> HashMap<i32, u64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| (pid, cpu_ticks(pid)))
+        .collect()
+}
+
+/// The figures of a window of `secs` seconds.
+async fn window(c: &Cluster, done: &AtomicU64, secs: u64) -> Window {
+    let (d0, t0, c0, p0) = (
         done.load(Ordering::Relaxed),
         Instant::now(),
         cpu_ticks(c.pid()),
+        postgres_ticks(),
     );
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let cycles = done.load(Ordering::Relaxed) - d0;
+    let cycles = (done.load(Ordering::Relaxed) - d0).max(1) as f64;
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks(c.pid()) - c0) as f64 / TICKS_PER_SEC / elapsed * 100.0;
-    (cycles as f64 / elapsed, cpu)
+    let ctl = (cpu_ticks(c.pid()) - c0) as f64 / TICKS_PER_SEC;
+    // Processes that lived through the whole window (a backend that exits takes its count).
+    let pg: u64 = (postgres_ticks().iter())
+        .filter_map(|(pid, t)| Some(t.saturating_sub(*p0.get(pid)?)))
+        .sum();
+    Window {
+        rate: cycles / elapsed,
+        cpu: ctl / elapsed * 100.0,
+        ctl_ms: ctl * 1000.0 / cycles,
+        pg_ms: pg as f64 / TICKS_PER_SEC * 1000.0 / cycles,
+    }
 }
 
 /// Single-row UPDATE transactions per second from `conns` connections, each on its own row,
