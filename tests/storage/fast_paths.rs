@@ -271,3 +271,91 @@ pub fn a_completion_that_claims_takes_the_next_step_in_the_same_statement(s: Sto
     assert_eq!(types, want);
     assert!(queued_still(&mut c, &other[0]));
 }
+
+/// The completion of `g` (queuing a verification for `prefers`), written with a claim for the
+/// same worker: what was claimed, checked leased as a claim leases.
+fn complete_claiming(c: &mut Conn, g: &fast::ClaimedStep, prefers: Option<&str>) -> StepRow {
+    let worker = g.lease.worker_id.as_str();
+    let snap = g.next.clone().expect("the claim's snapshot");
+    let (done, mut queued, state) = decided(&snap);
+    queued.preferred_worker_id = prefers.map(str::to_string);
+    let evs = two_events(&snap, &queued, state.event_seq);
+    let w = Completion {
+        worker_id: worker,
+        epoch: g.lease.epoch,
+        done: &done,
+        queued: Some(&queued),
+        state: &state,
+        events: &evs,
+    };
+    let labels: Vec<String> = Vec::new();
+    let got = fast::complete_and_claim(c, &snap, &w, &super::spec(worker, &labels, 60_000));
+    let Ok(Some(fast::Claimed::Got(n))) = got else {
+        panic!("nothing claimed: {got:?}");
+    };
+    let row = db::steps::get(c, &n.step.id).unwrap().unwrap();
+    let lease = db::leases::get(c, &n.step.id).unwrap().expect("its lease");
+    assert_eq!(
+        (
+            row.status.as_str(),
+            row.worker_id.as_deref(),
+            row.lease_epoch
+        ),
+        ("IN_PROGRESS", Some(worker), 1)
+    );
+    assert_eq!(row.started_at, Some(n.now));
+    assert!(row.queued_at <= n.now, "started before it was queued");
+    assert_eq!(
+        (lease.worker_id.as_str(), lease.epoch, lease.granted_at),
+        (worker, 1, n.now)
+    );
+    assert_eq!(lease.expires_at, n.now + 60_000);
+    row
+}
+
+pub fn a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones(s: Store) {
+    let (mine, _) = seed(&s.db, "RUNNING", "", 1);
+    let (theirs, _) = seed(&s.db, "RUNNING", "", 1);
+    let mut c = s.db.conn().unwrap();
+    let first = claim(&mut c, "w", &[], 60_000).unwrap();
+    let second = claim(&mut c, "w", &[], 60_000).unwrap();
+    assert_eq!(first.run.id, mine.id);
+    // Two steps of other runs queued long before, both waiting for this worker.
+    let waiting: Vec<String> = (1..=2)
+        .map(|at| {
+            let (_, ids) = seed(&s.db, "RUNNING", "", 1);
+            let mut row = db::steps::get(&mut c, &ids[0]).unwrap().unwrap();
+            row.preferred_worker_id = Some("w".into());
+            row.queued_at = at;
+            db::steps::save(&mut c, &row).unwrap();
+            ids[0].clone()
+        })
+        .collect();
+    // A completion queuing its next step for no one in particular: the claim takes the
+    // oldest waiting for this worker, and the queued one stays queued.
+    let got = complete_claiming(&mut c, &first, None);
+    assert_eq!(got.id, waiting[0]);
+    let steps = db::steps::for_run(&mut c, &mine.id).unwrap();
+    assert_eq!(steps.last().map(|q| q.status.as_str()), Some("QUEUED"));
+    // Queued for this worker: that one, although another has waited for it longer.
+    let got = complete_claiming(&mut c, &second, Some("w"));
+    assert_eq!((got.run_id.as_str(), got.seq), (theirs.id.as_str(), 2));
+    assert_eq!(Some(got.queued_at), got.started_at);
+    let events: Vec<_> = events::for_run(&mut c, &theirs.id)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.run_seq, e.event_type))
+        .collect();
+    let types = [
+        "LEASE_GRANTED",
+        "STEP_STARTED",
+        "STEP_FINISHED",
+        "STEP_QUEUED",
+    ];
+    let want: Vec<_> = (types.iter().chain(&types[..2]).enumerate())
+        .map(|(i, t)| (Some(i as i64 + 1), t.to_string()))
+        .collect();
+    assert_eq!(events, want);
+    let still = db::steps::get(&mut c, &waiting[1]).unwrap().unwrap();
+    assert_eq!(still.status, "QUEUED");
+}

@@ -80,6 +80,12 @@ mod on_postgres_only {
     fn a_completion_that_claims_takes_the_next_step_in_the_same_statement() {
         super::a_completion_that_claims_takes_the_next_step_in_the_same_statement(super::postgres())
     }
+    #[test]
+    fn a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones() {
+        super::a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones(
+            super::postgres(),
+        )
+    }
 }
 
 fn run_row(status: &str, labels: &str) -> RunRow {
