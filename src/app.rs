@@ -337,11 +337,12 @@ fn serve(
             app = app
                 .app_data(web::Data::new(s.clone()))
                 .configure(|cfg| http::extractor_config(cfg, s));
-            if subsystems.runs_api {
-                app = app.configure(http::runs_api);
-            }
+            // The worker API first: see `http::worker_api`.
             if subsystems.worker_api {
                 app = app.configure(http::worker_api);
+            }
+            if subsystems.runs_api {
+                app = app.configure(http::runs_api);
             }
         }
         app
