@@ -254,22 +254,28 @@ pub fn a_completion_that_claims_takes_the_next_step_in_the_same_statement(s: Sto
     );
     let next = n.next.as_ref().expect("the next completion's snapshot");
     assert_eq!(next.step.id, queued.id);
-    let types: Vec<_> = events::for_run(&mut c, &run.id)
+    claimed_after_completing(&mut c, &run.id);
+    assert!(queued_still(&mut c, &other[0]));
+}
+
+/// The run's events after a claim, a completion and the claim made with it: numbered 1–6
+/// without gaps, the second claim's after the completion's.
+fn claimed_after_completing(c: &mut Conn, run_id: &str) {
+    let got: Vec<_> = events::for_run(c, run_id)
         .unwrap()
-        .iter()
-        .map(|e| (e.run_seq, e.event_type.clone()))
+        .into_iter()
+        .map(|e| (e.run_seq, e.event_type))
         .collect();
-    let want = [
+    let types = [
         "LEASE_GRANTED",
         "STEP_STARTED",
         "STEP_FINISHED",
         "STEP_QUEUED",
     ];
-    let want: Vec<_> = (want.iter().chain(&want[..2]).enumerate())
+    let want: Vec<_> = (types.iter().chain(&types[..2]).enumerate())
         .map(|(i, t)| (Some(i as i64 + 1), t.to_string()))
         .collect();
-    assert_eq!(types, want);
-    assert!(queued_still(&mut c, &other[0]));
+    assert_eq!(got, want);
 }
 
 /// The completion of `g` (queuing a verification for `prefers`), written with a claim for the
@@ -341,21 +347,7 @@ pub fn a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones(s
     let got = complete_claiming(&mut c, &second, Some("w"));
     assert_eq!((got.run_id.as_str(), got.seq), (theirs.id.as_str(), 2));
     assert_eq!(Some(got.queued_at), got.started_at);
-    let events: Vec<_> = events::for_run(&mut c, &theirs.id)
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.run_seq, e.event_type))
-        .collect();
-    let types = [
-        "LEASE_GRANTED",
-        "STEP_STARTED",
-        "STEP_FINISHED",
-        "STEP_QUEUED",
-    ];
-    let want: Vec<_> = (types.iter().chain(&types[..2]).enumerate())
-        .map(|(i, t)| (Some(i as i64 + 1), t.to_string()))
-        .collect();
-    assert_eq!(events, want);
+    claimed_after_completing(&mut c, &theirs.id);
     let still = db::steps::get(&mut c, &waiting[1]).unwrap().unwrap();
     assert_eq!(still.status, "QUEUED");
 }
