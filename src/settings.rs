@@ -135,6 +135,9 @@ pub struct WorkerSettings {
     pub drain_timeout_ms: u64,
     /// TERM → this grace → KILL, for cancelled or abandoned steps.
     pub kill_grace_ms: u64,
+    /// A clone no step has used for this many hours is removed when the worker starts (0: kept
+    /// for ever); the run's next step here clones again, from the run's checkpoint.
+    pub clone_keep_hours: u64,
     /// Environment variables the agent and verify commands inherit (`PREFIX_*` globs allowed).
     #[serde(default)]
     pub agent_env: Vec<String>,
@@ -223,6 +226,7 @@ impl Default for Settings {
                 heartbeat_interval_ms: 2000,
                 drain_timeout_ms: 600_000,
                 kill_grace_ms: 5000,
+                clone_keep_hours: 168,
                 agent_env: [
                     "PATH",
                     "HOME",

@@ -4,6 +4,7 @@
 //! The same code runs in the single role (local control plane) and on workers (HTTP).
 
 use super::runner_step;
+use super::workdir;
 use crate::api::{Assignment, Capabilities, HeldLease, RegisterRequest};
 use crate::artifacts::ArtifactStore;
 use crate::control_plane::http::HttpPlane;
@@ -26,6 +27,8 @@ pub struct RunnerConfig {
     pub slots: u32,
     pub kill_grace: Duration,
     pub heartbeat_interval: Duration,
+    /// Clones unused for longer are removed at start (None: kept).
+    pub clone_keep: Option<Duration>,
     /// Environment variables passed to agents (`PREFIX_*` globs).
     pub agent_env: Vec<String>,
     /// Upload artifacts straight to this store instead of through the controller.
@@ -248,6 +251,10 @@ impl WorkerHandle {
     /// Starts the heartbeat loop and one RunnerActor per slot.
     pub fn start(plane: ControlPlane, cfg: RunnerConfig) -> WorkerHandle {
         runner_step::kill_leftovers(&cfg.work_dir);
+        if let Some(keep) = cfg.clone_keep {
+            // Before any claim: no step is using a clone yet.
+            workdir::remove_idle_clones(&cfg.work_dir, keep);
+        }
         let cfg_slots = cfg.slots as usize;
         let shared = Arc::new(Shared {
             plane,

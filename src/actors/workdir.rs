@@ -1,13 +1,15 @@
 //! The worker side of workspaces: resolves where a step runs (the shared path, or a clone of
 //! the repository restored from the run's newest checkpoint bundle), makes the checkpoint
 //! commit and bundle after a git step, and keeps pid files of running process groups so a
-//! restarted worker can kill what a crashed one left behind.
+//! restarted worker can kill what a crashed one left behind. A clone's directory carries the
+//! time a step last used it; clones unused for `worker.clone_keep_hours` go at start.
 
 use super::plane_retry::retry_transient;
 use super::runner::{Active, Shared};
 use crate::api::{Assignment, Checkpoint, WorkspaceSpec};
 use crate::workspace::{bundle, clone};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// Where a step runs.
 pub struct Prepared {
@@ -93,7 +95,11 @@ pub async fn prepare(
             );
             let head = tokio::task::spawn_blocking(move || {
                 let cp = bundle_path.as_ref().map(|(p, h)| (p.as_path(), h.as_str()));
-                clone::prepare_clone(&d, &url, &r, &b, cp)
+                let head = clone::prepare_clone(&d, &url, &r, &b, cp);
+                if head.is_ok() {
+                    mark_used(&d);
+                }
+                head
             })
             .await
             .map_err(blocking_err)?
@@ -240,5 +246,88 @@ pub fn kill_leftovers(work_dir: &Path) {
             }
         }
         let _ = std::fs::remove_file(e.path());
+    }
+}
+
+/// Notes that a step uses the clone `dir` now (its directory's modification time).
+fn mark_used(dir: &Path) {
+    let marked = std::fs::File::open(dir).and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = marked {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot mark the clone as used");
+    }
+}
+
+/// Removes the clones (`<work_dir>/clones/<run_id>`) that no step has used for longer than
+/// `keep`; returns how many. Only while no step runs (at start): a clone removed under a
+/// running step would pull its workspace away.
+pub fn remove_idle_clones(work_dir: &Path, keep: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(work_dir.join("clones")) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let last_used = e.metadata().and_then(|m| m.modified()).ok();
+        let idle = last_used.and_then(|t| now.duration_since(t).ok());
+        if idle.is_none_or(|d| d <= keep) {
+            continue;
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => removed += 1,
+            Err(err) => {
+                tracing::warn!(error = %err, dir = %e.path().display(), "cannot remove an unused clone")
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            keep_hours = keep.as_secs() / 3600,
+            "removed unused clones"
+        );
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mark_used, remove_idle_clones};
+    use std::time::{Duration, SystemTime};
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn aged(dir: &std::path::Path, age: Duration) {
+        std::fs::create_dir_all(dir.join(".git")).unwrap();
+        std::fs::write(dir.join("README"), "x").unwrap();
+        let f = std::fs::File::open(dir).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn clones_unused_for_longer_than_kept_are_removed_and_used_ones_stay() {
+        let work = tempfile::tempdir().unwrap();
+        let clones = work.path().join("clones");
+        aged(&clones.join("old"), 10 * DAY);
+        aged(&clones.join("recent"), DAY);
+        aged(&clones.join("old_but_used_again"), 10 * DAY);
+        mark_used(&clones.join("old_but_used_again"));
+        std::fs::create_dir_all(work.path().join("steps/s1")).unwrap();
+
+        assert_eq!(remove_idle_clones(work.path(), 7 * DAY), 1);
+        assert!(!clones.join("old").exists(), "unused for 10 days, kept 7");
+        assert!(clones.join("recent").join("README").exists());
+        assert!(clones.join("old_but_used_again").join(".git").exists());
+        assert!(work.path().join("steps/s1").exists(), "only clones");
+        assert_eq!(
+            remove_idle_clones(work.path(), 7 * DAY),
+            0,
+            "nothing left to remove"
+        );
+    }
+
+    #[test]
+    fn a_worker_without_clones_removes_nothing() {
+        let work = tempfile::tempdir().unwrap();
+        assert_eq!(remove_idle_clones(work.path(), DAY), 0);
     }
 }

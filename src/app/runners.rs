@@ -41,6 +41,10 @@ fn runner_config(settings: &Settings) -> RunnerConfig {
         slots: settings.worker.slots.max(1),
         kill_grace: Duration::from_millis(settings.worker.kill_grace_ms),
         heartbeat_interval: Duration::from_millis(settings.worker.heartbeat_interval_ms.max(50)),
+        clone_keep: match settings.worker.clone_keep_hours {
+            0 => None,
+            h => Some(Duration::from_secs(h.saturating_mul(3600))),
+        },
         agent_env: settings.worker.agent_env.clone(),
         direct_store: None,
     }

@@ -1,9 +1,13 @@
 //! A git-mode run on a controller and two workers: the steps run on the workers' own clones,
 //! every artifact lands in S3 and reads back through the runs API, and the final checkpoint
-//! bundle holds the whole run branch.
+//! bundle holds the whole run branch; a restarted worker removes the clones it has not used
+//! for `worker.clone_keep_hours`.
 
 use crate::cluster::{sha256, Cluster, Timings};
 use crate::support::repo::Repo;
+use crate::support::wait_for;
+use nix::sys::signal::Signal;
+use std::time::{Duration, SystemTime};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_git_run_of_four_tasks_completes_on_two_workers_with_its_artifacts_in_s3() {
@@ -172,4 +176,42 @@ async fn a_worker_may_upload_its_artifacts_straight_to_s3() {
         subjects,
         ["initial", "task 1: task number 1", "task 2: task number 2"]
     );
+}
+
+/// Sets a directory's modification time (what a worker reads as the clone's last use).
+fn last_used(dir: &std::path::Path, ago: Duration) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let f = std::fs::File::open(dir).expect("open dir");
+    f.set_modified(SystemTime::now() - ago).expect("set mtime");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_removes_at_start_the_clones_unused_for_clone_keep_hours() {
+    let mut c = Cluster::start("git-clones", 0, Timings::default()).await;
+    c.add_worker(&[], &[("LOOPD__WORKER__CLONE_KEEP_HOURS", "48")])
+        .await;
+    let repo = Repo::create(c.dir.path(), "origin", 1, "tick", &[]);
+    let id = c.submit_git(&repo, &[]).await;
+    c.wait_status(&id, "COMPLETED").await;
+    let clones = c.workers[0].data_dir.join("work/clones");
+    assert!(
+        clones.join(&id).join(".git").is_dir(),
+        "a run's clone stays after its steps"
+    );
+
+    c.workers[0].signal(Signal::SIGTERM);
+    c.workers[0].wait_exit(Duration::from_secs(30)).await;
+    const HOUR: Duration = Duration::from_secs(3600);
+    last_used(&clones.join(&id), 72 * HOUR);
+    last_used(&clones.join("recent-run"), HOUR);
+    c.workers[0].start();
+    let w = &c.workers[0];
+    wait_for(
+        "the worker to remove unused clones",
+        Duration::from_secs(30),
+        || async { w.log_text().contains("removed unused clones").then_some(()) },
+    )
+    .await;
+    assert!(!clones.join(&id).exists(), "unused for 72 h, kept 48 h");
+    assert!(clones.join("recent-run").is_dir(), "used an hour ago");
 }
