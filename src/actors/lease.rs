@@ -26,6 +26,8 @@ impl Actor for LeaseActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = Duration::from_millis(self.svc.lease.sweep_interval_ms);
+        // The first sweep's pause is measured from here, not from the service's construction.
+        self.svc.swept.reset();
         let svc = self.svc.clone();
         super::background_tick(ctx, every, move || {
             let svc = svc.clone();

@@ -8,6 +8,7 @@ use crate::db::leases::{self, Requeued};
 use crate::db::{self, DbError};
 use crate::domain::events as ev;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 impl LeaseService {
     /// Hands a lease back (worker drain): the step is queued again, no retry used.
@@ -63,9 +64,31 @@ impl LeaseService {
         Ok(list.len())
     }
 
-    /// Requeues every lease past its expiry.
+    /// Requeues every lease past its expiry — unless no sweep went through for half a lease
+    /// period: this process was stopped, its host suspended or its database out of reach, so
+    /// its workers could not renew through it; every lease then gets a fresh period instead,
+    /// as at a controller's start, and a later sweep expires what is due after that.
     pub async fn sweep(&self) -> Result<usize, LeaseError> {
         let max = self.sched.max_infra_attempts as i32;
+        let ttl = self.lease.ttl_ms as i64;
+        let interval = Duration::from_millis(self.lease.sweep_interval_ms);
+        let paused = self.swept.since();
+        if paused > (Duration::from_millis(ttl as u64) / 2).max(3 * interval) {
+            let extended = self
+                .db
+                .tx(move |c| {
+                    let now = c.now_ms()?;
+                    leases::extend_all(c, now, ttl)
+                })
+                .await?;
+            self.swept.reset();
+            tracing::warn!(
+                paused_ms = paused.as_millis() as u64,
+                extended,
+                "no lease sweep for half a lease period: every lease gets a fresh period"
+            );
+            return Ok(0);
+        }
         let list = self
             .db
             .tx(move |c| -> Result<_, LeaseError> {
@@ -75,6 +98,7 @@ impl LeaseService {
                 Ok(list)
             })
             .await?;
+        self.swept.reset();
         if !list.is_empty() {
             self.metrics
                 .lease_expired_total

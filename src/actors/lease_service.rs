@@ -81,6 +81,8 @@ pub struct LeaseService {
     /// Postgres: what each step's completion will likely decide from, as its claim read it
     /// (see `completion.rs`); taken by the completion.
     pub(super) claimed: std::sync::Mutex<Kept<db::fast::Snapshot>>,
+    /// Since the last sweep that went through (see `LeaseService::sweep`).
+    pub(super) swept: super::PauseClock,
 }
 
 /// Most claim snapshots kept, and their bytes (a step whose completion never comes leaves one
@@ -116,6 +118,7 @@ impl LeaseService {
             follow_up: p.follow_up,
             mirrors: p.mirrors,
             claimed: std::sync::Mutex::new(Kept::new(CLAIMED_CAP, CLAIMED_BYTES)),
+            swept: super::PauseClock::new(),
         }
     }
 }

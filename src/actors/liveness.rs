@@ -123,6 +123,32 @@ impl RegistryService {
         Ok(HeartbeatResponse { leases: verdicts })
     }
 
+    /// Whether this check comes more than `gap` after the previous one (or the start of the
+    /// checks): this process was paused and the beats sent meanwhile waited in its sockets, so
+    /// the silence is its own, not its workers'. Every online worker then gets a fresh period.
+    fn was_paused(&self, gap: Duration) -> bool {
+        let paused = self.checked.since();
+        self.checked.reset();
+        if paused <= gap {
+            return false;
+        }
+        let now = Instant::now();
+        let mut known = self.known();
+        for k in known.values_mut().filter(|k| k.status.is_online()) {
+            k.seen = now;
+        }
+        tracing::warn!(
+            paused_ms = paused.as_millis() as u64,
+            "no offline check for half the offline limit: every online worker gets a fresh period"
+        );
+        true
+    }
+
+    /// The offline checks begin: the first is measured from now.
+    pub fn checks_begin(&self) {
+        self.checked.reset();
+    }
+
     /// Writes the buffered beats (the time they are written at is the database's clock).
     pub async fn flush_beats(&self) -> Result<(), RegistryError> {
         let beats = self.beats.take();
@@ -141,9 +167,12 @@ impl RegistryService {
     /// Marks workers silent for longer than `worker_offline_after_ms` offline and takes their
     /// leases back.
     pub async fn mark_silent_offline(&self) -> Result<usize, RegistryError> {
-        self.flush_beats().await?;
         let after = self.lease.worker_offline_after_ms;
         let limit = Duration::from_millis(after);
+        if self.was_paused(limit / 2) {
+            return Ok(0);
+        }
+        self.flush_beats().await?;
         // Decided and recorded in memory under one lock: a beat that comes later is refused.
         let silent: Vec<(String, WorkerStatus)> = {
             let mut known = self.known();

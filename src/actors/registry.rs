@@ -41,6 +41,7 @@ impl Actor for WorkerRegistryActor {
         // (a slow start must not cost them their leases).
         let svc = self.svc.clone();
         ctx.run_later(after, move |_, ctx| {
+            svc.checks_begin();
             super::background_tick(ctx, every, move || {
                 let svc = svc.clone();
                 async move {

@@ -82,6 +82,8 @@ pub struct RegistryService {
     known: Mutex<HashMap<String, Known>>,
     /// Heartbeats not yet written (see `liveness.rs`).
     pub(super) beats: BeatBuffer,
+    /// Since the offline check last ran (see `liveness.rs`).
+    pub(super) checked: super::PauseClock,
 }
 
 impl RegistryService {
@@ -100,6 +102,7 @@ impl RegistryService {
             leases,
             known: Mutex::new(HashMap::new()),
             beats: BeatBuffer::default(),
+            checked: super::PauseClock::new(),
         }
     }
 

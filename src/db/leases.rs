@@ -196,18 +196,20 @@ pub fn check_held(
         Conn::Sqlite(c) => both!().first(&mut **c).optional()?,
     };
     match found {
-        Some((l, s, now)) if l.worker_id == worker_id && l.epoch == epoch && l.expires_at > now => {
-            Ok(Held {
-                lease: l,
-                step: s,
-                now_ms: now,
-            })
-        }
+        // Held while the row is this worker's at this epoch: only the expiry sweep ends a lease
+        // by time, so a controller that was itself paused does not refuse its workers' writes
+        // before its sweep has looked (see `LeaseService::sweep`).
+        Some((l, s, now)) if l.worker_id == worker_id && l.epoch == epoch => Ok(Held {
+            lease: l,
+            step: s,
+            now_ms: now,
+        }),
         _ => Err(DbError::StaleLease),
     }
 }
 
-/// Extends a live lease to `now + ttl`. An expired, released or re-granted lease is stale.
+/// Extends a held lease to `now + ttl` (one past its expiry too, if the sweep has not taken it
+/// back yet). A released or re-granted lease is stale.
 pub fn renew(
     conn: &mut Conn,
     step_id: &str,
@@ -221,7 +223,6 @@ pub fn renew(
             .filter(leases::step_id.eq(step_id))
             .filter(leases::worker_id.eq(worker_id))
             .filter(leases::epoch.eq(epoch))
-            .filter(leases::expires_at.gt(now))
     )
     .set(leases::expires_at.eq(now + ttl_ms))
     .returning(LeaseRow::as_returning())
@@ -242,6 +243,17 @@ pub fn extend_of_workers(
         leases::table
             .filter(leases::worker_id.eq_any(workers.to_vec()))
             .filter(leases::expires_at.lt(now + ttl_ms))
+    )
+    .set(leases::expires_at.eq(now + ttl_ms))
+    .execute(c))?;
+    Ok(n)
+}
+
+/// Gives every lease at least `ttl_ms` from `now` (the sweep, after its own process was paused:
+/// every lease that exists belongs to a worker not marked offline).
+pub fn extend_all(conn: &mut Conn, now: i64, ttl_ms: i64) -> Result<usize, DbError> {
+    let n = on_conn!(conn, |c| diesel::update(
+        leases::table.filter(leases::expires_at.lt(now + ttl_ms))
     )
     .set(leases::expires_at.eq(now + ttl_ms))
     .execute(c))?;

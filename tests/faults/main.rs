@@ -1,14 +1,15 @@
-//! Faults real pools see, with real processes: the controller killed and restarted mid-run,
-//! Postgres restarted under a running controller, a worker frozen past its lease, and a worker
-//! cut off by a network partition (network namespaces made by the test; skipped with a printed
-//! reason where the machine does not allow them). Each test checks that every run ends in the
-//! right state with each task's commit exactly once, and every completed step's events,
-//! artifacts and output present.
+//! Faults real pools see, with real processes: the controller killed and restarted mid-run or
+//! frozen past its workers' leases, Postgres restarted under a running controller, a worker
+//! frozen past its lease, and a worker cut off by a network partition (network namespaces made
+//! by the test; skipped with a printed reason where the machine does not allow them). Each test
+//! checks that every run ends in the right state with each task's commit exactly once, and
+//! every completed step's events, artifacts and output present.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod netns;
+mod pause;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -109,6 +110,15 @@ async fn a_controller_killed_mid_run_comes_back_with_every_run_as_it_was() {
 
 /// Leases of `db` that are past their expiry by the database clock.
 fn due_leases(db: &TestDb) -> i64 {
+    count(
+        db,
+        "SELECT count(*) AS n FROM leases \
+         WHERE expires_at < (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    )
+}
+
+/// The `n` a `SELECT count(*) AS n …` finds in the test's database.
+fn count(db: &TestDb, query: &str) -> i64 {
     use diesel::prelude::*;
     #[derive(QueryableByName)]
     struct N {
@@ -116,13 +126,10 @@ fn due_leases(db: &TestDb) -> i64 {
         n: i64,
     }
     let mut c = diesel::PgConnection::establish(&db.url).expect("test database");
-    diesel::sql_query(
-        "SELECT count(*) AS n FROM leases \
-         WHERE expires_at < (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-    )
-    .get_result::<N>(&mut c)
-    .expect("count due leases")
-    .n
+    diesel::sql_query(query)
+        .get_result::<N>(&mut c)
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+        .n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

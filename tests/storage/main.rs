@@ -64,6 +64,7 @@ both!(
     draining_or_revoked_workers_claim_nothing,
     a_release_that_waited_for_a_completion_leaves_the_step_completed,
     a_claim_records_lease_granted_and_step_started,
+    a_lease_past_its_expiry_holds_until_the_sweep_takes_it,
 );
 
 /// The Postgres-only half of the completion path (SQLite always takes the transaction).

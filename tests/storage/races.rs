@@ -99,3 +99,38 @@ fn waiting_on_a_lock(c: &mut Conn) -> bool {
         .map(|r| r.n > 0)
         .unwrap_or(false)
 }
+
+/// Only the expiry sweep ends a lease by time: until it has looked, a lease past its expiry is
+/// still its worker's (a controller that was itself paused must not refuse its workers'
+/// renewals and writes the moment it runs again, and gives every lease a fresh period when it
+/// notices its pause); once the sweep took it, it is stale.
+pub fn a_lease_past_its_expiry_holds_until_the_sweep_takes_it(s: Store) {
+    let (_, ids) = seed(&s.db, "RUNNING", "", 1);
+    let mut c = s.db.conn().unwrap();
+    let id = &ids[0];
+    claim(&mut c, "a", &[], 0).expect("claimed, expiring at once");
+    leases::check(&mut c, id, "a", 1).expect("held past its expiry");
+    let renewed = c
+        .write_tx(|c| leases::renew(c, id, "a", 1, 60_000))
+        .expect("renewed past its expiry");
+    let now = c.now_ms().unwrap();
+    assert!(renewed.expires_at > now + 50_000, "{renewed:?}");
+    assert!(c.write_tx(|c| leases::expire_due(c, 3)).unwrap().is_empty());
+
+    c.write_tx(|c| leases::renew(c, id, "a", 1, 0)).unwrap();
+    let extended = c.write_tx(|c| {
+        let now = c.now_ms()?;
+        leases::extend_all(c, now, 60_000)
+    });
+    assert_eq!(extended.unwrap(), 1, "the paused sweep's fresh period");
+    assert!(c.write_tx(|c| leases::expire_due(c, 3)).unwrap().is_empty());
+
+    c.write_tx(|c| leases::renew(c, id, "a", 1, 0)).unwrap();
+    assert_eq!(c.write_tx(|c| leases::expire_due(c, 3)).unwrap().len(), 1);
+    let stale = c.write_tx(|c| leases::renew(c, id, "a", 1, 60_000));
+    assert!(matches!(stale, Err(db::DbError::StaleLease)), "{stale:?}");
+    assert!(matches!(
+        leases::check(&mut c, id, "a", 1),
+        Err(db::DbError::StaleLease)
+    ));
+}
