@@ -5,12 +5,13 @@
 
 use super::assignment::{run_config, worktree};
 use super::scheduler_service::{SchedError, SchedulerService};
-use crate::db::models::{decode_labels, labels_match, RunRow};
+use crate::db::models::{decode_labels, labels_match, RunRow, WorkerRow};
 use crate::db::{self, Conn};
 use crate::domain::events as ev;
 use crate::domain::time::now_ms;
 use crate::domain::WorkspaceSource;
 use crate::workspace::worktree as wt;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -154,7 +155,8 @@ fn pick_next(
             ));
         }
         if !reasons.is_empty() {
-            db::runs::set_waiting_reason(c, &run.id, Some(&reasons.join("; ")))?;
+            let reason = reasons.join("; ");
+            db::runs::set_waiting_reason(c, &run.id, run.waiting_reason.as_deref(), Some(&reason))?;
             continue;
         }
         let mut row = run;
@@ -177,57 +179,46 @@ fn pick_next(
     Ok(picked)
 }
 
-/// Runs whose progress stopped between two transactions: a finished step not yet settled, a
-/// pending finish, or a RUNNING run without any step.
+/// Runs whose progress stopped between two transactions (see [`db::runs::stuck`]).
 fn stuck_runs(c: &mut Conn) -> Result<Vec<String>, SchedError> {
-    let mut ids = Vec::new();
-    for run in db::runs::with_status(c, "RUNNING")?
-        .into_iter()
-        .chain(db::runs::with_status(c, "PAUSED")?)
-    {
-        let state = db::runs::state(c, &run.id)?;
-        let last = db::steps::last(c, &run.id)?;
-        let unsettled = last.as_ref().is_none_or(|s| {
-            !s.settled && matches!(s.status.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED")
-        });
-        if state.finishing.is_some() || unsettled {
-            ids.push(run.id);
-        }
-    }
-    Ok(ids)
+    Ok(db::runs::stuck(c)?)
 }
 
-/// Sets `waiting_reason` of RUNNING runs whose queued step no online worker can take.
+/// Sets `waiting_reason` of RUNNING runs whose queued step no online worker can take (a fixed
+/// number of statements per tick, and a write only where a reason changed).
 fn explain_waits(c: &mut Conn) -> Result<(), SchedError> {
     let online = db::workers::with_status(c, &["idle", "busy", "draining"])?;
-    for run in db::runs::with_status(c, "RUNNING")? {
-        let active = db::steps::active_for_run(c, &run.id)?;
-        let waiting = active
-            .iter()
-            .find(|s| s.status == "QUEUED" || s.status == "RETRYING");
-        let reason = match waiting {
-            None => None,
-            Some(s) => {
-                let fit: Vec<_> = online
-                    .iter()
-                    .filter(|w| labels_match(&s.required_labels, &decode_labels(&w.labels)))
-                    .collect();
-                if online.is_empty() {
-                    Some("no worker is online".to_string())
-                } else if fit.is_empty() {
-                    Some(format!(
-                        "no online worker has label {}",
-                        decode_labels(&s.required_labels).join(", ")
-                    ))
-                } else if fit.iter().all(|w| w.status == "draining") {
-                    // Draining workers take nothing new.
-                    Some("every online worker that could take it is draining".to_string())
-                } else {
-                    None
-                }
-            }
-        };
-        db::runs::set_waiting_reason(c, &run.id, reason.as_deref())?;
+    // Each run's first waiting step.
+    let mut waiting: HashMap<String, String> = HashMap::new();
+    for (run_id, labels) in db::steps::waiting_of_running(c)? {
+        waiting.entry(run_id).or_insert(labels);
+    }
+    for (id, current) in db::runs::reasons_with_status(c, "RUNNING")? {
+        let reason = waiting
+            .get(&id)
+            .and_then(|labels| why_waiting(labels, &online));
+        db::runs::set_waiting_reason(c, &id, current.as_deref(), reason.as_deref())?;
     }
     Ok(())
+}
+
+/// Why a step needing `labels` waits with these workers online, if no online worker can take it.
+fn why_waiting(labels: &str, online: &[WorkerRow]) -> Option<String> {
+    let fit: Vec<_> = online
+        .iter()
+        .filter(|w| labels_match(labels, &decode_labels(&w.labels)))
+        .collect();
+    if online.is_empty() {
+        Some("no worker is online".to_string())
+    } else if fit.is_empty() {
+        Some(format!(
+            "no online worker has label {}",
+            decode_labels(labels).join(", ")
+        ))
+    } else if fit.iter().all(|w| w.status == "draining") {
+        // Draining workers take nothing new.
+        Some("every online worker that could take it is draining".to_string())
+    } else {
+        None
+    }
 }

@@ -107,19 +107,54 @@ pub fn count_by_status(conn: &mut Conn) -> Result<Vec<(String, i64)>, DbError> {
     Ok(rows)
 }
 
-/// Sets `waiting_reason` when it changed (avoids a write per tick).
-pub fn set_waiting_reason(conn: &mut Conn, id: &str, reason: Option<&str>) -> Result<(), DbError> {
-    let current: Option<Option<String>> = on_conn!(conn, |c| runs::table
-        .find(id)
-        .select(runs::waiting_reason)
-        .first(c)
-        .optional())?;
-    if matches!(&current, Some(cur) if cur.as_deref() != reason) {
+/// Sets `waiting_reason` when it differs from `current`, what the caller read (no write per
+/// tick).
+pub fn set_waiting_reason(
+    conn: &mut Conn,
+    id: &str,
+    current: Option<&str>,
+    reason: Option<&str>,
+) -> Result<(), DbError> {
+    if current != reason {
         on_conn!(conn, |c| diesel::update(runs::table.find(id))
             .set(runs::waiting_reason.eq(reason))
             .execute(c))?;
     }
     Ok(())
+}
+
+/// The id and `waiting_reason` of every run in `status`.
+pub fn reasons_with_status(
+    conn: &mut Conn,
+    status: &str,
+) -> Result<Vec<(String, Option<String>)>, DbError> {
+    let rows = on_conn!(conn, |c| runs::table
+        .filter(runs::status.eq(status))
+        .select((runs::id, runs::waiting_reason))
+        .load(c))?;
+    Ok(rows)
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+}
+
+/// RUNNING and PAUSED runs whose progress stopped between two transactions: a finish pending,
+/// no step at all, or a last step finished but not yet settled (nothing decided after it). One
+/// statement, whatever the number of runs.
+pub fn stuck(conn: &mut Conn) -> Result<Vec<String>, DbError> {
+    const Q: &str = "SELECT r.id AS id FROM runs r JOIN run_state x ON x.run_id = r.id \
+        WHERE r.status IN ('RUNNING', 'PAUSED') \
+          AND (x.finishing IS NOT NULL \
+               OR NOT EXISTS (SELECT 1 FROM steps s \
+                   WHERE s.run_id = r.id \
+                     AND s.seq = (SELECT max(t.seq) FROM steps t WHERE t.run_id = r.id) \
+                     AND (s.settled OR s.status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELED')))) \
+        ORDER BY r.created_at, r.id";
+    let rows: Vec<Id> = on_conn!(conn, |c| diesel::sql_query(Q).load(c))?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
 /// Takes the next event number of a run, locking its `run_state` row until commit: events of

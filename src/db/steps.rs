@@ -1,7 +1,7 @@
 //! Queries on `steps` (leasing lives in `leases.rs`).
 
 use super::models::StepRow;
-use super::schema::{leases, steps};
+use super::schema::{leases, runs, steps};
 use super::{on_conn, Conn, DbError};
 use diesel::prelude::*;
 
@@ -74,6 +74,19 @@ pub fn active_for_run(conn: &mut Conn, run_id: &str) -> Result<Vec<StepRow>, DbE
         .filter(steps::status.eq_any(["QUEUED", "IN_PROGRESS", "RETRYING"]))
         .select(StepRow::as_select())
         .order(steps::seq.asc())
+        .load(c))?;
+    Ok(rows)
+}
+
+/// The queued or retrying steps of RUNNING runs, as (run id, required labels), by run and then
+/// in queue order.
+pub fn waiting_of_running(conn: &mut Conn) -> Result<Vec<(String, String)>, DbError> {
+    let rows = on_conn!(conn, |c| steps::table
+        .inner_join(runs::table)
+        .filter(runs::status.eq("RUNNING"))
+        .filter(steps::status.eq_any(["QUEUED", "RETRYING"]))
+        .select((steps::run_id, steps::required_labels))
+        .order((steps::run_id.asc(), steps::seq.asc()))
         .load(c))?;
     Ok(rows)
 }

@@ -114,7 +114,7 @@ pub fn a_completion_written_from_a_snapshot_changes_everything_at_once(s: Store)
     let (done, queued, state) = decided(&snap);
     let evs = two_events(&snap, &queued, state.event_seq);
     // A note for people on the run (no decision reads it) does not stop the write.
-    db::runs::set_waiting_reason(&mut c, &run.id, Some("waiting for a worker")).unwrap();
+    db::runs::set_waiting_reason(&mut c, &run.id, None, Some("waiting for a worker")).unwrap();
     let w = Completion {
         worker_id: "w",
         epoch: g.lease.epoch,

@@ -8,8 +8,10 @@ use support::pg;
 
 mod fast_paths;
 mod races;
+mod ticks;
 use fast_paths::*;
 use races::*;
+use ticks::*;
 
 use loopd::db::fast::{self, Claimed, ClaimedStep};
 use loopd::db::leases::{self, ClaimSpec};
@@ -65,6 +67,8 @@ both!(
     a_release_that_waited_for_a_completion_leaves_the_step_completed,
     a_claim_records_lease_granted_and_step_started,
     a_lease_past_its_expiry_holds_until_the_sweep_takes_it,
+    the_tick_finds_the_runs_whose_progress_stopped,
+    the_tick_lists_the_first_waiting_step_of_each_running_run,
 );
 
 /// The Postgres-only half of the completion path (SQLite always takes the transaction).
