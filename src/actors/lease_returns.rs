@@ -35,6 +35,7 @@ impl LeaseService {
             })
             .await;
         let r = r?;
+        self.grants.forget(worker_id, step_id);
         self.metrics
             .lease_released_total
             .fetch_add(1, Ordering::Relaxed);
@@ -45,6 +46,7 @@ impl LeaseService {
 
     /// Takes every lease of a worker away (offline or revoked); each counts as a lost lease.
     pub async fn release_worker(&self, worker_id: &str, reason: &str) -> Result<usize, LeaseError> {
+        self.grants.forget_worker(worker_id);
         let (wid, why) = (worker_id.to_string(), reason.to_string());
         let max = self.sched.max_infra_attempts as i32;
         let list = self

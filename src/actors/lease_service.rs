@@ -83,6 +83,8 @@ pub struct LeaseService {
     pub(super) claimed: std::sync::Mutex<Kept<db::fast::Snapshot>>,
     /// Since the last sweep that went through (see `LeaseService::sweep`).
     pub(super) swept: super::PauseClock,
+    /// Grants not yet completed, for heartbeats to check (see `unreported.rs`).
+    pub(super) grants: super::unreported::Grants,
 }
 
 /// Most claim snapshots kept, and their bytes (a step whose completion never comes leaves one
@@ -119,6 +121,7 @@ impl LeaseService {
             mirrors: p.mirrors,
             claimed: std::sync::Mutex::new(Kept::new(CLAIMED_CAP, CLAIMED_BYTES)),
             swept: super::PauseClock::new(),
+            grants: Default::default(),
         }
     }
 }
@@ -269,18 +272,34 @@ impl LeaseService {
             .step_dispatch
             .observe((g.now - g.step.queued_at).max(0) as f64 / 1000.0);
         tracing::info!(run_id = %g.run.id, step_id = %g.step.id, worker_id = %worker_id, lease_epoch = g.lease.epoch, phase = %g.step.phase, "lease granted");
+        self.grants.note(worker_id, &g.step.id, g.lease.epoch);
         self.hub.notify(&g.run.id);
         assignment::build(&g.run, &g.state, &g.step, &g.lease, offset)
             .map(|a| Attempt::Got(Box::new(a)))
             .map_err(LeaseError::Internal)
     }
 
-    /// Renews the leases a worker reports and says what to do with each.
+    /// Renews the leases a worker reports and says what to do with each; takes back those it
+    /// was granted long enough ago and does not report (see `unreported.rs`).
     pub async fn renew(
         &self,
         worker_id: &str,
         held: Vec<HeldLease>,
     ) -> Result<Vec<LeaseVerdict>, LeaseError> {
+        let grace = Duration::from_millis(self.lease.worker_offline_after_ms);
+        for (step_id, epoch) in self.grants.unreported(worker_id, &held, grace) {
+            match self
+                .release(worker_id, &step_id, epoch, "not held by its worker")
+                .await
+            {
+                // Already ended (completed, expired, cancelled): nothing to take back.
+                Ok(()) | Err(LeaseError::Stale | LeaseError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
         let wid = worker_id.to_string();
         let ttl = self.lease.ttl_ms as i64;
         let verdicts = self

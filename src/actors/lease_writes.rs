@@ -190,6 +190,7 @@ impl LeaseService {
         let claimed = self
             .record_completion(worker_id, step_id, req, next)
             .await?;
+        self.grants.forget(worker_id, step_id);
         let Some(labels) = next else {
             return Ok(None);
         };

@@ -53,8 +53,9 @@ impl BeatBuffer {
 }
 
 impl RegistryService {
-    /// Records a heartbeat and renews the leases it lists. An unchanged status is only noted
-    /// in memory (written with the next batch); a change is written at once, with its event.
+    /// Records a heartbeat and renews the leases it lists (and takes back those it should list
+    /// and does not: see `unreported.rs`). An unchanged status is only noted in memory (written
+    /// with the next batch); a change is written at once, with its event.
     pub async fn heartbeat(
         &self,
         worker_id: &str,
@@ -108,9 +109,8 @@ impl RegistryService {
                 }
             }
         }
-        if req.leases.is_empty() {
-            return Ok(HeartbeatResponse { leases: Vec::new() });
-        }
+        // Even an empty list goes to the LeaseActor: it checks it against what it granted
+        // (in memory; the database only when a grant went unreported).
         let verdicts = self
             .leases
             .send(RenewLeases {

@@ -32,6 +32,7 @@ mod scheduler_service;
 mod start;
 mod streamer;
 pub mod submit;
+mod unreported;
 pub mod waiters;
 mod workdir;
 

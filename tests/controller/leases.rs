@@ -312,3 +312,47 @@ async fn a_completion_racing_the_expiry_of_its_lease_is_stale() {
     );
     assert!(ctl.step_events(&lease.step, &["STEP_FINISHED"]).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_its_worker_never_heard_of_is_taken_back_long_before_its_ttl() {
+    let ctl = Ctl::start(
+        "ctl-unheard",
+        &[
+            ("LOOPD__LEASE__TTL_MS", "600000"),
+            ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "1500"),
+        ],
+    )
+    .await;
+    let a = ctl.worker("a", &[]).await;
+    let run = ctl.submit("unheard", 1, &[]).await;
+    // A's claim is answered, but the answer is lost: A beats on as if it held nothing.
+    let (lost, _) = a.take().await;
+    let (status, body) = a.heartbeat("idle", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let s = ctl.step(&run, &lost.step).await;
+    assert_eq!(
+        (s["status"].as_str(), s["lease_epoch"].as_i64()),
+        (Some("IN_PROGRESS"), Some(1)),
+        "one beat that leaves it out takes nothing back: the answer may be on its way"
+    );
+    let _beating = a.keep_alive(Arc::new(Mutex::new(Vec::new())));
+    let released = wait_for("the lease to be taken back", T, || async {
+        ctl.step_events(&lost.step, &["LEASE_RELEASED"])
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(released.payload()["epoch"], 1);
+    assert_eq!(released.payload()["reason"], "not held by its worker");
+
+    let b = ctl.worker("b", &[]).await;
+    let (again, _) = b.take().await;
+    assert_eq!((again.step.as_str(), again.epoch), (lost.step.as_str(), 2));
+    let s = ctl.step(&run, &lost.step).await;
+    assert_eq!(s["attempt"], 1, "a lost answer costs the step no attempt");
+    refused(
+        &a.complete(&lost, &Worker::completion(&lost)).await,
+        409,
+        "stale_lease",
+    );
+}
