@@ -319,13 +319,14 @@ async fn a_lease_its_worker_never_heard_of_is_taken_back_long_before_its_ttl() {
         "ctl-unheard",
         &[
             ("LOOPD__LEASE__TTL_MS", "600000"),
-            ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "1500"),
+            ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "3000"),
         ],
     )
     .await;
     let a = ctl.worker("a", &[]).await;
+    // A beats all along as if it held nothing: its claim's answer will be lost.
+    let _beating = a.keep_alive(Arc::new(Mutex::new(Vec::new())));
     let run = ctl.submit("unheard", 1, &[]).await;
-    // A's claim is answered, but the answer is lost: A beats on as if it held nothing.
     let (lost, _) = a.take().await;
     let (status, body) = a.heartbeat("idle", &[]).await;
     assert_eq!(status, 200, "{body}");
@@ -333,9 +334,9 @@ async fn a_lease_its_worker_never_heard_of_is_taken_back_long_before_its_ttl() {
     assert_eq!(
         (s["status"].as_str(), s["lease_epoch"].as_i64()),
         (Some("IN_PROGRESS"), Some(1)),
-        "one beat that leaves it out takes nothing back: the answer may be on its way"
+        "beats that leave it out for less than the offline limit take nothing back: the answer \
+         may be on its way"
     );
-    let _beating = a.keep_alive(Arc::new(Mutex::new(Vec::new())));
     let released = wait_for("the lease to be taken back", T, || async {
         ctl.step_events(&lost.step, &["LEASE_RELEASED"])
             .into_iter()

@@ -16,9 +16,9 @@ async fn a_controller_frozen_past_its_workers_leases_takes_no_step_from_them() {
     let env = controller_env(
         &db.url,
         &[
-            ("LOOPD__LEASE__TTL_MS", "3000"),
+            ("LOOPD__LEASE__TTL_MS", "6000"),
             ("LOOPD__LEASE__SWEEP_INTERVAL_MS", "200"),
-            ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "2000"),
+            ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "4000"),
         ],
     );
     let controller = pool::controller(dir.path(), &env).await;
@@ -30,7 +30,7 @@ async fn a_controller_frozen_past_its_workers_leases_takes_no_step_from_them() {
         &base,
         &[("LOOPD__WORKER__HEARTBEAT_INTERVAL_MS", "300")],
     );
-    let repo = Repo::create(dir.path(), "frozen", 1, "slow 8", &["reviewer=false"]);
+    let repo = Repo::create(dir.path(), "frozen", 1, "slow 12", &["reviewer=false"]);
     let id = submit_git(&client, &base, &repo, "frozen").await;
     let (step, _) = pool::running_step(&client, &base, &id, LONG).await;
     let sid = step["id"].as_str().expect("step id").to_string();

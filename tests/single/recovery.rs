@@ -104,7 +104,7 @@ async fn a_daemon_paused_past_its_lease_keeps_its_running_step() {
     let s = Single::start(
         "paused",
         &[
-            ("LOOPD__LEASE__TTL_MS", "1500"),
+            ("LOOPD__LEASE__TTL_MS", "3000"),
             ("LOOPD__LEASE__SWEEP_INTERVAL_MS", "100"),
             ("LOOPD__WORKER__HEARTBEAT_INTERVAL_MS", "200"),
         ],
