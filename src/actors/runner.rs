@@ -4,7 +4,7 @@
 //! The same code runs in the single role (local control plane) and on workers (HTTP).
 
 use super::runner_step;
-use super::workdir;
+pub use super::workdir::remove_idle_clones;
 use crate::api::{Assignment, Capabilities, HeldLease, RegisterRequest};
 use crate::artifacts::ArtifactStore;
 use crate::control_plane::http::HttpPlane;
@@ -27,7 +27,7 @@ pub struct RunnerConfig {
     pub slots: u32,
     pub kill_grace: Duration,
     pub heartbeat_interval: Duration,
-    /// Clones unused for longer are removed at start (None: kept).
+    /// Clones unused for longer are removed at start, before any claim (None: kept).
     pub clone_keep: Option<Duration>,
     /// Environment variables passed to agents (`PREFIX_*` globs).
     pub agent_env: Vec<String>,
@@ -251,10 +251,6 @@ impl WorkerHandle {
     /// Starts the heartbeat loop and one RunnerActor per slot.
     pub fn start(plane: ControlPlane, cfg: RunnerConfig) -> WorkerHandle {
         runner_step::kill_leftovers(&cfg.work_dir);
-        if let Some(keep) = cfg.clone_keep {
-            // Before any claim: no step is using a clone yet.
-            workdir::remove_idle_clones(&cfg.work_dir, keep);
-        }
         let cfg_slots = cfg.slots as usize;
         let shared = Arc::new(Shared {
             plane,
