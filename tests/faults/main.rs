@@ -117,6 +117,37 @@ fn due_leases(db: &TestDb) -> i64 {
     )
 }
 
+/// Waits until the worker's log says it started `step` (running, not only leased).
+async fn wait_started(w: &Loopd, step: &Value) {
+    let sid = step["id"].as_str().expect("step id").to_string();
+    wait_for("the worker to start the step", LONG, || async {
+        (w.log_text().lines())
+            .any(|l| l.contains(&sid) && l.contains("step started"))
+            .then_some(())
+    })
+    .await;
+}
+
+/// Waits until the one lease is past its expiry by the database clock.
+async fn wait_lease_due(db: &TestDb) {
+    wait_for("the lease to fall due", LONG, || async {
+        (due_leases(db) == 1).then_some(())
+    })
+    .await;
+}
+
+/// `step` (as read while it ran) succeeded under the same lease, never lost.
+async fn ran_once(client: &reqwest::Client, base: &str, run: &str, step: &Value) {
+    let steps = pool::steps(client, base, run).await;
+    let now = steps
+        .iter()
+        .find(|s| s["id"] == step["id"])
+        .expect("the step that ran through the fault");
+    assert_eq!(now["status"], "SUCCEEDED", "{now}");
+    assert_eq!(now["lease_epoch"], step["lease_epoch"], "{now}");
+    assert_eq!(now["infra_attempts"], 0, "{now}");
+}
+
 /// The `n` a `SELECT count(*) AS n …` finds in the test's database.
 fn count(db: &TestDb, query: &str) -> i64 {
     use diesel::prelude::*;
@@ -146,32 +177,15 @@ async fn a_controller_down_longer_than_a_lease_takes_no_step_from_its_live_worke
     let (step, _) = pool::running_step(&client, &base, &id, LONG).await;
     // Running on the worker, not only leased: killed before its claim's answer arrived, the
     // controller would rightly let that lease expire.
-    let sid = step["id"].as_str().expect("step id").to_string();
-    wait_for("the worker to start the step", LONG, || async {
-        (w.log_text().lines())
-            .any(|l| l.contains(&sid) && l.contains("step started"))
-            .then_some(())
-    })
-    .await;
+    wait_started(&w, &step).await;
 
     controller.kill9();
     // Stay down until the step's lease is past its expiry by the database clock.
-    wait_for("the lease to fall due", LONG, || async {
-        (due_leases(&db) == 1).then_some(())
-    })
-    .await;
+    wait_lease_due(&db).await;
     controller.start();
     controller.wait_ready("/ready").await;
     wait_status(&client, &base, &id, "COMPLETED", LONG).await;
-
-    let steps = pool::steps(&client, &base, &id).await;
-    let first = steps
-        .iter()
-        .find(|s| s["id"] == step["id"])
-        .expect("the step that ran through the outage");
-    assert_eq!(first["status"], "SUCCEEDED", "{first}");
-    assert_eq!(first["lease_epoch"], step["lease_epoch"], "{first}");
-    assert_eq!(first["infra_attempts"], 0, "{first}");
+    ran_once(&client, &base, &id, &step).await;
     let branches = ["run/outage".to_string()];
     let r = verify_runs(&client, &base, &[id], &[&repo], &branches, dir.path(), 1).await;
     assert_eq!(

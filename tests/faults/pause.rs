@@ -5,8 +5,8 @@
 use crate::support::pg::TestDb;
 use crate::support::pool::{self, controller_env, submit_git, wait_status};
 use crate::support::repo::Repo;
-use crate::support::{test_dir, wait_for};
-use crate::{count, due_leases, LONG};
+use crate::support::test_dir;
+use crate::{count, ran_once, wait_lease_due, wait_started, LONG};
 use nix::sys::signal::Signal;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,32 +33,15 @@ async fn a_controller_frozen_past_its_workers_leases_takes_no_step_from_them() {
     let repo = Repo::create(dir.path(), "frozen", 1, "slow 12", &["reviewer=false"]);
     let id = submit_git(&client, &base, &repo, "frozen").await;
     let (step, _) = pool::running_step(&client, &base, &id, LONG).await;
-    let sid = step["id"].as_str().expect("step id").to_string();
-    wait_for("the worker to start the step", LONG, || async {
-        (w.log_text().lines())
-            .any(|l| l.contains(&sid) && l.contains("step started"))
-            .then_some(())
-    })
-    .await;
+    wait_started(&w, &step).await;
 
     controller.signal(Signal::SIGSTOP);
     // Frozen until the lease is past its expiry by the database clock (and so the worker's
     // last beat older than the offline limit, which is shorter).
-    wait_for("the lease to fall due", LONG, || async {
-        (due_leases(&db) == 1).then_some(())
-    })
-    .await;
+    wait_lease_due(&db).await;
     controller.signal(Signal::SIGCONT);
     wait_status(&client, &base, &id, "COMPLETED", LONG).await;
-
-    let steps = pool::steps(&client, &base, &id).await;
-    let first = steps
-        .iter()
-        .find(|s| s["id"] == step["id"])
-        .expect("the step that ran through the freeze");
-    assert_eq!(first["status"], "SUCCEEDED", "{first}");
-    assert_eq!(first["lease_epoch"], step["lease_epoch"], "{first}");
-    assert_eq!(first["infra_attempts"], 0, "{first}");
+    ran_once(&client, &base, &id, &step).await;
     let taken = count(
         &db,
         "SELECT count(*) AS n FROM events WHERE event_type IN \
