@@ -80,7 +80,7 @@ fn reply(e: serde_json::Error) -> DbError {
     DbError::Reply(format!("database reply: {e}"))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, DbError> {
+pub(super) fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, DbError> {
     serde_json::from_value(v).map_err(reply)
 }
 
@@ -272,7 +272,7 @@ pub struct Completion<'a> {
     pub events: &'a [EventRow],
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
     serde_json::to_value(v).map_err(|e| DbError::Reply(e.to_string()))
 }
 
@@ -354,5 +354,9 @@ pub fn complete_and_claim(
     if v.get("applied").and_then(Value::as_bool) != Some(true) {
         return Ok(None);
     }
-    claimed(v["claim"].take()).map(Some)
+    let claim = v["claim"].take();
+    if claim.get("direct").is_some() {
+        return super::leased::claimed(claim, snap, w, spec).map(Some);
+    }
+    claimed(claim).map(Some)
 }

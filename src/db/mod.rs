@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod events;
 pub mod fast;
+mod leased;
 pub mod leases;
 mod migrate;
 pub mod models;

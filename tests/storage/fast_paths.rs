@@ -52,7 +52,7 @@ pub fn a_claim_records_lease_granted_and_step_started(s: Store) {
 
 /// A claimed step of a fresh run, and the completion a worker would have decided from a
 /// snapshot: the step succeeded and settled, a verification queued, two events.
-fn decided(snap: &Snapshot) -> (StepRow, StepRow, db::models::RunStateRow) {
+pub(super) fn decided(snap: &Snapshot) -> (StepRow, StepRow, db::models::RunStateRow) {
     let mut done = snap.step.clone();
     done.status = "SUCCEEDED".into();
     done.settled = true;
@@ -73,7 +73,11 @@ fn decided(snap: &Snapshot) -> (StepRow, StepRow, db::models::RunStateRow) {
     (done, queued, state)
 }
 
-fn two_events(snap: &Snapshot, queued: &StepRow, last: i64) -> Vec<db::models::EventRow> {
+pub(super) fn two_events(
+    snap: &Snapshot,
+    queued: &StepRow,
+    last: i64,
+) -> Vec<db::models::EventRow> {
     let list = [
         NewEvent {
             step_id: Some(snap.step.id.clone()),

@@ -6,9 +6,11 @@ mod support;
 
 use support::pg;
 
+mod direct;
 mod fast_paths;
 mod races;
 mod ticks;
+use direct::*;
 use fast_paths::*;
 use races::*;
 use ticks::*;
@@ -84,6 +86,16 @@ mod on_postgres_only {
     #[test]
     fn a_completion_that_claims_takes_the_next_step_in_the_same_statement() {
         super::a_completion_that_claims_takes_the_next_step_in_the_same_statement(super::postgres())
+    }
+    #[test]
+    fn a_step_leased_by_its_completion_comes_with_the_snapshot_the_database_holds() {
+        super::a_step_leased_by_its_completion_comes_with_the_snapshot_the_database_holds(
+            super::postgres(),
+        )
+    }
+    #[test]
+    fn a_completion_written_past_its_lease_expiry_before_any_sweep_applies() {
+        super::a_completion_written_past_its_lease_expiry_before_any_sweep_applies(super::postgres())
     }
     #[test]
     fn a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones() {

@@ -1,0 +1,93 @@
+//! The answer of a completion that leased its worker the step it had just queued (the direct
+//! path of `loopd_complete_and_claim`, migration `2026-12-01-000006_direct_reply`): the
+//! database sends back only its clock (and the watchdog's inputs after a verification is
+//! queued), and the claimed step, its lease, run, state and the snapshot its own completion
+//! will decide from are built here from what the completion wrote. They are what the database
+//! holds: the step and state were written from these very values, the run is not written by a
+//! completion and was checked unchanged. Should one ever differ, the next completion's write
+//! finds it moved and reads a fresh snapshot: a slower path, never a wrong write.
+
+use super::fast::{decode, to_json, Claimed, ClaimedStep, Completion, Inputs, Snapshot};
+use super::leases::ClaimSpec;
+use super::models::{LeaseRow, StepRow};
+use super::DbError;
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+struct Direct {
+    now: i64,
+    /// Present when the leased step is a verification that is not final.
+    inputs: Option<Inputs>,
+}
+
+/// The claim a direct answer stands for, after the completion `w` decided from `snap`.
+pub(super) fn claimed(
+    reply: Value,
+    snap: &Snapshot,
+    w: &Completion<'_>,
+    spec: &ClaimSpec<'_>,
+) -> Result<Claimed, DbError> {
+    let Direct { now, inputs } = decode(reply)?;
+    let queued = w
+        .queued
+        .ok_or_else(|| DbError::Reply("a direct lease without a queued step".into()))?;
+    let mut step = StepRow {
+        status: "IN_PROGRESS".into(),
+        worker_id: Some(spec.worker_id.to_string()),
+        lease_epoch: queued.lease_epoch + 1,
+        queued_at: now,
+        started_at: Some(now),
+        ..queued.clone()
+    };
+    let lease = LeaseRow {
+        step_id: step.id.clone(),
+        worker_id: spec.worker_id.to_string(),
+        epoch: step.lease_epoch,
+        granted_at: now,
+        expires_at: now + spec.ttl_ms,
+        attempt: step.attempt,
+    };
+    // LEASE_GRANTED and STEP_STARTED follow the completion's events.
+    let mut state = w.state.clone();
+    state.event_seq += 2;
+    let inputs = inputs.unwrap_or_else(|| after_queueing(&snap.inputs, &step));
+    let next = Snapshot {
+        now,
+        step: StepRow {
+            prompt: None,
+            ..step.clone()
+        },
+        lease: Some(lease.clone()),
+        run: snap.run.clone(),
+        state: state.clone(),
+        inputs,
+        run_json: snap.run_json.clone(),
+        state_json: to_json(&state)?,
+    };
+    step.prompt = queued.prompt.clone();
+    Ok(Claimed::Got(Box::new(ClaimedStep {
+        step,
+        lease,
+        run: snap.run.clone(),
+        state,
+        now,
+        next: Some(next),
+    })))
+}
+
+/// The decision inputs of `step`, just queued as the run's only unfinished step, from those
+/// its predecessor was decided with: nothing else in flight (the write checked it), and its
+/// phase's highest attempt counting it. The watchdog's lists are read only after a
+/// verification, which the database answers with.
+fn after_queueing(before: &Inputs, step: &StepRow) -> Inputs {
+    let mut attempts = before.attempts.clone();
+    let a = attempts.entry(step.phase.clone()).or_insert(step.attempt);
+    *a = (*a).max(step.attempt);
+    Inputs {
+        others_active: false,
+        attempts,
+        recent_impls: Vec::new(),
+        succeeded_impls: Vec::new(),
+    }
+}

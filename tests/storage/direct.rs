@@ -1,0 +1,109 @@
+//! A step leased by the completion that queued it comes back without being read (Postgres):
+//! the snapshot its own completion will decide from is built from what was written, and must be
+//! what the database would give, or every such completion would take the slower path.
+
+use super::fast_paths::{decided, two_events};
+use super::{claim, seed, spec, Store};
+use loopd::db::fast::{self, Claimed, Completion, Snapshot};
+use serde_json::{json, Value};
+
+/// What a completion's write checks and its decision reads, as comparable JSON.
+fn held(s: &Snapshot) -> Value {
+    let ids = |l: &[loopd::db::models::StepRow]| l.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    let mut run = s.run_json.clone();
+    run.as_object_mut().map(|o| o.remove("waiting_reason"));
+    json!({
+        "step": s.step, "lease": s.lease, "run": run, "state": s.state_json,
+        "others_active": s.inputs.others_active, "attempts": s.inputs.attempts,
+        "recent": ids(&s.inputs.recent_impls), "succeeded": ids(&s.inputs.succeeded_impls),
+    })
+}
+
+pub fn a_step_leased_by_its_completion_comes_with_the_snapshot_the_database_holds(s: Store) {
+    let (run, _) = seed(&s.db, "RUNNING", "", 1);
+    let mut c = s.db.conn().unwrap();
+    let g = claim(&mut c, "w", &[], 60_000).unwrap();
+    let (mut snap, mut epoch) = (g.next.clone().expect("the claim's snapshot"), g.lease.epoch);
+    let labels: Vec<String> = Vec::new();
+    // A verification that is not final (the database adds the watchdog's inputs), then an
+    // implementation (its inputs follow from the verification's).
+    for phase in ["verification", "implementation"] {
+        let (done, mut queued, state) = decided(&snap);
+        queued.phase = phase.into();
+        queued.attempt = snap.inputs.attempts.get(phase).map_or(1, |a| a + 1);
+        queued.preferred_worker_id = Some("w".into());
+        queued.prompt = Some(format!("{phase} prompt"));
+        let evs = two_events(&snap, &queued, state.event_seq);
+        let w = Completion {
+            worker_id: "w",
+            epoch,
+            done: &done,
+            queued: Some(&queued),
+            state: &state,
+            events: &evs,
+        };
+        let got = fast::complete_and_claim(&mut c, &snap, &w, &spec("w", &labels, 60_000));
+        let Ok(Some(Claimed::Got(n))) = got else {
+            panic!("{phase}: not leased directly: {got:?}");
+        };
+        assert_eq!(n.step.prompt, queued.prompt, "the worker gets the prompt");
+        let built = n.next.clone().expect("the completion's snapshot");
+        assert_eq!(built.step.prompt, None, "the snapshot does not keep it");
+        let read = fast::complete_snapshot(&mut c, &n.step.id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(held(&built), held(&read), "after queuing a {phase}");
+        assert_eq!(n.state.event_seq, read.state.event_seq);
+        (snap, epoch) = (built, n.lease.epoch);
+    }
+    // And the write checked against the built snapshot applies.
+    let (done, queued, state) = decided(&snap);
+    let evs = two_events(&snap, &queued, state.event_seq);
+    let w = Completion {
+        worker_id: "w",
+        epoch,
+        done: &done,
+        queued: Some(&queued),
+        state: &state,
+        events: &evs,
+    };
+    assert!(fast::complete_apply(&mut c, &snap, &w).unwrap());
+    let last = loopd::db::steps::for_run(&mut c, &run.id).unwrap();
+    assert_eq!(
+        last.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
+        ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "QUEUED"]
+    );
+}
+
+/// The write from a snapshot holds a lease past its expiry that no sweep has taken back, as
+/// the transactional path does (a paused controller's workers keep their steps).
+pub fn a_completion_written_past_its_lease_expiry_before_any_sweep_applies(s: Store) {
+    let (_, ids) = seed(&s.db, "RUNNING", "", 1);
+    let mut c = s.db.conn().unwrap();
+    let g = claim(&mut c, "w", &[], 1).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let snap = loop {
+        let snap = fast::complete_snapshot(&mut c, &ids[0]).unwrap().unwrap();
+        if snap.now > g.lease.expires_at {
+            break snap;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database clock stands still"
+        );
+        std::thread::yield_now();
+    };
+    let (done, queued, state) = decided(&snap);
+    let evs = two_events(&snap, &queued, state.event_seq);
+    let w = Completion {
+        worker_id: "w",
+        epoch: g.lease.epoch,
+        done: &done,
+        queued: Some(&queued),
+        state: &state,
+        events: &evs,
+    };
+    assert!(fast::complete_apply(&mut c, &snap, &w).unwrap());
+    let step = loopd::db::steps::get(&mut c, &ids[0]).unwrap().unwrap();
+    assert_eq!(step.status, "SUCCEEDED");
+}
