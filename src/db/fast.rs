@@ -208,7 +208,8 @@ pub struct Inputs {
     pub attempts: HashMap<String, i32>,
     /// After a verification, the newest three implementation steps, newest first.
     pub recent_impls: Vec<StepRow>,
-    /// After a verification, the newest two that succeeded, newest first.
+    /// After a verification, the newest two that succeeded, newest first; read only when fewer
+    /// than two of `recent_impls` (three of them) succeeded, the one case a decision uses it.
     pub succeeded_impls: Vec<StepRow>,
 }
 

@@ -1,11 +1,12 @@
 //! The answer of a completion that leased its worker the step it had just queued (the direct
 //! path of `loopd_complete_and_claim`, migration `2026-12-01-000006_direct_reply`): the
-//! database sends back only its clock (and the watchdog's inputs after a verification is
+//! database sends back only its clock (and the watchdog's lists after a verification is
 //! queued), and the claimed step, its lease, run, state and the snapshot its own completion
 //! will decide from are built here from what the completion wrote. They are what the database
 //! holds: the step and state were written from these very values, the run is not written by a
-//! completion and was checked unchanged. Should one ever differ, the next completion's write
-//! finds it moved and reads a fresh snapshot: a slower path, never a wrong write.
+//! completion and was checked unchanged (should one of these ever differ, the next completion's
+//! write finds it moved and reads a fresh snapshot), and the decision inputs follow from the
+//! step being the run's only unfinished one. The storage suite compares the whole with a read.
 
 use super::fast::{decode, to_json, Claimed, ClaimedStep, Completion, Inputs, Snapshot};
 use super::leases::ClaimSpec;
@@ -17,8 +18,15 @@ use serde_json::Value;
 #[derive(Deserialize)]
 struct Direct {
     now: i64,
-    /// Present when the leased step is a verification that is not final.
-    inputs: Option<Inputs>,
+    /// The watchdog's inputs (`loopd_watch_inputs`), present when the leased step is a
+    /// verification that is not final.
+    watch: Option<Watch>,
+}
+
+#[derive(Deserialize)]
+struct Watch {
+    recent_impls: Vec<StepRow>,
+    succeeded_impls: Vec<StepRow>,
 }
 
 /// The claim a direct answer stands for, after the completion `w` decided from `snap`.
@@ -28,7 +36,7 @@ pub(super) fn claimed(
     w: &Completion<'_>,
     spec: &ClaimSpec<'_>,
 ) -> Result<Claimed, DbError> {
-    let Direct { now, inputs } = decode(reply)?;
+    let Direct { now, watch } = decode(reply)?;
     let queued = w
         .queued
         .ok_or_else(|| DbError::Reply("a direct lease without a queued step".into()))?;
@@ -51,7 +59,7 @@ pub(super) fn claimed(
     // LEASE_GRANTED and STEP_STARTED follow the completion's events.
     let mut state = w.state.clone();
     state.event_seq += 2;
-    let inputs = inputs.unwrap_or_else(|| after_queueing(&snap.inputs, &step));
+    let inputs = after_queueing(&snap.inputs, &step, watch);
     let next = Snapshot {
         now,
         step: StepRow {
@@ -78,16 +86,18 @@ pub(super) fn claimed(
 
 /// The decision inputs of `step`, just queued as the run's only unfinished step, from those
 /// its predecessor was decided with: nothing else in flight (the write checked it), and its
-/// phase's highest attempt counting it. The watchdog's lists are read only after a
-/// verification, which the database answers with.
-fn after_queueing(before: &Inputs, step: &StepRow) -> Inputs {
+/// phase's highest attempt counting it. The watchdog's lists, used only after a verification,
+/// are what the database answered with.
+fn after_queueing(before: &Inputs, step: &StepRow, watch: Option<Watch>) -> Inputs {
     let mut attempts = before.attempts.clone();
     let a = attempts.entry(step.phase.clone()).or_insert(step.attempt);
     *a = (*a).max(step.attempt);
+    let (recent_impls, succeeded_impls) =
+        watch.map_or_else(Default::default, |w| (w.recent_impls, w.succeeded_impls));
     Inputs {
         others_active: false,
         attempts,
-        recent_impls: Vec::new(),
-        succeeded_impls: Vec::new(),
+        recent_impls,
+        succeeded_impls,
     }
 }

@@ -1,15 +1,17 @@
 //! A step leased by the completion that queued it comes back without being read (Postgres):
 //! the snapshot its own completion will decide from is built from what was written, and must be
-//! what the database would give, or every such completion would take the slower path.
+//! what the database would give, or every such completion would take the slower path. And what
+//! the snapshots carry for the watchdog.
 
 use super::fast_paths::{decided, two_events};
 use super::{claim, seed, spec, Store};
 use loopd::db::fast::{self, Claimed, Completion, Snapshot};
+use loopd::db::models::StepRow;
 use serde_json::{json, Value};
 
 /// What a completion's write checks and its decision reads, as comparable JSON.
 fn held(s: &Snapshot) -> Value {
-    let ids = |l: &[loopd::db::models::StepRow]| l.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    let ids = |l: &[StepRow]| l.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
     let mut run = s.run_json.clone();
     run.as_object_mut().map(|o| o.remove("waiting_reason"));
     json!({
@@ -106,4 +108,37 @@ pub fn a_completion_written_past_its_lease_expiry_before_any_sweep_applies(s: St
     assert!(fast::complete_apply(&mut c, &snap, &w).unwrap());
     let step = loopd::db::steps::get(&mut c, &ids[0]).unwrap().unwrap();
     assert_eq!(step.status, "SUCCEEDED");
+}
+
+/// The watchdog's list of succeeded implementations comes with a verification's snapshot
+/// exactly when its decision reads it: fewer than two of the three newest succeeded.
+pub fn a_verifications_snapshot_carries_the_succeeded_implementations_when_read(s: Store) {
+    let (run, ids) = seed(&s.db, "RUNNING", "", 3);
+    let mut c = s.db.conn().unwrap();
+    let set = |c: &mut loopd::db::Conn, id: &str, status: &str| {
+        let mut row = loopd::db::steps::get(c, id).unwrap().unwrap();
+        row.status = status.into();
+        loopd::db::steps::save(c, &row).unwrap();
+    };
+    set(&mut c, &ids[0], "SUCCEEDED");
+    set(&mut c, &ids[1], "FAILED");
+    set(&mut c, &ids[2], "FAILED");
+    let verification = StepRow::new(&run.id, 4, "verification", "QUEUED", 1);
+    loopd::db::steps::insert(&mut c, &verification).unwrap();
+    let g = claim(&mut c, "w", &[], 60_000).expect("the verification");
+    assert_eq!(g.step.id, verification.id);
+    let list = |l: &[StepRow]| -> Vec<String> { l.iter().map(|r| r.id.clone()).collect() };
+    let inputs = &g.next.as_ref().expect("its snapshot").inputs;
+    let newest: Vec<String> = ids[..3].iter().rev().cloned().collect();
+    assert_eq!(list(&inputs.recent_impls), newest);
+    assert_eq!(list(&inputs.succeeded_impls), vec![ids[0].clone()]);
+    let want = loopd::db::steps::succeeded_implementations(&mut c, &run.id).unwrap();
+    assert_eq!(list(&inputs.succeeded_impls), list(&want));
+    // Two of the three succeeded: the decision does not read the list, so it is not sent.
+    set(&mut c, &ids[1], "SUCCEEDED");
+    let read = fast::complete_snapshot(&mut c, &verification.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(list(&read.inputs.recent_impls), newest);
+    assert!(read.inputs.succeeded_impls.is_empty());
 }

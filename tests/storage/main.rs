@@ -98,6 +98,12 @@ mod on_postgres_only {
         super::a_completion_written_past_its_lease_expiry_before_any_sweep_applies(super::postgres())
     }
     #[test]
+    fn a_verifications_snapshot_carries_the_succeeded_implementations_when_read() {
+        super::a_verifications_snapshot_carries_the_succeeded_implementations_when_read(
+            super::postgres(),
+        )
+    }
+    #[test]
     fn a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones() {
         super::a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones(
             super::postgres(),

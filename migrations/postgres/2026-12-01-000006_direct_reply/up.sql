@@ -8,8 +8,56 @@
 -- path's two events are written by the completion's events statement, and the statements
 -- reading back the step, run and state are gone: about a third fewer statements per cycle.
 --
+-- The watchdog's inputs (a run's newest implementation steps, whole rows as JSON) were the
+-- largest part of what a cycle costs the database: the list of the two newest that succeeded
+-- is now read only when the decision uses it (fewer than two of the three newest succeeded),
+-- and the direct path reads the lists alone (the rest of the inputs follow from what the
+-- caller knows).
+--
 -- Also: a lease past its expiry that the sweep has not yet taken back is still held (as the
 -- transactional path has it since the pause handling), so the write no longer refuses it.
+
+-- The watchdog's inputs of a run: its three newest implementation steps, newest first, and,
+-- only when fewer than two of them succeeded (the one case the decision reads it), its two
+-- newest implementation steps that succeeded.
+CREATE FUNCTION loopd_watch_inputs(p_run TEXT)
+RETURNS JSONB LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_recent JSONB;
+BEGIN
+    SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.seq DESC), '[]') INTO v_recent
+      FROM (SELECT * FROM steps WHERE run_id = p_run AND phase = 'implementation'
+             ORDER BY seq DESC LIMIT 3) s;
+    RETURN jsonb_build_object('recent_impls', v_recent, 'succeeded_impls',
+        CASE WHEN jsonb_array_length(v_recent) = 3
+                  AND (SELECT count(*) FROM jsonb_array_elements(v_recent) e
+                        WHERE e ->> 'status' = 'SUCCEEDED') < 2 THEN
+            (SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.seq DESC), '[]')
+               FROM (SELECT * FROM steps WHERE run_id = p_run AND phase = 'implementation'
+                        AND status = 'SUCCEEDED'
+                      ORDER BY seq DESC LIMIT 2) s)
+        ELSE '[]' END);
+END $$;
+
+-- As before, with the watchdog's lists from `loopd_watch_inputs`.
+CREATE OR REPLACE FUNCTION loopd_decision_inputs(p_step steps, p_phases TEXT[])
+RETURNS JSONB LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    RETURN jsonb_build_object(
+        'others_active', EXISTS (SELECT 1 FROM steps s WHERE s.run_id = p_step.run_id
+                                    AND s.id <> p_step.id
+                                    AND s.status IN ('QUEUED', 'RETRYING', 'IN_PROGRESS')),
+        'attempts', (SELECT coalesce(jsonb_object_agg(p, a), '{}'::jsonb)
+                       FROM (SELECT p, (SELECT max(s.attempt) FROM steps s
+                                         WHERE s.run_id = p_step.run_id AND s.phase = p) AS a
+                               FROM unnest(p_phases) AS p) m
+                      WHERE a IS NOT NULL))
+        || CASE WHEN p_step.phase = 'verification' AND NOT p_step.is_final
+                THEN loopd_watch_inputs(p_step.run_id)
+                ELSE '{"recent_impls": [], "succeeded_impls": []}' END;
+END $$;
 
 -- `loopd_complete_apply` at a time the caller chose (the direct path needs it first).
 CREATE FUNCTION loopd_complete_apply_at(p_now BIGINT, p_step TEXT, p_worker TEXT,
@@ -84,8 +132,8 @@ BEGIN
 END $$;
 
 -- As before, except for the direct path's answer: {"applied": true, "claim": {"direct": true,
--- "now": <database clock>, "inputs": <loopd_decision_inputs of the new step, only when it is a
--- verification that is not final>}}. The step is inserted leased as `p_queued` says with
+-- "now": <database clock>, "watch": <loopd_watch_inputs of the run, only when the new step is
+-- a verification that is not final>}}. The step is inserted leased as `p_queued` says with
 -- status IN_PROGRESS, worker `p_worker`, lease epoch + 1 and queued and started at "now"; its
 -- lease runs from "now" for `p_ttl`; the state is `p_state` with `event_seq` + 2
 -- (LEASE_GRANTED and STEP_STARTED, numbered after the completion's events).
@@ -145,8 +193,7 @@ BEGIN
     VALUES (v_id, p_worker, v_epoch, v_now, v_now + p_ttl, (p_queued ->> 'attempt')::int);
     RETURN jsonb_build_object('applied', true, 'claim', jsonb_build_object(
         'direct', true, 'now', v_now,
-        'inputs', CASE WHEN p_queued ->> 'phase' = 'verification'
-                            AND NOT (p_queued ->> 'is_final')::boolean
-                       THEN loopd_decision_inputs(jsonb_populate_record(NULL::steps, v_leased),
-                                                  p_phases) END));
+        'watch', CASE WHEN p_queued ->> 'phase' = 'verification'
+                           AND NOT (p_queued ->> 'is_final')::boolean
+                      THEN loopd_watch_inputs(p_queued ->> 'run_id') END));
 END $$;
