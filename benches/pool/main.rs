@@ -16,6 +16,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod ceiling;
 mod cluster;
 mod dispatch;
 mod footprint;

@@ -3,9 +3,11 @@
 //! over two windows: a claim request then a completion request per cycle, then the completion
 //! alone asking for the next step (`claim_next`, what `loopd --role worker` sends). Next to it
 //! the database's own limit, measured here on the same database: single-row UPDATE
-//! transactions per second from 64 connections, and the CPU per cycle a given share of it would
-//! allow on this machine's cores.
+//! transactions per second from 64 connections, the CPU per cycle a given share of it would
+//! allow on this machine's cores, and what the cycle's statements reach made inside the database
+//! alone (`ceiling.rs`).
 
+use crate::ceiling;
 use crate::cluster::{endless, heartbeats, Cluster, SimWorker, Task};
 use crate::footprint::{cpu_ticks, TICKS_PER_SEC};
 use crate::{Opts, Table};
@@ -82,6 +84,10 @@ pub async fn run(o: &Opts, t: &mut Table) {
     let limit = tokio::task::spawn_blocking(move || pg_limit(&url, WORKERS, secs))
         .await
         .expect("pg limit");
+    let url = c.db.url.clone();
+    let alone = tokio::task::spawn_blocking(move || ceiling::cycles_per_sec(&url, secs))
+        .await
+        .expect("ceiling");
     let errors = errors.load(Ordering::Relaxed);
     t.add(
         "throughput, claim + complete (2 requests/cycle)",
@@ -130,6 +136,16 @@ pub async fn run(o: &Opts, t: &mut Table) {
             cores * 1000.0 / (0.25 * limit),
             one.ctl_ms,
             one.pg_ms
+        ),
+        "",
+        None,
+    );
+    t.add(
+        "the cycle's statements alone, made inside Postgres",
+        format!(
+            "{alone:.0} /s ({:.1} % of the limit; {} sessions, no controller, HTTP or network)",
+            alone / limit * 100.0,
+            ceiling::SESSIONS
         ),
         "",
         None,

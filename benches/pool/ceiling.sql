@@ -1,0 +1,73 @@
+-- The pool's cycle (a completion that queues the run's next step and leases it to the same
+-- worker) with the arguments the controller sends, made inside Postgres by a procedure: the
+-- database's own cost of a cycle, without the controller, HTTP, the client protocol or the
+-- network. Installed in the throughput section's database after its controller stopped, so
+-- its runs and steps (prompts, run configs) are the shapes the bench used.
+
+-- A fresh RUNNING run copied from one of the bench's, with its first step leased to p_worker.
+CREATE PROCEDURE bench_ceiling_seed(p_run TEXT, p_worker TEXT) LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO workers VALUES (p_worker, 'ceiling', 'x', NULL, '', 1, 'bench', 'online', 0, 0,
+                                NULL);
+    INSERT INTO runs SELECT * FROM jsonb_populate_record(NULL::runs,
+        (SELECT to_jsonb(r) FROM runs r LIMIT 1) || jsonb_build_object('id', p_run));
+    INSERT INTO run_state (run_id) VALUES (p_run);
+    INSERT INTO steps SELECT * FROM jsonb_populate_record(NULL::steps,
+        (SELECT to_jsonb(s) FROM steps s WHERE s.phase = 'implementation' LIMIT 1)
+        || jsonb_build_object('id', p_run || '-1', 'run_id', p_run, 'seq', 1, 'attempt', 1,
+                              'status', 'IN_PROGRESS', 'worker_id', p_worker,
+                              'lease_epoch', 1, 'preferred_worker_id', p_worker));
+    INSERT INTO leases VALUES (p_run || '-1', p_worker, 1, 0, 9000000000000, 1);
+END $$;
+
+-- `p_cycles` cycles of p_run, each its own transaction: the step in flight succeeds, the other
+-- phase is queued for the same worker (implementation and verification alternate), and
+-- `loopd_complete_and_claim` writes it and leases the new step directly.
+CREATE PROCEDURE bench_ceiling_cycles(p_run TEXT, p_worker TEXT, p_cycles INT,
+                                      p_phases TEXT[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    cur steps;
+    st run_state;
+    r runs;
+    ph TEXT;
+    q JSONB;
+    ids TEXT[];
+    res JSONB;
+BEGIN
+    FOR i IN 1..p_cycles LOOP
+        SELECT * INTO cur FROM steps WHERE run_id = p_run AND status = 'IN_PROGRESS';
+        SELECT * INTO st FROM run_state WHERE run_id = p_run;
+        SELECT * INTO r FROM runs WHERE id = p_run;
+        ph := CASE cur.phase WHEN 'implementation' THEN 'verification' ELSE 'implementation' END;
+        ids := ARRAY[gen_random_uuid()::text, gen_random_uuid()::text, gen_random_uuid()::text,
+                     gen_random_uuid()::text, gen_random_uuid()::text];
+        q := to_jsonb(cur) || jsonb_build_object('id', ids[1], 'seq', cur.seq + 1, 'phase', ph,
+            'status', 'QUEUED', 'attempt', cur.attempt + (ph = 'implementation')::int,
+            'started_at', NULL, 'ended_at', NULL, 'exit_code', NULL, 'output_path', NULL,
+            'output_tail', NULL, 'completion_detected', NULL, 'worker_id', NULL,
+            'lease_epoch', 0, 'completion_digest', NULL);
+        res := loopd_complete_and_claim(cur.id, p_worker, cur.lease_epoch, to_jsonb(r),
+            to_jsonb(st),
+            to_jsonb(cur) - 'prompt' || jsonb_build_object('status', 'SUCCEEDED',
+                'settled', true, 'exit_code', 0, 'output_path', 'iter.log',
+                'output_tail', 'worker step ' || i, 'completion_digest', ids[2]),
+            q,
+            to_jsonb(st) || jsonb_build_object('event_seq', st.event_seq + 2,
+                                               'last_worker_id', p_worker),
+            jsonb_build_array(
+                jsonb_build_object('id', ids[3], 'run_id', p_run, 'run_seq', st.event_seq + 1,
+                    'step_id', cur.id, 'event_type', 'STEP_FINISHED', 'payload_json',
+                    jsonb_build_object('step_id', cur.id, 'exit_code', 0, 'duration_ms', 1,
+                                       'output_path', 'iter.log')::text),
+                jsonb_build_object('id', ids[4], 'run_id', p_run, 'run_seq', st.event_seq + 2,
+                    'step_id', ids[1], 'event_type', 'STEP_QUEUED', 'payload_json',
+                    jsonb_build_object('step_id', ids[1], 'phase', ph, 'attempt', 1)::text)),
+            ARRAY[''], 30000, 5000, ARRAY[ids[5], gen_random_uuid()::text],
+            p_phases);
+        IF res ->> 'applied' IS DISTINCT FROM 'true' OR res -> 'claim' ->> 'direct' IS NULL THEN
+            RAISE EXCEPTION 'cycle % of % not leased directly: %', i, p_run, res;
+        END IF;
+        COMMIT;
+    END LOOP;
+END $$;
