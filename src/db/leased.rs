@@ -40,7 +40,7 @@ pub(super) fn claimed(
     let queued = w
         .queued
         .ok_or_else(|| DbError::Reply("a direct lease without a queued step".into()))?;
-    let mut step = StepRow {
+    let step = StepRow {
         status: "IN_PROGRESS".into(),
         worker_id: Some(spec.worker_id.to_string()),
         lease_epoch: queued.lease_epoch + 1,
@@ -73,7 +73,6 @@ pub(super) fn claimed(
         run_json: snap.run_json.clone(),
         state_json: to_json(&state)?,
     };
-    step.prompt = queued.prompt.clone();
     Ok(Claimed::Got(Box::new(ClaimedStep {
         step,
         lease,
