@@ -3,13 +3,13 @@
 -- lease, the run, its state and the decision inputs, as JSON. The caller wrote them itself and
 -- keeps them, so the answer is now only the database clock, plus the watchdog's inputs when the
 -- new step is a verification that may lead to another implementation (the one part the caller
--- cannot know). The snapshot the caller builds is checked like any other by the next
--- completion's write, so a mistake in it costs a fresh read, never a wrong write. The direct
+-- cannot know). The run and state in the snapshot the caller builds are checked like any
+-- other by the next completion's write (a mistake there costs a fresh read). The direct
 -- path's two events are written by the completion's events statement, and the statements
 -- reading back the step, run and state are gone: about a third fewer statements per cycle.
 --
 -- The watchdog's inputs (a run's newest implementation steps, whole rows as JSON) were the
--- largest part of what a cycle costs the database: the list of the two newest that succeeded
+-- largest part of what a cycle reads (`auto_explain`): the list of the two newest that succeeded
 -- is now read only when the decision uses it (fewer than two of the three newest succeeded),
 -- and the direct path reads the lists alone (the rest of the inputs follow from what the
 -- caller knows).
