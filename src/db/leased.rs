@@ -48,14 +48,7 @@ pub(super) fn claimed(
         started_at: Some(now),
         ..queued.clone()
     };
-    let lease = LeaseRow {
-        step_id: step.id.clone(),
-        worker_id: spec.worker_id.to_string(),
-        epoch: step.lease_epoch,
-        granted_at: now,
-        expires_at: now + spec.ttl_ms,
-        attempt: step.attempt,
-    };
+    let lease = LeaseRow::granted(&step, spec.worker_id, now, spec.ttl_ms);
     // LEASE_GRANTED and STEP_STARTED follow the completion's events.
     let mut state = w.state.clone();
     state.event_seq += 2;

@@ -123,14 +123,7 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
         ))
         .returning(StepRow::as_returning())
         .get_result(c))?;
-    let lease = LeaseRow {
-        step_id: step.id.clone(),
-        worker_id: spec.worker_id.to_string(),
-        epoch: step.lease_epoch,
-        granted_at: now,
-        expires_at: now + spec.ttl_ms,
-        attempt: step.attempt,
-    };
+    let lease = LeaseRow::granted(&step, spec.worker_id, now, spec.ttl_ms);
     // A lease row left from an earlier epoch is replaced.
     on_conn!(conn, |c| {
         use diesel::upsert::excluded;

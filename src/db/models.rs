@@ -180,6 +180,21 @@ pub struct LeaseRow {
     pub attempt: i32,
 }
 
+impl LeaseRow {
+    /// The lease of `step`, just leased to `worker_id` (at the step's epoch) at `now`, for
+    /// `ttl_ms`.
+    pub fn granted(step: &StepRow, worker_id: &str, now: i64, ttl_ms: i64) -> LeaseRow {
+        LeaseRow {
+            step_id: step.id.clone(),
+            worker_id: worker_id.to_string(),
+            epoch: step.lease_epoch,
+            granted_at: now,
+            expires_at: now + ttl_ms,
+            attempt: step.attempt,
+        }
+    }
+}
+
 /// Labels are stored as one comma-joined, sorted, de-duplicated string ("" = none).
 pub fn encode_labels(labels: &[String]) -> String {
     let mut v: Vec<&str> = labels
