@@ -7,9 +7,6 @@
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Sessions making cycles at once: enough to keep every core busy through the commits' waits.
 pub const SESSIONS: usize = 8;
@@ -32,33 +29,12 @@ pub fn cycles_per_sec(url: &str, secs: u64) -> f64 {
         .map(|p| format!("'{}'", p.as_str()))
         .collect::<Vec<_>>()
         .join(", ");
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..SESSIONS)
-        .map(|i| {
-            let (url, stop, count) = (url.to_string(), stop.clone(), count.clone());
-            // Simple protocol: a procedure that commits must not run in a transaction block.
-            let call = format!(
-                "CALL bench_ceiling_cycles('ceiling-{i}', 'ceiling-w{i}', {BATCH}, \
-                 ARRAY[{phases}])"
-            );
-            std::thread::spawn(move || {
-                let mut c = PgConnection::establish(&url).expect("connect");
-                while !stop.load(Ordering::Relaxed) {
-                    c.batch_execute(&call).expect("ceiling cycles");
-                    count.fetch_add(BATCH, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(1));
-    let (n0, t0) = (count.load(Ordering::Relaxed), Instant::now());
-    std::thread::sleep(Duration::from_secs(secs));
-    let n = count.load(Ordering::Relaxed) - n0;
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for th in threads {
-        let _ = th.join();
-    }
-    rate
+    // Simple protocol: a procedure that commits must not run in a transaction block.
+    crate::db_rate::per_second(url, SESSIONS, secs, move |i, c| {
+        c.batch_execute(&format!(
+            "CALL bench_ceiling_cycles('ceiling-{i}', 'ceiling-w{i}', {BATCH}, ARRAY[{phases}])"
+        ))
+        .expect("ceiling cycles");
+        BATCH
+    })
 }

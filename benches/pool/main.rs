@@ -18,6 +18,7 @@ mod support;
 
 mod ceiling;
 mod cluster;
+mod db_rate;
 mod dispatch;
 mod footprint;
 mod recovery;

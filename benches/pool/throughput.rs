@@ -224,29 +224,10 @@ fn pg_limit(url: &str, conns: usize, secs: u64) -> f64 {
     ))
     .execute(&mut c)
     .expect("fill bench_limit");
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..conns)
-        .map(|i| {
-            let (url, stop, count) = (url.to_string(), stop.clone(), count.clone());
-            std::thread::spawn(move || {
-                let mut c = PgConnection::establish(&url).expect("connect");
-                let q = format!("UPDATE bench_limit SET n = n + 1 WHERE id = {i}");
-                while !stop.load(Ordering::Relaxed) {
-                    diesel::sql_query(&q).execute(&mut c).expect("update");
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(1));
-    let (n0, t0) = (count.load(Ordering::Relaxed), Instant::now());
-    std::thread::sleep(Duration::from_secs(secs));
-    let n = count.load(Ordering::Relaxed) - n0;
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for th in threads {
-        let _ = th.join();
-    }
-    rate
+    crate::db_rate::per_second(url, conns, secs, |i, c| {
+        diesel::sql_query(format!("UPDATE bench_limit SET n = n + 1 WHERE id = {i}"))
+            .execute(c)
+            .expect("update");
+        1
+    })
 }
