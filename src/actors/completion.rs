@@ -7,6 +7,7 @@ use super::decide::{self, decides};
 use super::lease_service::{output_held, LeaseError, LeaseService};
 use super::scheduler_service::{Advanced, SchedError};
 use crate::api::CompleteRequest;
+use crate::db::batch;
 use crate::db::events::NewEvent;
 use crate::db::fast::{self, Claimed, Completion};
 use crate::db::leases::ClaimSpec;
@@ -193,9 +194,11 @@ impl LeaseService {
         let labels = next.map(<[String]>::to_vec);
         let (ttl, window) = self.claim_times();
         let (mirrors, output) = (self.mirrors.clone(), self.output.clone());
+        let batcher = self.db.batcher();
         self.db
             .run(move |c| -> Result<_, LeaseError> {
                 let w = Writer {
+                    batcher: batcher.as_deref(),
                     worker_id: &wid,
                     req: &req,
                     digest: &digest,
@@ -233,6 +236,8 @@ impl LeaseService {
 
 /// One completion, written from snapshots.
 struct Writer<'a> {
+    /// Where completions wait to be written together (Postgres).
+    batcher: Option<&'a crate::db::batch::Batcher>,
     worker_id: &'a str,
     req: &'a CompleteRequest,
     digest: &'a str,
@@ -288,7 +293,7 @@ impl Writer<'_> {
             events: &events,
         };
         let claimed = match &self.next {
-            Some(spec) => match fast::complete_and_claim(c, &snap, &w, spec)? {
+            Some(spec) => match batch::complete_and_claim(c, self.batcher, &snap, &w, spec)? {
                 Some(got) => Some(got),
                 None => return Ok(None),
             },

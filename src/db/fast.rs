@@ -40,26 +40,9 @@ extern "SQL" {
         state: Jsonb,
         events: Jsonb,
     ) -> diesel::sql_types::Bool;
-    #[allow(clippy::too_many_arguments)]
-    fn loopd_complete_and_claim(
-        step: Text,
-        worker: Text,
-        epoch: BigInt,
-        run: Jsonb,
-        state_before: Jsonb,
-        done: Jsonb,
-        queued: Nullable<Jsonb>,
-        state: Jsonb,
-        events: Jsonb,
-        allowed: Array<Text>,
-        ttl: BigInt,
-        window: BigInt,
-        event_ids: Array<Text>,
-        phases: Array<Text>,
-    ) -> Jsonb;
 }
 
-fn pg(conn: &mut Conn) -> Result<&mut diesel::PgConnection, DbError> {
+pub(super) fn pg(conn: &mut Conn) -> Result<&mut diesel::PgConnection, DbError> {
     match conn {
         Conn::Pg(c) => Ok(&mut **c),
         Conn::Sqlite(_) => Err(DbError::Reply(
@@ -69,7 +52,7 @@ fn pg(conn: &mut Conn) -> Result<&mut diesel::PgConnection, DbError> {
 }
 
 /// Every step phase: the snapshot reads the highest attempt of each.
-fn phases() -> Vec<&'static str> {
+pub(super) fn phases() -> Vec<&'static str> {
     crate::domain::StepPhase::ALL
         .iter()
         .map(|p| p.as_str())
@@ -130,7 +113,7 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Claimed, DbError> 
 }
 
 /// A claim from `loopd_claim`'s reply.
-fn claimed(v: Value) -> Result<Claimed, DbError> {
+pub(super) fn claimed(v: Value) -> Result<Claimed, DbError> {
     if v.get("step").is_none() {
         return Ok(match v.get("closed").and_then(Value::as_bool) {
             Some(true) => Claimed::Closed,
@@ -279,15 +262,15 @@ pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
 
 /// What `loopd_complete_apply` writes, as JSON: the finished step (without its prompt, which
 /// a completion does not change), the queued step, the state and the events.
-struct Written {
-    done: Value,
-    queued: Option<Value>,
-    state: Value,
-    events: Value,
+pub(super) struct Written {
+    pub done: Value,
+    pub queued: Option<Value>,
+    pub state: Value,
+    pub events: Value,
 }
 
 impl Written {
-    fn of(w: &Completion<'_>) -> Result<Self, DbError> {
+    pub(super) fn of(w: &Completion<'_>) -> Result<Self, DbError> {
         let mut done = to_json(w.done)?;
         if let Some(o) = done.as_object_mut() {
             o.remove("prompt");
@@ -322,42 +305,4 @@ pub fn complete_apply(
     ))
     .get_result(pg(conn)?)?;
     Ok(ok)
-}
-
-/// [`complete_apply`] and then, in the same statement, [`claim`] for the same worker (who is
-/// also `spec.worker_id`): `None`, having written nothing, when `snap` no longer holds.
-pub fn complete_and_claim(
-    conn: &mut Conn,
-    snap: &Snapshot,
-    w: &Completion<'_>,
-    spec: &ClaimSpec<'_>,
-) -> Result<Option<Claimed>, DbError> {
-    debug_assert_eq!(w.worker_id, spec.worker_id);
-    let x = Written::of(w)?;
-    let allowed = leases::allowed_sets(conn, spec.labels)?;
-    let mut v: Value = diesel::select(loopd_complete_and_claim(
-        &w.done.id,
-        w.worker_id,
-        w.epoch,
-        &snap.run_json,
-        &snap.state_json,
-        x.done,
-        x.queued,
-        x.state,
-        x.events,
-        allowed,
-        spec.ttl_ms,
-        spec.affinity_window_ms,
-        vec![new_id(), new_id()],
-        phases(),
-    ))
-    .get_result(pg(conn)?)?;
-    if v.get("applied").and_then(Value::as_bool) != Some(true) {
-        return Ok(None);
-    }
-    let claim = v["claim"].take();
-    if claim.get("direct").is_some() {
-        return super::leased::claimed(claim, snap, w, spec).map(Some);
-    }
-    claimed(claim).map(Some)
 }

@@ -4,6 +4,7 @@
 //! backend, and [`Db::run`], the one helper that keeps blocking database work off async threads.
 
 pub mod artifacts;
+pub mod batch;
 pub mod events;
 pub mod fast;
 mod leased;
@@ -252,6 +253,8 @@ pub struct Db {
     /// at a time and makes the others poll (its busy handler sleeps 1, 2, 5, 10 … ms), which
     /// put milliseconds of sleep on every step; a mutex hands over at once.
     write_turn: Option<std::sync::Arc<std::sync::Mutex<()>>>,
+    /// Postgres: completions written together ([`batch`]).
+    batch: Option<std::sync::Arc<batch::Batcher>>,
 }
 
 impl Db {
@@ -281,6 +284,7 @@ impl Db {
         Ok(Db {
             pool: Pool::Sqlite(pool),
             write_turn: Some(Default::default()),
+            batch: None,
         })
     }
 
@@ -313,6 +317,7 @@ impl Db {
         Ok(Db {
             pool: Pool::Pg(pool, suspect),
             write_turn: None,
+            batch: Some(Default::default()),
         })
     }
 
@@ -321,6 +326,11 @@ impl Db {
             Pool::Sqlite(_) => Backend::Sqlite,
             Pool::Pg(..) => Backend::Postgres,
         }
+    }
+
+    /// On Postgres, the queue where completions wait to be written together.
+    pub fn batcher(&self) -> Option<std::sync::Arc<batch::Batcher>> {
+        self.batch.clone()
     }
 
     /// Checks out a connection (blocking). Use inside [`Db::run`] or a blocking thread only.

@@ -5,6 +5,7 @@
 
 use super::fast_paths::{decided, two_events};
 use super::{claim, seed, spec, Store};
+use loopd::db::batch;
 use loopd::db::fast::{self, Claimed, Completion, Snapshot};
 use loopd::db::models::StepRow;
 use serde_json::{json, Value};
@@ -44,7 +45,7 @@ pub fn a_step_leased_by_its_completion_comes_with_the_snapshot_the_database_hold
             state: &state,
             events: &evs,
         };
-        let got = fast::complete_and_claim(&mut c, &snap, &w, &spec("w", &labels, 60_000));
+        let got = batch::complete_and_claim(&mut c, None, &snap, &w, &spec("w", &labels, 60_000));
         let Ok(Some(Claimed::Got(n))) = got else {
             panic!("{phase}: not leased directly: {got:?}");
         };

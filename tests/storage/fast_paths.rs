@@ -4,6 +4,7 @@
 //! (Postgres).
 
 use super::{claim, seed, Store};
+use loopd::db::batch;
 use loopd::db::events::{self, NewEvent};
 use loopd::db::fast::{self, Completion, Snapshot};
 use loopd::db::models::StepRow;
@@ -228,7 +229,7 @@ pub fn a_completion_that_claims_takes_the_next_step_in_the_same_statement(s: Sto
     };
     // Not this worker's lease: nothing written, nothing claimed.
     let x = super::spec("x", &labels, 60_000);
-    assert!(fast::complete_and_claim(&mut c, &snap, &w("x"), &x)
+    assert!(batch::complete_and_claim(&mut c, None, &snap, &w("x"), &x)
         .unwrap()
         .is_none());
     assert_eq!(
@@ -239,7 +240,7 @@ pub fn a_completion_that_claims_takes_the_next_step_in_the_same_statement(s: Sto
     assert!(queued_still(&mut c, &other[0]));
 
     let me = super::spec("w", &labels, 60_000);
-    let got = fast::complete_and_claim(&mut c, &snap, &w("w"), &me).unwrap();
+    let got = batch::complete_and_claim(&mut c, None, &snap, &w("w"), &me).unwrap();
     let Some(fast::Claimed::Got(n)) = got else {
         panic!("nothing claimed: {got:?}");
     };
@@ -299,7 +300,7 @@ fn complete_claiming(c: &mut Conn, g: &fast::ClaimedStep, prefers: Option<&str>)
         events: &evs,
     };
     let labels: Vec<String> = Vec::new();
-    let got = fast::complete_and_claim(c, &snap, &w, &super::spec(worker, &labels, 60_000));
+    let got = batch::complete_and_claim(c, None, &snap, &w, &super::spec(worker, &labels, 60_000));
     let Ok(Some(fast::Claimed::Got(n))) = got else {
         panic!("nothing claimed: {got:?}");
     };

@@ -6,10 +6,12 @@ mod support;
 
 use support::pg;
 
+mod batched;
 mod direct;
 mod fast_paths;
 mod races;
 mod ticks;
+use batched::*;
 use direct::*;
 use fast_paths::*;
 use races::*;
@@ -75,6 +77,18 @@ both!(
 
 /// The Postgres-only half of the completion path (SQLite always takes the transaction).
 mod on_postgres_only {
+    #[test]
+    fn completions_queued_together_are_written_in_one_statement_each_by_its_own_checks() {
+        super::completions_queued_together_are_written_in_one_statement_each_by_its_own_checks(
+            super::postgres(),
+        )
+    }
+    #[test]
+    fn a_failing_batch_writes_nothing_and_its_completions_are_written_alone() {
+        super::a_failing_batch_writes_nothing_and_its_completions_are_written_alone(
+            super::postgres(),
+        )
+    }
     #[test]
     fn a_completion_written_from_a_snapshot_changes_everything_at_once() {
         super::a_completion_written_from_a_snapshot_changes_everything_at_once(super::postgres())

@@ -1,0 +1,1 @@
+DROP FUNCTION loopd_complete_and_claim_many(JSONB, TEXT[]);

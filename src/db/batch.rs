@@ -1,0 +1,240 @@
+//! Completions that reach the controller together are written together: one statement
+//! (`loopd_complete_and_claim_many`, migration `2026-12-02-000007_batched_completions`), one
+//! transaction and one commit for all of them. A completion's thread queues its write and
+//! waits; whichever waiting thread finds fewer than [`MAX_RUNNING`] batches under way takes
+//! everything queued (up to [`MAX_ITEMS`]) and sends it on its own connection, then hands each
+//! owner its reply. Nothing waits for company: a completion that finds the queue empty and a
+//! batch free is sent at once, alone, so an idle pool sees no added latency; under load the
+//! batches grow by themselves with the requests that arrived while the last ones were written.
+//!
+//! Each item's own checks still decide whether it applies, exactly as when it is written alone
+//! (the items are written one after the other inside the transaction). Should the statement
+//! fail (an item raising an error, a deadlock, a lost connection), nothing of the batch was
+//! written and each owner writes its item alone, so one bad item costs the others a retry,
+//! never their write.
+
+use super::fast::{Claimed, Completion, Snapshot, Written};
+use super::leases::{self, ClaimSpec};
+use super::models::new_id;
+use super::{Conn, DbError};
+use diesel::sql_types::{Array, Jsonb, Text};
+use diesel::PgConnection;
+use diesel::RunQueryDsl;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+#[diesel::declare_sql_function]
+extern "SQL" {
+    fn loopd_complete_and_claim_many(items: Jsonb, phases: Array<Text>) -> Jsonb;
+}
+
+/// The most completions one statement carries.
+pub const MAX_ITEMS: usize = 32;
+/// Batches under way at once: one keeps a Postgres backend busy; two let the next batch be
+/// written while the last one commits.
+pub const MAX_RUNNING: usize = 2;
+
+/// The queue of completions waiting to be written, one per database pool.
+#[derive(Default)]
+pub struct Batcher {
+    state: Mutex<State>,
+    turn: Condvar,
+    /// Batches written, and the completions they carried (`/metrics`).
+    batches: AtomicU64,
+    items: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    next_ticket: u64,
+    queue: VecDeque<(u64, Value)>,
+    done: HashMap<u64, Outcome>,
+    running: usize,
+}
+
+enum Outcome {
+    Reply(Value),
+    /// The batch failed: the item comes back to be written alone.
+    Alone(Value),
+}
+
+impl Batcher {
+    /// Batches written so far, and the completions they carried.
+    pub fn counts(&self) -> (u64, u64) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (load(&self.batches), load(&self.items))
+    }
+
+    /// Completions waiting for a batch to take them.
+    pub fn waiting(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `item` (the arguments of one `loopd_complete_and_claim`) with whatever else is
+    /// queued, on `c` if this thread ends up sending the batch; its reply.
+    fn write(&self, c: &mut PgConnection, item: Value) -> Result<Value, DbError> {
+        let mut s = self.lock();
+        let ticket = s.next_ticket;
+        s.next_ticket += 1;
+        s.queue.push_back((ticket, item));
+        loop {
+            match s.done.remove(&ticket) {
+                Some(Outcome::Reply(v)) => return Ok(v),
+                Some(Outcome::Alone(item)) => {
+                    drop(s);
+                    return one(c, vec![item]);
+                }
+                None => {}
+            }
+            if s.running < MAX_RUNNING && !s.queue.is_empty() {
+                let n = s.queue.len().min(MAX_ITEMS);
+                let items: Vec<(u64, Value)> = s.queue.drain(..n).collect();
+                s.running += 1;
+                drop(s);
+                let mut lead = Lead {
+                    batcher: self,
+                    items,
+                    replies: None,
+                };
+                lead.send(c);
+                drop(lead);
+                s = self.lock();
+            } else {
+                s = self.turn.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+}
+
+/// A batch being sent. Dropping it (after the reply, or while unwinding from a panic) hands
+/// every owner its outcome and frees the turn, so that no owner waits for ever.
+struct Lead<'a> {
+    batcher: &'a Batcher,
+    items: Vec<(u64, Value)>,
+    replies: Option<Vec<Value>>,
+}
+
+impl Lead<'_> {
+    fn send(&mut self, c: &mut PgConnection) {
+        // In the order of their runs, so that two batches under way lock rows in one order.
+        self.items.sort_by(|a, b| run_of(&a.1).cmp(run_of(&b.1)));
+        let items: Vec<&Value> = self.items.iter().map(|(_, v)| v).collect();
+        let sent = diesel::select(loopd_complete_and_claim_many(
+            json!(items),
+            super::fast::phases(),
+        ))
+        .get_result::<Value>(c);
+        match sent {
+            Ok(Value::Array(replies)) if replies.len() == self.items.len() => {
+                let b = self.batcher;
+                b.batches.fetch_add(1, Ordering::Relaxed);
+                (b.items).fetch_add(replies.len() as u64, Ordering::Relaxed);
+                self.replies = Some(replies);
+            }
+            Ok(other) => tracing::warn!(reply = %other, "a batch of completions answered oddly"),
+            Err(e) => {
+                tracing::warn!(error = %e, items = self.items.len(), "a batch of completions failed; writing each alone");
+            }
+        }
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut s = self.batcher.lock();
+        s.running -= 1;
+        let replies = self.replies.take();
+        let items = std::mem::take(&mut self.items);
+        match replies {
+            Some(r) => {
+                for ((ticket, _), reply) in items.into_iter().zip(r) {
+                    s.done.insert(ticket, Outcome::Reply(reply));
+                }
+            }
+            None => {
+                for (ticket, item) in items {
+                    s.done.insert(ticket, Outcome::Alone(item));
+                }
+            }
+        }
+        drop(s);
+        self.batcher.turn.notify_all();
+    }
+}
+
+fn run_of(item: &Value) -> &str {
+    item["run"]["id"].as_str().unwrap_or_default()
+}
+
+/// `items` in one statement on `c`, without the queue: the one reply (a batch of one).
+fn one(c: &mut PgConnection, items: Vec<Value>) -> Result<Value, DbError> {
+    let v: Value = diesel::select(loopd_complete_and_claim_many(
+        json!(items),
+        super::fast::phases(),
+    ))
+    .get_result(c)?;
+    match v {
+        Value::Array(mut r) if r.len() == 1 => Ok(r.remove(0)),
+        other => Err(DbError::Reply(format!("a batch of one answered {other}"))),
+    }
+}
+
+/// The arguments of `loopd_complete_and_claim` for the completion `w` decided from `snap`,
+/// claiming next with `spec`.
+fn item(
+    conn: &mut Conn,
+    snap: &Snapshot,
+    w: &Completion<'_>,
+    spec: &ClaimSpec<'_>,
+) -> Result<Value, DbError> {
+    debug_assert_eq!(w.worker_id, spec.worker_id);
+    let x = Written::of(w)?;
+    Ok(json!({
+        "step": w.done.id,
+        "worker": w.worker_id,
+        "epoch": w.epoch,
+        "run": snap.run_json,
+        "state_before": snap.state_json,
+        "done": x.done,
+        "queued": x.queued,
+        "state": x.state,
+        "events": x.events,
+        "allowed": leases::allowed_sets(conn, spec.labels)?,
+        "ttl": spec.ttl_ms,
+        "window": spec.affinity_window_ms,
+        "event_ids": [new_id(), new_id()],
+    }))
+}
+
+/// Writes the completion `w` decided from `snap` and then, in the same transaction, claims
+/// the next step for the same worker (`spec.worker_id`): `None`, having written nothing, when
+/// `snap` no longer holds. With `batcher`, written together with the completions queued
+/// there; without, alone.
+pub fn complete_and_claim(
+    conn: &mut Conn,
+    batcher: Option<&Batcher>,
+    snap: &Snapshot,
+    w: &Completion<'_>,
+    spec: &ClaimSpec<'_>,
+) -> Result<Option<Claimed>, DbError> {
+    let item = item(conn, snap, w, spec)?;
+    let c = super::fast::pg(conn)?;
+    let mut v = match batcher {
+        Some(b) => b.write(c, item)?,
+        None => one(c, vec![item])?,
+    };
+    if v.get("applied").and_then(Value::as_bool) != Some(true) {
+        return Ok(None);
+    }
+    let claim = v["claim"].take();
+    if claim.get("direct").is_some() {
+        return super::leased::claimed(claim, snap, w, spec).map(Some);
+    }
+    super::fast::claimed(claim).map(Some)
+}
