@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub workers_online: i64,
     pub runs_by_status: Vec<(String, i64)>,
     pub steps_by_phase_status: Vec<(String, String, i64)>,
+    /// On Postgres, completion batches written and the completions they carried.
+    pub completion_batches: Option<(u64, u64)>,
 }
 
 impl Metrics {
@@ -122,6 +124,20 @@ impl Metrics {
             "Worker heartbeats received.",
             load(&self.heartbeats_total),
         );
+        if let Some((batches, items)) = snap.completion_batches {
+            counter(
+                &mut out,
+                "loopd_completion_batches_total",
+                "Statements that wrote completions queued together (Postgres).",
+                batches,
+            );
+            counter(
+                &mut out,
+                "loopd_completion_batch_items_total",
+                "Completions those statements carried.",
+                items,
+            );
+        }
         self.claim_wait.render(
             "loopd_claim_wait_seconds",
             "Time a claim waited before it was answered.",
@@ -145,7 +161,11 @@ mod tests {
         let m = Metrics::default();
         m.step_dispatch.observe(0.002);
         m.step_dispatch.observe(0.2);
-        let text = m.render(&Snapshot::default());
+        let text = m.render(&Snapshot {
+            completion_batches: Some((2, 7)),
+            ..Snapshot::default()
+        });
+        assert!(text.contains("loopd_completion_batch_items_total 7"));
         assert!(text.contains("loopd_step_dispatch_seconds_bucket{le=\"0.0025\"} 1"));
         assert!(text.contains("loopd_step_dispatch_seconds_bucket{le=\"0.25\"} 2"));
         assert!(text.contains("loopd_step_dispatch_seconds_count 2"));

@@ -48,10 +48,12 @@ pub async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
         })
         .await?;
     let workers_online = st.registry.send(CountOnline).await? as i64;
+    let completion_batches = st.db.batcher().map(|b| b.counts());
     let snap = Snapshot {
         workers_online,
         runs_by_status,
         steps_by_phase_status,
+        completion_batches,
     };
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
