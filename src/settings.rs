@@ -191,7 +191,7 @@ impl Default for Settings {
                 kind: StorageType::Sqlite,
                 url: None,
                 path: None,
-                pool_size: 16,
+                pool_size: 32,
             },
             artifacts: ArtifactSettings {
                 kind: ArtifactStoreType::Fs,
