@@ -162,13 +162,18 @@ struct Window {
     /// steadier than the rate, which moves with whatever else the machine does.
     ctl_ms: f64,
     pg_ms: f64,
+    /// The bench's own CPU per cycle (ms): its simulated workers share the machine.
+    bench_ms: f64,
+    /// Completions per statement that wrote queued completions together.
+    per_batch: f64,
 }
 
 impl Window {
     fn per_cycle(&self) -> String {
         format!(
-            "CPU per cycle: controller {:.2} ms, postgres {:.2} ms",
-            self.ctl_ms, self.pg_ms
+            "CPU per cycle: controller {:.2} ms, postgres {:.2} ms, this bench {:.2} ms; \
+             {:.1} completions per batch",
+            self.ctl_ms, self.pg_ms, self.bench_ms, self.per_batch
         )
     }
 }
@@ -190,13 +195,21 @@ fn postgres_ticks() -> HashMap<i32, u64> {
 
 /// The figures of a window of `secs` seconds.
 async fn window(c: &Cluster, done: &AtomicU64, secs: u64) -> Window {
-    let (d0, t0, c0, p0) = (
+    let batches = || async {
+        let b = c.metric("loopd_completion_batches_total").await;
+        (b, c.metric("loopd_completion_batch_items_total").await)
+    };
+    let me = std::process::id() as i32;
+    let (b0, i0) = batches().await;
+    let (d0, t0, c0, p0, m0) = (
         done.load(Ordering::Relaxed),
         Instant::now(),
         cpu_ticks(c.pid()),
         postgres_ticks(),
+        cpu_ticks(me),
     );
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    let bench = (cpu_ticks(me) - m0) as f64 / TICKS_PER_SEC;
     let cycles = (done.load(Ordering::Relaxed) - d0).max(1) as f64;
     let elapsed = t0.elapsed().as_secs_f64();
     let ctl = (cpu_ticks(c.pid()) - c0) as f64 / TICKS_PER_SEC;
@@ -204,7 +217,10 @@ async fn window(c: &Cluster, done: &AtomicU64, secs: u64) -> Window {
     let pg: u64 = (postgres_ticks().iter())
         .filter_map(|(pid, t)| Some(t.saturating_sub(*p0.get(pid)?)))
         .sum();
+    let (b1, i1) = batches().await;
     Window {
+        bench_ms: bench * 1000.0 / cycles,
+        per_batch: (i1 - i0) / (b1 - b0).max(1.0),
         rate: cycles / elapsed,
         cpu: ctl / elapsed * 100.0,
         ctl_ms: ctl * 1000.0 / cycles,
