@@ -1,8 +1,8 @@
 //! The database's own ceiling for the pool's cycle: the procedures of `ceiling.sql` make the
 //! cycle the controller makes (a completion queuing the run's next step, leased at once to the
 //! same worker, through `loopd_complete_and_claim` with the arguments the controller sends)
-//! inside Postgres, from several sessions on their own runs, each cycle its own transaction.
-//! What it reaches is what the cycle's statements cost the database alone: no controller, no
+//! inside Postgres, from several sessions on their own runs, each cycle its own transaction or
+//! several to one (as the controller writes completions that arrive together). What it reaches is what the cycle's statements cost the database alone: no controller, no
 //! HTTP, no client protocol, no network.
 
 use diesel::connection::SimpleConnection;
@@ -11,11 +11,15 @@ use diesel::prelude::*;
 /// Sessions making cycles at once: enough to keep every core busy through the commits' waits.
 pub const SESSIONS: usize = 8;
 /// Cycles per call of the procedure.
-const BATCH: u64 = 20;
+const BATCH: u64 = 24;
+/// Cycles to a transaction for the batched ceiling: about what the controller's batches carry
+/// in the throughput section (7 to 8).
+pub const PER_COMMIT: u64 = 8;
 
-/// Cycles per second over `secs` seconds, in the database at `url` (which holds the bench's
-/// runs: the seeded runs copy one of them, so prompts and run configs have its sizes).
-pub fn cycles_per_sec(url: &str, secs: u64) -> f64 {
+/// Cycles per second over `secs` seconds, with each of `per_commit` cycles to a transaction in
+/// turn, in the database at `url` (which holds the bench's runs: the seeded runs copy one of
+/// them, so prompts and run configs have its sizes).
+pub fn cycles_per_sec(url: &str, secs: u64, per_commit: &[u64]) -> Vec<f64> {
     let mut c = PgConnection::establish(url).expect("connect for the ceiling");
     c.batch_execute(include_str!("ceiling.sql"))
         .expect("install the ceiling's procedures");
@@ -30,11 +34,16 @@ pub fn cycles_per_sec(url: &str, secs: u64) -> f64 {
         .collect::<Vec<_>>()
         .join(", ");
     // Simple protocol: a procedure that commits must not run in a transaction block.
-    crate::db_rate::per_second(url, SESSIONS, secs, move |i, c| {
-        c.batch_execute(&format!(
-            "CALL bench_ceiling_cycles('ceiling-{i}', 'ceiling-w{i}', {BATCH}, ARRAY[{phases}])"
-        ))
-        .expect("ceiling cycles");
-        BATCH
-    })
+    let rate = |n: u64| {
+        let phases = phases.clone();
+        crate::db_rate::per_second(url, SESSIONS, secs, move |i, c| {
+            c.batch_execute(&format!(
+                "CALL bench_ceiling_cycles('ceiling-{i}', 'ceiling-w{i}', {BATCH}, \
+                 ARRAY[{phases}], {n})"
+            ))
+            .expect("ceiling cycles");
+            BATCH
+        })
+    };
+    per_commit.iter().map(|n| rate(*n)).collect()
 }

@@ -20,11 +20,12 @@ BEGIN
     INSERT INTO leases VALUES (p_run || '-1', p_worker, 1, 0, 9000000000000, 1);
 END $$;
 
--- `p_cycles` cycles of p_run, each its own transaction: the step in flight succeeds, the other
+-- `p_cycles` cycles of p_run, `p_per_commit` to a transaction (the controller writes the
+-- completions that arrive together in one): the step in flight succeeds, the other
 -- phase is queued for the same worker (implementation and verification alternate), and
 -- `loopd_complete_and_claim` writes it and leases the new step directly.
 CREATE PROCEDURE bench_ceiling_cycles(p_run TEXT, p_worker TEXT, p_cycles INT,
-                                      p_phases TEXT[])
+                                      p_phases TEXT[], p_per_commit INT)
 LANGUAGE plpgsql AS $$
 DECLARE
     cur steps;
@@ -68,6 +69,9 @@ BEGIN
         IF res ->> 'applied' IS DISTINCT FROM 'true' OR res -> 'claim' ->> 'direct' IS NULL THEN
             RAISE EXCEPTION 'cycle % of % not leased directly: %', i, p_run, res;
         END IF;
-        COMMIT;
+        IF i % p_per_commit = 0 THEN
+            COMMIT;
+        END IF;
     END LOOP;
+    COMMIT;
 END $$;
