@@ -13,21 +13,23 @@
 //! written and each owner writes its item alone, so one bad item costs the others a retry,
 //! never their write.
 
-use super::fast::{Claimed, Completion, Snapshot, Written};
+use super::fast::{Claimed, Completion, Snapshot};
 use super::leases::{self, ClaimSpec};
-use super::models::new_id;
+use super::models::{new_id, EventRow, RunStateRow, StepRow};
 use super::{Conn, DbError};
 use diesel::sql_types::{Array, Jsonb, Text};
 use diesel::PgConnection;
 use diesel::RunQueryDsl;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-#[diesel::declare_sql_function]
-extern "SQL" {
-    fn loopd_complete_and_claim_many(items: Jsonb, phases: Array<Text>) -> Jsonb;
+#[derive(diesel::QueryableByName)]
+struct Replies {
+    #[diesel(sql_type = Jsonb)]
+    replies: Value,
 }
 
 /// The most completions one statement carries.
@@ -49,15 +51,22 @@ pub struct Batcher {
 #[derive(Default)]
 struct State {
     next_ticket: u64,
-    queue: VecDeque<(u64, Value)>,
+    queue: VecDeque<(u64, Item)>,
     done: HashMap<u64, Outcome>,
     running: usize,
+}
+
+/// One completion's arguments to `loopd_complete_and_claim`, as JSON text (built straight
+/// from the rows, without a `serde_json::Value` in between), with its run.
+struct Item {
+    run_id: String,
+    json: String,
 }
 
 enum Outcome {
     Reply(Value),
     /// The batch failed: the item comes back to be written alone.
-    Alone(Value),
+    Alone(Item),
 }
 
 impl Batcher {
@@ -78,7 +87,7 @@ impl Batcher {
 
     /// Writes `item` (the arguments of one `loopd_complete_and_claim`) with whatever else is
     /// queued, on `c` if this thread ends up sending the batch; its reply.
-    fn write(&self, c: &mut PgConnection, item: Value) -> Result<Value, DbError> {
+    fn write(&self, c: &mut PgConnection, item: Item) -> Result<Value, DbError> {
         let mut s = self.lock();
         let ticket = s.next_ticket;
         s.next_ticket += 1;
@@ -88,13 +97,13 @@ impl Batcher {
                 Some(Outcome::Reply(v)) => return Ok(v),
                 Some(Outcome::Alone(item)) => {
                     drop(s);
-                    return one(c, vec![item]);
+                    return one(c, item);
                 }
                 None => {}
             }
             if s.running < MAX_RUNNING && !s.queue.is_empty() {
                 let n = s.queue.len().min(MAX_ITEMS);
-                let items: Vec<(u64, Value)> = s.queue.drain(..n).collect();
+                let items: Vec<(u64, Item)> = s.queue.drain(..n).collect();
                 s.running += 1;
                 drop(s);
                 let mut lead = Lead {
@@ -116,20 +125,15 @@ impl Batcher {
 /// every owner its outcome and frees the turn, so that no owner waits for ever.
 struct Lead<'a> {
     batcher: &'a Batcher,
-    items: Vec<(u64, Value)>,
+    items: Vec<(u64, Item)>,
     replies: Option<Vec<Value>>,
 }
 
 impl Lead<'_> {
     fn send(&mut self, c: &mut PgConnection) {
         // In the order of their runs, so that two batches under way lock rows in one order.
-        self.items.sort_by(|a, b| run_of(&a.1).cmp(run_of(&b.1)));
-        let items: Vec<&Value> = self.items.iter().map(|(_, v)| v).collect();
-        let sent = diesel::select(loopd_complete_and_claim_many(
-            json!(items),
-            super::fast::phases(),
-        ))
-        .get_result::<Value>(c);
+        self.items.sort_by(|a, b| a.1.run_id.cmp(&b.1.run_id));
+        let sent = call(c, self.items.iter().map(|(_, item)| item));
         match sent {
             Ok(Value::Array(replies)) if replies.len() == self.items.len() => {
                 let b = self.batcher;
@@ -168,48 +172,78 @@ impl Drop for Lead<'_> {
     }
 }
 
-fn run_of(item: &Value) -> &str {
-    item["run"]["id"].as_str().unwrap_or_default()
+/// `loopd_complete_and_claim_many` with `items`: their replies, in their order.
+fn call<'a>(c: &mut PgConnection, items: impl Iterator<Item = &'a Item>) -> Result<Value, DbError> {
+    let mut array = String::from("[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            array.push(',');
+        }
+        array.push_str(&item.json);
+    }
+    array.push(']');
+    let r: Replies =
+        diesel::sql_query("SELECT loopd_complete_and_claim_many($1::jsonb, $2) AS replies")
+            .bind::<Text, _>(array)
+            .bind::<Array<Text>, _>(super::fast::phases())
+            .get_result(c)?;
+    Ok(r.replies)
 }
 
-/// `items` in one statement on `c`, without the queue: the one reply (a batch of one).
-fn one(c: &mut PgConnection, items: Vec<Value>) -> Result<Value, DbError> {
-    let v: Value = diesel::select(loopd_complete_and_claim_many(
-        json!(items),
-        super::fast::phases(),
-    ))
-    .get_result(c)?;
-    match v {
+/// `item` alone in one statement on `c`, without the queue: its reply.
+fn one(c: &mut PgConnection, item: Item) -> Result<Value, DbError> {
+    match call(c, std::iter::once(&item))? {
         Value::Array(mut r) if r.len() == 1 => Ok(r.remove(0)),
         other => Err(DbError::Reply(format!("a batch of one answered {other}"))),
     }
 }
 
-/// The arguments of `loopd_complete_and_claim` for the completion `w` decided from `snap`,
-/// claiming next with `spec`.
+/// The arguments of `loopd_complete_and_claim`, named as its parameters without `p_`.
+#[derive(Serialize)]
+struct Args<'a> {
+    step: &'a str,
+    worker: &'a str,
+    epoch: i64,
+    run: &'a Value,
+    state_before: &'a Value,
+    /// (Its prompt, absent from snapshots, is not written by a completion either.)
+    done: &'a StepRow,
+    queued: Option<&'a StepRow>,
+    state: &'a RunStateRow,
+    events: &'a [EventRow],
+    allowed: Vec<String>,
+    ttl: i64,
+    window: i64,
+    event_ids: [String; 2],
+}
+
+/// The arguments for the completion `w` decided from `snap`, claiming next with `spec`.
 fn item(
     conn: &mut Conn,
     snap: &Snapshot,
     w: &Completion<'_>,
     spec: &ClaimSpec<'_>,
-) -> Result<Value, DbError> {
+) -> Result<Item, DbError> {
     debug_assert_eq!(w.worker_id, spec.worker_id);
-    let x = Written::of(w)?;
-    Ok(json!({
-        "step": w.done.id,
-        "worker": w.worker_id,
-        "epoch": w.epoch,
-        "run": snap.run_json,
-        "state_before": snap.state_json,
-        "done": x.done,
-        "queued": x.queued,
-        "state": x.state,
-        "events": x.events,
-        "allowed": leases::allowed_sets(conn, spec.labels)?,
-        "ttl": spec.ttl_ms,
-        "window": spec.affinity_window_ms,
-        "event_ids": [new_id(), new_id()],
-    }))
+    let args = Args {
+        step: &w.done.id,
+        worker: w.worker_id,
+        epoch: w.epoch,
+        run: &snap.run_json,
+        state_before: &snap.state_json,
+        done: w.done,
+        queued: w.queued,
+        state: w.state,
+        events: w.events,
+        allowed: leases::allowed_sets(conn, spec.labels)?,
+        ttl: spec.ttl_ms,
+        window: spec.affinity_window_ms,
+        event_ids: [new_id(), new_id()],
+    };
+    Ok(Item {
+        run_id: snap.run.id.clone(),
+        json: serde_json::to_string(&args).map_err(|e| DbError::Reply(e.to_string()))?,
+    })
 }
 
 /// Writes the completion `w` decided from `snap` and then, in the same transaction, claims
@@ -227,7 +261,7 @@ pub fn complete_and_claim(
     let c = super::fast::pg(conn)?;
     let mut v = match batcher {
         Some(b) => b.write(c, item)?,
-        None => one(c, vec![item])?,
+        None => one(c, item)?,
     };
     if v.get("applied").and_then(Value::as_bool) != Some(true) {
         return Ok(None);

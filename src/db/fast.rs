@@ -262,15 +262,15 @@ pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
 
 /// What `loopd_complete_apply` writes, as JSON: the finished step (without its prompt, which
 /// a completion does not change), the queued step, the state and the events.
-pub(super) struct Written {
-    pub done: Value,
-    pub queued: Option<Value>,
-    pub state: Value,
-    pub events: Value,
+struct Written {
+    done: Value,
+    queued: Option<Value>,
+    state: Value,
+    events: Value,
 }
 
 impl Written {
-    pub(super) fn of(w: &Completion<'_>) -> Result<Self, DbError> {
+    fn of(w: &Completion<'_>) -> Result<Self, DbError> {
         let mut done = to_json(w.done)?;
         if let Some(o) = done.as_object_mut() {
             o.remove("prompt");
