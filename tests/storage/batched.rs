@@ -140,24 +140,28 @@ fn behind_held_batches(s: &Store, kinds: &[Kind]) -> Vec<(Kind, Outcome, Vec<Str
         .collect()
 }
 
-fn leased(o: &Outcome) -> bool {
-    matches!(o, Ok(Some(Claimed::Got(_))))
+/// Each good completion written with its next step leased; each other one answered as
+/// `refused` says, with nothing of it written.
+fn each_by_its_own_checks(got: &[(Kind, Outcome, Vec<String>)], refused: fn(&Outcome) -> bool) {
+    for (kind, out, statuses) in got {
+        if *kind == Kind::Good {
+            assert!(matches!(out, Ok(Some(Claimed::Got(_)))), "{out:?}");
+            assert_eq!(statuses, &["SUCCEEDED", "IN_PROGRESS"]);
+        } else {
+            assert!(refused(out), "{kind:?}: {out:?}");
+            assert_eq!(
+                statuses,
+                &["IN_PROGRESS"],
+                "{kind:?}: nothing of it written"
+            );
+        }
+    }
 }
 
 pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_checks(s: Store) {
     let got = behind_held_batches(&s, &[Kind::Good, Kind::Stale, Kind::Good]);
-    for (kind, out, statuses) in &got {
-        match kind {
-            Kind::Good => {
-                assert!(leased(out), "{out:?}");
-                assert_eq!(statuses, &["SUCCEEDED", "IN_PROGRESS"]);
-            }
-            _ => {
-                assert!(matches!(out, Ok(None)), "a stale write is refused: {out:?}");
-                assert_eq!(statuses, &["IN_PROGRESS"], "and writes nothing");
-            }
-        }
-    }
+    // A stale write is refused.
+    each_by_its_own_checks(&got, |out| matches!(out, Ok(None)));
     let b = s.db.batcher().unwrap();
     assert_eq!(
         b.counts(),
@@ -168,21 +172,8 @@ pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_
 
 pub fn a_failing_batch_writes_nothing_and_its_completions_are_written_alone(s: Store) {
     let got = behind_held_batches(&s, &[Kind::Good, Kind::Poisoned, Kind::Good]);
-    for (kind, out, statuses) in &got {
-        match kind {
-            Kind::Good => {
-                assert!(leased(out), "{out:?}");
-                assert_eq!(statuses, &["SUCCEEDED", "IN_PROGRESS"]);
-            }
-            _ => {
-                assert!(
-                    matches!(out, Err(DbError::Query(_))),
-                    "its own error: {out:?}"
-                );
-                assert_eq!(statuses, &["IN_PROGRESS"], "nothing of it written");
-            }
-        }
-    }
+    // The poisoned one gets its own error.
+    each_by_its_own_checks(&got, |out| matches!(out, Err(DbError::Query(_))));
     let b = s.db.batcher().unwrap();
     assert_eq!(
         b.counts(),
