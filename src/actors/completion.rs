@@ -139,14 +139,12 @@ impl<T> Kept<T> {
 
 /// About how many bytes a snapshot holds.
 pub fn snapshot_size(s: &fast::Snapshot) -> usize {
-    let text = |r: &StepRow| {
-        r.output_tail.as_ref().map_or(0, String::len) + r.prompt.as_ref().map_or(0, String::len)
-    };
+    let len = |t: &Option<String>| t.as_ref().map_or(0, String::len);
     let steps: usize = (s.inputs.recent_impls.iter())
         .chain(&s.inputs.succeeded_impls)
-        .map(|r| 1024 + text(r))
+        .map(|r| 128 + len(&r.output_tail) + len(&r.prompt))
         .sum();
-    4096 + text(&s.step) + steps
+    4096 + len(&s.step.output_tail) + len(&s.step.prompt) + steps
 }
 
 /// A decision's failure as the worker's answer: an unavailable database is a 503, not a 500.

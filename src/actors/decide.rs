@@ -6,7 +6,7 @@ use super::assignment::run_config;
 use super::prompts;
 use super::scheduler_service::{Advanced, FinishPlan, SchedError, INFRA_PREFIX};
 use crate::db::events::NewEvent;
-use crate::db::models::{RunRow, RunStateRow, StepRow};
+use crate::db::models::{ImplStep, RunRow, RunStateRow, StepRow};
 use crate::db::{self, Conn, DbError};
 use crate::domain::events as ev;
 use crate::domain::pipeline::{self, Counters, Decision, Finished, Next};
@@ -39,10 +39,14 @@ pub fn decides(run: &RunRow, state: &RunStateRow, others_active: bool) -> bool {
 /// transaction, or a snapshot read in one statement (`db::fast`).
 pub trait History {
     /// The run's newest implementation steps, newest first, at most `limit` (≤ 3).
-    fn recent_implementations(&mut self, run_id: &str, limit: i64)
-        -> Result<Vec<StepRow>, DbError>;
-    /// The run's two newest succeeded implementation steps, newest first.
-    fn succeeded_implementations(&mut self, run_id: &str) -> Result<Vec<StepRow>, DbError>;
+    fn recent_implementations(
+        &mut self,
+        run_id: &str,
+        limit: i64,
+    ) -> Result<Vec<ImplStep>, DbError>;
+    /// The run's two newest succeeded implementation steps, newest first (their prompts may
+    /// be left out).
+    fn succeeded_implementations(&mut self, run_id: &str) -> Result<Vec<ImplStep>, DbError>;
     /// The attempt number a new step of `phase` gets.
     fn next_attempt(&mut self, run_id: &str, phase: &str) -> Result<i32, DbError>;
 }
@@ -52,10 +56,10 @@ impl History for Conn {
         &mut self,
         run_id: &str,
         limit: i64,
-    ) -> Result<Vec<StepRow>, DbError> {
+    ) -> Result<Vec<ImplStep>, DbError> {
         db::steps::recent_implementations(self, run_id, limit)
     }
-    fn succeeded_implementations(&mut self, run_id: &str) -> Result<Vec<StepRow>, DbError> {
+    fn succeeded_implementations(&mut self, run_id: &str) -> Result<Vec<ImplStep>, DbError> {
         db::steps::succeeded_implementations(self, run_id)
     }
     fn next_attempt(&mut self, run_id: &str, phase: &str) -> Result<i32, DbError> {
@@ -64,12 +68,12 @@ impl History for Conn {
 }
 
 impl History for db::fast::Snapshot {
-    fn recent_implementations(&mut self, _: &str, limit: i64) -> Result<Vec<StepRow>, DbError> {
+    fn recent_implementations(&mut self, _: &str, limit: i64) -> Result<Vec<ImplStep>, DbError> {
         let mut v = self.inputs.recent_impls.clone();
         v.truncate(limit.max(0) as usize);
         Ok(v)
     }
-    fn succeeded_implementations(&mut self, _: &str) -> Result<Vec<StepRow>, DbError> {
+    fn succeeded_implementations(&mut self, _: &str) -> Result<Vec<ImplStep>, DbError> {
         Ok(self.inputs.succeeded_impls.clone())
     }
     fn next_attempt(&mut self, _: &str, phase: &str) -> Result<i32, DbError> {
@@ -204,9 +208,10 @@ pub fn plan(
     })
 }
 
-/// The implementation steps the watchdog compares, newest first: read only after a
-/// verification that may lead to another implementation (the only decision that uses them).
-fn implementations_before(h: &mut impl History, last: &StepRow) -> Result<Vec<StepRow>, DbError> {
+/// The implementation steps the watchdog compares, newest first (the newest always, with its
+/// prompt): read only after a verification that may lead to another implementation (the only
+/// decision that uses them).
+fn implementations_before(h: &mut impl History, last: &StepRow) -> Result<Vec<ImplStep>, DbError> {
     if last.phase != StepPhase::Verification.as_str() || last.is_final {
         return Ok(Vec::new());
     }
@@ -216,8 +221,10 @@ fn implementations_before(h: &mut impl History, last: &StepRow) -> Result<Vec<St
     if succeeded < 2 && recent.len() == 3 {
         let newest = recent.remove(0);
         recent = h.succeeded_implementations(&last.run_id)?;
-        if recent.first().is_none_or(|s| s.id != newest.id) {
-            recent.insert(0, newest);
+        // The newest as the first list read it: the second may leave prompts out.
+        match recent.first_mut() {
+            Some(s) if s.id == newest.id => *s = newest,
+            _ => recent.insert(0, newest),
         }
     }
     Ok(recent)
@@ -225,7 +232,7 @@ fn implementations_before(h: &mut impl History, last: &StepRow) -> Result<Vec<St
 
 /// What the pipeline needs to know about a finished step; `impls` are the run's newest
 /// implementation steps, newest first (see [`implementations_before`]).
-fn finished<'a>(last: &'a StepRow, impls: &'a [StepRow]) -> Finished<'a> {
+fn finished<'a>(last: &'a StepRow, impls: &'a [ImplStep]) -> Finished<'a> {
     let mut succeeded = impls.iter().filter(|s| s.status == "SUCCEEDED");
     let reason = last.failure_reason.as_deref();
     Finished {
@@ -286,3 +293,6 @@ fn enqueue(
     };
     Ok(step)
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,7 @@
 
 use super::events::{self, NewEvent};
 use super::leases::{self, ClaimSpec};
-use super::models::{new_id, EventRow, LeaseRow, RunRow, RunStateRow, StepRow};
+use super::models::{new_id, EventRow, ImplStep, LeaseRow, RunRow, RunStateRow, StepRow};
 use super::{Conn, DbError};
 use crate::domain::events as ev;
 use diesel::prelude::*;
@@ -189,11 +189,13 @@ pub struct Inputs {
     pub others_active: bool,
     /// Highest attempt of each phase the run has had.
     pub attempts: HashMap<String, i32>,
-    /// After a verification, the newest three implementation steps, newest first.
-    pub recent_impls: Vec<StepRow>,
-    /// After a verification, the newest two that succeeded, newest first; read only when fewer
-    /// than two of `recent_impls` (three of them) succeeded, the one case a decision uses it.
-    pub succeeded_impls: Vec<StepRow>,
+    /// After a verification, the newest three implementation steps, newest first (only the
+    /// newest with its prompt).
+    pub recent_impls: Vec<ImplStep>,
+    /// After a verification, the newest two that succeeded, newest first, without prompts;
+    /// read only when fewer than two of `recent_impls` (three of them) succeeded, the one case
+    /// a decision uses it.
+    pub succeeded_impls: Vec<ImplStep>,
 }
 
 /// What a completion's decision reads (see the migration), with the run and state as the

@@ -10,7 +10,7 @@
 
 use super::fast::{decode, to_json, Claimed, ClaimedStep, Completion, Inputs, Snapshot};
 use super::leases::ClaimSpec;
-use super::models::{LeaseRow, StepRow};
+use super::models::{ImplStep, LeaseRow, StepRow};
 use super::DbError;
 use serde::Deserialize;
 use serde_json::Value;
@@ -25,8 +25,8 @@ struct Direct {
 
 #[derive(Deserialize)]
 struct Watch {
-    recent_impls: Vec<StepRow>,
-    succeeded_impls: Vec<StepRow>,
+    recent_impls: Vec<ImplStep>,
+    succeeded_impls: Vec<ImplStep>,
 }
 
 /// The claim a direct answer stands for, after the completion `w` decided from `snap`.

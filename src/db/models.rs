@@ -89,6 +89,18 @@ pub struct StepRow {
     pub completion_digest: Option<String>,
 }
 
+/// An implementation step as the watchdog compares it (its output, its status) and, for the
+/// newest, the prompt a rewrite starts from. Postgres sends the prompt of the newest alone: the
+/// older ones' prompts are never read, and whole rows were the largest part of a cycle's reads.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize, Deserialize)]
+#[diesel(table_name = steps)]
+pub struct ImplStep {
+    pub id: String,
+    pub status: String,
+    pub output_tail: Option<String>,
+    pub prompt: Option<String>,
+}
+
 impl StepRow {
     /// A new step of `run_id` (a fresh id, attempt 1, nothing run, no lease, no labels, not
     /// final or settled), queued at `now`; callers set what differs.

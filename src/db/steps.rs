@@ -1,6 +1,6 @@
 //! Queries on `steps` (leasing lives in `leases.rs`).
 
-use super::models::StepRow;
+use super::models::{ImplStep, StepRow};
 use super::schema::{leases, runs, steps};
 use super::{on_conn, Conn, DbError};
 use diesel::prelude::*;
@@ -108,11 +108,11 @@ pub fn recent_implementations(
     conn: &mut Conn,
     run_id: &str,
     limit: i64,
-) -> Result<Vec<StepRow>, DbError> {
+) -> Result<Vec<ImplStep>, DbError> {
     let rows = on_conn!(conn, |c| steps::table
         .filter(steps::run_id.eq(run_id))
         .filter(steps::phase.eq("implementation"))
-        .select(StepRow::as_select())
+        .select(ImplStep::as_select())
         .order(steps::seq.desc())
         .limit(limit)
         .load(c))?;
@@ -120,12 +120,12 @@ pub fn recent_implementations(
 }
 
 /// A run's succeeded implementation steps, newest first.
-pub fn succeeded_implementations(conn: &mut Conn, run_id: &str) -> Result<Vec<StepRow>, DbError> {
+pub fn succeeded_implementations(conn: &mut Conn, run_id: &str) -> Result<Vec<ImplStep>, DbError> {
     let rows = on_conn!(conn, |c| steps::table
         .filter(steps::run_id.eq(run_id))
         .filter(steps::phase.eq("implementation"))
         .filter(steps::status.eq("SUCCEEDED"))
-        .select(StepRow::as_select())
+        .select(ImplStep::as_select())
         .order(steps::seq.desc())
         .limit(2)
         .load(c))?;

@@ -7,18 +7,17 @@ use super::fast_paths::{decided, two_events};
 use super::{claim, seed, spec, Store};
 use loopd::db::batch;
 use loopd::db::fast::{self, Claimed, Completion, Snapshot};
-use loopd::db::models::StepRow;
+use loopd::db::models::{ImplStep, StepRow};
 use serde_json::{json, Value};
 
 /// What a completion's write checks and its decision reads, as comparable JSON.
 fn held(s: &Snapshot) -> Value {
-    let ids = |l: &[StepRow]| l.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
     let mut run = s.run_json.clone();
     run.as_object_mut().map(|o| o.remove("waiting_reason"));
     json!({
         "step": s.step, "lease": s.lease, "run": run, "state": s.state_json,
         "others_active": s.inputs.others_active, "attempts": s.inputs.attempts,
-        "recent": ids(&s.inputs.recent_impls), "succeeded": ids(&s.inputs.succeeded_impls),
+        "recent": s.inputs.recent_impls, "succeeded": s.inputs.succeeded_impls,
     })
 }
 
@@ -116,9 +115,11 @@ pub fn a_completion_written_past_its_lease_expiry_before_any_sweep_applies(s: St
 pub fn a_verifications_snapshot_carries_the_succeeded_implementations_when_read(s: Store) {
     let (run, ids) = seed(&s.db, "RUNNING", "", 3);
     let mut c = s.db.conn().unwrap();
+    // Each with its own prompt and output (the seeded steps have neither).
     let set = |c: &mut loopd::db::Conn, id: &str, status: &str| {
         let mut row = loopd::db::steps::get(c, id).unwrap().unwrap();
         row.status = status.into();
+        (row.prompt, row.output_tail) = (Some(format!("of {id}")), Some(format!("of {id}")));
         loopd::db::steps::save(c, &row).unwrap();
     };
     set(&mut c, &ids[0], "SUCCEEDED");
@@ -128,13 +129,22 @@ pub fn a_verifications_snapshot_carries_the_succeeded_implementations_when_read(
     loopd::db::steps::insert(&mut c, &verification).unwrap();
     let g = claim(&mut c, "w", &[], 60_000).expect("the verification");
     assert_eq!(g.step.id, verification.id);
-    let list = |l: &[StepRow]| -> Vec<String> { l.iter().map(|r| r.id.clone()).collect() };
+    let list = |l: &[ImplStep]| -> Vec<String> { l.iter().map(|r| r.id.clone()).collect() };
     let inputs = &g.next.as_ref().expect("its snapshot").inputs;
     let newest: Vec<String> = ids[..3].iter().rev().cloned().collect();
     assert_eq!(list(&inputs.recent_impls), newest);
     assert_eq!(list(&inputs.succeeded_impls), vec![ids[0].clone()]);
     let want = loopd::db::steps::succeeded_implementations(&mut c, &run.id).unwrap();
     assert_eq!(list(&inputs.succeeded_impls), list(&want));
+    // The newest alone comes with its prompt (the one a rewrite starts from); every step with
+    // its output.
+    let prompts: Vec<_> = (inputs.recent_impls.iter().chain(&inputs.succeeded_impls))
+        .map(|r| r.prompt.clone())
+        .collect();
+    assert_eq!(prompts, [Some(format!("of {}", ids[2])), None, None, None]);
+    for r in inputs.recent_impls.iter().chain(&inputs.succeeded_impls) {
+        assert_eq!(r.output_tail, Some(format!("of {}", r.id)));
+    }
     // Two of the three succeeded: the decision does not read the list, so it is not sent.
     set(&mut c, &ids[1], "SUCCEEDED");
     let read = fast::complete_snapshot(&mut c, &verification.id)
