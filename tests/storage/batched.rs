@@ -21,7 +21,7 @@ enum Kind {
     Good,
     /// Its lease epoch is not the step's: its check refuses it.
     Stale,
-    /// Its two events share an id: its statement raises an error.
+    /// Its two events share a number: its statement raises an error.
     Poisoned,
 }
 
@@ -44,7 +44,7 @@ fn complete(
         queued.preferred_worker_id = Some(worker.clone());
         let mut evs = two_events(&snap, &queued, state.event_seq);
         if kind == Kind::Poisoned {
-            evs[1].id = evs[0].id.clone();
+            evs[1].run_seq = evs[0].run_seq;
         }
         let w = Completion {
             worker_id: &worker,
