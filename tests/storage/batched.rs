@@ -3,13 +3,17 @@
 //! form for certain, the test first holds the batches that may run at once on run rows it has
 //! locked, queues three completions behind them, then lets go.
 
+use super::direct::held;
 use super::fast_paths::{decided, two_events};
 use super::{claim, seed, spec, Store};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use loopd::db::batch::{self, Batcher, MAX_RUNNING};
-use loopd::db::fast::{Claimed, Completion, Snapshot};
+use loopd::db::fast::{self, Claimed, ClaimedStep, Completion, Snapshot};
+use loopd::db::models::RunRow;
 use loopd::db::{Conn, Db, DbError};
+use loopd::domain::time::rfc3339;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,6 +27,11 @@ enum Kind {
     Stale,
     /// Its two events share a number: its statement raises an error.
     Poisoned,
+    /// The completion before it again, as a worker repeating its request sends it.
+    Repeat,
+    /// Its next step waits for no worker in particular: the worker claims it (not leased
+    /// directly by the completion).
+    Undirected,
 }
 
 type Outcome = Result<Option<Claimed>, DbError>;
@@ -40,8 +49,13 @@ fn complete(
     let (db, b) = (db.clone(), b.clone());
     std::thread::spawn(move || {
         let mut c = db.conn()?;
-        let (done, mut queued, state) = decided(&snap);
-        queued.preferred_worker_id = Some(worker.clone());
+        let (mut done, mut queued, state) = decided(&snap);
+        // What a worker reports, each its own (see `written_as_alone`).
+        done.output_tail = Some(format!("tail of {}", done.id));
+        done.runner_notes = Some(format!("notes of {}", done.id));
+        done.output_path = Some(format!("{}.log", done.id));
+        done.completion_detected = Some(true);
+        queued.preferred_worker_id = (kind != Kind::Undirected).then(|| worker.clone());
         let mut evs = two_events(&snap, &queued, state.event_seq);
         if kind == Kind::Poisoned {
             evs[1].run_seq = evs[0].run_seq;
@@ -84,14 +98,19 @@ fn behind_held_batches(s: &Store, kinds: &[Kind]) -> Vec<(Kind, Outcome, Vec<Str
     let b = s.db.batcher().expect("a Postgres pool batches completions");
     let all: Vec<Kind> = [vec![Kind::Good; MAX_RUNNING], kinds.to_vec()].concat();
     let mut c = s.db.conn().unwrap();
-    let claimed: Vec<_> = (0..all.len())
-        .map(|i| {
-            let (run, _) = seed(&s.db, "RUNNING", "", 1);
-            let worker = format!("w{i}");
-            let g = claim(&mut c, &worker, &[], 60_000).expect("claimed");
-            (run, worker, g)
-        })
-        .collect();
+    // Each completion's run, worker, snapshot and lease epoch.
+    let mut claimed: Vec<(RunRow, String, Snapshot, i64)> = Vec::new();
+    for (i, kind) in all.iter().enumerate() {
+        if *kind == Kind::Repeat {
+            claimed.push(claimed.last().expect("a completion to repeat").clone());
+            continue;
+        }
+        let (run, _) = seed(&s.db, "RUNNING", "", 1);
+        let worker = format!("w{i}");
+        let g = claim(&mut c, &worker, &[], 60_000).expect("claimed");
+        let snap = g.next.expect("the claim's snapshot");
+        claimed.push((run, worker, snap, g.lease.epoch));
+    }
     let mut lock = s.db.conn().unwrap();
     let held: Vec<String> = claimed[..MAX_RUNNING]
         .iter()
@@ -104,14 +123,13 @@ fn behind_held_batches(s: &Store, kinds: &[Kind]) -> Vec<(Kind, Outcome, Vec<Str
         ))
         .unwrap();
     let mut threads = Vec::new();
-    for (i, ((_, worker, g), kind)) in claimed.iter().zip(&all).enumerate() {
-        let snap = g.next.clone().expect("the claim's snapshot");
+    for (i, ((_, worker, snap, epoch), kind)) in claimed.iter().zip(&all).enumerate() {
         threads.push(complete(
             &s.db,
             &b,
-            snap,
+            snap.clone(),
             worker.clone(),
-            g.lease.epoch,
+            *epoch,
             *kind,
         ));
         if i + 1 == MAX_RUNNING {
@@ -140,13 +158,20 @@ fn behind_held_batches(s: &Store, kinds: &[Kind]) -> Vec<(Kind, Outcome, Vec<Str
         .collect()
 }
 
-/// Each good completion written with its next step leased; each other one answered as
-/// `refused` says, with nothing of it written.
-fn each_by_its_own_checks(got: &[(Kind, Outcome, Vec<String>)], refused: fn(&Outcome) -> bool) {
+/// Each good completion written with its next step leased, as the lone path writes it; each
+/// other one answered as `refused` says, with nothing of it written.
+fn each_by_its_own_checks(
+    s: &Store,
+    got: &[(Kind, Outcome, Vec<String>)],
+    refused: fn(&Outcome) -> bool,
+) {
     for (kind, out, statuses) in got {
         if *kind == Kind::Good {
-            assert!(matches!(out, Ok(Some(Claimed::Got(_)))), "{out:?}");
+            let Ok(Some(Claimed::Got(n))) = out else {
+                panic!("{out:?}");
+            };
             assert_eq!(statuses, &["SUCCEEDED", "IN_PROGRESS"]);
+            written_as_alone(s, n);
         } else {
             assert!(refused(out), "{kind:?}: {out:?}");
             assert_eq!(
@@ -161,7 +186,7 @@ fn each_by_its_own_checks(got: &[(Kind, Outcome, Vec<String>)], refused: fn(&Out
 pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_checks(s: Store) {
     let got = behind_held_batches(&s, &[Kind::Good, Kind::Stale, Kind::Good]);
     // A stale write is refused.
-    each_by_its_own_checks(&got, |out| matches!(out, Ok(None)));
+    each_by_its_own_checks(&s, &got, |out| matches!(out, Ok(None)));
     let b = s.db.batcher().unwrap();
     assert_eq!(
         b.counts(),
@@ -173,11 +198,94 @@ pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_
 pub fn a_failing_batch_writes_nothing_and_its_completions_are_written_alone(s: Store) {
     let got = behind_held_batches(&s, &[Kind::Good, Kind::Poisoned, Kind::Good]);
     // The poisoned one gets its own error.
-    each_by_its_own_checks(&got, |out| matches!(out, Err(DbError::Query(_))));
+    each_by_its_own_checks(&s, &got, |out| matches!(out, Err(DbError::Query(_))));
     let b = s.db.batcher().unwrap();
     assert_eq!(
         b.counts(),
         (MAX_RUNNING as u64, MAX_RUNNING as u64),
         "the failed batch is not counted as written"
+    );
+}
+
+/// What a completion that leased its worker the next step wrote: the snapshot the controller
+/// built from its answer is the one the database holds, and the run's events end with the
+/// completion's two and the lease's two, numbered in a row, with the lone path's payloads.
+fn written_as_alone(s: &Store, n: &ClaimedStep) {
+    let mut c = s.db.conn().unwrap();
+    let steps = loopd::db::steps::for_run(&mut c, &n.run.id).unwrap();
+    let f = &steps[0];
+    assert_eq!(
+        (&f.output_tail, &f.runner_notes, &f.output_path),
+        (
+            &Some(format!("tail of {}", f.id)),
+            &Some(format!("notes of {}", f.id)),
+            &Some(format!("{}.log", f.id))
+        )
+    );
+    assert_eq!(
+        (f.exit_code, f.completion_detected, f.settled, f.ended_at),
+        (Some(0), Some(true), true, Some(n.lease.granted_at))
+    );
+    assert_eq!(f.completion_digest.as_deref(), Some("d"));
+    let built = n.next.as_ref().expect("the completion's snapshot");
+    let read = fast::complete_snapshot(&mut c, &n.step.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(held(built), held(&read));
+    let events = loopd::db::events::for_run(&mut c, &n.run.id).unwrap();
+    let seqs: Vec<i64> = events.iter().filter_map(|e| e.run_seq).collect();
+    assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>());
+    assert_eq!(seqs.last(), Some(&n.state.event_seq));
+    let last: Vec<(&str, Value)> = events[events.len() - 4..]
+        .iter()
+        .map(|e| {
+            let payload = serde_json::from_str(&e.payload_json).unwrap();
+            (e.event_type.as_str(), payload)
+        })
+        .collect();
+    let (worker, epoch) = (&n.lease.worker_id, n.lease.epoch);
+    assert_eq!(last[0].0, "STEP_FINISHED");
+    assert_eq!(last[1].0, "STEP_QUEUED");
+    assert_eq!(
+        last[2..],
+        [
+            (
+                "LEASE_GRANTED",
+                json!({"step_id": n.step.id, "worker_id": worker, "epoch": epoch,
+                       "expires_at": rfc3339(n.lease.expires_at)})
+            ),
+            (
+                "STEP_STARTED",
+                json!({"step_id": n.step.id, "phase": n.step.phase, "attempt": n.step.attempt,
+                       "worker_id": worker, "epoch": epoch})
+            ),
+        ]
+    );
+}
+
+/// A completion and its repeat queued in one batch: written once (the repeat finds the lease
+/// gone), beside the others of the batch, all in one statement.
+pub fn a_completion_repeated_within_a_batch_is_written_once(s: Store) {
+    let got = behind_held_batches(&s, &[Kind::Good, Kind::Repeat, Kind::Undirected]);
+    let (first, repeat) = (&got[MAX_RUNNING], &got[MAX_RUNNING + 1]);
+    let leased = |o: &Outcome| matches!(o, Ok(Some(Claimed::Got(_))));
+    assert!(
+        leased(&first.1) != leased(&repeat.1),
+        "exactly one of the two applies: {:?} / {:?}",
+        first.1,
+        repeat.1
+    );
+    assert!(matches!(first.1, Ok(None)) || matches!(repeat.1, Ok(None)));
+    assert_eq!(first.2, ["SUCCEEDED", "IN_PROGRESS"], "one next step");
+    // The completion whose worker claims its next step, in the same statement.
+    let (kind, out, statuses) = &got[MAX_RUNNING + 2];
+    assert_eq!(*kind, Kind::Undirected);
+    assert!(leased(out), "{out:?}");
+    assert_eq!(statuses, &["SUCCEEDED", "IN_PROGRESS"]);
+    let b = s.db.batcher().unwrap();
+    assert_eq!(
+        b.counts(),
+        (MAX_RUNNING as u64 + 1, MAX_RUNNING as u64 + 3),
+        "the three queued completions went in one statement"
     );
 }

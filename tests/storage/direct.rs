@@ -11,7 +11,7 @@ use loopd::db::models::{ImplStep, StepRow};
 use serde_json::{json, Value};
 
 /// What a completion's write checks and its decision reads, as comparable JSON.
-fn held(s: &Snapshot) -> Value {
+pub(super) fn held(s: &Snapshot) -> Value {
     let mut run = s.run_json.clone();
     run.as_object_mut().map(|o| o.remove("waiting_reason"));
     json!({

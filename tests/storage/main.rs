@@ -84,6 +84,10 @@ mod on_postgres_only {
         )
     }
     #[test]
+    fn a_completion_repeated_within_a_batch_is_written_once() {
+        super::a_completion_repeated_within_a_batch_is_written_once(super::postgres())
+    }
+    #[test]
     fn a_failing_batch_writes_nothing_and_its_completions_are_written_alone() {
         super::a_failing_batch_writes_nothing_and_its_completions_are_written_alone(
             super::postgres(),
