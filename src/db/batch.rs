@@ -8,7 +8,9 @@
 //! batches grow by themselves with the requests that arrived while the last ones were written.
 //!
 //! Each item's own checks still decide whether it applies, exactly as when it is written alone
-//! (the items are written one after the other inside the transaction). Should the statement
+//! (the items that lease their worker the next step directly are checked and written set by
+//! set, migration `2026-12-04-000010_set_based_batches`; the others one after the other,
+//! after them). Should the statement
 //! fail (an item raising an error, a deadlock, a lost connection), nothing of the batch was
 //! written and each owner writes its item alone, so one bad item costs the others a retry,
 //! never their write.
