@@ -145,14 +145,17 @@ pub async fn run(o: &Opts, t: &mut Table) {
     t.add(
         "the cycle's statements alone, made inside Postgres",
         format!(
-            "{:.0} /s each its own transaction, {:.0} /s {} to one ({:.1} and {:.1} % of the \
-             limit; {} sessions, no controller, HTTP or network)",
+            "{:.0} /s each its own transaction, {:.0} /s {n} to one, {:.0} /s {n} to a batch \
+             statement as the controller sends them ({:.1}, {:.1} and {:.1} % of the limit; {} \
+             sessions, no controller, HTTP or network)",
             alone[0],
             alone[1],
-            ceiling::PER_COMMIT,
+            alone[2],
             alone[0] / limit * 100.0,
             alone[1] / limit * 100.0,
-            ceiling::SESSIONS
+            alone[2] / limit * 100.0,
+            ceiling::SESSIONS,
+            n = ceiling::PER_COMMIT,
         ),
         "",
         None,
