@@ -48,7 +48,10 @@ BEGIN
           JOIN runs ru ON ru.id = e.it -> 'run' ->> 'id'
           JOIN run_state x ON x.run_id = ru.id
          WHERE e.n = ANY (v_set)
-           AND l.worker_id = e.it ->> 'worker' AND l.epoch = (e.it ->> 'epoch')::bigint
+           -- (Compared, not looked up: a worker's index holds an entry for each lease it
+           -- ever had until a vacuum, where the step's holds one.)
+           AND l.worker_id IS NOT DISTINCT FROM e.it ->> 'worker'
+           AND l.epoch IS NOT DISTINCT FROM (e.it ->> 'epoch')::bigint
            -- (The run's waiting_reason is a note for people that no decision reads.)
            AND to_jsonb(ru) - 'waiting_reason' = (e.it -> 'run') - 'waiting_reason'
            AND to_jsonb(x) = e.it -> 'state_before'
