@@ -10,10 +10,9 @@
 //! Each item's own checks still decide whether it applies, exactly as when it is written alone
 //! (the items that lease their worker the next step directly are checked and written set by
 //! set, migration `2026-12-04-000010_set_based_batches`; the others one after the other,
-//! after them). Should the statement
-//! fail (an item raising an error, a deadlock, a lost connection), nothing of the batch was
-//! written and each owner writes its item alone, so one bad item costs the others a retry,
-//! never their write.
+//! after them). Should the statement fail (an item raising an error, a deadlock, a lost
+//! connection), nothing of the batch was written and each owner writes its item alone, so one
+//! bad item costs the others a retry, never their write.
 
 use super::fast::{Claimed, Completion, Snapshot};
 use super::leases::{self, ClaimSpec};
