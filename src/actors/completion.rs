@@ -7,11 +7,11 @@ use super::decide::{self, decides};
 use super::lease_service::{output_held, LeaseError, LeaseService};
 use super::scheduler_service::{Advanced, SchedError};
 use crate::api::CompleteRequest;
-use crate::db::batch;
 use crate::db::events::NewEvent;
 use crate::db::fast::{self, Claimed, Completion};
 use crate::db::leases::ClaimSpec;
 use crate::db::models::{RunStateRow, StepRow};
+use crate::db::{batch, ConnSource};
 use crate::domain::events as ev;
 use crate::domain::{StepOutcome, StepPhase};
 use std::collections::HashMap;
@@ -193,8 +193,9 @@ impl LeaseService {
         let (ttl, window) = self.claim_times();
         let (mirrors, output) = (self.mirrors.clone(), self.output.clone());
         let batcher = self.db.batcher();
+        // The connection is taken only if needed: not while the completion waits for its batch.
         self.db
-            .run(move |c| -> Result<_, LeaseError> {
+            .run_lazy(move |c| -> Result<_, LeaseError> {
                 let w = Writer {
                     batcher: batcher.as_deref(),
                     worker_id: &wid,
@@ -213,7 +214,7 @@ impl LeaseService {
                     done = w.write_from(c, snap)?;
                 }
                 if done.is_none() {
-                    done = match fast::complete_snapshot(c, &sid)? {
+                    done = match fast::complete_snapshot(c.get()?, &sid)? {
                         Some(snap) => w.write_from(c, snap)?,
                         None => None,
                     };
@@ -251,7 +252,7 @@ impl Writer<'_> {
     /// Decides from `snap` and writes if it still holds; `None` when it does not apply.
     fn write_from(
         &self,
-        c: &mut crate::db::Conn,
+        c: &mut crate::db::LazyConn,
         mut snap: fast::Snapshot,
     ) -> Result<Option<Wrote>, LeaseError> {
         let (wid, req) = (self.worker_id, self.req);
@@ -295,7 +296,7 @@ impl Writer<'_> {
                 Some(got) => Some(got),
                 None => return Ok(None),
             },
-            None if fast::complete_apply(c, &snap, &w)? => None,
+            None if fast::complete_apply(c.get()?, &snap, &w)? => None,
             None => return Ok(None),
         };
         tracing::info!(run_id = %run.id, step_id = %done.id, worker_id = %wid, lease_epoch = req.epoch, status = %done.status, "step completed");

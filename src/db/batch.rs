@@ -1,11 +1,13 @@
 //! Completions that reach the controller together are written together: one statement
 //! (`loopd_complete_and_claim_many`, migration `2026-12-02-000007_batched_completions`), one
-//! transaction and one commit for all of them. A completion's thread queues its write and
-//! waits; whichever waiting thread finds fewer than [`MAX_RUNNING`] batches under way takes
-//! everything queued (up to [`MAX_ITEMS`]) and sends it on its own connection, then hands each
-//! owner its reply. Nothing waits for company: a completion that finds the queue empty and a
-//! batch free is sent at once, alone, so an idle pool sees no added latency; under load the
-//! batches grow by themselves with the requests that arrived while the last ones were written.
+//! transaction and one commit for all of them. A completion's thread queues its write; when
+//! fewer than [`MAX_RUNNING`] batches are under way it takes everything queued (up to
+//! [`MAX_ITEMS`]) and sends it on a connection of the pool, else it waits, holding none (so
+//! the pool's size does not bound the batches). A batch's end wakes only its owners, each with
+//! its reply, and the first completion still queued, whose thread sends the next batch.
+//! Nothing waits for company: a completion that finds the queue empty and a batch free is
+//! sent at once, alone, so an idle pool sees no added latency; under load the batches grow by
+//! themselves with the requests that arrived while the last ones were written.
 //!
 //! Each item's own checks still decide whether it applies, exactly as when it is written alone
 //! (the items that lease their worker the next step directly are checked and written set by
@@ -17,15 +19,15 @@
 use super::fast::{Claimed, Completion, Snapshot};
 use super::leases::{self, ClaimSpec};
 use super::models::{new_id, EventRow, RunStateRow, StepRow};
-use super::{Conn, DbError};
+use super::{ConnSource, DbError};
 use diesel::sql_types::{Array, Jsonb, Text};
 use diesel::PgConnection;
 use diesel::RunQueryDsl;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 #[derive(diesel::QueryableByName)]
 struct Replies {
@@ -43,7 +45,6 @@ pub const MAX_RUNNING: usize = 2;
 #[derive(Default)]
 pub struct Batcher {
     state: Mutex<State>,
-    turn: Condvar,
     /// Batches written, and the completions they carried (`/metrics`).
     batches: AtomicU64,
     items: AtomicU64,
@@ -51,10 +52,53 @@ pub struct Batcher {
 
 #[derive(Default)]
 struct State {
-    next_ticket: u64,
-    queue: VecDeque<(u64, Item)>,
-    done: HashMap<u64, Outcome>,
+    queue: VecDeque<Queued>,
     running: usize,
+}
+
+/// A completion waiting in the queue, and where its thread waits.
+struct Queued {
+    item: Item,
+    slot: Arc<Slot>,
+}
+
+/// Where one completion's thread waits: woken alone, when its batch has an answer or when it
+/// is its turn to send the next batch (one condition variable for all would wake every
+/// waiting thread at each batch's end: a dozen context switches a completion, measured).
+#[derive(Default)]
+struct Slot {
+    wake: Mutex<Wake>,
+    cv: Condvar,
+}
+
+/// Why a waiting thread was woken: its turns to send the next batch (two batches ending at
+/// once may both hand theirs to the first completion queued), its batch's outcome, or both.
+/// A turn is never dropped, or the batches under way would stay counted for ever.
+#[derive(Default)]
+struct Wake {
+    turns: usize,
+    done: Option<Outcome>,
+}
+
+impl Slot {
+    fn turn(&self) {
+        self.wake.lock().unwrap_or_else(|e| e.into_inner()).turns += 1;
+        self.cv.notify_one();
+    }
+
+    fn done(&self, o: Outcome) {
+        self.wake.lock().unwrap_or_else(|e| e.into_inner()).done = Some(o);
+        self.cv.notify_one();
+    }
+
+    /// Waits until woken; what for.
+    fn wait(&self) -> Wake {
+        let mut g = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        while g.turns == 0 && g.done.is_none() {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        std::mem::take(&mut *g)
+    }
 }
 
 /// One completion's arguments to `loopd_complete_and_claim`, as JSON text (built straight
@@ -87,54 +131,72 @@ impl Batcher {
     }
 
     /// Writes `item` (the arguments of one `loopd_complete_and_claim`) with whatever else is
-    /// queued, on `c` if this thread ends up sending the batch; its reply.
-    fn write(&self, c: &mut PgConnection, item: Item) -> Result<Value, DbError> {
+    /// queued; its reply. `c` is taken from the pool only to send a batch or to write the item
+    /// alone, never while the thread waits.
+    fn write(&self, c: &mut impl ConnSource, item: Item) -> Result<Value, DbError> {
+        let slot = Arc::new(Slot::default());
         let mut s = self.lock();
-        let ticket = s.next_ticket;
-        s.next_ticket += 1;
-        s.queue.push_back((ticket, item));
+        s.queue.push_back(Queued {
+            item,
+            slot: slot.clone(),
+        });
+        let lead = s.running < MAX_RUNNING;
+        if lead {
+            s.running += 1;
+        }
+        drop(s);
+        if lead {
+            self.send_next(c);
+        }
         loop {
-            match s.done.remove(&ticket) {
+            let woken = slot.wait();
+            for _ in 0..woken.turns {
+                self.send_next(c);
+            }
+            match woken.done {
                 Some(Outcome::Reply(v)) => return Ok(v),
-                Some(Outcome::Alone(item)) => {
-                    drop(s);
-                    return one(c, item);
-                }
+                Some(Outcome::Alone(item)) => return one(super::fast::pg(c.get()?)?, item),
                 None => {}
             }
-            if s.running < MAX_RUNNING && !s.queue.is_empty() {
-                let n = s.queue.len().min(MAX_ITEMS);
-                let items: Vec<(u64, Item)> = s.queue.drain(..n).collect();
-                s.running += 1;
-                drop(s);
-                let mut lead = Lead {
-                    batcher: self,
-                    items,
-                    replies: None,
-                };
-                lead.send(c);
-                drop(lead);
-                s = self.lock();
-            } else {
-                s = self.turn.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Sends what is queued (up to [`MAX_ITEMS`]) as one batch, on a turn already counted in
+    /// `running`; the batch's end hands each owner its outcome and the turn on.
+    fn send_next(&self, c: &mut impl ConnSource) {
+        let mut s = self.lock();
+        let n = s.queue.len().min(MAX_ITEMS);
+        let items: Vec<Queued> = s.queue.drain(..n).collect();
+        drop(s);
+        let mut lead = Lead {
+            batcher: self,
+            items,
+            replies: None,
+        };
+        if !lead.items.is_empty() {
+            match c.get().and_then(super::fast::pg) {
+                Ok(c) => lead.send(c),
+                // Each owner then tries alone, and answers the error if it persists.
+                Err(e) => tracing::warn!(error = %e, "no connection for a batch of completions"),
             }
         }
     }
 }
 
 /// A batch being sent. Dropping it (after the reply, or while unwinding from a panic) hands
-/// every owner its outcome and frees the turn, so that no owner waits for ever.
+/// every owner its outcome and frees the turn (to the first completion still queued, if any),
+/// so that no owner waits for ever.
 struct Lead<'a> {
     batcher: &'a Batcher,
-    items: Vec<(u64, Item)>,
+    items: Vec<Queued>,
     replies: Option<Vec<Value>>,
 }
 
 impl Lead<'_> {
     fn send(&mut self, c: &mut PgConnection) {
         // In the order of their runs, so that two batches under way lock rows in one order.
-        self.items.sort_by(|a, b| a.1.run_id.cmp(&b.1.run_id));
-        let sent = call(c, self.items.iter().map(|(_, item)| item));
+        self.items.sort_by(|a, b| a.item.run_id.cmp(&b.item.run_id));
+        let sent = call(c, self.items.iter().map(|q| &q.item));
         match sent {
             Ok(Value::Array(replies)) if replies.len() == self.items.len() => {
                 let b = self.batcher;
@@ -152,24 +214,27 @@ impl Lead<'_> {
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
+        // The turn passes on first (the next batch goes out while the owners of this one take
+        // their replies): to the first completion still queued, whose thread sends it.
         let mut s = self.batcher.lock();
-        s.running -= 1;
-        let replies = self.replies.take();
+        match s.queue.front() {
+            Some(next) => next.slot.turn(),
+            None => s.running -= 1,
+        }
+        drop(s);
         let items = std::mem::take(&mut self.items);
-        match replies {
+        match self.replies.take() {
             Some(r) => {
-                for ((ticket, _), reply) in items.into_iter().zip(r) {
-                    s.done.insert(ticket, Outcome::Reply(reply));
+                for (q, reply) in items.into_iter().zip(r) {
+                    q.slot.done(Outcome::Reply(reply));
                 }
             }
             None => {
-                for (ticket, item) in items {
-                    s.done.insert(ticket, Outcome::Alone(item));
+                for q in items {
+                    q.slot.done(Outcome::Alone(q.item));
                 }
             }
         }
-        drop(s);
-        self.batcher.turn.notify_all();
     }
 }
 
@@ -220,7 +285,7 @@ struct Args<'a> {
 
 /// The arguments for the completion `w` decided from `snap`, claiming next with `spec`.
 fn item(
-    conn: &mut Conn,
+    conn: &mut impl ConnSource,
     snap: &Snapshot,
     w: &Completion<'_>,
     spec: &ClaimSpec<'_>,
@@ -236,7 +301,11 @@ fn item(
         queued: w.queued,
         state: w.state,
         events: w.events,
-        allowed: leases::allowed_sets(conn, spec.labels)?,
+        // (Computed here for a worker's few labels; a worker with many asks the database.)
+        allowed: match super::models::label_subsets(spec.labels) {
+            Some(all) => all,
+            None => leases::allowed_sets(conn.get()?, spec.labels)?,
+        },
         ttl: spec.ttl_ms,
         window: spec.affinity_window_ms,
         event_ids: [new_id(), new_id()],
@@ -252,17 +321,16 @@ fn item(
 /// `snap` no longer holds. With `batcher`, written together with the completions queued
 /// there; without, alone.
 pub fn complete_and_claim(
-    conn: &mut Conn,
+    conn: &mut impl ConnSource,
     batcher: Option<&Batcher>,
     snap: &Snapshot,
     w: &Completion<'_>,
     spec: &ClaimSpec<'_>,
 ) -> Result<Option<Claimed>, DbError> {
     let item = item(conn, snap, w, spec)?;
-    let c = super::fast::pg(conn)?;
     let mut v = match batcher {
-        Some(b) => b.write(c, item)?,
-        None => one(c, item)?,
+        Some(b) => b.write(conn, item)?,
+        None => one(super::fast::pg(conn.get()?)?, item)?,
     };
     if v.get("applied").and_then(Value::as_bool) != Some(true) {
         return Ok(None);

@@ -302,6 +302,28 @@ impl Db {
         .map_err(|e| E::from(DbError::Join(e.to_string())))?
     }
 
+    /// Like [`Db::run`], but the connection is taken from the pool only when `f` first asks
+    /// for it: a completion that waits for its batch holds none meanwhile (with one held by
+    /// each waiting completion, the pool's size bounded the batches).
+    pub async fn run_lazy<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut LazyConn) -> Result<R, E> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut lazy = LazyConn::new(&db);
+            let r = f(&mut lazy);
+            if let (Err(_), Some(conn)) = (&r, lazy.conn.as_mut()) {
+                db.check_after_error(conn);
+            }
+            r
+        })
+        .await
+        .map_err(|e| E::from(DbError::Join(e.to_string())))?
+    }
+
     /// Like [`Db::run`], inside one write transaction.
     pub async fn tx<R, E, F>(&self, f: F) -> Result<R, E>
     where
@@ -325,5 +347,44 @@ impl Db {
         })
         .await
         .map_err(|e| E::from(DbError::Join(e.to_string())))?
+    }
+}
+
+/// Where a path that may not need the database gets its connection: one already held, or
+/// one taken on first use.
+pub trait ConnSource {
+    fn get(&mut self) -> Result<&mut Conn, DbError>;
+}
+
+impl ConnSource for Conn {
+    fn get(&mut self) -> Result<&mut Conn, DbError> {
+        Ok(self)
+    }
+}
+
+/// A pooled connection taken on first use (see [`Db::run_lazy`]).
+pub struct LazyConn {
+    db: Db,
+    conn: Option<Conn>,
+}
+
+impl LazyConn {
+    pub fn new(db: &Db) -> LazyConn {
+        LazyConn {
+            db: db.clone(),
+            conn: None,
+        }
+    }
+}
+
+impl ConnSource for LazyConn {
+    /// The connection, taken from the pool now if it was not yet.
+    fn get(&mut self) -> Result<&mut Conn, DbError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.db.conn()?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| DbError::Pool("no connection".into()))
     }
 }

@@ -48,7 +48,8 @@ fn complete(
 ) -> JoinHandle<Outcome> {
     let (db, b) = (db.clone(), b.clone());
     std::thread::spawn(move || {
-        let mut c = db.conn()?;
+        // Holding no connection while it waits, as the controller's completions do.
+        let mut c = loopd::db::LazyConn::new(&db);
         let (mut done, mut queued, state) = decided(&snap);
         // What a worker reports, each its own (see `written_as_alone`).
         done.output_tail = Some(format!("tail of {}", done.id));
@@ -192,6 +193,20 @@ pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_
         b.counts(),
         (MAX_RUNNING as u64 + 1, MAX_RUNNING as u64 + 3),
         "the three queued completions went in one statement"
+    );
+}
+
+/// More completions wait for their batch than the pool has connections left (the test holds
+/// two, the held batches two more): waiting, they hold none, and all go in one statement.
+pub fn completions_waiting_for_their_batch_hold_no_connection(s: Store) {
+    let queued = vec![Kind::Good; super::POOL];
+    assert!(queued.len() > super::POOL - 2 - MAX_RUNNING);
+    let got = behind_held_batches(&s, &queued);
+    each_by_its_own_checks(&s, &got, |_| false);
+    assert_eq!(
+        s.db.batcher().unwrap().counts(),
+        (MAX_RUNNING as u64 + 1, (MAX_RUNNING + queued.len()) as u64),
+        "the queued completions went in one statement"
     );
 }
 

@@ -39,9 +39,12 @@ fn sqlite() -> Store {
     }
 }
 
+/// Connections in a test store's pool.
+const POOL: usize = 10;
+
 fn postgres() -> Store {
     let t = pg::TestDb::create();
-    let db = Db::open_postgres(&t.url, 10, true).unwrap();
+    let db = Db::open_postgres(&t.url, POOL as u32, true).unwrap();
     Store {
         db,
         _keep: Box::new(t),
@@ -82,6 +85,10 @@ mod on_postgres_only {
         super::completions_queued_together_are_written_in_one_statement_each_by_its_own_checks(
             super::postgres(),
         )
+    }
+    #[test]
+    fn completions_waiting_for_their_batch_hold_no_connection() {
+        super::completions_waiting_for_their_batch_hold_no_connection(super::postgres())
     }
     #[test]
     fn a_completion_repeated_within_a_batch_is_written_once() {
