@@ -289,17 +289,7 @@ impl Db {
         E: From<DbError> + Send + 'static,
         F: FnOnce(&mut Conn) -> Result<R, E> + Send + 'static,
     {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = db.conn()?;
-            let r = f(&mut conn);
-            if r.is_err() {
-                db.check_after_error(&mut conn);
-            }
-            r
-        })
-        .await
-        .map_err(|e| E::from(DbError::Join(e.to_string())))?
+        self.run_lazy(move |lazy| f(lazy.get()?)).await
     }
 
     /// Like [`Db::run`], but the connection is taken from the pool only when `f` first asks
