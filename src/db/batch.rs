@@ -140,18 +140,21 @@ impl Batcher {
             item,
             slot: slot.clone(),
         });
-        let lead = s.running < MAX_RUNNING;
-        if lead {
+        if s.running < MAX_RUNNING {
             s.running += 1;
-        }
-        drop(s);
-        if lead {
-            self.send_next(c);
+            // Taken with the push, under one lock: a completion that arrives meanwhile finds
+            // the turns as they are (and starts its own batch if one is free).
+            let items = take(&mut s);
+            drop(s);
+            self.send(c, items);
+        } else {
+            drop(s);
         }
         loop {
             let woken = slot.wait();
             for _ in 0..woken.turns {
-                self.send_next(c);
+                let items = take(&mut self.lock());
+                self.send(c, items);
             }
             match woken.done {
                 Some(Outcome::Reply(v)) => return Ok(v),
@@ -161,13 +164,9 @@ impl Batcher {
         }
     }
 
-    /// Sends what is queued (up to [`MAX_ITEMS`]) as one batch, on a turn already counted in
-    /// `running`; the batch's end hands each owner its outcome and the turn on.
-    fn send_next(&self, c: &mut impl ConnSource) {
-        let mut s = self.lock();
-        let n = s.queue.len().min(MAX_ITEMS);
-        let items: Vec<Queued> = s.queue.drain(..n).collect();
-        drop(s);
+    /// Sends `items` as one batch, on a turn already counted in `running`; the batch's end
+    /// hands each owner its outcome and the turn on.
+    fn send(&self, c: &mut impl ConnSource, items: Vec<Queued>) {
         let mut lead = Lead {
             batcher: self,
             items,
@@ -181,6 +180,12 @@ impl Batcher {
             }
         }
     }
+}
+
+/// What the next batch carries: the queue's first [`MAX_ITEMS`].
+fn take(s: &mut State) -> Vec<Queued> {
+    let n = s.queue.len().min(MAX_ITEMS);
+    s.queue.drain(..n).collect()
 }
 
 /// A batch being sent. Dropping it (after the reply, or while unwinding from a panic) hands

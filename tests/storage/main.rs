@@ -78,63 +78,27 @@ both!(
     the_tick_lists_the_first_waiting_step_of_each_running_run,
 );
 
-/// The Postgres-only half of the completion path (SQLite always takes the transaction).
-mod on_postgres_only {
-    #[test]
-    fn completions_queued_together_are_written_in_one_statement_each_by_its_own_checks() {
-        super::completions_queued_together_are_written_in_one_statement_each_by_its_own_checks(
-            super::postgres(),
-        )
-    }
-    #[test]
-    fn completions_waiting_for_their_batch_hold_no_connection() {
-        super::completions_waiting_for_their_batch_hold_no_connection(super::postgres())
-    }
-    #[test]
-    fn a_completion_repeated_within_a_batch_is_written_once() {
-        super::a_completion_repeated_within_a_batch_is_written_once(super::postgres())
-    }
-    #[test]
-    fn a_failing_batch_writes_nothing_and_its_completions_are_written_alone() {
-        super::a_failing_batch_writes_nothing_and_its_completions_are_written_alone(
-            super::postgres(),
-        )
-    }
-    #[test]
-    fn a_completion_written_from_a_snapshot_changes_everything_at_once() {
-        super::a_completion_written_from_a_snapshot_changes_everything_at_once(super::postgres())
-    }
-    #[test]
-    fn a_snapshot_that_moved_writes_nothing() {
-        super::a_snapshot_that_moved_writes_nothing(super::postgres())
-    }
-    #[test]
-    fn a_completion_that_claims_takes_the_next_step_in_the_same_statement() {
-        super::a_completion_that_claims_takes_the_next_step_in_the_same_statement(super::postgres())
-    }
-    #[test]
-    fn a_step_leased_by_its_completion_comes_with_the_snapshot_the_database_holds() {
-        super::a_step_leased_by_its_completion_comes_with_the_snapshot_the_database_holds(
-            super::postgres(),
-        )
-    }
-    #[test]
-    fn a_completion_written_past_its_lease_expiry_before_any_sweep_applies() {
-        super::a_completion_written_past_its_lease_expiry_before_any_sweep_applies(super::postgres())
-    }
-    #[test]
-    fn a_verifications_snapshot_carries_the_succeeded_implementations_when_read() {
-        super::a_verifications_snapshot_carries_the_succeeded_implementations_when_read(
-            super::postgres(),
-        )
-    }
-    #[test]
-    fn a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones() {
-        super::a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones(
-            super::postgres(),
-        )
-    }
+/// Runs the named test body against Postgres only.
+macro_rules! postgres_only {
+    ($($name:ident),+ $(,)?) => {
+        mod on_postgres_only { $( #[test] fn $name() { super::$name(super::postgres()) } )+ }
+    };
 }
+
+// The Postgres-only half of the completion path (SQLite always takes the transaction).
+postgres_only!(
+    completions_queued_together_are_written_in_one_statement_each_by_its_own_checks,
+    completions_waiting_for_their_batch_hold_no_connection,
+    a_completion_repeated_within_a_batch_is_written_once,
+    a_failing_batch_writes_nothing_and_its_completions_are_written_alone,
+    a_completion_written_from_a_snapshot_changes_everything_at_once,
+    a_snapshot_that_moved_writes_nothing,
+    a_completion_that_claims_takes_the_next_step_in_the_same_statement,
+    a_step_leased_by_its_completion_comes_with_the_snapshot_the_database_holds,
+    a_completion_written_past_its_lease_expiry_before_any_sweep_applies,
+    a_verifications_snapshot_carries_the_succeeded_implementations_when_read,
+    a_completion_leases_the_step_it_queued_for_its_worker_before_older_ones,
+);
 
 fn run_row(status: &str, labels: &str) -> RunRow {
     RunRow {
