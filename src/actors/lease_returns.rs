@@ -70,37 +70,42 @@ impl LeaseService {
     /// period: this process was stopped, its host suspended or its database out of reach, so
     /// its workers could not renew through it; every lease then gets a fresh period instead,
     /// as at a controller's start, and a later sweep expires what is due after that.
+    ///
+    /// The database's clock is read before the pause is judged, and leases are judged due by
+    /// that reading: a pause that begins after the judgement (between it and the statement
+    /// that expires, as a SIGSTOP can fall anywhere) cannot make a renewed lease look due.
     pub async fn sweep(&self) -> Result<usize, LeaseError> {
         let max = self.sched.max_infra_attempts as i32;
         let ttl = self.lease.ttl_ms as i64;
         let interval = Duration::from_millis(self.lease.sweep_interval_ms);
-        let paused = self.swept.since();
-        if paused > (Duration::from_millis(ttl as u64) / 2).max(3 * interval) {
-            let extended = self
-                .db
-                .tx(move |c| {
-                    let now = c.now_ms()?;
-                    leases::extend_all(c, now, ttl)
-                })
-                .await?;
-            self.swept.reset();
-            tracing::warn!(
-                paused_ms = paused.as_millis() as u64,
-                extended,
-                "no lease sweep for half a lease period: every lease gets a fresh period"
-            );
-            return Ok(0);
-        }
-        let list = self
+        let gap = (Duration::from_millis(ttl as u64) / 2).max(3 * interval);
+        let swept = self.swept.clone();
+        let outcome = self
             .db
             .tx(move |c| -> Result<_, LeaseError> {
-                let list = leases::expire_due(c, max)?;
                 let now = c.now_ms()?;
+                let paused = swept.since();
+                if paused > gap {
+                    let extended = leases::extend_all(c, now, ttl)?;
+                    return Ok(Swept::Extended { paused, extended });
+                }
+                let list = leases::expire_due(c, max, now)?;
                 record_requeued(c, &list, ev::LEASE_EXPIRED, "expired", now)?;
-                Ok(list)
+                Ok(Swept::Expired(list))
             })
             .await?;
         self.swept.reset();
+        let list = match outcome {
+            Swept::Expired(list) => list,
+            Swept::Extended { paused, extended } => {
+                tracing::warn!(
+                    paused_ms = paused.as_millis() as u64,
+                    extended,
+                    "no lease sweep for half a lease period: every lease gets a fresh period"
+                );
+                return Ok(0);
+            }
+        };
         if !list.is_empty() {
             self.metrics
                 .lease_expired_total
@@ -131,6 +136,12 @@ impl LeaseService {
             }
         }
     }
+}
+
+/// What a sweep did: expired what was due, or gave every lease a fresh period after a pause.
+enum Swept {
+    Expired(Vec<Requeued>),
+    Extended { paused: Duration, extended: usize },
 }
 
 /// One log line per lease taken back, naming the step, its worker and the epoch.

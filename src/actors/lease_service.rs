@@ -82,7 +82,7 @@ pub struct LeaseService {
     /// (see `completion.rs`); taken by the completion.
     pub(super) claimed: std::sync::Mutex<Kept<db::fast::Snapshot>>,
     /// Since the last sweep that went through (see `LeaseService::sweep`).
-    pub(super) swept: super::PauseClock,
+    pub(super) swept: Arc<super::PauseClock>,
     /// Grants not yet completed, for heartbeats to check (see `unreported.rs`).
     pub(super) grants: super::unreported::Grants,
 }
@@ -120,7 +120,7 @@ impl LeaseService {
             follow_up: p.follow_up,
             mirrors: p.mirrors,
             claimed: std::sync::Mutex::new(Kept::new(CLAIMED_CAP, CLAIMED_BYTES)),
-            swept: super::PauseClock::new(),
+            swept: Arc::new(super::PauseClock::new()),
             grants: Default::default(),
         }
     }

@@ -123,14 +123,19 @@ impl RegistryService {
         Ok(HeartbeatResponse { leases: verdicts })
     }
 
-    /// Whether this check comes more than `gap` after the previous one (or the start of the
-    /// checks): this process was paused and the beats sent meanwhile waited in its sockets, so
-    /// the silence is its own, not its workers'. Every online worker then gets a fresh period.
-    fn was_paused(&self, gap: Duration) -> bool {
+    /// The instant this check judges silence at — or `None` when it comes more than `gap`
+    /// after the previous one (or the start of the checks): this process was paused and the
+    /// beats sent meanwhile waited in its sockets, so the silence is its own, not its
+    /// workers'. Every online worker then gets a fresh period.
+    ///
+    /// The instant is taken before the pause is judged: a pause that begins after the
+    /// judgement (while the beats are flushed, say) cannot make a worker look silent.
+    fn unpaused_instant(&self, gap: Duration) -> Option<Instant> {
+        let at = Instant::now();
         let paused = self.checked.since();
         self.checked.reset();
         if paused <= gap {
-            return false;
+            return Some(at);
         }
         let now = Instant::now();
         let mut known = self.known();
@@ -141,7 +146,7 @@ impl RegistryService {
             paused_ms = paused.as_millis() as u64,
             "no offline check for half the offline limit: every online worker gets a fresh period"
         );
-        true
+        None
     }
 
     /// The offline checks begin: the first is measured from now.
@@ -169,16 +174,18 @@ impl RegistryService {
     pub async fn mark_silent_offline(&self) -> Result<usize, RegistryError> {
         let after = self.lease.worker_offline_after_ms;
         let limit = Duration::from_millis(after);
-        if self.was_paused(limit / 2) {
+        let Some(at) = self.unpaused_instant(limit / 2) else {
             return Ok(0);
-        }
+        };
         self.flush_beats().await?;
         // Decided and recorded in memory under one lock: a beat that comes later is refused.
         let silent: Vec<(String, WorkerStatus)> = {
             let mut known = self.known();
             known
                 .iter_mut()
-                .filter(|(_, k)| k.status.is_online() && k.seen.elapsed() > limit)
+                .filter(|(_, k)| {
+                    k.status.is_online() && at.saturating_duration_since(k.seen) > limit
+                })
                 .map(|(id, k)| {
                     (
                         id.clone(),

@@ -117,9 +117,9 @@ fn requeue_all(
     Ok(out)
 }
 
-/// Requeues every lease whose expiry has passed; each counts as an infrastructure retry.
-pub fn expire_due(conn: &mut Conn, max_infra: i32) -> Result<Vec<Requeued>, DbError> {
-    let now = conn.now_ms()?;
+/// Requeues every lease whose expiry has passed at `now` (the database's clock, read by the
+/// caller); each counts as an infrastructure retry.
+pub fn expire_due(conn: &mut Conn, max_infra: i32, now: i64) -> Result<Vec<Requeued>, DbError> {
     let due: Vec<LeaseRow> = match conn {
         Conn::Pg(c) => leases::table
             .filter(leases::expires_at.le(now))

@@ -169,6 +169,12 @@ fn claim(c: &mut Conn, worker: &str, labels: &[String], ttl: i64) -> Option<Clai
     }
 }
 
+/// Expires every lease due by the database's clock now (three lost leases fail a step).
+fn expire_due(c: &mut Conn) -> Result<Vec<leases::Requeued>, DbError> {
+    let now = c.now_ms()?;
+    leases::expire_due(c, 3, now)
+}
+
 fn eight_claimers_over_a_thousand_steps_claim_each_exactly_once(s: Store) {
     let (_, ids) = seed(&s.db, "RUNNING", "", 1000);
     let claimed = Arc::new(Mutex::new(Vec::new()));
@@ -200,7 +206,7 @@ fn an_expired_lease_requeues_its_step_with_the_next_epoch(s: Store) {
     let g = claim(&mut c, "a", &[], 0).expect("claimed");
     assert_eq!(g.lease.epoch, 1);
     assert_eq!(g.step.status, "IN_PROGRESS");
-    let expired = c.write_tx(|c| leases::expire_due(c, 3)).unwrap();
+    let expired = c.write_tx(expire_due).unwrap();
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].step_id, ids[0]);
     assert!(!expired[0].failed);
@@ -220,7 +226,7 @@ fn renewing_or_writing_with_an_old_epoch_is_rejected(s: Store) {
     let (_, ids) = seed(&s.db, "RUNNING", "", 1);
     let mut c = s.db.conn().unwrap();
     claim(&mut c, "a", &[], 0).unwrap();
-    c.write_tx(|c| leases::expire_due(c, 3)).unwrap();
+    c.write_tx(expire_due).unwrap();
     claim(&mut c, "b", &[], 60_000).unwrap();
     let id = &ids[0];
     let renew_old = c.write_tx(|c| leases::renew(c, id, "a", 1, 60_000));
@@ -297,7 +303,7 @@ fn a_step_that_keeps_losing_its_lease_fails_after_the_limit(s: Store) {
     let mut c = s.db.conn().unwrap();
     for round in 1..=3 {
         claim(&mut c, "flaky", &[], 0).expect("claimable while retries remain");
-        let r = c.write_tx(|c| leases::expire_due(c, 3)).unwrap();
+        let r = c.write_tx(expire_due).unwrap();
         assert_eq!(r[0].failed, round == 3, "round {round}");
     }
     let step = db::steps::get(&mut c, &ids[0]).unwrap().unwrap();

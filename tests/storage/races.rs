@@ -1,6 +1,6 @@
 //! Conformance tests about workers' status and lease writes that race each other.
 
-use super::{claim, seed, Store};
+use super::{claim, expire_due, seed, Store};
 use loopd::db::leases;
 use loopd::db::models::WorkerRow;
 use loopd::db::{self, Conn};
@@ -115,7 +115,7 @@ pub fn a_lease_past_its_expiry_holds_until_the_sweep_takes_it(s: Store) {
         .expect("renewed past its expiry");
     let now = c.now_ms().unwrap();
     assert!(renewed.expires_at > now + 50_000, "{renewed:?}");
-    assert!(c.write_tx(|c| leases::expire_due(c, 3)).unwrap().is_empty());
+    assert!(c.write_tx(expire_due).unwrap().is_empty());
 
     c.write_tx(|c| leases::renew(c, id, "a", 1, 0)).unwrap();
     let extended = c.write_tx(|c| {
@@ -123,10 +123,10 @@ pub fn a_lease_past_its_expiry_holds_until_the_sweep_takes_it(s: Store) {
         leases::extend_all(c, now, 60_000)
     });
     assert_eq!(extended.unwrap(), 1, "the paused sweep's fresh period");
-    assert!(c.write_tx(|c| leases::expire_due(c, 3)).unwrap().is_empty());
+    assert!(c.write_tx(expire_due).unwrap().is_empty());
 
     c.write_tx(|c| leases::renew(c, id, "a", 1, 0)).unwrap();
-    assert_eq!(c.write_tx(|c| leases::expire_due(c, 3)).unwrap().len(), 1);
+    assert_eq!(c.write_tx(expire_due).unwrap().len(), 1);
     let stale = c.write_tx(|c| leases::renew(c, id, "a", 1, 60_000));
     assert!(matches!(stale, Err(db::DbError::StaleLease)), "{stale:?}");
     assert!(matches!(
