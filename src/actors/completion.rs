@@ -252,7 +252,7 @@ impl Writer<'_> {
     /// Decides from `snap` and writes if it still holds; `None` when it does not apply.
     fn write_from(
         &self,
-        c: &mut crate::db::LazyConn,
+        c: &mut impl ConnSource,
         mut snap: fast::Snapshot,
     ) -> Result<Option<Wrote>, LeaseError> {
         let (wid, req) = (self.worker_id, self.req);
