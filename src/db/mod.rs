@@ -370,11 +370,9 @@ impl LazyConn {
 impl ConnSource for LazyConn {
     /// The connection, taken from the pool now if it was not yet.
     fn get(&mut self) -> Result<&mut Conn, DbError> {
-        if self.conn.is_none() {
-            self.conn = Some(self.db.conn()?);
+        match &mut self.conn {
+            Some(c) => Ok(c),
+            empty => Ok(empty.insert(self.db.conn()?)),
         }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| DbError::Pool("no connection".into()))
     }
 }
