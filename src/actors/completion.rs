@@ -300,7 +300,7 @@ impl Writer<'_> {
             None => return Ok(None),
         };
         tracing::info!(run_id = %run.id, step_id = %done.id, worker_id = %wid, lease_epoch = req.epoch, status = %done.status, "step completed");
-        Ok(Some((run.id, plan.actions, claimed)))
+        Ok(Some((run.id.clone(), plan.actions, claimed)))
     }
 }
 

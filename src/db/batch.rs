@@ -24,6 +24,7 @@ use diesel::sql_types::{Array, Jsonb, Text};
 use diesel::PgConnection;
 use diesel::RunQueryDsl;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -275,8 +276,8 @@ struct Args<'a> {
     step: &'a str,
     worker: &'a str,
     epoch: i64,
-    run: &'a Value,
-    state_before: &'a Value,
+    run: &'a RawValue,
+    state_before: &'a RawValue,
     /// (Its prompt, absent from snapshots, is not written by a completion either.)
     done: &'a StepRow,
     queued: Option<&'a StepRow>,

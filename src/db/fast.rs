@@ -14,8 +14,10 @@ use crate::domain::events as ev;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[diesel::declare_sql_function]
 extern "SQL" {
@@ -82,7 +84,8 @@ pub enum Claimed {
 pub struct ClaimedStep {
     pub step: StepRow,
     pub lease: LeaseRow,
-    pub run: RunRow,
+    /// (Shared with the snapshot in `next`: a run row is not copied at each cycle.)
+    pub run: Arc<RunRow>,
     pub state: RunStateRow,
     pub now: i64,
     /// On Postgres, the snapshot the step's completion will decide from if nothing about
@@ -174,7 +177,7 @@ fn claim_in_tx(c: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Claimed, DbError> {
     Ok(Claimed::Got(Box::new(ClaimedStep {
         step: g.step,
         lease: g.lease,
-        run,
+        run: Arc::new(run),
         state,
         now: g.now_ms,
         next: None,
@@ -199,17 +202,20 @@ pub struct Inputs {
 }
 
 /// What a completion's decision reads (see the migration), with the run and state as the
-/// database sent them, to be handed back to [`complete_apply`] for its check.
+/// database sent them, to be handed back to [`complete_apply`] for its check. The two are kept
+/// as JSON text, written once, not as `Value` trees rebuilt and written out again at each
+/// cycle; the run (which a completion does not change) is shared, not copied, from one cycle's
+/// snapshot to the next.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub now: i64,
     pub step: StepRow,
     pub lease: Option<LeaseRow>,
-    pub run: RunRow,
+    pub run: Arc<RunRow>,
     pub state: RunStateRow,
     pub inputs: Inputs,
-    pub run_json: Value,
-    pub state_json: Value,
+    pub run_json: Arc<RawValue>,
+    pub state_json: Box<RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -231,11 +237,11 @@ fn parse(mut v: Value) -> Result<Option<Snapshot>, DbError> {
         now: p.now,
         step: p.step,
         lease: p.lease,
-        run: RunRow::deserialize(&run_json).map_err(reply)?,
+        run: Arc::new(RunRow::deserialize(&run_json).map_err(reply)?),
         state: RunStateRow::deserialize(&state_json).map_err(reply)?,
         inputs: p.inputs,
-        run_json,
-        state_json,
+        run_json: Arc::from(to_raw(&run_json)?),
+        state_json: to_raw(&state_json)?,
     }))
 }
 
@@ -260,6 +266,16 @@ pub struct Completion<'a> {
 
 pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
     serde_json::to_value(v).map_err(|e| DbError::Reply(e.to_string()))
+}
+
+/// `v` written out as JSON text.
+pub(super) fn to_raw<T: serde::Serialize + ?Sized>(v: &T) -> Result<Box<RawValue>, DbError> {
+    serde_json::value::to_raw_value(v).map_err(|e| DbError::Reply(e.to_string()))
+}
+
+/// JSON text read back as a `Value` (for a statement whose parameters are `Value`s).
+pub(super) fn from_raw(v: &RawValue) -> Result<Value, DbError> {
+    serde_json::from_str(v.get()).map_err(reply)
 }
 
 /// What `loopd_complete_apply` writes, as JSON: the finished step (without its prompt, which
@@ -298,8 +314,8 @@ pub fn complete_apply(
         &w.done.id,
         w.worker_id,
         w.epoch,
-        &snap.run_json,
-        &snap.state_json,
+        from_raw(&snap.run_json)?,
+        from_raw(&snap.state_json)?,
         x.done,
         x.queued,
         x.state,

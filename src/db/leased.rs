@@ -8,7 +8,7 @@
 //! write finds it moved and reads a fresh snapshot), and the decision inputs follow from the
 //! step being the run's only unfinished one. The storage suite compares the whole with a read.
 
-use super::fast::{decode, to_json, Claimed, ClaimedStep, Completion, Inputs, Snapshot};
+use super::fast::{decode, to_raw, Claimed, ClaimedStep, Completion, Inputs, Snapshot};
 use super::leases::ClaimSpec;
 use super::models::{ImplStep, LeaseRow, StepRow};
 use super::DbError;
@@ -40,7 +40,7 @@ pub(super) fn claimed(
     let queued = w
         .queued
         .ok_or_else(|| DbError::Reply("a direct lease without a queued step".into()))?;
-    let step = StepRow {
+    let mut step = StepRow {
         status: "IN_PROGRESS".into(),
         worker_id: Some(spec.worker_id.to_string()),
         lease_epoch: queued.lease_epoch + 1,
@@ -53,19 +53,19 @@ pub(super) fn claimed(
     let mut state = w.state.clone();
     state.event_seq += 2;
     let inputs = after_queueing(&snap.inputs, &step, watch);
+    // The snapshot keeps everything but the prompt (copied once, for the worker).
+    let prompt = step.prompt.take();
     let next = Snapshot {
         now,
-        step: StepRow {
-            prompt: None,
-            ..step.clone()
-        },
+        step: step.clone(),
         lease: Some(lease.clone()),
         run: snap.run.clone(),
         state: state.clone(),
         inputs,
         run_json: snap.run_json.clone(),
-        state_json: to_json(&state)?,
+        state_json: to_raw(&state)?,
     };
+    step.prompt = prompt;
     Ok(Claimed::Got(Box::new(ClaimedStep {
         step,
         lease,

@@ -110,9 +110,12 @@ pub fn a_completion_written_from_a_snapshot_changes_everything_at_once(s: Store)
     );
     // What the claim read is what a snapshot reads now: the completion can skip reading.
     let snap = g.next.clone().expect("the claim's snapshot");
+    let parse = |raw: &serde_json::value::RawValue| -> serde_json::Value {
+        serde_json::from_str(raw.get()).expect("JSON text")
+    };
     assert_eq!(
-        (&snap.run_json, &snap.state_json),
-        (&fresh.run_json, &fresh.state_json)
+        (parse(&snap.run_json), parse(&snap.state_json)),
+        (parse(&fresh.run_json), parse(&fresh.state_json))
     );
     assert_eq!(snap.inputs.attempts, fresh.inputs.attempts);
     assert_eq!(snap.step.prompt, None);
@@ -196,7 +199,7 @@ pub fn a_snapshot_that_moved_writes_nothing(s: Store) {
     unchanged(&mut c);
     // The run paused since the snapshot (its row moved), with the state as read again.
     let snap = fast::complete_snapshot(&mut c, &ids[0]).unwrap().unwrap();
-    let mut paused = snap.run.clone();
+    let mut paused = (*snap.run).clone();
     paused.status = "PAUSED".into();
     db::runs::save(&mut c, &paused).unwrap();
     assert!(!fast::complete_apply(&mut c, &snap, &w("w", g.lease.epoch)).unwrap());
