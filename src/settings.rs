@@ -135,9 +135,13 @@ pub struct WorkerSettings {
     pub drain_timeout_ms: u64,
     /// TERM → this grace → KILL, for cancelled or abandoned steps.
     pub kill_grace_ms: u64,
-    /// A clone no step has used for this many hours is removed when the worker starts (0: kept
-    /// for ever); the run's next step here clones again, from the run's checkpoint.
+    /// A clone no step has used for this many hours is removed when the worker starts and
+    /// every `clone_sweep_interval_ms` (0: kept for ever); the run's next step here clones
+    /// again, from the run's checkpoint.
     pub clone_keep_hours: u64,
+    /// How often a running worker also removes such clones, except those of the runs it has
+    /// steps of (0: only at start).
+    pub clone_sweep_interval_ms: u64,
     /// Environment variables the agent and verify commands inherit (`PREFIX_*` globs allowed).
     #[serde(default)]
     pub agent_env: Vec<String>,
@@ -227,6 +231,7 @@ impl Default for Settings {
                 drain_timeout_ms: 600_000,
                 kill_grace_ms: 5000,
                 clone_keep_hours: 168,
+                clone_sweep_interval_ms: 3_600_000,
                 agent_env: [
                     "PATH",
                     "HOME",

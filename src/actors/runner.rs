@@ -12,7 +12,7 @@ use crate::control_plane::{ControlPlane, PlaneError};
 use crate::domain::{LeaseAction, WorkerStatus};
 use crate::settings::Settings;
 use actix::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,8 +27,10 @@ pub struct RunnerConfig {
     pub slots: u32,
     pub kill_grace: Duration,
     pub heartbeat_interval: Duration,
-    /// Clones unused for longer are removed at start, before any claim (None: kept).
+    /// Clones unused for longer are removed at start, before any claim (None: kept), and
+    /// every `clone_sweep_every` while the worker runs (None: only at start).
     pub clone_keep: Option<Duration>,
+    pub clone_sweep_every: Option<Duration>,
     /// Environment variables passed to agents (`PREFIX_*` globs).
     pub agent_env: Vec<String>,
     /// Upload artifacts straight to this store instead of through the controller.
@@ -71,6 +73,9 @@ pub struct Shared {
     claiming: AtomicUsize,
     /// Signalled whenever a step ends or a slot stops claiming.
     pub step_ended: Notify,
+    /// A step prepares its clone under a read guard, a sweep of idle clones runs under the
+    /// write guard (see `workdir::sweep_clones`).
+    pub clones: tokio::sync::RwLock<()>,
 }
 
 impl Shared {
@@ -105,6 +110,11 @@ impl Shared {
             .iter()
             .map(|((id, _), v)| (id.clone(), v.clone()))
             .collect()
+    }
+
+    /// The runs this process is executing steps of.
+    pub(super) fn active_runs(&self) -> HashSet<String> {
+        self.active().values().map(|a| a.run_id.clone()).collect()
     }
 
     fn is_idle(&self) -> bool {
@@ -260,8 +270,10 @@ impl WorkerHandle {
             stop_claims: CancellationToken::new(),
             claiming: AtomicUsize::new(cfg_slots),
             step_ended: Notify::new(),
+            clones: tokio::sync::RwLock::new(()),
         });
         actix::spawn(heartbeat_loop(shared.clone()));
+        actix::spawn(super::workdir::sweep_clones(shared.clone()));
         let runners = (0..shared.cfg.slots)
             .map(|slot| {
                 RunnerActor {

@@ -2,13 +2,16 @@
 //! the repository restored from the run's newest checkpoint bundle), makes the checkpoint
 //! commit and bundle after a git step, and keeps pid files of running process groups so a
 //! restarted worker can kill what a crashed one left behind. A clone's directory carries the
-//! time a step last used it; clones unused for `worker.clone_keep_hours` go at start.
+//! time a step last used it; clones unused for `worker.clone_keep_hours` go at start and at
+//! every `worker.clone_sweep_interval_ms`, except those of the runs the worker has steps of.
 
 use super::plane_retry::retry_transient;
 use super::runner::{Active, Shared};
 use crate::api::{Assignment, Checkpoint, WorkspaceSpec};
 use crate::workspace::{bundle, clone};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Where a step runs.
@@ -87,6 +90,8 @@ pub async fn prepare(
                 )),
                 None => None,
             };
+            // No sweep removes clones while this one is prepared (and marked used).
+            let _preparing = shared.clones.read().await;
             let (d, url, r, b) = (
                 dir.clone(),
                 repo_url.clone(),
@@ -258,15 +263,19 @@ fn mark_used(dir: &Path) {
 }
 
 /// Removes the clones (`<work_dir>/clones/<run_id>`) that no step has used for longer than
-/// `keep`; returns how many. Only while no step runs (at start): a clone removed under a
-/// running step would pull its workspace away.
-pub fn remove_idle_clones(work_dir: &Path, keep: Duration) -> usize {
+/// `keep`, except those of the runs in `busy`; returns how many. A clone removed under a
+/// running step would pull its workspace away: at start no step runs, and while the worker
+/// runs `busy` holds the runs of its steps (see [`sweep_clones`]).
+pub fn remove_idle_clones(work_dir: &Path, keep: Duration, busy: &HashSet<String>) -> usize {
     let Ok(entries) = std::fs::read_dir(work_dir.join("clones")) else {
         return 0;
     };
     let now = SystemTime::now();
     let mut removed = 0;
     for e in entries.flatten() {
+        if busy.contains(e.file_name().to_string_lossy().as_ref()) {
+            continue;
+        }
         let last_used = e.metadata().and_then(|m| m.modified()).ok();
         let idle = last_used.and_then(|t| now.duration_since(t).ok());
         if idle.is_none_or(|d| d <= keep) {
@@ -289,9 +298,38 @@ pub fn remove_idle_clones(work_dir: &Path, keep: Duration) -> usize {
     removed
 }
 
+/// While the worker runs: every `clone_sweep_every`, removes the clones unused for
+/// `clone_keep` but those of the runs it has steps of. A sweep holds the write guard of
+/// `Shared::clones` and reads the steps under it; a step is registered before it prepares its
+/// clone under the read guard, so a step is either counted by the sweep or prepares after it
+/// (cloning again from the run's checkpoint if its clone went), never under it.
+pub async fn sweep_clones(shared: Arc<Shared>) {
+    let (Some(keep), Some(every)) = (shared.cfg.clone_keep, shared.cfg.clone_sweep_every) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: the worker swept at start.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.stop_claims.cancelled() => return,
+        }
+        let _sweeping = shared.clones.write().await;
+        let busy = shared.active_runs();
+        let dir = shared.cfg.work_dir.clone();
+        let removing = move || remove_idle_clones(&dir, keep, &busy);
+        if let Err(e) = tokio::task::spawn_blocking(removing).await {
+            tracing::warn!(error = %e, "removing unused clones failed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{mark_used, remove_idle_clones};
+    use std::collections::HashSet;
     use std::time::{Duration, SystemTime};
 
     const DAY: Duration = Duration::from_secs(86_400);
@@ -313,21 +351,33 @@ mod tests {
         mark_used(&clones.join("old_but_used_again"));
         std::fs::create_dir_all(work.path().join("steps/s1")).unwrap();
 
-        assert_eq!(remove_idle_clones(work.path(), 7 * DAY), 1);
+        assert_eq!(remove_idle_clones(work.path(), 7 * DAY, &HashSet::new()), 1);
         assert!(!clones.join("old").exists(), "unused for 10 days, kept 7");
         assert!(clones.join("recent").join("README").exists());
         assert!(clones.join("old_but_used_again").join(".git").exists());
         assert!(work.path().join("steps/s1").exists(), "only clones");
         assert_eq!(
-            remove_idle_clones(work.path(), 7 * DAY),
+            remove_idle_clones(work.path(), 7 * DAY, &HashSet::new()),
             0,
             "nothing left to remove"
         );
     }
 
     #[test]
+    fn the_clones_of_runs_with_steps_here_stay_however_old() {
+        let work = tempfile::tempdir().unwrap();
+        let clones = work.path().join("clones");
+        aged(&clones.join("run-busy"), 10 * DAY);
+        aged(&clones.join("run-idle"), 10 * DAY);
+        let busy = HashSet::from(["run-busy".to_string()]);
+        assert_eq!(remove_idle_clones(work.path(), 7 * DAY, &busy), 1);
+        assert!(clones.join("run-busy").join(".git").exists());
+        assert!(!clones.join("run-idle").exists());
+    }
+
+    #[test]
     fn a_worker_without_clones_removes_nothing() {
         let work = tempfile::tempdir().unwrap();
-        assert_eq!(remove_idle_clones(work.path(), DAY), 0);
+        assert_eq!(remove_idle_clones(work.path(), DAY, &HashSet::new()), 0);
     }
 }

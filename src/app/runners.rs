@@ -45,6 +45,10 @@ fn runner_config(settings: &Settings) -> RunnerConfig {
             0 => None,
             h => Some(Duration::from_secs(h.saturating_mul(3600))),
         },
+        clone_sweep_every: match settings.worker.clone_sweep_interval_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms.max(100))),
+        },
         agent_env: settings.worker.agent_env.clone(),
         direct_store: None,
     }
@@ -82,7 +86,8 @@ pub(super) async fn start_local_runners(
 async fn remove_idle_clones(cfg: &RunnerConfig) {
     if let Some(keep) = cfg.clone_keep {
         let dir = cfg.work_dir.clone();
-        let removing = move || crate::actors::runner::remove_idle_clones(&dir, keep);
+        let none = std::collections::HashSet::new();
+        let removing = move || crate::actors::runner::remove_idle_clones(&dir, keep, &none);
         if let Err(e) = tokio::task::spawn_blocking(removing).await {
             tracing::warn!(error = %e, "removing unused clones failed");
         }

@@ -25,6 +25,10 @@ fn compiled_defaults_give_a_single_role_on_sqlite() {
     assert_eq!(s.scheduler.max_concurrent_runs, 3);
     assert_eq!(s.lease.ttl_ms, 30_000);
     assert_eq!(s.worker.heartbeat_interval_ms, 2000);
+    assert_eq!(
+        (s.worker.clone_keep_hours, s.worker.clone_sweep_interval_ms),
+        (168, 3_600_000)
+    );
 }
 
 #[test]

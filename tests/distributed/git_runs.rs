@@ -1,7 +1,7 @@
 //! A git-mode run on a controller and two workers: the steps run on the workers' own clones,
 //! every artifact lands in S3 and reads back through the runs API, and the final checkpoint
-//! bundle holds the whole run branch; a restarted worker removes the clones it has not used
-//! for `worker.clone_keep_hours`.
+//! bundle holds the whole run branch; a worker removes the clones it has not used for
+//! `worker.clone_keep_hours`, at start and while it runs (but not those of its running steps).
 
 use crate::cluster::{sha256, Cluster, Timings};
 use crate::support::repo::Repo;
@@ -214,4 +214,57 @@ async fn a_worker_removes_at_start_the_clones_unused_for_clone_keep_hours() {
     .await;
     assert!(!clones.join(&id).exists(), "unused for 72 h, kept 48 h");
     assert!(clones.join("recent-run").is_dir(), "used an hour ago");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_removes_unused_clones_but_not_those_of_its_running_steps() {
+    let mut c = Cluster::start("git-sweep", 0, Timings::default()).await;
+    c.add_worker(
+        &[],
+        &[
+            ("LOOPD__WORKER__CLONE_KEEP_HOURS", "48"),
+            ("LOOPD__WORKER__CLONE_SWEEP_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    let done_repo = Repo::create(c.dir.path(), "done", 1, "tick", &[]);
+    let done = c.submit_git(&done_repo, &[]).await;
+    c.wait_status(&done, "COMPLETED").await;
+    let hung_repo = Repo::create(c.dir.path(), "hung", 1, "hang", &[]);
+    let hung = c.submit_git(&hung_repo, &[]).await;
+    let clones = c.workers[0].data_dir.join("work/clones");
+    // The hanging agent runs in its run's clone.
+    let pids = crate::support::hang_pids(&clones.join(&hung)).await;
+
+    // Both clones look unused for three days; the worker is not restarted.
+    const HOUR: Duration = Duration::from_secs(3600);
+    last_used(&clones.join(&done), 72 * HOUR);
+    last_used(&clones.join(&hung), 72 * HOUR);
+    last_used(&clones.join("recent-run"), HOUR);
+    let gone = clones.join(&done);
+    wait_for(
+        "the running worker to remove the unused clone",
+        Duration::from_secs(30),
+        || async { (!gone.exists()).then_some(()) },
+    )
+    .await;
+    let hung_used = std::fs::metadata(clones.join(&hung))
+        .and_then(|m| m.modified())
+        .expect("the running step's clone");
+    assert!(
+        hung_used < SystemTime::now() - 48 * HOUR,
+        "still looks unused (so only its running step kept it)"
+    );
+    assert!(
+        clones.join(&hung).join(".git").is_dir(),
+        "the clone of a step running here stays, however old it looks"
+    );
+    assert!(clones.join("recent-run").is_dir(), "used an hour ago");
+    assert!(
+        pids.iter().all(|p| crate::support::alive(*p)),
+        "the step runs on"
+    );
+
+    assert_eq!(c.control(&hung, "cancel").await, 204);
+    c.wait_status(&hung, "CANCELED").await;
 }
