@@ -27,9 +27,9 @@ pub struct RunnerConfig {
     pub slots: u32,
     pub kill_grace: Duration,
     pub heartbeat_interval: Duration,
-    /// Clones unused for longer are removed at start, before any claim (None: kept), and
-    /// every `clone_sweep_every` while the worker runs (None: only at start).
+    /// Clones unused for longer are removed at start, before any claim (None: kept).
     pub clone_keep: Option<Duration>,
+    /// And again this often while the worker runs (None: only at start).
     pub clone_sweep_every: Option<Duration>,
     /// Environment variables passed to agents (`PREFIX_*` globs).
     pub agent_env: Vec<String>,
