@@ -265,6 +265,18 @@ async fn a_running_worker_removes_unused_clones_but_not_those_of_its_running_ste
         "the step runs on"
     );
 
+    // Cancelled, and its agent gone before the cluster goes (no process left behind).
     assert_eq!(c.control(&hung, "cancel").await, 204);
     c.wait_status(&hung, "CANCELED").await;
+    let pids = &pids;
+    wait_for(
+        "the hanging agent's processes to be gone",
+        Duration::from_secs(30),
+        || async move {
+            pids.iter()
+                .all(|p| !crate::support::alive(*p))
+                .then_some(())
+        },
+    )
+    .await;
 }
