@@ -4,7 +4,6 @@
 //! The same code runs in the single role (local control plane) and on workers (HTTP).
 
 use super::runner_step;
-pub use super::workdir::remove_idle_clones;
 use crate::api::{Assignment, Capabilities, HeldLease, RegisterRequest};
 use crate::artifacts::ArtifactStore;
 use crate::control_plane::http::HttpPlane;
@@ -27,7 +26,7 @@ pub struct RunnerConfig {
     pub slots: u32,
     pub kill_grace: Duration,
     pub heartbeat_interval: Duration,
-    /// Clones unused for longer are removed at start, before any claim (None: kept).
+    /// Clones unused for longer are removed at start (None: kept).
     pub clone_keep: Option<Duration>,
     /// And again this often while the worker runs (None: only at start).
     pub clone_sweep_every: Option<Duration>,

@@ -263,9 +263,8 @@ fn mark_used(dir: &Path) {
 }
 
 /// Removes the clones (`<work_dir>/clones/<run_id>`) that no step has used for longer than
-/// `keep`, except those of the runs in `busy`; returns how many. A clone removed under a
-/// running step would pull its workspace away: at start no step runs, and while the worker
-/// runs `busy` holds the runs of its steps (see [`sweep_clones`]).
+/// `keep`, except those of the runs in `busy` (a clone removed under a running step would pull
+/// its workspace away; see [`sweep_clones`]); returns how many.
 pub fn remove_idle_clones(work_dir: &Path, keep: Duration, busy: &HashSet<String>) -> usize {
     let Ok(entries) = std::fs::read_dir(work_dir.join("clones")) else {
         return 0;
@@ -298,30 +297,32 @@ pub fn remove_idle_clones(work_dir: &Path, keep: Duration, busy: &HashSet<String
     removed
 }
 
-/// While the worker runs: every `clone_sweep_every`, removes the clones unused for
-/// `clone_keep` but those of the runs it has steps of. A sweep holds the write guard of
-/// `Shared::clones` and reads the steps under it; a step is registered before it prepares its
-/// clone under the read guard, so a step is either counted by the sweep or prepares after it
-/// (cloning again from the run's checkpoint if its clone went), never under it.
+/// From the worker's start, then every `clone_sweep_every` (if set): removes the clones
+/// unused for `clone_keep` but those of the runs it has steps of, on the blocking pool (it may
+/// delete whole repositories). A sweep holds the write guard of `Shared::clones` and reads the
+/// steps under it; a step is registered before it prepares its clone under the read guard, so
+/// a step is either counted by the sweep or prepares after it (cloning again from the run's
+/// checkpoint if its clone went), never under it.
 pub async fn sweep_clones(shared: Arc<Shared>) {
-    let (Some(keep), Some(every)) = (shared.cfg.clone_keep, shared.cfg.clone_sweep_every) else {
+    let Some(keep) = shared.cfg.clone_keep else {
         return;
     };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is at once: the worker swept at start.
-    tick.tick().await;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shared.stop_claims.cancelled() => return,
+        {
+            let _sweeping = shared.clones.write().await;
+            let busy = shared.active_runs();
+            let dir = shared.cfg.work_dir.clone();
+            let removing = move || remove_idle_clones(&dir, keep, &busy);
+            if let Err(e) = tokio::task::spawn_blocking(removing).await {
+                tracing::warn!(error = %e, "removing unused clones failed");
+            }
         }
-        let _sweeping = shared.clones.write().await;
-        let busy = shared.active_runs();
-        let dir = shared.cfg.work_dir.clone();
-        let removing = move || remove_idle_clones(&dir, keep, &busy);
-        if let Err(e) = tokio::task::spawn_blocking(removing).await {
-            tracing::warn!(error = %e, "removing unused clones failed");
+        let Some(every) = shared.cfg.clone_sweep_every else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shared.stop_claims.cancelled() => return,
         }
     }
 }

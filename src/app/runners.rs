@@ -77,21 +77,7 @@ pub(super) async fn start_local_runners(
     let mut cfg = runner_config(settings);
     // In-process heartbeats are cheap; a short interval makes cancel take effect quickly.
     cfg.heartbeat_interval = cfg.heartbeat_interval.min(Duration::from_millis(500));
-    remove_idle_clones(&cfg).await;
     Ok(WorkerHandle::start(plane, cfg))
-}
-
-/// Removes the clones unused for `clone_keep` before the runners claim anything (so no step is
-/// using one), on the blocking pool: it may delete whole repositories.
-async fn remove_idle_clones(cfg: &RunnerConfig) {
-    if let Some(keep) = cfg.clone_keep {
-        let dir = cfg.work_dir.clone();
-        let none = std::collections::HashSet::new();
-        let removing = move || crate::actors::runner::remove_idle_clones(&dir, keep, &none);
-        if let Err(e) = tokio::task::spawn_blocking(removing).await {
-            tracing::warn!(error = %e, "removing unused clones failed");
-        }
-    }
 }
 
 /// The runner settings of a worker (its own artifact store when it uploads directly).
@@ -109,6 +95,5 @@ pub(super) fn remote_runner_config(settings: &Settings) -> Result<RunnerConfig, 
 pub(super) async fn join_controller(settings: Settings, mut cfg: RunnerConfig) -> WorkerHandle {
     let plane: HttpPlane = crate::actors::runner::register_with_retry(&settings).await;
     cfg.heartbeat_interval = Duration::from_millis(plane.heartbeat_interval_ms.max(50));
-    remove_idle_clones(&cfg).await;
     WorkerHandle::start(ControlPlane::Http(plane), cfg)
 }
