@@ -16,8 +16,8 @@ BEGIN
         (SELECT to_jsonb(s) FROM steps s WHERE s.phase = 'implementation' LIMIT 1)
         || jsonb_build_object('id', p_run || '-1', 'run_id', p_run, 'seq', 1, 'attempt', 1,
                               'status', 'IN_PROGRESS', 'worker_id', p_worker,
-                              'lease_epoch', 1, 'preferred_worker_id', p_worker));
-    INSERT INTO leases VALUES (p_run || '-1', p_worker, 1, 0, 9000000000000, 1);
+                              'lease_epoch', 1, 'preferred_worker_id', p_worker,
+                              'lease_granted_at', 0, 'lease_expires_at', 9000000000000));
 END $$;
 
 -- The arguments of cycle `i` of p_run as the controller sends them (one item of
@@ -43,7 +43,8 @@ BEGIN
         'status', 'QUEUED', 'attempt', cur.attempt + (ph = 'implementation')::int,
         'started_at', NULL, 'ended_at', NULL, 'exit_code', NULL, 'output_path', NULL,
         'output_tail', NULL, 'completion_detected', NULL, 'worker_id', NULL,
-        'lease_epoch', 0, 'completion_digest', NULL);
+        'lease_epoch', 0, 'completion_digest', NULL, 'lease_granted_at', NULL,
+        'lease_expires_at', NULL);
     RETURN jsonb_build_object('step', cur.id, 'worker', p_worker, 'epoch', cur.lease_epoch,
         'run', to_jsonb(r), 'state_before', to_jsonb(st),
         'done', to_jsonb(cur) - 'prompt' || jsonb_build_object('status', 'SUCCEEDED',

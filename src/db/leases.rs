@@ -2,15 +2,52 @@
 //! claimable step a worker may run (Postgres: `FOR UPDATE SKIP LOCKED`; SQLite: the
 //! immediate transaction), renew, release, expire everything due, and the epoch check every
 //! worker write goes through. Times come from the database clock.
+//!
+//! A lease is the `lease_granted_at` and `lease_expires_at` columns of its step (with the
+//! step's worker, epoch and attempt); the `leases` view reads them as rows, and every write
+//! goes to `steps`.
 
 use super::models::{label_subsets, labels_match, LeaseRow, StepRow};
-use super::schema::{leases, runs, steps, workers};
+use super::schema::{runs, steps, workers};
 use super::{loopd_now_ms, on_conn, Conn, DbError};
 use diesel::prelude::*;
 
 pub use super::requeue::{
     expire_due, release, release_all_except, release_all_of_worker, Requeued,
 };
+
+/// A step's lease columns as a [`LeaseRow`] (for `RETURNING`; only for leased steps).
+macro_rules! lease_columns_ {
+    () => {
+        (
+            steps::id,
+            steps::worker_id.assume_not_null(),
+            steps::lease_epoch,
+            steps::lease_granted_at.assume_not_null(),
+            steps::lease_expires_at.assume_not_null(),
+            steps::attempt,
+        )
+    };
+}
+
+/// The steps that hold a lease.
+pub(super) fn leased(
+) -> diesel::dsl::Filter<steps::table, diesel::dsl::IsNotNull<steps::lease_expires_at>> {
+    steps::table.filter(steps::lease_expires_at.is_not_null())
+}
+
+pub(super) use lease_columns_ as lease_columns;
+
+/// The assignment that ends a step's lease.
+pub(super) fn clear_lease() -> (
+    diesel::dsl::Eq<steps::lease_granted_at, Option<i64>>,
+    diesel::dsl::Eq<steps::lease_expires_at, Option<i64>>,
+) {
+    (
+        steps::lease_granted_at.eq(None),
+        steps::lease_expires_at.eq(None),
+    )
+}
 
 /// Who is claiming, and the rules for what it may take.
 #[derive(Debug, Clone)]
@@ -120,26 +157,12 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
             steps::lease_epoch.eq(steps::lease_epoch + 1),
             steps::started_at.eq(Some(now)),
             steps::ended_at.eq(None::<i64>),
+            steps::lease_granted_at.eq(Some(now)),
+            steps::lease_expires_at.eq(Some(now + spec.ttl_ms)),
         ))
         .returning(StepRow::as_returning())
         .get_result(c))?;
     let lease = LeaseRow::granted(&step, spec.worker_id, now, spec.ttl_ms);
-    // A lease row left from an earlier epoch is replaced.
-    on_conn!(conn, |c| {
-        use diesel::upsert::excluded;
-        diesel::insert_into(leases::table)
-            .values(&lease)
-            .on_conflict(leases::step_id)
-            .do_update()
-            .set((
-                leases::worker_id.eq(excluded(leases::worker_id)),
-                leases::epoch.eq(excluded(leases::epoch)),
-                leases::granted_at.eq(excluded(leases::granted_at)),
-                leases::expires_at.eq(excluded(leases::expires_at)),
-                leases::attempt.eq(excluded(leases::attempt)),
-            ))
-            .execute(c)
-    })?;
     Ok(Some(Granted {
         step,
         lease,
@@ -178,10 +201,11 @@ pub fn check_held(
 ) -> Result<Held, DbError> {
     macro_rules! both {
         () => {
-            leases::table
-                .inner_join(steps::table)
-                .filter(leases::step_id.eq(step_id))
-                .select((LeaseRow::as_select(), StepRow::as_select(), loopd_now_ms()))
+            leased().filter(steps::id.eq(step_id)).select((
+                lease_columns!(),
+                StepRow::as_select(),
+                loopd_now_ms(),
+            ))
         };
     }
     let found: Option<(LeaseRow, StepRow, i64)> = match conn {
@@ -212,13 +236,13 @@ pub fn renew(
 ) -> Result<LeaseRow, DbError> {
     let now = conn.now_ms()?;
     let renewed: Option<LeaseRow> = on_conn!(conn, |c| diesel::update(
-        leases::table
-            .filter(leases::step_id.eq(step_id))
-            .filter(leases::worker_id.eq(worker_id))
-            .filter(leases::epoch.eq(epoch))
+        leased()
+            .filter(steps::id.eq(step_id))
+            .filter(steps::worker_id.eq(worker_id))
+            .filter(steps::lease_epoch.eq(epoch))
     )
-    .set(leases::expires_at.eq(now + ttl_ms))
-    .returning(LeaseRow::as_returning())
+    .set(steps::lease_expires_at.eq(now + ttl_ms))
+    .returning(lease_columns!())
     .get_result(c)
     .optional())?;
     renewed.ok_or(DbError::StaleLease)
@@ -233,11 +257,11 @@ pub fn extend_of_workers(
 ) -> Result<usize, DbError> {
     let now = conn.now_ms()?;
     let n = on_conn!(conn, |c| diesel::update(
-        leases::table
-            .filter(leases::worker_id.eq_any(workers.to_vec()))
-            .filter(leases::expires_at.lt(now + ttl_ms))
+        steps::table
+            .filter(steps::worker_id.eq_any(workers.to_vec()))
+            .filter(steps::lease_expires_at.lt(now + ttl_ms))
     )
-    .set(leases::expires_at.eq(now + ttl_ms))
+    .set(steps::lease_expires_at.eq(now + ttl_ms))
     .execute(c))?;
     Ok(n)
 }
@@ -246,24 +270,25 @@ pub fn extend_of_workers(
 /// every lease that exists belongs to a worker not marked offline).
 pub fn extend_all(conn: &mut Conn, now: i64, ttl_ms: i64) -> Result<usize, DbError> {
     let n = on_conn!(conn, |c| diesel::update(
-        leases::table.filter(leases::expires_at.lt(now + ttl_ms))
+        steps::table.filter(steps::lease_expires_at.lt(now + ttl_ms))
     )
-    .set(leases::expires_at.eq(now + ttl_ms))
+    .set(steps::lease_expires_at.eq(now + ttl_ms))
     .execute(c))?;
     Ok(n)
 }
 
 /// Removes a step's lease when the step finishes or is cancelled.
 pub fn delete(conn: &mut Conn, step_id: &str) -> Result<(), DbError> {
-    on_conn!(conn, |c| diesel::delete(leases::table.find(step_id))
+    on_conn!(conn, |c| diesel::update(steps::table.find(step_id))
+        .set(clear_lease())
         .execute(c))?;
     Ok(())
 }
 
 pub fn get(conn: &mut Conn, step_id: &str) -> Result<Option<LeaseRow>, DbError> {
-    let r = on_conn!(conn, |c| leases::table
-        .find(step_id)
-        .select(LeaseRow::as_select())
+    let r = on_conn!(conn, |c| leased()
+        .filter(steps::id.eq(step_id))
+        .select(lease_columns!())
         .first(c)
         .optional())?;
     Ok(r)
@@ -271,17 +296,15 @@ pub fn get(conn: &mut Conn, step_id: &str) -> Result<Option<LeaseRow>, DbError> 
 
 /// Leases a worker holds.
 pub fn of_worker(conn: &mut Conn, worker_id: &str) -> Result<Vec<LeaseRow>, DbError> {
-    let r = on_conn!(conn, |c| leases::table
-        .filter(leases::worker_id.eq(worker_id))
-        .select(LeaseRow::as_select())
+    let r = on_conn!(conn, |c| leased()
+        .filter(steps::worker_id.eq(worker_id))
+        .select(lease_columns!())
         .load(c))?;
     Ok(r)
 }
 
 /// Every lease (for `GET /workers`).
 pub fn all(conn: &mut Conn) -> Result<Vec<LeaseRow>, DbError> {
-    let r = on_conn!(conn, |c| leases::table
-        .select(LeaseRow::as_select())
-        .load(c))?;
+    let r = on_conn!(conn, |c| leased().select(lease_columns!()).load(c))?;
     Ok(r)
 }

@@ -1,6 +1,6 @@
 //! Row and insert types, one per table; queries live in the per-table files.
 
-use super::schema::{artifacts, events, leases, run_state, runs, steps, workers};
+use super::schema::{artifacts, events, run_state, runs, steps, workers};
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -179,10 +179,9 @@ pub struct WorkerRow {
     pub metrics_json: Option<String>,
 }
 
-#[derive(
-    Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, Serialize, Deserialize,
-)]
-#[diesel(table_name = leases)]
+/// A step's lease (its worker, epoch and attempt, and its `lease_*` columns), as the `leases`
+/// view has it.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize, Deserialize)]
 pub struct LeaseRow {
     pub step_id: String,
     pub worker_id: String,

@@ -2,9 +2,9 @@
 //! away — and what becomes of their steps (`RETRYING`, or FAILED once the infrastructure
 //! retries are used up, or CANCELED with their run). Re-exported by [`super::leases`].
 
-use super::leases::check_held;
+use super::leases::{check_held, clear_lease, lease_columns, leased};
 use super::models::{LeaseRow, StepRow};
-use super::schema::{leases, runs, steps};
+use super::schema::{runs, steps};
 use super::{on_conn, Conn, DbError};
 use crate::domain::pipeline::INFRA_PREFIX;
 use diesel::prelude::*;
@@ -34,11 +34,12 @@ fn requeue(
     max_infra: i32,
     now: i64,
 ) -> Result<Option<Requeued>, DbError> {
-    let gone = on_conn!(conn, |c| diesel::delete(
-        leases::table
-            .filter(leases::step_id.eq(&lease.step_id))
-            .filter(leases::epoch.eq(lease.epoch))
+    let gone = on_conn!(conn, |c| diesel::update(
+        leased()
+            .filter(steps::id.eq(&lease.step_id))
+            .filter(steps::lease_epoch.eq(lease.epoch))
     )
+    .set(clear_lease())
     .execute(c))?;
     if gone == 0 {
         return Ok(None);
@@ -121,15 +122,15 @@ fn requeue_all(
 /// caller); each counts as an infrastructure retry.
 pub fn expire_due(conn: &mut Conn, max_infra: i32, now: i64) -> Result<Vec<Requeued>, DbError> {
     let due: Vec<LeaseRow> = match conn {
-        Conn::Pg(c) => leases::table
-            .filter(leases::expires_at.le(now))
-            .select(LeaseRow::as_select())
+        Conn::Pg(c) => leased()
+            .filter(steps::lease_expires_at.le(now))
+            .select(lease_columns!())
             .for_update()
             .skip_locked()
             .load(&mut **c)?,
-        Conn::Sqlite(c) => leases::table
-            .filter(leases::expires_at.le(now))
-            .select(LeaseRow::as_select())
+        Conn::Sqlite(c) => leased()
+            .filter(steps::lease_expires_at.le(now))
+            .select(lease_columns!())
             .load(&mut **c)?,
     };
     requeue_all(conn, &due, max_infra, now)
@@ -142,9 +143,9 @@ pub fn release_all_of_worker(
     max_infra: i32,
 ) -> Result<Vec<Requeued>, DbError> {
     let now = conn.now_ms()?;
-    let held: Vec<LeaseRow> = on_conn!(conn, |c| leases::table
-        .filter(leases::worker_id.eq(worker_id))
-        .select(LeaseRow::as_select())
+    let held: Vec<LeaseRow> = on_conn!(conn, |c| leased()
+        .filter(steps::worker_id.eq(worker_id))
+        .select(lease_columns!())
         .load(c))?;
     requeue_all(conn, &held, max_infra, now)
 }
@@ -157,9 +158,9 @@ pub fn release_all_except(
     max_infra: i32,
 ) -> Result<Vec<Requeued>, DbError> {
     let now = conn.now_ms()?;
-    let held: Vec<LeaseRow> = on_conn!(conn, |c| leases::table
-        .filter(leases::worker_id.ne_all(live.to_vec()))
-        .select(LeaseRow::as_select())
+    let held: Vec<LeaseRow> = on_conn!(conn, |c| leased()
+        .filter(steps::worker_id.ne_all(live.to_vec()))
+        .select(lease_columns!())
         .load(c))?;
     requeue_all(conn, &held, max_infra, now)
 }

@@ -30,17 +30,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    leases (step_id) {
-        step_id -> Text,
-        worker_id -> Text,
-        epoch -> Int8,
-        granted_at -> Int8,
-        expires_at -> Int8,
-        attempt -> Int4,
-    }
-}
-
-diesel::table! {
     runs (id) {
         id -> Text,
         name -> Text,
@@ -116,6 +105,8 @@ diesel::table! {
         preferred_worker_id -> Nullable<Text>,
         failure_reason -> Nullable<Text>,
         completion_digest -> Nullable<Text>,
+        lease_granted_at -> Nullable<Int8>,
+        lease_expires_at -> Nullable<Int8>,
     }
 }
 
@@ -136,10 +127,7 @@ diesel::table! {
 }
 
 diesel::joinable!(artifacts -> runs (run_id));
-diesel::joinable!(leases -> steps (step_id));
 diesel::joinable!(run_state -> runs (run_id));
 diesel::joinable!(steps -> runs (run_id));
 
-diesel::allow_tables_to_appear_in_same_query!(
-    artifacts, events, leases, run_state, runs, steps, workers,
-);
+diesel::allow_tables_to_appear_in_same_query!(artifacts, events, run_state, runs, steps, workers,);

@@ -1,7 +1,7 @@
 //! Queries on `steps` (leasing lives in `leases.rs`).
 
 use super::models::{ImplStep, StepRow};
-use super::schema::{leases, runs, steps};
+use super::schema::{runs, steps};
 use super::{on_conn, Conn, DbError};
 use diesel::prelude::*;
 
@@ -37,9 +37,8 @@ pub fn for_run_with_leases(
     run_id: &str,
 ) -> Result<Vec<(StepRow, Option<i64>)>, DbError> {
     let rows = on_conn!(conn, |c| steps::table
-        .left_join(leases::table)
         .filter(steps::run_id.eq(run_id))
-        .select((StepRow::as_select(), leases::expires_at.nullable()))
+        .select((StepRow::as_select(), steps::lease_expires_at))
         .order(steps::seq.asc())
         .load(c))?;
     Ok(rows)

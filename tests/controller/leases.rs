@@ -269,14 +269,16 @@ async fn a_completion_racing_the_expiry_of_its_lease_is_stale() {
     let run = ctl.submit("race", 2, &[]).await;
     let (lease, _) = w.take().await;
 
-    // The expiry sweep's transaction, caught half way: the lease is deleted and the step put
+    // The expiry sweep's transaction, caught half way: the lease is cleared and the step put
     // back to RETRYING, not yet committed (these are the statements the sweep runs).
     let mut sweep = ctl.pg();
     diesel::sql_query("BEGIN").execute(&mut sweep).unwrap();
-    diesel::sql_query("DELETE FROM leases WHERE step_id = $1")
-        .bind::<Text, _>(&lease.step)
-        .execute(&mut sweep)
-        .unwrap();
+    diesel::sql_query(
+        "UPDATE steps SET lease_granted_at = NULL, lease_expires_at = NULL WHERE id = $1",
+    )
+    .bind::<Text, _>(&lease.step)
+    .execute(&mut sweep)
+    .unwrap();
     diesel::sql_query(
         "UPDATE steps SET status = 'RETRYING', infra_attempts = infra_attempts + 1 WHERE id = $1",
     )
@@ -284,8 +286,8 @@ async fn a_completion_racing_the_expiry_of_its_lease_is_stale() {
     .execute(&mut sweep)
     .unwrap();
 
-    // The completion arrives meanwhile: it must wait for the lease row, not pass the epoch
-    // check on the row being deleted.
+    // The completion arrives meanwhile: it must wait for the step's row, not pass the epoch
+    // check on the lease being cleared.
     let done = {
         let (w, l) = (w.clone(), lease.clone());
         tokio::spawn(async move { w.complete(&l, &Worker::completion(&l)).await })

@@ -11,6 +11,7 @@ mod direct;
 mod fast_paths;
 mod races;
 mod ticks;
+mod upgrade;
 use batched::*;
 use direct::*;
 use fast_paths::*;
