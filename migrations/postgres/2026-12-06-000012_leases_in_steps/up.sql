@@ -3,9 +3,10 @@
 -- expires. Every cycle of a busy pool inserted a lease row and deleted another, each with
 -- three index entries (key, expiry, worker), and every completion's check joined the two
 -- tables. Now the finished step's UPDATE (made anyway) clears its lease, and the queued
--- step's INSERT (made anyway) carries its new one: two row writes and three index entries
--- fewer a cycle. One partial index (leased steps by expiry) serves the expiry sweep and the
--- lookups by worker: it holds only the live leases.
+-- step's INSERT (made anyway) carries its new one: two row writes fewer a cycle, and two
+-- index entries (the lease row's three, less one in the new index). That one partial index
+-- (leased steps by expiry) serves the expiry sweep and the lookups by worker: it holds only
+-- the live leases.
 --
 -- `leases` stays, as a view of the leased steps with the table's columns, for everything that
 -- reads leases (the snapshot, the sweeps, `GET /workers`). Writes go to `steps`; the view
