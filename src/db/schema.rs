@@ -130,4 +130,4 @@ diesel::joinable!(artifacts -> runs (run_id));
 diesel::joinable!(run_state -> runs (run_id));
 diesel::joinable!(steps -> runs (run_id));
 
-diesel::allow_tables_to_appear_in_same_query!(artifacts, events, run_state, runs, steps, workers,);
+diesel::allow_tables_to_appear_in_same_query!(artifacts, events, run_state, runs, steps, workers);
