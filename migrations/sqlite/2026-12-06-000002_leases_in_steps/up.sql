@@ -3,13 +3,9 @@
 -- `leases` stays as a read-only view of the leased steps with the table's columns.
 ALTER TABLE steps ADD COLUMN lease_granted_at BIGINT;
 ALTER TABLE steps ADD COLUMN lease_expires_at BIGINT;
-UPDATE steps SET
-    lease_granted_at = (SELECT l.granted_at FROM leases l WHERE l.step_id = steps.id),
-    lease_expires_at = (SELECT l.expires_at FROM leases l WHERE l.step_id = steps.id),
-    worker_id = coalesce((SELECT l.worker_id FROM leases l WHERE l.step_id = steps.id),
-                         worker_id),
-    lease_epoch = coalesce((SELECT l.epoch FROM leases l WHERE l.step_id = steps.id),
-                           lease_epoch);
+UPDATE steps SET lease_granted_at = l.granted_at, lease_expires_at = l.expires_at,
+                 worker_id = l.worker_id, lease_epoch = l.epoch
+  FROM leases l WHERE l.step_id = steps.id;
 DROP TABLE leases;
 CREATE INDEX steps_leased ON steps (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE VIEW leases AS
