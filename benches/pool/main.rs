@@ -11,7 +11,9 @@
 //! LOOPD_BENCH_SAMPLES (dispatch samples, 500), LOOPD_BENCH_SECS (each throughput window, 20),
 //! LOOPD_BENCH_SOAK_SECS (60; 600 is the ten minutes), LOOPD_BENCH_FOOTPRINT_SECS (30),
 //! LOOPD_BENCH_STREAM_MB (50), LOOPD_BENCH_CONTROLLER_ENV (extra controller settings for
-//! experiments, e.g. "LOOPD__STORAGE__POOL_SIZE=32").
+//! experiments, e.g. "LOOPD__STORAGE__POOL_SIZE=32"). On a server that counts nested statements
+//! (`pg_stat_statements` loaded, `pg_stat_statements.track = all`), the throughput section also
+//! prints Postgres' time by statement in the one-request window (`statements.rs`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -22,6 +24,7 @@ mod db_rate;
 mod dispatch;
 mod footprint;
 mod recovery;
+mod statements;
 mod streaming;
 mod throughput;
 

@@ -7,9 +7,9 @@
 //! allow on this machine's cores, and what the cycle's statements reach made inside the database
 //! alone (`ceiling.rs`).
 
-use crate::ceiling;
 use crate::cluster::{endless, heartbeats, Cluster, SimWorker, Task};
 use crate::footprint::{cpu_ticks, TICKS_PER_SEC};
+use crate::{ceiling, statements};
 use crate::{Opts, Table};
 use diesel::prelude::*;
 use std::collections::HashMap;
@@ -76,7 +76,20 @@ pub async fn run(o: &Opts, t: &mut Table) {
     let two = window(&c, &done, o.secs).await;
     claim_next.store(true, Ordering::Relaxed);
     tokio::time::sleep(WARMUP).await;
+    let url = c.db.url.clone();
+    let counted = tokio::task::spawn_blocking(move || statements::start(&url))
+        .await
+        .unwrap_or(false);
     let one = window(&c, &done, o.secs).await;
+    let (url, cycles) = (c.db.url.clone(), one.cycles);
+    let by_statement = if counted {
+        tokio::task::spawn_blocking(move || statements::report(&url, cycles))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
     drop(tasks);
     // The limit is measured alone, on the same database.
     c.ctl.kill9();
@@ -160,12 +173,16 @@ pub async fn run(o: &Opts, t: &mut Table) {
         "",
         None,
     );
+    if let Some(by) = by_statement {
+        t.add("postgres time by statement (1 request/cycle)", by, "", None);
+    }
 }
 
 /// One window's figures.
 struct Window {
-    /// Cycles per second.
+    /// Cycles per second, and in all.
     rate: f64,
+    cycles: f64,
     /// The controller's CPU, % of a core.
     cpu: f64,
     /// CPU time per cycle (ms) of the controller and of the Postgres server's processes:
@@ -232,6 +249,7 @@ async fn window(c: &Cluster, done: &AtomicU64, secs: u64) -> Window {
         bench_ms: bench * 1000.0 / cycles,
         per_batch: (i1 - i0) / (b1 - b0).max(1.0),
         rate: cycles / elapsed,
+        cycles,
         cpu: ctl / elapsed * 100.0,
         ctl_ms: ctl * 1000.0 / cycles,
         pg_ms: pg as f64 / TICKS_PER_SEC * 1000.0 / cycles,
