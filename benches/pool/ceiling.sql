@@ -46,7 +46,12 @@ BEGIN
         'lease_epoch', 0, 'completion_digest', NULL, 'lease_granted_at', NULL,
         'lease_expires_at', NULL);
     RETURN jsonb_build_object('step', cur.id, 'worker', p_worker, 'epoch', cur.lease_epoch,
-        'run', to_jsonb(r), 'state_before', to_jsonb(st),
+        -- The run and its state by their rows' versions, as the controller sends them.
+        'run', jsonb_build_object('id', r.id, 'status', r.status, 'version',
+                                  (SELECT x.xmin::text::bigint FROM runs x WHERE x.id = p_run)),
+        'state_before', jsonb_build_object('version', (SELECT x.xmin::text::bigint
+                                                         FROM run_state x
+                                                        WHERE x.run_id = p_run)),
         'done', to_jsonb(cur) - 'prompt' || jsonb_build_object('status', 'SUCCEEDED',
             'settled', true, 'exit_code', 0, 'output_path', 'iter.log',
             'output_tail', 'worker step ' || i, 'completion_digest', ids[2]),

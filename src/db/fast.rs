@@ -14,7 +14,6 @@ use crate::domain::events as ev;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -201,11 +200,11 @@ pub struct Inputs {
     pub succeeded_impls: Vec<ImplStep>,
 }
 
-/// What a completion's decision reads (see the migration), with the run and state as the
-/// database sent them, to be handed back to [`complete_apply`] for its check. The two are kept
-/// as JSON text, written once, not as `Value` trees rebuilt and written out again at each
-/// cycle; the run (which a completion does not change) is shared, not copied, from one cycle's
-/// snapshot to the next.
+/// What a completion's decision reads (see the migration), with the versions of the run's row
+/// and of its state's as the database read them (their `xmin`), handed back to
+/// [`complete_apply`] for its check (migration `2026-12-07-000013_versions_not_rows`). The run
+/// (which a completion does not change) is shared, not copied, from one cycle's snapshot to
+/// the next.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub now: i64,
@@ -214,8 +213,8 @@ pub struct Snapshot {
     pub run: Arc<RunRow>,
     pub state: RunStateRow,
     pub inputs: Inputs,
-    pub run_json: Arc<RawValue>,
-    pub state_json: Box<RawValue>,
+    pub run_version: i64,
+    pub state_version: i64,
 }
 
 #[derive(Deserialize)]
@@ -224,12 +223,14 @@ struct Parts {
     step: StepRow,
     lease: Option<LeaseRow>,
     inputs: Inputs,
+    run_version: i64,
+    state_version: i64,
 }
 
 /// A snapshot from a function's reply; `None` when the step or its run is gone.
 fn parse(mut v: Value) -> Result<Option<Snapshot>, DbError> {
-    let (run_json, state_json) = (v["run"].take(), v["state"].take());
-    if v.get("step").is_none() || run_json.is_null() || state_json.is_null() {
+    let (run, state) = (v["run"].take(), v["state"].take());
+    if v.get("step").is_none() || run.is_null() || state.is_null() {
         return Ok(None);
     }
     let p: Parts = decode(v)?;
@@ -237,11 +238,11 @@ fn parse(mut v: Value) -> Result<Option<Snapshot>, DbError> {
         now: p.now,
         step: p.step,
         lease: p.lease,
-        run: Arc::new(RunRow::deserialize(&run_json).map_err(reply)?),
-        state: RunStateRow::deserialize(&state_json).map_err(reply)?,
+        run: Arc::new(RunRow::deserialize(run).map_err(reply)?),
+        state: RunStateRow::deserialize(state).map_err(reply)?,
         inputs: p.inputs,
-        run_json: Arc::from(to_raw(&run_json)?),
-        state_json: to_raw(&state_json)?,
+        run_version: p.run_version,
+        state_version: p.state_version,
     }))
 }
 
@@ -250,6 +251,39 @@ pub fn complete_snapshot(conn: &mut Conn, step_id: &str) -> Result<Option<Snapsh
     let v: Value =
         diesel::select(loopd_complete_snapshot(step_id, phases())).get_result(pg(conn)?)?;
     parse(v)
+}
+
+/// The run as a completion's write checks it: its row's version, with the id that finds it and
+/// the status a batch reads to take its direct path.
+#[derive(serde::Serialize)]
+pub struct RunVersion<'a> {
+    id: &'a str,
+    status: &'a str,
+    version: i64,
+}
+
+impl<'a> RunVersion<'a> {
+    pub fn of(snap: &'a Snapshot) -> Self {
+        RunVersion {
+            id: &snap.run.id,
+            status: &snap.run.status,
+            version: snap.run_version,
+        }
+    }
+}
+
+/// The run's state as a completion's write checks it: its row's version.
+#[derive(serde::Serialize)]
+pub struct StateVersion {
+    version: i64,
+}
+
+impl StateVersion {
+    pub fn of(snap: &Snapshot) -> Self {
+        StateVersion {
+            version: snap.state_version,
+        }
+    }
 }
 
 /// What a completion decided from a [`Snapshot`].
@@ -266,16 +300,6 @@ pub struct Completion<'a> {
 
 pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
     serde_json::to_value(v).map_err(|e| DbError::Reply(e.to_string()))
-}
-
-/// `v` written out as JSON text.
-pub(super) fn to_raw<T: serde::Serialize + ?Sized>(v: &T) -> Result<Box<RawValue>, DbError> {
-    serde_json::value::to_raw_value(v).map_err(|e| DbError::Reply(e.to_string()))
-}
-
-/// JSON text read back as a `Value` (for a statement whose parameters are `Value`s).
-pub(super) fn from_raw(v: &RawValue) -> Result<Value, DbError> {
-    serde_json::from_str(v.get()).map_err(reply)
 }
 
 /// What `loopd_complete_apply` writes, as JSON: the finished step (without its prompt, which
@@ -314,8 +338,8 @@ pub fn complete_apply(
         &w.done.id,
         w.worker_id,
         w.epoch,
-        from_raw(&snap.run_json)?,
-        from_raw(&snap.state_json)?,
+        to_json(&RunVersion::of(snap))?,
+        to_json(&StateVersion::of(snap))?,
         x.done,
         x.queued,
         x.state,

@@ -8,7 +8,7 @@
 //! write finds it moved and reads a fresh snapshot), and the decision inputs follow from the
 //! step being the run's only unfinished one. The storage suite compares the whole with a read.
 
-use super::fast::{decode, to_raw, Claimed, ClaimedStep, Completion, Inputs, Snapshot};
+use super::fast::{decode, Claimed, ClaimedStep, Completion, Inputs, Snapshot};
 use super::leases::ClaimSpec;
 use super::models::{ImplStep, LeaseRow, StepRow};
 use super::DbError;
@@ -18,6 +18,8 @@ use serde_json::Value;
 #[derive(Deserialize)]
 struct Direct {
     now: i64,
+    /// The version of the run's state the completion wrote.
+    state_version: i64,
     /// The watchdog's inputs (`loopd_watch_inputs`), present when the leased step is a
     /// verification that is not final.
     watch: Option<Watch>,
@@ -36,7 +38,11 @@ pub(super) fn claimed(
     w: &Completion<'_>,
     spec: &ClaimSpec<'_>,
 ) -> Result<Claimed, DbError> {
-    let Direct { now, watch } = decode(reply)?;
+    let Direct {
+        now,
+        state_version,
+        watch,
+    } = decode(reply)?;
     let queued = w
         .queued
         .ok_or_else(|| DbError::Reply("a direct lease without a queued step".into()))?;
@@ -62,8 +68,8 @@ pub(super) fn claimed(
         run: snap.run.clone(),
         state: state.clone(),
         inputs,
-        run_json: snap.run_json.clone(),
-        state_json: to_raw(&state)?,
+        run_version: snap.run_version,
+        state_version,
     };
     step.prompt = prompt;
     Ok(Claimed::Got(Box::new(ClaimedStep {

@@ -25,6 +25,11 @@ enum Kind {
     Good,
     /// Its lease epoch is not the step's: its check refuses it.
     Stale,
+    /// Its run's row was updated after the snapshot (a note that no decision reads): a new
+    /// version of the row, which its check refuses.
+    RunMoved,
+    /// Its run's state was updated after the snapshot: likewise refused.
+    StateMoved,
     /// Its two events share a number: its statement raises an error.
     Poisoned,
     /// The completion before it again, as a worker repeating its request sends it.
@@ -110,6 +115,17 @@ fn behind_held_batches(s: &Store, kinds: &[Kind]) -> Vec<(Kind, Outcome, Vec<Str
         let worker = format!("w{i}");
         let g = claim(&mut c, &worker, &[], 60_000).expect("claimed");
         let snap = g.next.expect("the claim's snapshot");
+        let moved = match kind {
+            Kind::RunMoved => "UPDATE runs SET waiting_reason = 'moved' WHERE id = $1",
+            Kind::StateMoved => "UPDATE run_state SET pending_prompt = 'moved' WHERE run_id = $1",
+            _ => "",
+        };
+        if !moved.is_empty() {
+            diesel::sql_query(moved)
+                .bind::<diesel::sql_types::Text, _>(&run.id)
+                .execute(pg(&mut c))
+                .unwrap();
+        }
         claimed.push((run, worker, snap, g.lease.epoch));
     }
     let mut lock = s.db.conn().unwrap();
@@ -185,14 +201,21 @@ fn each_by_its_own_checks(
 }
 
 pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_checks(s: Store) {
-    let got = behind_held_batches(&s, &[Kind::Good, Kind::Stale, Kind::Good]);
-    // A stale write is refused.
+    let kinds = [
+        Kind::Good,
+        Kind::Stale,
+        Kind::RunMoved,
+        Kind::StateMoved,
+        Kind::Good,
+    ];
+    let got = behind_held_batches(&s, &kinds);
+    // A stale write, and one whose run or state moved since its snapshot, is refused.
     each_by_its_own_checks(&s, &got, |out| matches!(out, Ok(None)));
     let b = s.db.batcher().unwrap();
     assert_eq!(
         b.counts(),
-        (MAX_RUNNING as u64 + 1, MAX_RUNNING as u64 + 3),
-        "the three queued completions went in one statement"
+        (MAX_RUNNING as u64 + 1, MAX_RUNNING as u64 + 5),
+        "the five queued completions went in one statement"
     );
 }
 

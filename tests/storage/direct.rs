@@ -8,16 +8,13 @@ use super::{claim, seed, spec, Store};
 use loopd::db::batch;
 use loopd::db::fast::{self, Claimed, Completion, Snapshot};
 use loopd::db::models::{ImplStep, StepRow};
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// What a completion's write checks and its decision reads, as comparable JSON.
 pub(super) fn held(s: &Snapshot) -> Value {
-    let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).expect("JSON text");
-    let mut run = parse(&s.run_json);
-    run.as_object_mut().map(|o| o.remove("waiting_reason"));
     json!({
-        "step": s.step, "lease": s.lease, "run": run, "state": parse(&s.state_json),
+        "step": s.step, "lease": s.lease, "run": *s.run, "state": s.state,
+        "run_version": s.run_version, "state_version": s.state_version,
         "others_active": s.inputs.others_active, "attempts": s.inputs.attempts,
         "recent": s.inputs.recent_impls, "succeeded": s.inputs.succeeded_impls,
     })

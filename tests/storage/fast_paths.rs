@@ -110,19 +110,18 @@ pub fn a_completion_written_from_a_snapshot_changes_everything_at_once(s: Store)
     );
     // What the claim read is what a snapshot reads now: the completion can skip reading.
     let snap = g.next.clone().expect("the claim's snapshot");
-    let parse = |raw: &serde_json::value::RawValue| -> serde_json::Value {
-        serde_json::from_str(raw.get()).expect("JSON text")
+    let rows = |s: &fast::Snapshot| {
+        let (run, state) = (
+            serde_json::to_value(&*s.run),
+            serde_json::to_value(&s.state),
+        );
+        (s.run_version, s.state_version, run.unwrap(), state.unwrap())
     };
-    assert_eq!(
-        (parse(&snap.run_json), parse(&snap.state_json)),
-        (parse(&fresh.run_json), parse(&fresh.state_json))
-    );
+    assert_eq!(rows(&snap), rows(&fresh));
     assert_eq!(snap.inputs.attempts, fresh.inputs.attempts);
     assert_eq!(snap.step.prompt, None);
     let (done, queued, state) = decided(&snap);
     let evs = two_events(&snap, &queued, state.event_seq);
-    // A note for people on the run (no decision reads it) does not stop the write.
-    db::runs::set_waiting_reason(&mut c, &run.id, None, Some("waiting for a worker")).unwrap();
     let w = Completion {
         worker_id: "w",
         epoch: g.lease.epoch,
@@ -131,6 +130,15 @@ pub fn a_completion_written_from_a_snapshot_changes_everything_at_once(s: Store)
         state: &state,
         events: &evs,
     };
+    // Any update of the run's row, even of a note no decision reads, is a new version of it:
+    // the write refuses the snapshot and writes nothing; one read afresh then writes.
+    db::runs::set_waiting_reason(&mut c, &run.id, None, Some("waiting for a worker")).unwrap();
+    assert!(!fast::complete_apply(&mut c, &snap, &w).unwrap());
+    let unwritten = db::steps::get(&mut c, &ids[0]).unwrap().unwrap();
+    assert_eq!(unwritten.status, "IN_PROGRESS");
+    assert!(db::steps::get(&mut c, &queued.id).unwrap().is_none());
+    let snap = fast::complete_snapshot(&mut c, &ids[0]).unwrap().unwrap();
+    assert_ne!(snap.run_version, rows(&fresh).0, "the run's new version");
     assert!(fast::complete_apply(&mut c, &snap, &w).unwrap());
     let step = db::steps::get(&mut c, &ids[0]).unwrap().unwrap();
     assert_eq!((step.status.as_str(), step.settled), ("SUCCEEDED", true));
