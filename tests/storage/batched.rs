@@ -82,7 +82,7 @@ fn complete(
     })
 }
 
-fn pg(c: &mut Conn) -> &mut PgConnection {
+pub(super) fn pg(c: &mut Conn) -> &mut PgConnection {
     match c {
         Conn::Pg(c) => c,
         Conn::Sqlite(_) => panic!("Postgres only"),

@@ -212,6 +212,37 @@ pub fn a_snapshot_that_moved_writes_nothing(s: Store) {
     db::runs::save(&mut c, &paused).unwrap();
     assert!(!fast::complete_apply(&mut c, &snap, &w("w", g.lease.epoch)).unwrap());
     unchanged(&mut c);
+    // A run sent without its version is refused, not taken as unchanged.
+    let snap = fast::complete_snapshot(&mut c, &ids[0]).unwrap().unwrap();
+    assert!(!unversioned_apply(&mut c, &snap, &w("w", g.lease.epoch)));
+    unchanged(&mut c);
+}
+
+/// `loopd_complete_apply` called with the run's id and status but no version (as a caller
+/// that predates versions would): whether it wrote.
+fn unversioned_apply(c: &mut Conn, snap: &Snapshot, w: &Completion<'_>) -> bool {
+    use diesel::sql_types::{BigInt, Bool, Jsonb, Text};
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = Bool)]
+        ok: bool,
+    }
+    let to = |v: serde_json::Result<Value>| v.unwrap();
+    let run = json!({"id": snap.run.id, "status": snap.run.status});
+    diesel::sql_query("SELECT loopd_complete_apply($1, $2, $3, $4, $5, $6, $7, $8, $9) AS ok")
+        .bind::<Text, _>(&w.done.id)
+        .bind::<Text, _>(w.worker_id)
+        .bind::<BigInt, _>(w.epoch)
+        .bind::<Jsonb, _>(run)
+        .bind::<Jsonb, _>(json!({"version": snap.state_version}))
+        .bind::<Jsonb, _>(to(serde_json::to_value(w.done)))
+        .bind::<Jsonb, _>(to(serde_json::to_value(w.queued)))
+        .bind::<Jsonb, _>(to(serde_json::to_value(w.state)))
+        .bind::<Jsonb, _>(to(serde_json::to_value(w.events)))
+        .get_result::<Applied>(super::batched::pg(c))
+        .unwrap()
+        .ok
 }
 
 pub fn a_completion_that_claims_takes_the_next_step_in_the_same_statement(s: Store) {

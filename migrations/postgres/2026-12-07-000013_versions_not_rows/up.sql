@@ -1,13 +1,14 @@
 -- A completion's write checks that the run and its state are as its decision read them. It
 -- used to compare them with the rows, sent whole with every completion (the run's 26 columns,
 -- its state's 12) and built again from the rows as JSON to compare (`to_jsonb`): for each
--- completion of a batch, Postgres parsed both, built both and compared them: about a tenth
--- of its CPU in a busy pool, in a profile of the whole machine. A row's version says the same: `xmin`, the transaction that
--- wrote it, changes with every update of the row and with nothing else (a lock or a read
--- leaves it). Snapshots now carry the versions of the run and its state (`run_version`,
--- `state_version`), a completion sends them instead of the rows (`run` keeps its id and
--- status, which the batch reads; `state_before` is the version alone), and the write compares
--- them. The one difference: an update that changes nothing a decision reads (the run's
+-- completion of a batch, Postgres parsed both, built both and compared them, about a tenth of
+-- its CPU in a busy pool (a profile of the whole machine). A row's version says the same:
+-- `xmin`, the transaction that wrote it, changes with every update of the row and with
+-- nothing else (a lock or a read leaves it). Snapshots now carry the versions of the run and
+-- its state (`run_version`, `state_version`), a completion sends them instead of the rows
+-- (`run` keeps its id and status, which the batch reads; `state_before` is the version
+-- alone), and the write compares them; a version missing or unequal refuses the write. The
+-- one difference: an update that changes nothing a decision reads (the run's
 -- `waiting_reason`, which the row comparison left out) now sends the completion to read a
 -- fresh snapshot; that note changes only for runs whose step waits for a worker, not while
 -- one runs it. A direct lease's reply carries the state's new version, for the snapshot the
@@ -133,7 +134,7 @@ BEGIN
       INTO v_run_id, v_versions_hold
       FROM runs r JOIN run_state x ON x.run_id = r.id
      WHERE r.id = p_run ->> 'id' FOR UPDATE;
-    IF NOT FOUND OR NOT v_versions_hold
+    IF NOT FOUND OR v_versions_hold IS NOT TRUE
        OR EXISTS (SELECT 1 FROM steps s WHERE s.run_id = v_run_id AND s.id <> p_step
                      AND s.status IN ('QUEUED', 'RETRYING', 'IN_PROGRESS')) THEN
         RETURN false;
