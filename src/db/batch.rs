@@ -16,7 +16,7 @@
 //! connection), nothing of the batch was written and each owner writes its item alone, so one
 //! bad item costs the others a retry, never their write.
 
-use super::fast::{Claimed, Completion, RunVersion, Snapshot, StateVersion};
+use super::fast::{Claimed, Completion, Done, RunVersion, Snapshot, StateVersion};
 use super::leases::{self, ClaimSpec};
 use super::models::{new_id, EventRow, RunStateRow, StepRow};
 use super::{ConnSource, DbError};
@@ -285,38 +285,6 @@ struct Args<'a> {
     ttl: i64,
     window: i64,
     event_ids: [String; 2],
-}
-
-/// What a completion writes of its finished step: the columns the statement sets, no more
-/// (the rest of the row is the database's already, and every key sent is parsed by Postgres
-/// at each batch: the whole row was 19 more).
-#[derive(Serialize)]
-struct Done<'a> {
-    status: &'a str,
-    settled: bool,
-    exit_code: Option<i32>,
-    output_path: Option<&'a str>,
-    output_tail: Option<&'a str>,
-    runner_notes: Option<&'a str>,
-    completion_detected: Option<bool>,
-    failure_reason: Option<&'a str>,
-    completion_digest: Option<&'a str>,
-}
-
-impl<'a> Done<'a> {
-    fn of(s: &'a StepRow) -> Self {
-        Done {
-            status: &s.status,
-            settled: s.settled,
-            exit_code: s.exit_code,
-            output_path: s.output_path.as_deref(),
-            output_tail: s.output_tail.as_deref(),
-            runner_notes: s.runner_notes.as_deref(),
-            completion_detected: s.completion_detected,
-            failure_reason: s.failure_reason.as_deref(),
-            completion_digest: s.completion_digest.as_deref(),
-        }
-    }
 }
 
 /// The arguments for the completion `w` decided from `snap`, claiming next with `spec`.

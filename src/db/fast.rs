@@ -13,7 +13,7 @@ use super::{Conn, DbError};
 use crate::domain::events as ev;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -255,7 +255,7 @@ pub fn complete_snapshot(conn: &mut Conn, step_id: &str) -> Result<Option<Snapsh
 
 /// The run as a completion's write checks it: its row's version, with the id that finds it and
 /// the status a batch reads to take its direct path.
-#[derive(serde::Serialize)]
+#[derive(Serialize)]
 pub struct RunVersion<'a> {
     id: &'a str,
     status: &'a str,
@@ -273,7 +273,7 @@ impl<'a> RunVersion<'a> {
 }
 
 /// The run's state as a completion's write checks it: its row's version.
-#[derive(serde::Serialize)]
+#[derive(Serialize)]
 pub struct StateVersion {
     version: i64,
 }
@@ -302,8 +302,40 @@ pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
     serde_json::to_value(v).map_err(|e| DbError::Reply(e.to_string()))
 }
 
-/// What `loopd_complete_apply` writes, as JSON: the finished step (without its prompt, which
-/// a completion does not change), the queued step, the state and the events.
+/// What a completion writes of its finished step, alone or in a batch: the columns the write
+/// sets, no more (the rest of the row is the database's already, and every key sent is parsed
+/// by Postgres: the whole row was 19 more).
+#[derive(Serialize)]
+pub struct Done<'a> {
+    status: &'a str,
+    settled: bool,
+    exit_code: Option<i32>,
+    output_path: Option<&'a str>,
+    output_tail: Option<&'a str>,
+    runner_notes: Option<&'a str>,
+    completion_detected: Option<bool>,
+    failure_reason: Option<&'a str>,
+    completion_digest: Option<&'a str>,
+}
+
+impl<'a> Done<'a> {
+    pub fn of(s: &'a StepRow) -> Self {
+        Done {
+            status: &s.status,
+            settled: s.settled,
+            exit_code: s.exit_code,
+            output_path: s.output_path.as_deref(),
+            output_tail: s.output_tail.as_deref(),
+            runner_notes: s.runner_notes.as_deref(),
+            completion_detected: s.completion_detected,
+            failure_reason: s.failure_reason.as_deref(),
+            completion_digest: s.completion_digest.as_deref(),
+        }
+    }
+}
+
+/// What `loopd_complete_apply` writes, as JSON: what changes of the finished step, the queued
+/// step, the state and the events.
 struct Written {
     done: Value,
     queued: Option<Value>,
@@ -313,12 +345,8 @@ struct Written {
 
 impl Written {
     fn of(w: &Completion<'_>) -> Result<Self, DbError> {
-        let mut done = to_json(w.done)?;
-        if let Some(o) = done.as_object_mut() {
-            o.remove("prompt");
-        }
         Ok(Written {
-            done,
+            done: to_json(&Done::of(w.done))?,
             queued: w.queued.map(to_json).transpose()?,
             state: to_json(w.state)?,
             events: to_json(&w.events)?,

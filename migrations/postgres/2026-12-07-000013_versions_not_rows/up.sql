@@ -23,8 +23,9 @@ DECLARE
     v_now BIGINT := loopd_now_ms();
     v_id TEXT;
     v_step steps;
-    v_state run_state;
-    v_run runs;
+    v_state JSONB;
+    v_state_seq BIGINT;
+    v_run JSONB;
     v_run_version BIGINT;
     v_state_version BIGINT;
 BEGIN
@@ -61,28 +62,28 @@ BEGIN
                      lease_epoch = lease_epoch + 1, started_at = v_now, ended_at = NULL,
                      lease_granted_at = v_now, lease_expires_at = v_now + p_ttl
      WHERE id = v_id RETURNING * INTO v_step;
+    -- Each row read once, with its version (a row variable cannot share an INTO list).
     UPDATE run_state SET event_seq = event_seq + 2 WHERE run_id = v_step.run_id
-    RETURNING * INTO v_state;
+    RETURNING to_jsonb(run_state), event_seq, xmin::text::bigint
+         INTO v_state, v_state_seq, v_state_version;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'run_state of % missing', v_step.run_id USING ERRCODE = 'no_data_found';
     END IF;
-    SELECT * INTO v_run FROM runs WHERE id = v_step.run_id;
-    SELECT r.xmin::text::bigint INTO v_run_version FROM runs r WHERE r.id = v_step.run_id;
-    SELECT x.xmin::text::bigint INTO v_state_version FROM run_state x
-     WHERE x.run_id = v_step.run_id;
+    SELECT to_jsonb(r), r.xmin::text::bigint INTO v_run, v_run_version
+      FROM runs r WHERE r.id = v_step.run_id;
     INSERT INTO events (id, run_id, run_seq, step_id, event_type, payload_json, created_at)
-    VALUES (p_event_ids[1], v_step.run_id, v_state.event_seq - 1, v_id, 'LEASE_GRANTED',
+    VALUES (p_event_ids[1], v_step.run_id, v_state_seq - 1, v_id, 'LEASE_GRANTED',
             jsonb_build_object('step_id', v_id, 'worker_id', p_worker,
                                'epoch', v_step.lease_epoch,
                                'expires_at', to_char(timestamp '1970-01-01'
                                    + v_step.lease_expires_at * interval '1 millisecond',
                                    'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::text, v_now),
-           (p_event_ids[2], v_step.run_id, v_state.event_seq, v_id, 'STEP_STARTED',
+           (p_event_ids[2], v_step.run_id, v_state_seq, v_id, 'STEP_STARTED',
             jsonb_build_object('step_id', v_id, 'phase', v_step.phase,
                                'attempt', v_step.attempt, 'worker_id', p_worker,
                                'epoch', v_step.lease_epoch)::text, v_now);
     RETURN jsonb_build_object('step', to_jsonb(v_step), 'lease', loopd_lease_of(v_step),
-                              'run', to_jsonb(v_run), 'state', to_jsonb(v_state), 'now', v_now,
+                              'run', v_run, 'state', v_state, 'now', v_now,
                               'run_version', v_run_version, 'state_version', v_state_version,
                               'inputs', loopd_decision_inputs(v_step, p_phases));
 END $$;
@@ -97,16 +98,17 @@ BEGIN
     IF NOT FOUND THEN
         RETURN '{}'::jsonb;
     END IF;
-    RETURN jsonb_build_object(
+    -- The run and its state read once each, with their versions (NULL when gone).
+    RETURN (SELECT jsonb_build_object(
         'now', loopd_now_ms(),
         'step', to_jsonb(v_step) - 'prompt',
-        'lease', (SELECT to_jsonb(l) FROM leases l WHERE l.step_id = p_step),
-        'run', (SELECT to_jsonb(r) FROM runs r WHERE r.id = v_step.run_id),
-        'state', (SELECT to_jsonb(rs) FROM run_state rs WHERE rs.run_id = v_step.run_id),
-        'run_version', (SELECT r.xmin::text::bigint FROM runs r WHERE r.id = v_step.run_id),
-        'state_version', (SELECT rs.xmin::text::bigint FROM run_state rs
-                           WHERE rs.run_id = v_step.run_id),
-        'inputs', loopd_decision_inputs(v_step, p_phases));
+        'lease', loopd_lease_of(v_step),
+        'run', to_jsonb(r), 'run_version', r.xmin::text::bigint,
+        'state', to_jsonb(rs), 'state_version', rs.xmin::text::bigint,
+        'inputs', loopd_decision_inputs(v_step, p_phases))
+      FROM (SELECT 1) one
+      LEFT JOIN runs r ON r.id = v_step.run_id
+      LEFT JOIN run_state rs ON rs.run_id = v_step.run_id);
 END $$;
 
 CREATE OR REPLACE FUNCTION loopd_complete_apply_at(p_now BIGINT, p_step TEXT, p_worker TEXT,
