@@ -52,12 +52,13 @@ BEGIN
         'state_before', jsonb_build_object('version', (SELECT x.xmin::text::bigint
                                                          FROM run_state x
                                                         WHERE x.run_id = p_run)),
-        'done', to_jsonb(cur) - 'prompt' || jsonb_build_object('status', 'SUCCEEDED',
-            'settled', true, 'exit_code', 0, 'output_path', 'iter.log',
-            'output_tail', 'worker step ' || i, 'completion_digest', ids[2]),
-        'queued', q,
-        'state', to_jsonb(st) || jsonb_build_object('event_seq', st.event_seq + 2,
-                                                    'last_worker_id', p_worker),
+        -- The columns the write sets, and no null (the controller leaves those out).
+        'done', jsonb_build_object('status', 'SUCCEEDED', 'settled', true, 'exit_code', 0,
+            'output_path', 'iter.log', 'output_tail', 'worker step ' || i,
+            'completion_digest', ids[2]),
+        'queued', jsonb_strip_nulls(q),
+        'state', jsonb_strip_nulls(to_jsonb(st) || jsonb_build_object(
+                     'event_seq', st.event_seq + 2, 'last_worker_id', p_worker)),
         'events', jsonb_build_array(
             jsonb_build_object('id', ids[3], 'run_id', p_run, 'run_seq', st.event_seq + 1,
                 'step_id', cur.id, 'event_type', 'STEP_FINISHED', 'payload_json',

@@ -309,12 +309,19 @@ pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, DbError> {
 pub struct Done<'a> {
     status: &'a str,
     settled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     output_path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     output_tail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     runner_notes: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     completion_detected: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     failure_reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     completion_digest: Option<&'a str>,
 }
 

@@ -36,7 +36,8 @@ pub struct RunRow {
     pub ended_at: Option<i64>,
 }
 
-/// The scheduler's progress counters of one run (see the migration's comment).
+/// The scheduler's progress counters of one run (see the migration's comment). Serialized
+/// only as an argument of Postgres' functions, without its absent values (as for [`StepRow`]).
 #[derive(
     Debug, Clone, Default, Queryable, Selectable, Insertable, AsChangeset, Serialize, Deserialize,
 )]
@@ -48,16 +49,25 @@ pub struct RunStateRow {
     pub verify_failures: i32,
     pub review_failures: i32,
     pub watchdog_rewrites: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub runner_notes: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_worker_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_head: Option<String>,
     /// A terminal decision being carried out (artifacts, merge, cleanup), as JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub finishing: Option<String>,
     pub event_seq: i64,
 }
 
+/// A step. Serialized only as an argument of Postgres' functions, without its absent values:
+/// a key left out is null to `jsonb_populate_record`, and each key sent is one more for
+/// Postgres to parse (migration `2026-12-08-000014_queued_by_columns`).
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = steps)]
 pub struct StepRow {
@@ -71,21 +81,34 @@ pub struct StepRow {
     pub is_final: bool,
     pub settled: bool,
     pub queued_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_tail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub runner_notes: Option<String>,
     pub output_size: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub completion_detected: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
     pub lease_epoch: i64,
     pub required_labels: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub preferred_worker_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub completion_digest: Option<String>,
 }
 
