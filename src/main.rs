@@ -7,6 +7,12 @@ use loopd::cli::Cli;
 use loopd::settings::Settings;
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: in a busy pool glibc's malloc and free took about a
+/// quarter of the controller's CPU (bins consolidated, chunks unlinked, across the threads that
+/// allocate and free a completion's buffers).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Start-up failures are one line (a multi-line message, e.g. from libpq, is joined).
 fn one_line(text: &str) -> String {
     text.lines()
