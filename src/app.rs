@@ -336,7 +336,9 @@ fn serve(
     };
     let server = HttpServer::new(move || {
         let mut app = App::new()
-            .wrap(tracing_actix_web::TracingLogger::default())
+            .wrap(tracing_actix_web::TracingLogger::<
+                crate::telemetry::RequestSpan,
+            >::new())
             .configure(http::health_routes)
             .default_service(web::to(http::not_found));
         if subsystems.remote_runners {

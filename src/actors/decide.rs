@@ -10,6 +10,7 @@ use crate::db::models::{ImplStep, RunRow, RunStateRow, StepRow};
 use crate::db::{self, Conn, DbError};
 use crate::domain::events as ev;
 use crate::domain::pipeline::{self, Counters, Decision, Finished, Next};
+use crate::domain::run_config::RunConfig;
 use crate::domain::{StepPhase, StepStatus};
 use crate::workspace::mirror::Mirrors;
 
@@ -181,7 +182,9 @@ pub fn plan(
     match next {
         Next::Enqueue { phase, is_final } => {
             let seq = last.as_ref().map(|s| s.seq + 1).unwrap_or(1);
-            let step = enqueue(h, run, &mut state, phase, is_final, mirrors, seq, now)?;
+            let step = enqueue(
+                h, run, &config, &mut state, phase, is_final, mirrors, seq, now,
+            )?;
             events.push(NewEvent {
                 step_id: Some(step.id.clone()),
                 event_type: ev::STEP_QUEUED,
@@ -255,6 +258,7 @@ fn finished<'a>(last: &'a StepRow, impls: &'a [ImplStep]) -> Finished<'a> {
 fn enqueue(
     h: &mut impl History,
     run: &RunRow,
+    config: &RunConfig,
     state: &mut RunStateRow,
     phase: StepPhase,
     is_final: bool,
@@ -267,9 +271,9 @@ fn enqueue(
         state
             .pending_prompt
             .take()
-            .or_else(|| prompts::build(run, mirrors, phase))
+            .or_else(|| prompts::build(run, config, mirrors, phase))
     } else {
-        prompts::build(run, mirrors, phase)
+        prompts::build(run, config, mirrors, phase)
     };
     let prompt_path = match phase {
         StepPhase::Implementation => Some("prompt.txt".to_string()),

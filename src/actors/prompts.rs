@@ -3,9 +3,10 @@
 //! the run's ref for git runs). The runner appends the plan's selected task when it runs the
 //! step, because only the workspace knows which box is ticked by then. Blocking.
 
-use super::assignment::{run_config, run_paths};
+use super::assignment::run_paths;
 use crate::db::models::RunRow;
 use crate::domain::prompt::{implementation_prompt, review_prompt, PromptInputs};
+use crate::domain::run_config::RunConfig;
 use crate::domain::StepPhase;
 use crate::domain::WorkspaceSource;
 use crate::workspace::mirror::Mirrors;
@@ -28,12 +29,17 @@ fn read_workspace_file(run: &RunRow, mirrors: &Mirrors, path: &str) -> Option<St
     std::fs::read_to_string(full).ok()
 }
 
-/// The prompt of a step of `phase` (None for phases that do not run the agent).
-pub fn build(run: &RunRow, mirrors: &Mirrors, phase: StepPhase) -> Option<String> {
+/// The prompt of a step of `phase` (None for phases that do not run the agent); `config` is
+/// the run's, parsed once by the caller's decision.
+pub fn build(
+    run: &RunRow,
+    config: &RunConfig,
+    mirrors: &Mirrors,
+    phase: StepPhase,
+) -> Option<String> {
     if !phase.runs_agent() {
         return None;
     }
-    let config = run_config(run);
     let paths = run_paths(run);
     let template = config
         .prompt_file
