@@ -308,4 +308,27 @@ mod tests {
             assert!(labels_match(&s, &set(&["a", "b", "c"])));
         }
     }
+
+    #[test]
+    fn rows_are_sent_without_their_absent_values_and_read_back_whole() {
+        let mut step = StepRow::new("r1", 2, "implementation", "QUEUED", 5);
+        step.prompt = Some("do the task".into());
+        let json = serde_json::to_value(&step).expect("serialize");
+        let keys = json.as_object().expect("object");
+        assert!(keys.values().all(|v| !v.is_null()), "{json}");
+        assert!(!keys.contains_key("exit_code") && keys.contains_key("prompt"));
+        // What Postgres would fill in as null, serde reads back as None: nothing is lost.
+        let back: StepRow = serde_json::from_value(json.clone()).expect("deserialize");
+        assert_eq!(serde_json::to_value(&back).expect("serialize"), json);
+        assert_eq!(back.exit_code, None);
+        let state = RunStateRow {
+            run_id: "r1".into(),
+            last_worker_id: Some("w1".into()),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&state).expect("serialize");
+        assert!(json.get("pending_prompt").is_none() && json["last_worker_id"] == "w1");
+        let back: RunStateRow = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back.pending_prompt, None);
+    }
 }
