@@ -1,4 +1,5 @@
-//! Logging: `tracing` to stderr, filtered by `RUST_LOG` when set, else by the `log` setting.
+//! Logging: `tracing` to stderr, filtered by `RUST_LOG` when set, else by the `log` setting;
+//! and the span each HTTP request's lines are logged in ([`RequestSpan`]).
 
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
