@@ -1,17 +1,13 @@
-//! A completion, as both paths write it: the finished step's row and event, and what it
-//! tells the run's state. And the Postgres path: read everything in one statement, decide in
-//! Rust, write in one statement that first checks nothing moved — otherwise the transactional
-//! path in `lease_writes.rs` (which SQLite always takes) does it. Part of the LeaseActor.
+//! A completion, as both paths write it (the transactional one in `lease_writes.rs`, and the
+//! Postgres one in `complete_pg.rs`): the finished step's row and event, and what it tells the
+//! run's state; and the snapshots claims keep for their completions. Part of the LeaseActor.
 
-use super::decide::{self, decides};
-use super::lease_service::{output_held, LeaseError, LeaseService};
-use super::scheduler_service::{Advanced, SchedError};
+use super::lease_service::LeaseError;
+use super::scheduler_service::SchedError;
 use crate::api::CompleteRequest;
 use crate::db::events::NewEvent;
-use crate::db::fast::{self, Claimed, Completion};
-use crate::db::leases::ClaimSpec;
+use crate::db::fast;
 use crate::db::models::{RunStateRow, StepRow};
-use crate::db::{batch, ConnSource};
 use crate::domain::events as ev;
 use crate::domain::{StepOutcome, StepPhase};
 use std::collections::HashMap;
@@ -152,155 +148,6 @@ pub fn sched_err(e: SchedError) -> LeaseError {
     match e {
         SchedError::Db(d) => LeaseError::Db(d),
         other => LeaseError::Internal(other.to_string()),
-    }
-}
-
-/// A completion the Postgres path wrote: its run, what was decided for it, and the claim made
-/// in the same statement when one was asked for (with the output held for the claimed step).
-pub(super) struct Written {
-    pub run_id: String,
-    pub actions: Vec<Advanced>,
-    pub claimed: Option<(Claimed, u64)>,
-}
-
-impl LeaseService {
-    /// A completion without artifacts on Postgres in one or two statements: `Some` when done,
-    /// `None` when the transactional path must do it (the lease is not this worker's, the run
-    /// is not going on or has another step in flight, or something moved between the read and
-    /// the write). It decides from what the claim read when it can (one statement: the write,
-    /// which checks that nothing moved), else from a fresh snapshot. With `next` (the worker's
-    /// labels), the write's statement also claims the worker's next step.
-    pub(super) async fn complete_pg(
-        &self,
-        worker_id: &str,
-        step_id: &str,
-        req: &CompleteRequest,
-        digest: &str,
-        next: Option<&[String]>,
-    ) -> Result<Option<Written>, LeaseError> {
-        let kept = self
-            .claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(step_id);
-        let (wid, sid, req, digest) = (
-            worker_id.to_string(),
-            step_id.to_string(),
-            req.clone(),
-            digest.to_string(),
-        );
-        let labels = next.map(<[String]>::to_vec);
-        let (ttl, window) = self.claim_times();
-        let (mirrors, output) = (self.mirrors.clone(), self.output.clone());
-        let batcher = self.db.batcher();
-        // The connection is taken only if needed: not while the completion waits for its batch.
-        self.db
-            .run_lazy(move |c| -> Result<_, LeaseError> {
-                let w = Writer {
-                    batcher: batcher.as_deref(),
-                    worker_id: &wid,
-                    req: &req,
-                    digest: &digest,
-                    mirrors: &mirrors,
-                    next: labels.as_deref().map(|labels| ClaimSpec {
-                        worker_id: &wid,
-                        labels,
-                        ttl_ms: ttl,
-                        affinity_window_ms: window,
-                    }),
-                };
-                let mut done = None;
-                if let Some(snap) = kept {
-                    done = w.write_from(c, snap)?;
-                }
-                if done.is_none() {
-                    done = match fast::complete_snapshot(c.get()?, &sid)? {
-                        Some(snap) => w.write_from(c, snap)?,
-                        None => None,
-                    };
-                }
-                // How much output the controller holds for the claimed step (a stat: here).
-                Ok(done.map(|(run_id, actions, claimed)| Written {
-                    run_id,
-                    actions,
-                    claimed: claimed.map(|got| {
-                        let offset = output_held(&output, &got);
-                        (got, offset)
-                    }),
-                }))
-            })
-            .await
-    }
-}
-
-/// One completion, written from snapshots.
-struct Writer<'a> {
-    /// Where completions wait to be written together (Postgres).
-    batcher: Option<&'a crate::db::batch::Batcher>,
-    worker_id: &'a str,
-    req: &'a CompleteRequest,
-    digest: &'a str,
-    mirrors: &'a crate::workspace::mirror::Mirrors,
-    /// The worker's next claim, made by the write's statement.
-    next: Option<ClaimSpec<'a>>,
-}
-
-/// What [`Writer::write_from`] wrote: the run, what was decided, the claim made with it.
-type Wrote = (String, Vec<Advanced>, Option<Claimed>);
-
-impl Writer<'_> {
-    /// Decides from `snap` and writes if it still holds; `None` when it does not apply.
-    fn write_from(
-        &self,
-        c: &mut impl ConnSource,
-        mut snap: fast::Snapshot,
-    ) -> Result<Option<Wrote>, LeaseError> {
-        let (wid, req) = (self.worker_id, self.req);
-        // (The write checks the lease's expiry against the database clock.)
-        let held = snap
-            .lease
-            .as_ref()
-            .is_some_and(|l| l.worker_id == wid && l.epoch == req.epoch);
-        if !held || !decides(&snap.run, &snap.state, snap.inputs.others_active) {
-            return Ok(None);
-        }
-        let now = snap.now;
-        let (run, mut state, mut step) = (snap.run.clone(), snap.state.clone(), snap.step.clone());
-        let event = completed(&mut step, &run.status, req, self.digest, now);
-        note_in_state(&mut state, req, wid);
-        let mut plan = decide::plan(
-            &mut snap,
-            &run,
-            state,
-            Some(step),
-            vec![event],
-            self.mirrors,
-            now,
-        )
-        .map_err(sched_err)?;
-        plan.state.event_seq += plan.events.len() as i64;
-        let events = crate::db::events::numbered(&run.id, plan.state.event_seq, &plan.events, now);
-        let Some(done) = plan.settled.as_ref() else {
-            return Ok(None);
-        };
-        let w = Completion {
-            worker_id: wid,
-            epoch: req.epoch,
-            done,
-            queued: plan.queued.as_ref(),
-            state: &plan.state,
-            events: &events,
-        };
-        let claimed = match &self.next {
-            Some(spec) => match batch::complete_and_claim(c, self.batcher, &snap, &w, spec)? {
-                Some(got) => Some(got),
-                None => return Ok(None),
-            },
-            None if fast::complete_apply(c.get()?, &snap, &w)? => None,
-            None => return Ok(None),
-        };
-        tracing::info!(run_id = %run.id, step_id = %done.id, worker_id = %wid, lease_epoch = req.epoch, status = %done.status, "step completed");
-        Ok(Some((run.id.clone(), plan.actions, claimed)))
     }
 }
 

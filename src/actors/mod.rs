@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 pub mod assignment;
+mod complete_pg;
 mod completion;
 mod control;
 mod decide;

@@ -1,25 +1,28 @@
 //! Completions that reach the controller together are written together: one statement
 //! (`loopd_complete_and_claim_many`, migration `2026-12-02-000007_batched_completions`), one
-//! transaction and one commit for all of them. A completion's thread queues its write; when
-//! fewer than [`MAX_RUNNING`] batches are under way it takes everything queued (up to
-//! [`MAX_ITEMS`]) and sends it on a connection of the pool, else it waits, holding none (so
-//! the pool's size does not bound the batches). A batch's end wakes only its owners, each with
-//! its reply, and the first completion still queued, whose thread sends the next batch.
-//! Nothing waits for company: a completion that finds the queue empty and a batch free is
-//! sent at once, alone, so an idle pool sees no added latency; under load the batches grow by
+//! transaction and one commit for all of them. A completion is queued with the sender half of
+//! a one-shot channel and its caller waits on the other half: a request's task awaits it
+//! without a thread of its own (a blocking caller blocks on it). When fewer than
+//! [`MAX_RUNNING`] batches are under way, the completion queued starts a driver on a blocking
+//! thread: it takes everything queued (up to [`MAX_ITEMS`]), sends it on one connection,
+//! hands each owner its reply, and goes on with what was queued meanwhile until the queue is
+//! empty. Waiting completions hold no connection and no thread, so neither the pool's size nor
+//! the blocking threads bound the batches, and a completion costs no thread switch of its own.
+//! Nothing waits for company: a completion that finds the queue empty and a batch free is sent
+//! at once, alone, so an idle pool sees no added latency; under load the batches grow by
 //! themselves with the requests that arrived while the last ones were written.
 //!
 //! Each item's own checks still decide whether it applies, exactly as when it is written alone
 //! (the items that lease their worker the next step directly are checked and written set by
 //! set, migration `2026-12-04-000010_set_based_batches`; the others one after the other,
 //! after them). Should the statement fail (an item raising an error, a deadlock, a lost
-//! connection), nothing of the batch was written and each owner writes its item alone, so one
+//! connection), nothing of the batch was written and the driver writes each item alone, so one
 //! bad item costs the others a retry, never their write.
 
 use super::fast::{Claimed, Completion, Done, RunVersion, Snapshot, StateVersion};
 use super::leases::{self, ClaimSpec};
 use super::models::{new_id, EventRow, RunStateRow, StepRow};
-use super::{ConnSource, DbError};
+use super::{Conn, ConnSource, Db, DbError};
 use diesel::sql_types::{Array, Jsonb, Text};
 use diesel::PgConnection;
 use diesel::RunQueryDsl;
@@ -27,7 +30,8 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
 
 #[derive(diesel::QueryableByName)]
 struct Replies {
@@ -42,8 +46,10 @@ pub const MAX_ITEMS: usize = 32;
 pub const MAX_RUNNING: usize = 2;
 
 /// The queue of completions waiting to be written, one per database pool.
-#[derive(Default)]
 pub struct Batcher {
+    /// Where the drivers take their connections: the pool's handle without this batcher (no
+    /// cycle between the two).
+    db: Db,
     state: Mutex<State>,
     /// Batches written, and the completions they carried (`/metrics`).
     batches: AtomicU64,
@@ -53,68 +59,34 @@ pub struct Batcher {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Queued>,
+    /// Drivers under way.
     running: usize,
 }
 
-/// A completion waiting in the queue, and where its thread waits.
+/// A completion waiting in the queue, and where its reply goes.
 struct Queued {
     item: Item,
-    slot: Arc<Slot>,
-}
-
-/// Where one completion's thread waits: woken alone, when its batch has an answer or when it
-/// is its turn to send the next batch (one condition variable for all would wake every
-/// waiting thread at each batch's end: a dozen context switches a completion, measured).
-#[derive(Default)]
-struct Slot {
-    wake: Mutex<Wake>,
-    cv: Condvar,
-}
-
-/// Why a waiting thread was woken: its turns to send the next batch (two batches ending at
-/// once may both hand theirs to the first completion queued), its batch's outcome, or both.
-/// A turn is never dropped, or the batches under way would stay counted for ever.
-#[derive(Default)]
-struct Wake {
-    turns: usize,
-    done: Option<Outcome>,
-}
-
-impl Slot {
-    fn turn(&self) {
-        self.wake.lock().unwrap_or_else(|e| e.into_inner()).turns += 1;
-        self.cv.notify_one();
-    }
-
-    fn done(&self, o: Outcome) {
-        self.wake.lock().unwrap_or_else(|e| e.into_inner()).done = Some(o);
-        self.cv.notify_one();
-    }
-
-    /// Waits until woken; what for.
-    fn wait(&self) -> Wake {
-        let mut g = self.wake.lock().unwrap_or_else(|e| e.into_inner());
-        while g.turns == 0 && g.done.is_none() {
-            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-        std::mem::take(&mut *g)
-    }
+    reply: oneshot::Sender<Result<Value, DbError>>,
 }
 
 /// One completion's arguments to `loopd_complete_and_claim`, as JSON text (built straight
 /// from the rows, without a `serde_json::Value` in between), with its run.
-struct Item {
+pub struct Item {
     run_id: String,
     json: String,
 }
 
-enum Outcome {
-    Reply(Value),
-    /// The batch failed: the item comes back to be written alone.
-    Alone(Item),
-}
-
 impl Batcher {
+    /// The queue of the pool `db` (a handle that has no batcher itself).
+    pub(super) fn new(db: Db) -> Batcher {
+        Batcher {
+            db,
+            state: Mutex::default(),
+            batches: AtomicU64::new(0),
+            items: AtomicU64::new(0),
+        }
+    }
+
     /// Batches written so far, and the completions they carried.
     pub fn counts(&self) -> (u64, u64) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -130,55 +102,131 @@ impl Batcher {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `item` (the arguments of one `loopd_complete_and_claim`) with whatever else is
-    /// queued; its reply. `c` is taken from the pool only to send a batch or to write the item
-    /// alone, never while the thread waits.
-    fn write(&self, c: &mut impl ConnSource, item: Item) -> Result<Value, DbError> {
-        let slot = Arc::new(Slot::default());
+    /// The reply to `item` (the arguments of one `loopd_complete_and_claim`), written with
+    /// whatever else is queued. The task waits without a thread or a connection.
+    pub async fn write(self: &Arc<Self>, item: Item) -> Result<Value, DbError> {
+        self.queue(item).await.unwrap_or_else(|_| Err(unanswered()))
+    }
+
+    /// [`Batcher::write`] for a blocking thread (never on an async one).
+    pub fn write_blocking(self: &Arc<Self>, item: Item) -> Result<Value, DbError> {
+        (self.queue(item).blocking_recv()).unwrap_or_else(|_| Err(unanswered()))
+    }
+
+    /// Queues `item`, starting a driver if fewer than [`MAX_RUNNING`] are under way.
+    fn queue(self: &Arc<Self>, item: Item) -> oneshot::Receiver<Result<Value, DbError>> {
+        let (reply, answer) = oneshot::channel();
         let mut s = self.lock();
-        s.queue.push_back(Queued {
-            item,
-            slot: slot.clone(),
-        });
+        s.queue.push_back(Queued { item, reply });
         if s.running < MAX_RUNNING {
             s.running += 1;
             // Taken with the push, under one lock: a completion that arrives meanwhile finds
-            // the turns as they are (and starts its own batch if one is free).
+            // the drivers as they are (and starts one if one is free).
             let items = take(&mut s);
             drop(s);
-            self.send(c, items);
-        } else {
-            drop(s);
+            self.start(items);
         }
-        loop {
-            let woken = slot.wait();
-            for _ in 0..woken.turns {
-                let items = take(&mut self.lock());
-                self.send(c, items);
-            }
-            match woken.done {
-                Some(Outcome::Reply(v)) => return Ok(v),
-                Some(Outcome::Alone(item)) => return one(super::fast::pg(c.get()?)?, item),
-                None => {}
-            }
+        answer
+    }
+
+    /// A driver for `items`, on a turn already counted in `running`: on the runtime's blocking
+    /// threads (the controller), or on a thread of its own where there is no runtime.
+    fn start(self: &Arc<Self>, items: Vec<Queued>) {
+        // Owned by the driver from here: should the runtime drop it unrun (shutting down), the
+        // turn still passes on.
+        let turn = Turn(self.clone());
+        let drive = move || turn.drive(items);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(drive)),
+            Err(_) => drop(std::thread::spawn(drive)),
         }
     }
 
-    /// Sends `items` as one batch, on a turn already counted in `running`; the batch's end
-    /// hands each owner its outcome and the turn on.
-    fn send(&self, c: &mut impl ConnSource, items: Vec<Queued>) {
-        let mut lead = Lead {
-            batcher: self,
-            items,
-            replies: None,
-        };
-        if !lead.items.is_empty() {
-            match c.get().and_then(super::fast::pg) {
-                Ok(c) => lead.send(c),
-                // Each owner then tries alone, and answers the error if it persists.
-                Err(e) => tracing::warn!(error = %e, "no connection for a batch of completions"),
+    /// Sends `items` as one batch on `conn` (taken from the pool if empty) and hands each
+    /// owner its reply.
+    fn send(&self, conn: &mut Option<Conn>, mut items: Vec<Queued>) {
+        // In the order of their runs, so that two batches under way lock rows in one order.
+        items.sort_by(|a, b| a.item.run_id.cmp(&b.item.run_id));
+        match self.on(conn, |pg| call(pg, items.iter().map(|q| &q.item))) {
+            Ok(Value::Array(replies)) if replies.len() == items.len() => {
+                self.batches.fetch_add(1, Ordering::Relaxed);
+                (self.items).fetch_add(replies.len() as u64, Ordering::Relaxed);
+                for (q, r) in items.into_iter().zip(replies) {
+                    // (An owner that went away still had its completion written.)
+                    let _ = q.reply.send(Ok(r));
+                }
+                return;
+            }
+            Ok(other) => tracing::warn!(reply = %other, "a batch of completions answered oddly"),
+            Err(e) => {
+                tracing::warn!(error = %e, items = items.len(), "a batch of completions failed; writing each alone");
             }
         }
+        // Each alone; its own error to its owner.
+        for Queued { item, reply } in items {
+            let _ = reply.send(self.on(conn, |pg| one(pg, item)));
+        }
+    }
+
+    /// `f` on the driver's connection, taken from the pool if it has none. After an error the
+    /// connection is checked and given back (the pool tests it when it is suspect), so that a
+    /// lost one is not used again.
+    fn on<R>(
+        &self,
+        conn: &mut Option<Conn>,
+        f: impl FnOnce(&mut PgConnection) -> Result<R, DbError>,
+    ) -> Result<R, DbError> {
+        if conn.is_none() {
+            *conn = Some(self.db.conn()?);
+        }
+        let c = conn.as_mut().expect("taken above");
+        let r = super::fast::pg(c).and_then(f);
+        if r.is_err() {
+            self.db.check_after_error(c);
+            *conn = None;
+        }
+        r
+    }
+}
+
+/// The error of a completion whose driver ended without answering it (it panicked).
+fn unanswered() -> DbError {
+    DbError::Join("a batch of completions ended without an answer".into())
+}
+
+/// A driver's turn, counted in `running`. Ending (after the queue emptied, or while unwinding
+/// from a panic), it gives the turn back, or hands what is queued to a new driver, so that
+/// nothing queued is left without one.
+struct Turn(Arc<Batcher>);
+
+impl Turn {
+    /// Sends `items`, then what was queued meanwhile, batch after batch on one connection,
+    /// until the queue is empty.
+    fn drive(self, mut items: Vec<Queued>) {
+        let mut conn = None;
+        loop {
+            self.0.send(&mut conn, items);
+            let mut s = self.0.lock();
+            if s.queue.is_empty() {
+                break;
+            }
+            items = take(&mut s);
+        }
+        // (The connection goes back to the pool before the turn is given back.)
+        drop(conn);
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        if s.queue.is_empty() {
+            s.running -= 1;
+            return;
+        }
+        let items = take(&mut s);
+        drop(s);
+        self.0.start(items);
     }
 }
 
@@ -186,61 +234,6 @@ impl Batcher {
 fn take(s: &mut State) -> Vec<Queued> {
     let n = s.queue.len().min(MAX_ITEMS);
     s.queue.drain(..n).collect()
-}
-
-/// A batch being sent. Dropping it (after the reply, or while unwinding from a panic) hands
-/// every owner its outcome and frees the turn (to the first completion still queued, if any),
-/// so that no owner waits for ever.
-struct Lead<'a> {
-    batcher: &'a Batcher,
-    items: Vec<Queued>,
-    replies: Option<Vec<Value>>,
-}
-
-impl Lead<'_> {
-    fn send(&mut self, c: &mut PgConnection) {
-        // In the order of their runs, so that two batches under way lock rows in one order.
-        self.items.sort_by(|a, b| a.item.run_id.cmp(&b.item.run_id));
-        let sent = call(c, self.items.iter().map(|q| &q.item));
-        match sent {
-            Ok(Value::Array(replies)) if replies.len() == self.items.len() => {
-                let b = self.batcher;
-                b.batches.fetch_add(1, Ordering::Relaxed);
-                (b.items).fetch_add(replies.len() as u64, Ordering::Relaxed);
-                self.replies = Some(replies);
-            }
-            Ok(other) => tracing::warn!(reply = %other, "a batch of completions answered oddly"),
-            Err(e) => {
-                tracing::warn!(error = %e, items = self.items.len(), "a batch of completions failed; writing each alone");
-            }
-        }
-    }
-}
-
-impl Drop for Lead<'_> {
-    fn drop(&mut self) {
-        // The turn passes on first (the next batch goes out while the owners of this one take
-        // their replies): to the first completion still queued, whose thread sends it.
-        let mut s = self.batcher.lock();
-        match s.queue.front() {
-            Some(next) => next.slot.turn(),
-            None => s.running -= 1,
-        }
-        drop(s);
-        let items = std::mem::take(&mut self.items);
-        match self.replies.take() {
-            Some(r) => {
-                for (q, reply) in items.into_iter().zip(r) {
-                    q.slot.done(Outcome::Reply(reply));
-                }
-            }
-            None => {
-                for q in items {
-                    q.slot.done(Outcome::Alone(q.item));
-                }
-            }
-        }
-    }
 }
 
 /// `loopd_complete_and_claim_many` with `items`: their replies, in their order.
@@ -288,7 +281,7 @@ struct Args<'a> {
 }
 
 /// The arguments for the completion `w` decided from `snap`, claiming next with `spec`.
-fn item(
+pub fn item(
     conn: &mut impl ConnSource,
     snap: &Snapshot,
     w: &Completion<'_>,
@@ -326,20 +319,31 @@ fn item(
 /// there; without, alone.
 pub fn complete_and_claim(
     conn: &mut impl ConnSource,
-    batcher: Option<&Batcher>,
+    batcher: Option<&Arc<Batcher>>,
     snap: &Snapshot,
     w: &Completion<'_>,
     spec: &ClaimSpec<'_>,
 ) -> Result<Option<Claimed>, DbError> {
     let item = item(conn, snap, w, spec)?;
-    let mut v = match batcher {
-        Some(b) => b.write(conn, item)?,
+    let reply = match batcher {
+        Some(b) => b.write_blocking(item)?,
         None => one(super::fast::pg(conn.get()?)?, item)?,
     };
-    if v.get("applied").and_then(Value::as_bool) != Some(true) {
+    answer(reply, snap, w, spec)
+}
+
+/// What the statement answered for the completion `w` decided from `snap` (its [`item`]):
+/// the claim it made, or `None` when `snap` no longer held and nothing was written.
+pub fn answer(
+    mut reply: Value,
+    snap: &Snapshot,
+    w: &Completion<'_>,
+    spec: &ClaimSpec<'_>,
+) -> Result<Option<Claimed>, DbError> {
+    if reply.get("applied").and_then(Value::as_bool) != Some(true) {
         return Ok(None);
     }
-    let claim = v["claim"].take();
+    let claim = reply["claim"].take();
     if claim.get("direct").is_some() {
         return super::leased::claimed(claim, snap, w, spec).map(Some);
     }

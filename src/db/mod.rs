@@ -241,11 +241,13 @@ impl Db {
                 suspect: suspect.clone(),
             })
             .map_err(|e| DbError::Connect(e.to_string()))?;
-        Ok(Db {
+        let mut db = Db {
             pool: Pool::Pg(pool, suspect),
             write_turn: None,
-            batch: Some(Default::default()),
-        })
+            batch: None,
+        };
+        db.batch = Some(std::sync::Arc::new(batch::Batcher::new(db.clone())));
+        Ok(db)
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,7 +1,9 @@
 //! Completions queued together are written in one statement, each by its own checks; a batch
 //! that fails writes nothing and its completions are written alone (Postgres). To make a batch
 //! form for certain, the test first holds the batches that may run at once on run rows it has
-//! locked, queues three completions behind them, then lets go.
+//! locked, queues three completions behind them, then lets go. Completions wait from blocking
+//! threads (as a completion decided from a fresh snapshot does) or from a runtime's tasks (as
+//! the controller's requests do), which hold no thread while they wait.
 
 use super::direct::held;
 use super::fast_paths::{decided, two_events};
@@ -17,6 +19,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tokio::runtime::{Handle, Runtime};
 
 /// What to make of a completion.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -42,14 +45,15 @@ enum Kind {
 type Outcome = Result<Option<Claimed>, DbError>;
 
 /// Completes `snap`'s step (leased to `worker` at `epoch`) through `b`, queuing a step for
-/// the same worker, on a thread of its own.
+/// the same worker, on a thread of its own; with `rt`, the thread builds the write and a task
+/// of `rt` waits for its batch.
 fn complete(
     db: &Db,
     b: &Arc<Batcher>,
     snap: Snapshot,
-    worker: String,
-    epoch: i64,
+    (worker, epoch): (String, i64),
     kind: Kind,
+    rt: Option<Handle>,
 ) -> JoinHandle<Outcome> {
     let (db, b) = (db.clone(), b.clone());
     std::thread::spawn(move || {
@@ -78,7 +82,13 @@ fn complete(
             state: &state,
             events: &evs,
         };
-        batch::complete_and_claim(&mut c, Some(&b), &snap, &w, &spec(&worker, &[], 60_000))
+        let spec = spec(&worker, &[], 60_000);
+        let Some(rt) = rt else {
+            return batch::complete_and_claim(&mut c, Some(&b), &snap, &w, &spec);
+        };
+        let item = batch::item(&mut c, &snap, &w, &spec)?;
+        let waited = rt.block_on(rt.spawn(async move { b.write(item).await }));
+        batch::answer(waited.expect("the task ends")?, &snap, &w, &spec)
     })
 }
 
@@ -98,9 +108,14 @@ fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// `MAX_RUNNING` good completions held on locked runs, then `kinds` queued behind them;
-/// every outcome in that order, with each run's steps' statuses afterwards.
-fn behind_held_batches(s: &Store, kinds: &[Kind]) -> Vec<(Kind, Outcome, Vec<String>)> {
+/// `MAX_RUNNING` good completions held on locked runs, then `kinds` queued behind them (by
+/// tasks of `rt` if given, else by threads); every outcome in that order, with each run's
+/// steps' statuses afterwards.
+fn behind_held_batches(
+    s: &Store,
+    kinds: &[Kind],
+    rt: Option<&Runtime>,
+) -> Vec<(Kind, Outcome, Vec<String>)> {
     let b = s.db.batcher().expect("a Postgres pool batches completions");
     let all: Vec<Kind> = [vec![Kind::Good; MAX_RUNNING], kinds.to_vec()].concat();
     let mut c = s.db.conn().unwrap();
@@ -145,9 +160,9 @@ fn behind_held_batches(s: &Store, kinds: &[Kind]) -> Vec<(Kind, Outcome, Vec<Str
             &s.db,
             &b,
             snap.clone(),
-            worker.clone(),
-            *epoch,
+            (worker.clone(), *epoch),
             *kind,
+            rt.map(|rt| rt.handle().clone()),
         ));
         if i + 1 == MAX_RUNNING {
             until("the first batches wait on the locked runs", || {
@@ -208,7 +223,7 @@ pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_
         Kind::StateMoved,
         Kind::Good,
     ];
-    let got = behind_held_batches(&s, &kinds);
+    let got = behind_held_batches(&s, &kinds, None);
     // A stale write, and one whose run or state moved since its snapshot, is refused.
     each_by_its_own_checks(&s, &got, |out| matches!(out, Ok(None)));
     let b = s.db.batcher().unwrap();
@@ -224,7 +239,27 @@ pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_
 pub fn completions_waiting_for_their_batch_hold_no_connection(s: Store) {
     let queued = vec![Kind::Good; super::POOL];
     assert!(queued.len() > super::POOL - 2 - MAX_RUNNING);
-    let got = behind_held_batches(&s, &queued);
+    let got = behind_held_batches(&s, &queued, None);
+    each_by_its_own_checks(&s, &got, |_| false);
+    assert_eq!(
+        s.db.batcher().unwrap().counts(),
+        (MAX_RUNNING as u64 + 1, (MAX_RUNNING + queued.len()) as u64),
+        "the queued completions went in one statement"
+    );
+}
+
+/// Completions awaited by tasks of a runtime whose blocking threads are only enough for the
+/// batches under way (held on locked runs): waiting, the tasks hold no thread, so all of them
+/// are queued, and go in one statement. (A wait that took a blocking thread each would never
+/// reach the queue: the test would time out.)
+pub fn completions_waiting_for_their_batch_hold_no_thread(s: Store) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(MAX_RUNNING)
+        .build()
+        .unwrap();
+    let queued = vec![Kind::Good; 6];
+    let got = behind_held_batches(&s, &queued, Some(&rt));
     each_by_its_own_checks(&s, &got, |_| false);
     assert_eq!(
         s.db.batcher().unwrap().counts(),
@@ -234,7 +269,7 @@ pub fn completions_waiting_for_their_batch_hold_no_connection(s: Store) {
 }
 
 pub fn a_failing_batch_writes_nothing_and_its_completions_are_written_alone(s: Store) {
-    let got = behind_held_batches(&s, &[Kind::Good, Kind::Poisoned, Kind::Good]);
+    let got = behind_held_batches(&s, &[Kind::Good, Kind::Poisoned, Kind::Good], None);
     // The poisoned one gets its own error.
     each_by_its_own_checks(&s, &got, |out| matches!(out, Err(DbError::Query(_))));
     let b = s.db.batcher().unwrap();
@@ -304,7 +339,7 @@ fn written_as_alone(s: &Store, n: &ClaimedStep) {
 /// A completion and its repeat queued in one batch: written once (the repeat finds the lease
 /// gone), beside the others of the batch, all in one statement.
 pub fn a_completion_repeated_within_a_batch_is_written_once(s: Store) {
-    let got = behind_held_batches(&s, &[Kind::Good, Kind::Repeat, Kind::Undirected]);
+    let got = behind_held_batches(&s, &[Kind::Good, Kind::Repeat, Kind::Undirected], None);
     let (first, repeat) = (&got[MAX_RUNNING], &got[MAX_RUNNING + 1]);
     let leased = |o: &Outcome| matches!(o, Ok(Some(Claimed::Got(_))));
     assert!(

@@ -90,6 +90,7 @@ macro_rules! postgres_only {
 postgres_only!(
     completions_queued_together_are_written_in_one_statement_each_by_its_own_checks,
     completions_waiting_for_their_batch_hold_no_connection,
+    completions_waiting_for_their_batch_hold_no_thread,
     a_completion_repeated_within_a_batch_is_written_once,
     a_failing_batch_writes_nothing_and_its_completions_are_written_alone,
     a_completion_written_from_a_snapshot_changes_everything_at_once,

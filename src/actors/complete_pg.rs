@@ -1,0 +1,280 @@
+//! A completion on Postgres without artifacts: read everything in one statement (or take what
+//! the claim read), decide in Rust, write in one statement that first checks nothing moved.
+//! When the worker also asks for its next step, the decision is made on a blocking thread and
+//! the request's task then waits for its batch ([`crate::db::batch`]) holding no thread: the
+//! batch's driver answers it. When neither the claim's snapshot nor a fresh one holds, the
+//! transactional path in `lease_writes.rs` (which SQLite always takes) does it. Part of the
+//! LeaseActor.
+use super::completion::{completed, note_in_state, sched_err};
+use super::decide::{self, decides, Plan};
+use super::lease_service::{output_held, LeaseError, LeaseService};
+use super::scheduler_service::Advanced;
+use crate::api::CompleteRequest;
+use crate::db::batch::{self, Batcher};
+use crate::db::fast::{self, Claimed, Completion, Snapshot};
+use crate::db::leases::ClaimSpec;
+use crate::db::models::EventRow;
+use crate::db::ConnSource;
+use crate::workspace::mirror::Mirrors;
+use std::sync::Arc;
+
+/// A completion the Postgres path wrote: its run, what was decided for it, and the claim made
+/// in the same statement when one was asked for (with the output held for the claimed step).
+pub(super) struct Written {
+    pub run_id: String,
+    pub actions: Vec<Advanced>,
+    pub claimed: Option<(Claimed, u64)>,
+}
+
+impl LeaseService {
+    /// A completion without artifacts on Postgres in one or two statements: `Some` when done,
+    /// `None` when the transactional path must do it (the lease is not this worker's, the run
+    /// is not going on or has another step in flight, or something moved between the read and
+    /// the write). It decides from what the claim read when it can (one statement: the write,
+    /// which checks that nothing moved), else from a fresh snapshot. With `next` (the worker's
+    /// labels), the write's statement also claims the worker's next step.
+    pub(super) async fn complete_pg(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        req: &CompleteRequest,
+        digest: &str,
+        next: Option<&[String]>,
+    ) -> Result<Option<Written>, LeaseError> {
+        let kept = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(step_id);
+        let (ttl, window) = self.claim_times();
+        let w = Arc::new(Writer {
+            worker_id: worker_id.to_string(),
+            step_id: step_id.to_string(),
+            req: req.clone(),
+            digest: digest.to_string(),
+            mirrors: self.mirrors.clone(),
+            labels: next.map(<[String]>::to_vec),
+            ttl,
+            window,
+        });
+        if let (Some(b), Some(_)) = (self.db.batcher(), next) {
+            return self.complete_batched(&b, w, kept).await;
+        }
+        let output = self.output.clone();
+        // The connection is taken only if needed.
+        self.db
+            .run_lazy(move |c| -> Result<_, LeaseError> {
+                let mut done = None;
+                if let Some(snap) = kept {
+                    done = w.write_from(c, snap)?;
+                }
+                if done.is_none() {
+                    done = match fast::complete_snapshot(c.get()?, &w.step_id)? {
+                        Some(snap) => w.write_from(c, snap)?,
+                        None => None,
+                    };
+                }
+                // How much output the controller holds for the claimed step (a stat: here).
+                Ok(done.map(|(run_id, actions, claimed)| Written {
+                    run_id,
+                    actions,
+                    claimed: claimed.map(|got| {
+                        let offset = output_held(&output, &got);
+                        (got, offset)
+                    }),
+                }))
+            })
+            .await
+    }
+
+    /// [`Self::complete_pg`] with a claim, through the batcher: decided on a blocking thread
+    /// (from `kept`, then from a fresh snapshot if that no longer holds), written while the
+    /// task waits without a thread.
+    async fn complete_batched(
+        &self,
+        b: &Arc<Batcher>,
+        w: Arc<Writer>,
+        mut kept: Option<Snapshot>,
+    ) -> Result<Option<Written>, LeaseError> {
+        loop {
+            let fresh = kept.is_none();
+            let (wr, snap) = (w.clone(), kept.take());
+            let decided = self
+                .db
+                .run_lazy(move |c| -> Result<_, LeaseError> {
+                    let snap = match snap {
+                        Some(s) => s,
+                        None => match fast::complete_snapshot(c.get()?, &wr.step_id)? {
+                            Some(s) => s,
+                            None => return Ok(None),
+                        },
+                    };
+                    let Some(mut d) = wr.decide(snap)? else {
+                        return Ok(None);
+                    };
+                    let spec = wr.spec().expect("a claim");
+                    let item = batch::item(c, &d.snap, &d.completion(&wr), &spec)?;
+                    d.item = Some(item);
+                    Ok(Some(d))
+                })
+                .await?;
+            let Some(mut d) = decided else {
+                return Ok(None);
+            };
+            let item = d.item.take().expect("decided with its item");
+            let reply = b.write(item).await?;
+            let spec = w.spec().expect("a claim");
+            match batch::answer(reply, &d.snap, &d.completion(&w), &spec)? {
+                Some(got) => {
+                    w.log(&d);
+                    let offset = self.output_of(&d, &got).await;
+                    return Ok(Some(Written {
+                        run_id: d.snap.run.id.clone(),
+                        actions: std::mem::take(&mut d.plan.actions),
+                        claimed: Some((got, offset)),
+                    }));
+                }
+                None if fresh => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// The output the controller holds for the step `got` claims: none for the step the
+    /// completion itself queued (its id was made for it), else a stat, on a blocking thread.
+    async fn output_of(&self, d: &Decided, got: &Claimed) -> u64 {
+        let queued = d.plan.queued.as_ref().map(|q| q.id.as_str());
+        match got {
+            Claimed::Got(g) if Some(g.step.id.as_str()) == queued => 0,
+            Claimed::Got(g) => {
+                let (output, run, step) =
+                    (self.output.clone(), g.run.id.clone(), g.step.id.clone());
+                (tokio::task::spawn_blocking(move || output.size(&run, &step)).await).unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// One completion, written from snapshots.
+struct Writer {
+    worker_id: String,
+    step_id: String,
+    req: CompleteRequest,
+    digest: String,
+    mirrors: Arc<Mirrors>,
+    /// The worker's labels, for the next claim the write's statement makes.
+    labels: Option<Vec<String>>,
+    ttl: i64,
+    window: i64,
+}
+
+/// What [`Writer::write_from`] wrote: the run, what was decided, the claim made with it.
+type Wrote = (String, Vec<Advanced>, Option<Claimed>);
+
+/// A completion decided from a snapshot, not yet written.
+struct Decided {
+    snap: Snapshot,
+    plan: Plan,
+    events: Vec<EventRow>,
+    /// Its arguments for the batch statement.
+    item: Option<batch::Item>,
+}
+
+impl Decided {
+    /// The write, as the statements take it.
+    fn completion<'a>(&'a self, w: &'a Writer) -> Completion<'a> {
+        Completion {
+            worker_id: &w.worker_id,
+            epoch: w.req.epoch,
+            done: self
+                .plan
+                .settled
+                .as_ref()
+                .expect("decided with a settled step"),
+            queued: self.plan.queued.as_ref(),
+            state: &self.plan.state,
+            events: &self.events,
+        }
+    }
+}
+
+impl Writer {
+    /// The next claim the write's statement makes, if the worker asked for one.
+    fn spec(&self) -> Option<ClaimSpec<'_>> {
+        self.labels.as_deref().map(|labels| ClaimSpec {
+            worker_id: &self.worker_id,
+            labels,
+            ttl_ms: self.ttl,
+            affinity_window_ms: self.window,
+        })
+    }
+
+    /// Decides from `snap`; `None` when it does not apply (not this worker's lease, or the
+    /// run does not decide here).
+    fn decide(&self, mut snap: Snapshot) -> Result<Option<Decided>, LeaseError> {
+        let (wid, req) = (self.worker_id.as_str(), &self.req);
+        // (The write checks the lease's expiry against the database clock.)
+        let held = snap
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.worker_id == wid && l.epoch == req.epoch);
+        if !held || !decides(&snap.run, &snap.state, snap.inputs.others_active) {
+            return Ok(None);
+        }
+        let now = snap.now;
+        let (run, mut state, mut step) = (snap.run.clone(), snap.state.clone(), snap.step.clone());
+        let event = completed(&mut step, &run.status, req, &self.digest, now);
+        note_in_state(&mut state, req, wid);
+        let mut plan = decide::plan(
+            &mut snap,
+            &run,
+            state,
+            Some(step),
+            vec![event],
+            &self.mirrors,
+            now,
+        )
+        .map_err(sched_err)?;
+        if plan.settled.is_none() {
+            return Ok(None);
+        }
+        plan.state.event_seq += plan.events.len() as i64;
+        let events = crate::db::events::numbered(&run.id, plan.state.event_seq, &plan.events, now);
+        Ok(Some(Decided {
+            snap,
+            plan,
+            events,
+            item: None,
+        }))
+    }
+
+    /// Decides from `snap` and writes alone if it still holds; `None` when it does not apply.
+    fn write_from(
+        &self,
+        c: &mut impl ConnSource,
+        snap: Snapshot,
+    ) -> Result<Option<Wrote>, LeaseError> {
+        let Some(mut d) = self.decide(snap)? else {
+            return Ok(None);
+        };
+        let w = d.completion(self);
+        let claimed = match self.spec() {
+            Some(spec) => match batch::complete_and_claim(c, None, &d.snap, &w, &spec)? {
+                Some(got) => Some(got),
+                None => return Ok(None),
+            },
+            None if fast::complete_apply(c.get()?, &d.snap, &w)? => None,
+            None => return Ok(None),
+        };
+        self.log(&d);
+        let actions = std::mem::take(&mut d.plan.actions);
+        Ok(Some((d.snap.run.id.clone(), actions, claimed)))
+    }
+
+    fn log(&self, d: &Decided) {
+        let done = d.plan.settled.as_ref().map_or("", |s| s.id.as_str());
+        let status = d.plan.settled.as_ref().map_or("", |s| s.status.as_str());
+        tracing::info!(run_id = %d.snap.run.id, step_id = %done, worker_id = %self.worker_id, lease_epoch = self.req.epoch, status = %status, "step completed");
+    }
+}
