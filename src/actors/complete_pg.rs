@@ -5,6 +5,7 @@
 //! batch's driver answers it. When neither the claim's snapshot nor a fresh one holds, the
 //! transactional path in `lease_writes.rs` (which SQLite always takes) does it. Part of the
 //! LeaseActor.
+
 use super::completion::{completed, note_in_state, sched_err};
 use super::decide::{self, decides, Plan};
 use super::lease_service::{output_held, LeaseError, LeaseService};
