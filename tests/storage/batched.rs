@@ -234,18 +234,22 @@ pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_
     );
 }
 
+/// `n` good completions queued behind the held batches (by tasks of `rt` if given): all
+/// written, in one statement.
+fn all_in_one_statement(s: &Store, n: usize, rt: Option<&Runtime>) {
+    let got = behind_held_batches(s, &vec![Kind::Good; n], rt);
+    each_by_its_own_checks(s, &got, |_| false);
+    assert_eq!(
+        s.db.batcher().unwrap().counts(),
+        (MAX_RUNNING as u64 + 1, (MAX_RUNNING + n) as u64),
+        "the queued completions went in one statement"
+    );
+}
+
 /// More completions wait for their batch than the pool has connections left (the test holds
 /// two, the held batches two more): waiting, they hold none, and all go in one statement.
 pub fn completions_waiting_for_their_batch_hold_no_connection(s: Store) {
-    let queued = vec![Kind::Good; super::POOL];
-    assert!(queued.len() > super::POOL - 2 - MAX_RUNNING);
-    let got = behind_held_batches(&s, &queued, None);
-    each_by_its_own_checks(&s, &got, |_| false);
-    assert_eq!(
-        s.db.batcher().unwrap().counts(),
-        (MAX_RUNNING as u64 + 1, (MAX_RUNNING + queued.len()) as u64),
-        "the queued completions went in one statement"
-    );
+    all_in_one_statement(&s, super::POOL, None);
 }
 
 /// Completions awaited by tasks of a runtime whose blocking threads are only enough for the
@@ -258,14 +262,7 @@ pub fn completions_waiting_for_their_batch_hold_no_thread(s: Store) {
         .max_blocking_threads(MAX_RUNNING)
         .build()
         .unwrap();
-    let queued = vec![Kind::Good; 6];
-    let got = behind_held_batches(&s, &queued, Some(&rt));
-    each_by_its_own_checks(&s, &got, |_| false);
-    assert_eq!(
-        s.db.batcher().unwrap().counts(),
-        (MAX_RUNNING as u64 + 1, (MAX_RUNNING + queued.len()) as u64),
-        "the queued completions went in one statement"
-    );
+    all_in_one_statement(&s, 6, Some(&rt));
 }
 
 pub fn a_failing_batch_writes_nothing_and_its_completions_are_written_alone(s: Store) {
