@@ -5,17 +5,16 @@
 //! threads (as a completion decided from a fresh snapshot does) or from a runtime's tasks (as
 //! the controller's requests do), which hold no thread while they wait.
 
-use super::direct::held;
+use super::direct::written_as_alone;
 use super::fast_paths::{decided, two_events};
 use super::{claim, seed, spec, Store};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Integer};
 use loopd::db::batch::{self, Batcher, MAX_RUNNING};
-use loopd::db::fast::{self, Claimed, ClaimedStep, Completion, Snapshot};
+use loopd::db::fast::{Claimed, Completion, Snapshot};
 use loopd::db::models::RunRow;
 use loopd::db::{Conn, Db, DbError};
-use loopd::domain::time::rfc3339;
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -108,13 +107,29 @@ fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Backends of the test's database waiting on a lock, but those in `except`.
+fn lock_waiters(c: &mut Conn, except: &[i32]) -> usize {
+    diesel::select(
+        diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+              AND datname = current_database() AND pid <> ALL (",
+        )
+        .bind::<Array<Integer>, _>(except)
+        .sql("))"),
+    )
+    .get_result::<i64>(pg(c))
+    .unwrap() as usize
+}
+
 /// `MAX_RUNNING` good completions held on locked runs, then `kinds` queued behind them (by
-/// tasks of `rt` if given, else by threads); every outcome in that order, with each run's
-/// steps' statuses afterwards.
+/// tasks of `rt` if given, else by threads); with `lose`, the held batches' connections are
+/// then lost (their backends terminated) before the runs are let go. Every outcome in that
+/// order, with each run's steps' statuses afterwards.
 fn behind_held_batches(
     s: &Store,
     kinds: &[Kind],
     rt: Option<&Runtime>,
+    lose: bool,
 ) -> Vec<(Kind, Outcome, Vec<String>)> {
     let b = s.db.batcher().expect("a Postgres pool batches completions");
     let all: Vec<Kind> = [vec![Kind::Good; MAX_RUNNING], kinds.to_vec()].concat();
@@ -166,17 +181,30 @@ fn behind_held_batches(
         ));
         if i + 1 == MAX_RUNNING {
             until("the first batches wait on the locked runs", || {
-                diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                    "(SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                     AND datname = current_database())",
-                ))
-                .get_result::<i64>(pg(&mut c))
-                .unwrap()
-                    == MAX_RUNNING as i64
+                lock_waiters(&mut c, &[]) == MAX_RUNNING
             });
         }
     }
     until("the rest are queued", || b.waiting() == kinds.len());
+    if lose {
+        let lost: Vec<i32> = diesel::select(diesel::dsl::sql::<Array<Integer>>(
+            // (The waiting backends first: a condition beside them could be checked after.)
+            "(WITH w AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
+                WHERE wait_event_type = 'Lock' AND datname = current_database()) \
+              SELECT coalesce(array_agg(pid), '{}') FROM w WHERE pg_terminate_backend(pid))",
+        ))
+        .get_result(pg(&mut c))
+        .unwrap();
+        assert_eq!(
+            lost.len(),
+            MAX_RUNNING,
+            "the held batches' backends terminated"
+        );
+        // Their completions, written alone on fresh connections, wait on the runs again.
+        until("the held completions wait again, alone", || {
+            lock_waiters(&mut c, &lost) == MAX_RUNNING
+        });
+    }
     pg(&mut lock).batch_execute("ROLLBACK").unwrap();
     let outcomes: Vec<Outcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     claimed
@@ -223,7 +251,7 @@ pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_
         Kind::StateMoved,
         Kind::Good,
     ];
-    let got = behind_held_batches(&s, &kinds, None);
+    let got = behind_held_batches(&s, &kinds, None, false);
     // A stale write, and one whose run or state moved since its snapshot, is refused.
     each_by_its_own_checks(&s, &got, |out| matches!(out, Ok(None)));
     let b = s.db.batcher().unwrap();
@@ -237,7 +265,7 @@ pub fn completions_queued_together_are_written_in_one_statement_each_by_its_own_
 /// `n` good completions queued behind the held batches (by tasks of `rt` if given): all
 /// written, in one statement.
 fn all_in_one_statement(s: &Store, n: usize, rt: Option<&Runtime>) {
-    let got = behind_held_batches(s, &vec![Kind::Good; n], rt);
+    let got = behind_held_batches(s, &vec![Kind::Good; n], rt, false);
     each_by_its_own_checks(s, &got, |_| false);
     assert_eq!(
         s.db.batcher().unwrap().counts(),
@@ -266,7 +294,7 @@ pub fn completions_waiting_for_their_batch_hold_no_thread(s: Store) {
 }
 
 pub fn a_failing_batch_writes_nothing_and_its_completions_are_written_alone(s: Store) {
-    let got = behind_held_batches(&s, &[Kind::Good, Kind::Poisoned, Kind::Good], None);
+    let got = behind_held_batches(&s, &[Kind::Good, Kind::Poisoned, Kind::Good], None, false);
     // The poisoned one gets its own error.
     each_by_its_own_checks(&s, &got, |out| matches!(out, Err(DbError::Query(_))));
     let b = s.db.batcher().unwrap();
@@ -277,66 +305,29 @@ pub fn a_failing_batch_writes_nothing_and_its_completions_are_written_alone(s: S
     );
 }
 
-/// What a completion that leased its worker the next step wrote: the snapshot the controller
-/// built from its answer is the one the database holds, and the run's events end with the
-/// completion's two and the lease's two, numbered in a row, with the lone path's payloads.
-fn written_as_alone(s: &Store, n: &ClaimedStep) {
-    let mut c = s.db.conn().unwrap();
-    let steps = loopd::db::steps::for_run(&mut c, &n.run.id).unwrap();
-    let f = &steps[0];
+/// The connections of the batches under way are lost while they wait (their backends
+/// terminated): nothing of those batches was written, so each of their completions is written
+/// alone, on a fresh connection (the lost one is not used again), and the completions queued
+/// meanwhile go in one statement after them.
+pub fn a_batch_whose_connection_is_lost_is_written_alone_on_a_fresh_one(s: Store) {
+    let got = behind_held_batches(&s, &[Kind::Good, Kind::Good], None, true);
+    each_by_its_own_checks(&s, &got, |_| false);
     assert_eq!(
-        (&f.output_tail, &f.runner_notes, &f.output_path),
-        (
-            &Some(format!("tail of {}", f.id)),
-            &Some(format!("notes of {}", f.id)),
-            &Some(format!("{}.log", f.id))
-        )
-    );
-    assert_eq!(
-        (f.exit_code, f.completion_detected, f.settled, f.ended_at),
-        (Some(0), Some(true), true, Some(n.lease.granted_at))
-    );
-    assert_eq!(f.completion_digest.as_deref(), Some("d"));
-    let built = n.next.as_ref().expect("the completion's snapshot");
-    let read = fast::complete_snapshot(&mut c, &n.step.id)
-        .unwrap()
-        .unwrap();
-    assert_eq!(held(built), held(&read));
-    let events = loopd::db::events::for_run(&mut c, &n.run.id).unwrap();
-    let seqs: Vec<i64> = events.iter().filter_map(|e| e.run_seq).collect();
-    assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>());
-    assert_eq!(seqs.last(), Some(&n.state.event_seq));
-    let last: Vec<(&str, Value)> = events[events.len() - 4..]
-        .iter()
-        .map(|e| {
-            let payload = serde_json::from_str(&e.payload_json).unwrap();
-            (e.event_type.as_str(), payload)
-        })
-        .collect();
-    let (worker, epoch) = (&n.lease.worker_id, n.lease.epoch);
-    assert_eq!(last[0].0, "STEP_FINISHED");
-    assert_eq!(last[1].0, "STEP_QUEUED");
-    assert_eq!(
-        last[2..],
-        [
-            (
-                "LEASE_GRANTED",
-                json!({"step_id": n.step.id, "worker_id": worker, "epoch": epoch,
-                       "expires_at": rfc3339(n.lease.expires_at)})
-            ),
-            (
-                "STEP_STARTED",
-                json!({"step_id": n.step.id, "phase": n.step.phase, "attempt": n.step.attempt,
-                       "worker_id": worker, "epoch": epoch})
-            ),
-        ]
+        s.db.batcher().unwrap().counts(),
+        (1, 2),
+        "the lost batches are not counted as written; the queued two went in one"
     );
 }
 
 /// A completion and its repeat queued in one batch: written once (the repeat finds the lease
 /// gone), beside the others of the batch, all in one statement.
 pub fn a_completion_repeated_within_a_batch_is_written_once(s: Store) {
-    let got = behind_held_batches(&s, &[Kind::Good, Kind::Repeat, Kind::Undirected], None);
+    let got = behind_held_batches(
+        &s,
+        &[Kind::Good, Kind::Repeat, Kind::Undirected],
+        None,
+        false,
+    );
     let (first, repeat) = (&got[MAX_RUNNING], &got[MAX_RUNNING + 1]);
     let leased = |o: &Outcome| matches!(o, Ok(Some(Claimed::Got(_))));
     assert!(

@@ -6,8 +6,9 @@
 use super::fast_paths::{decided, two_events};
 use super::{claim, seed, spec, Store};
 use loopd::db::batch;
-use loopd::db::fast::{self, Claimed, Completion, Snapshot};
+use loopd::db::fast::{self, Claimed, ClaimedStep, Completion, Snapshot};
 use loopd::db::models::{ImplStep, StepRow};
+use loopd::domain::time::rfc3339;
 use serde_json::{json, Value};
 
 /// What a completion's write checks and its decision reads, as comparable JSON.
@@ -151,4 +152,60 @@ pub fn a_verifications_snapshot_carries_the_succeeded_implementations_when_read(
         .unwrap();
     assert_eq!(list(&read.inputs.recent_impls), newest);
     assert!(read.inputs.succeeded_impls.is_empty());
+}
+
+/// What a completion that leased its worker the next step wrote: the snapshot the controller
+/// built from its answer is the one the database holds, and the run's events end with the
+/// completion's two and the lease's two, numbered in a row, with the lone path's payloads.
+pub(super) fn written_as_alone(s: &Store, n: &ClaimedStep) {
+    let mut c = s.db.conn().unwrap();
+    let steps = loopd::db::steps::for_run(&mut c, &n.run.id).unwrap();
+    let f = &steps[0];
+    assert_eq!(
+        (&f.output_tail, &f.runner_notes, &f.output_path),
+        (
+            &Some(format!("tail of {}", f.id)),
+            &Some(format!("notes of {}", f.id)),
+            &Some(format!("{}.log", f.id))
+        )
+    );
+    assert_eq!(
+        (f.exit_code, f.completion_detected, f.settled, f.ended_at),
+        (Some(0), Some(true), true, Some(n.lease.granted_at))
+    );
+    assert_eq!(f.completion_digest.as_deref(), Some("d"));
+    let built = n.next.as_ref().expect("the completion's snapshot");
+    let read = fast::complete_snapshot(&mut c, &n.step.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(held(built), held(&read));
+    let events = loopd::db::events::for_run(&mut c, &n.run.id).unwrap();
+    let seqs: Vec<i64> = events.iter().filter_map(|e| e.run_seq).collect();
+    assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>());
+    assert_eq!(seqs.last(), Some(&n.state.event_seq));
+    let last: Vec<(&str, Value)> = events[events.len() - 4..]
+        .iter()
+        .map(|e| {
+            let payload = serde_json::from_str(&e.payload_json).unwrap();
+            (e.event_type.as_str(), payload)
+        })
+        .collect();
+    let (worker, epoch) = (&n.lease.worker_id, n.lease.epoch);
+    assert_eq!(last[0].0, "STEP_FINISHED");
+    assert_eq!(last[1].0, "STEP_QUEUED");
+    assert_eq!(
+        last[2..],
+        [
+            (
+                "LEASE_GRANTED",
+                json!({"step_id": n.step.id, "worker_id": worker, "epoch": epoch,
+                       "expires_at": rfc3339(n.lease.expires_at)})
+            ),
+            (
+                "STEP_STARTED",
+                json!({"step_id": n.step.id, "phase": n.step.phase, "attempt": n.step.attempt,
+                       "worker_id": worker, "epoch": epoch})
+            ),
+        ]
+    );
 }

@@ -93,6 +93,7 @@ postgres_only!(
     completions_waiting_for_their_batch_hold_no_thread,
     a_completion_repeated_within_a_batch_is_written_once,
     a_failing_batch_writes_nothing_and_its_completions_are_written_alone,
+    a_batch_whose_connection_is_lost_is_written_alone_on_a_fresh_one,
     a_completion_written_from_a_snapshot_changes_everything_at_once,
     a_snapshot_that_moved_writes_nothing,
     a_completion_that_claims_takes_the_next_step_in_the_same_statement,
