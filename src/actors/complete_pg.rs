@@ -8,10 +8,10 @@
 
 use super::completion::{completed, note_in_state, sched_err};
 use super::decide::{self, decides, Plan};
-use super::lease_service::{output_held, LeaseError, LeaseService};
+use super::lease_service::{LeaseError, LeaseService};
 use super::scheduler_service::Advanced;
 use crate::api::CompleteRequest;
-use crate::db::batch::{self, Batcher};
+use crate::db::batch;
 use crate::db::fast::{self, Claimed, Completion, Snapshot};
 use crate::db::leases::ClaimSpec;
 use crate::db::models::EventRow;
@@ -42,7 +42,7 @@ impl LeaseService {
         digest: &str,
         next: Option<&[String]>,
     ) -> Result<Option<Written>, LeaseError> {
-        let kept = self
+        let mut kept = self
             .claimed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -58,48 +58,12 @@ impl LeaseService {
             ttl,
             window,
         });
-        if let (Some(b), Some(_)) = (self.db.batcher(), next) {
-            return self.complete_batched(&b, w, kept).await;
-        }
-        let output = self.output.clone();
-        // The connection is taken only if needed.
-        self.db
-            .run_lazy(move |c| -> Result<_, LeaseError> {
-                let mut done = None;
-                if let Some(snap) = kept {
-                    done = w.write_from(c, snap)?;
-                }
-                if done.is_none() {
-                    done = match fast::complete_snapshot(c.get()?, &w.step_id)? {
-                        Some(snap) => w.write_from(c, snap)?,
-                        None => None,
-                    };
-                }
-                // How much output the controller holds for the claimed step (a stat: here).
-                Ok(done.map(|(run_id, actions, claimed)| Written {
-                    run_id,
-                    actions,
-                    claimed: claimed.map(|got| {
-                        let offset = output_held(&output, &got);
-                        (got, offset)
-                    }),
-                }))
-            })
-            .await
-    }
-
-    /// [`Self::complete_pg`] with a claim, through the batcher: decided on a blocking thread
-    /// (from `kept`, then from a fresh snapshot if that no longer holds), written while the
-    /// task waits without a thread.
-    async fn complete_batched(
-        &self,
-        b: &Arc<Batcher>,
-        w: Arc<Writer>,
-        mut kept: Option<Snapshot>,
-    ) -> Result<Option<Written>, LeaseError> {
+        // From `kept`, then once more from a fresh snapshot if that no longer holds.
         loop {
             let fresh = kept.is_none();
-            let (wr, snap) = (w.clone(), kept.take());
+            let (wr, snap, batcher) = (w.clone(), kept.take(), self.db.batcher());
+            // Decided on a blocking thread, and written there when it claims nothing; a
+            // completion that claims goes through the batcher (Postgres always has one).
             let decided = self
                 .db
                 .run_lazy(move |c| -> Result<_, LeaseError> {
@@ -110,34 +74,51 @@ impl LeaseService {
                             None => return Ok(None),
                         },
                     };
-                    let Some(mut d) = wr.decide(snap)? else {
+                    let Some(d) = wr.decide(snap)? else {
                         return Ok(None);
                     };
-                    let spec = wr.spec().expect("a claim");
-                    let item = batch::item(c, &d.snap, &d.completion(&wr), &spec)?;
-                    d.item = Some(item);
-                    Ok(Some(d))
+                    let w = d.completion(&wr);
+                    let write = match (wr.spec(), batcher) {
+                        (Some(spec), Some(b)) => {
+                            Write::Queue(b, batch::item(c, &d.snap, &w, &spec)?)
+                        }
+                        _ => Write::Applied(fast::complete_apply(c.get()?, &d.snap, &w)?),
+                    };
+                    Ok(Some((d, write)))
                 })
                 .await?;
-            let Some(mut d) = decided else {
+            let Some((mut d, write)) = decided else {
                 return Ok(None);
             };
-            let item = d.item.take().expect("decided with its item");
-            let reply = b.write(item).await?;
-            let spec = w.spec().expect("a claim");
-            match batch::answer(reply, &d.snap, &d.completion(&w), &spec)? {
-                Some(got) => {
-                    w.log(&d);
-                    let offset = self.output_of(&d, &got).await;
-                    return Ok(Some(Written {
-                        run_id: d.snap.run.id.clone(),
-                        actions: std::mem::take(&mut d.plan.actions),
-                        claimed: Some((got, offset)),
-                    }));
+            // `None` when the snapshot no longer held (nothing written); else the claim made.
+            let outcome = match write {
+                Write::Applied(applied) => applied.then_some(None),
+                Write::Queue(b, item) => {
+                    // The batch's answer, awaited without a thread.
+                    let reply = b.write(item).await?;
+                    let spec = w.spec().expect("queued with a claim");
+                    batch::answer(reply, &d.snap, &d.completion(&w), &spec)?.map(Some)
                 }
-                None if fresh => return Ok(None),
-                None => {}
-            }
+            };
+            let Some(claimed) = outcome else {
+                if fresh {
+                    return Ok(None);
+                }
+                continue;
+            };
+            w.log(&d);
+            let claimed = match claimed {
+                Some(got) => {
+                    let offset = self.output_of(&d, &got).await;
+                    Some((got, offset))
+                }
+                None => None,
+            };
+            return Ok(Some(Written {
+                run_id: d.snap.run.id.clone(),
+                actions: std::mem::take(&mut d.plan.actions),
+                claimed,
+            }));
         }
     }
 
@@ -170,16 +151,17 @@ struct Writer {
     window: i64,
 }
 
-/// What [`Writer::write_from`] wrote: the run, what was decided, the claim made with it.
-type Wrote = (String, Vec<Advanced>, Option<Claimed>);
+/// How a decided completion is written: alone, already (whether it applied), or by a batch.
+enum Write {
+    Applied(bool),
+    Queue(Arc<batch::Batcher>, batch::Item),
+}
 
 /// A completion decided from a snapshot, not yet written.
 struct Decided {
     snap: Snapshot,
     plan: Plan,
     events: Vec<EventRow>,
-    /// Its arguments for the batch statement.
-    item: Option<batch::Item>,
 }
 
 impl Decided {
@@ -242,35 +224,7 @@ impl Writer {
         }
         plan.state.event_seq += plan.events.len() as i64;
         let events = crate::db::events::numbered(&run.id, plan.state.event_seq, &plan.events, now);
-        Ok(Some(Decided {
-            snap,
-            plan,
-            events,
-            item: None,
-        }))
-    }
-
-    /// Decides from `snap` and writes alone if it still holds; `None` when it does not apply.
-    fn write_from(
-        &self,
-        c: &mut impl ConnSource,
-        snap: Snapshot,
-    ) -> Result<Option<Wrote>, LeaseError> {
-        let Some(mut d) = self.decide(snap)? else {
-            return Ok(None);
-        };
-        let w = d.completion(self);
-        let claimed = match self.spec() {
-            Some(spec) => match batch::complete_and_claim(c, None, &d.snap, &w, &spec)? {
-                Some(got) => Some(got),
-                None => return Ok(None),
-            },
-            None if fast::complete_apply(c.get()?, &d.snap, &w)? => None,
-            None => return Ok(None),
-        };
-        self.log(&d);
-        let actions = std::mem::take(&mut d.plan.actions);
-        Ok(Some((d.snap.run.id.clone(), actions, claimed)))
+        Ok(Some(Decided { snap, plan, events }))
     }
 
     fn log(&self, d: &Decided) {
