@@ -45,14 +45,11 @@ impl SchedulerService {
                 let id = run_id.to_string();
                 actix::spawn(async move {
                     me.finalize_canceled(&id).await;
-                    let _ = me.start_pending().await;
+                    me.request_start();
                 });
             }
             Control::Retry => {
-                let me = self.clone();
-                actix::spawn(async move {
-                    let _ = me.start_pending().await;
-                });
+                self.request_start();
             }
         }
         Ok(())

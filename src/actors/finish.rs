@@ -35,9 +35,8 @@ impl SchedulerService {
         if let Ok(mut set) = self.finishing.lock() {
             set.remove(run_id);
         }
-        if let Err(e) = self.start_pending().await {
-            tracing::warn!(error = %e, "cannot start pending runs");
-        }
+        // Its place is free: the starter task starts what waited for it.
+        self.request_start();
     }
 
     async fn finish_inner(self: &Arc<Self>, run_id: &str) -> Result<(), SchedError> {

@@ -27,6 +27,10 @@ impl Actor for SchedulerActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = Duration::from_millis(self.svc.settings.tick_interval_ms.max(50));
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(
+            self.svc.clone().run_starter(),
+        ));
+        self.svc.request_start();
         let svc = self.svc.clone();
         super::background_tick(ctx, every, move || {
             let svc = svc.clone();
@@ -51,12 +55,7 @@ impl Handler<CreateRun> for SchedulerActor {
         Box::pin(async move {
             let row = svc.create_run(m.0).await?;
             // Start it now if there is room, rather than at the next tick.
-            let starter = svc.clone();
-            actix::spawn(async move {
-                if let Err(e) = starter.start_pending().await {
-                    tracing::warn!(error = %e, "cannot start pending runs");
-                }
-            });
+            svc.request_start();
             Ok(row)
         })
     }

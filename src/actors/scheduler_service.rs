@@ -57,8 +57,8 @@ pub struct SchedulerService {
     pub mirrors: Arc<Mirrors>,
     pub settings: SchedulerSettings,
     pub queue: Recipient<QueueChanged>,
-    /// Serialises starting runs, so the concurrency caps hold.
-    pub(super) start_lock: tokio::sync::Mutex<()>,
+    /// Wakes the one starter task (see `start.rs`): the only way anything starts runs.
+    pub(super) start_wanted: tokio::sync::Notify,
     /// Runs being finished by this process right now.
     pub(super) finishing: Mutex<HashSet<String>>,
 }
@@ -93,7 +93,7 @@ impl SchedulerService {
             mirrors,
             settings,
             queue,
-            start_lock: tokio::sync::Mutex::new(()),
+            start_wanted: tokio::sync::Notify::new(),
             finishing: Mutex::new(HashSet::new()),
         }
     }

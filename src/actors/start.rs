@@ -16,9 +16,28 @@ use std::path::Path;
 use std::sync::Arc;
 
 impl SchedulerService {
-    /// Starts as many PENDING runs as the caps allow.
-    pub async fn start_pending(self: &Arc<Self>) -> Result<(), SchedError> {
-        let _guard = self.start_lock.lock().await;
+    /// Asks the starter task to start as many PENDING runs as the caps allow. Returns at once:
+    /// runs are started by that one task only, so starting is serial (the caps hold) and
+    /// cannot re-enter itself — a run that fails at setup is finished from inside a start
+    /// pass, and finishing only asks for another pass.
+    pub fn request_start(&self) {
+        self.start_wanted.notify_one();
+    }
+
+    /// The starter task, spawned once by the SchedulerActor: a pass per request (requests made
+    /// during a pass give one more pass after it), until the actor stops.
+    pub async fn run_starter(self: Arc<Self>) {
+        loop {
+            self.start_wanted.notified().await;
+            if let Err(e) = self.start_pass().await {
+                tracing::warn!(error = %e, "cannot start pending runs");
+            }
+        }
+    }
+
+    /// Starts as many PENDING runs as the caps allow. Private to this module, called only by
+    /// [`run_starter`](Self::run_starter).
+    async fn start_pass(self: &Arc<Self>) -> Result<(), SchedError> {
         loop {
             let caps = (
                 self.settings.max_concurrent_runs as usize,
@@ -106,16 +125,13 @@ impl SchedulerService {
                 Ok::<_, SchedError>(())
             })
             .await?;
-        // Boxed: finishing starts pending runs again, which may fail one here.
-        let finishing: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> =
-            Box::pin(self.finish(run_id));
-        finishing.await;
+        self.finish(run_id).await;
         Ok(())
     }
 
     /// The periodic reconciliation: start runs, re-advance interrupted ones, explain waits.
     pub async fn tick(self: &Arc<Self>) -> Result<(), SchedError> {
-        self.start_pending().await?;
+        self.request_start();
         let stuck = self.db.run(stuck_runs).await?;
         for id in stuck {
             if let Err(e) = self.advance(&id).await {

@@ -79,3 +79,30 @@ async fn runs_wait_for_the_global_and_the_per_workspace_caps() {
         s.verb(id, "cancel").await;
     }
 }
+
+/// A run whose workspace cannot be set up (a base branch that does not exist) fails at once;
+/// the scheduler goes on starting runs: a valid run in another workspace completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_fails_at_setup_does_not_stop_later_runs_from_starting() {
+    let s = Single::start("setup-failure", &[]).await;
+    let bad = s.repo("bad", 1, "tick", &["reviewer=false"]);
+    let good = s.repo("good", 1, "tick", &["reviewer=false"]);
+    let failed = s.create(&bad, json!({"base_branch": "nope"})).await;
+    let run = s.wait_status(&failed, "FAILED").await;
+    assert!(
+        s.steps(&failed).await.is_empty(),
+        "a run failed at setup ran no step"
+    );
+    let reason_events = s.events(&failed).await;
+    let why = reason_events
+        .iter()
+        .find(|e| e.event_type == "RUN_FAILED")
+        .map(|e| e.payload["reason"].to_string())
+        .unwrap_or_default();
+    assert!(
+        why.contains("nope"),
+        "RUN_FAILED names the missing branch: {why} ({run})"
+    );
+    let ok = s.create(&good, json!({})).await;
+    s.wait_status(&ok, "COMPLETED").await;
+}
