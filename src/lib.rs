@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod output_store;
 pub mod settings;
 pub mod telemetry;
+pub mod worker;
 pub mod workspace;

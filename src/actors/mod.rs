@@ -1,6 +1,7 @@
 //! The actors and the services behind them. Each piece of state has one owner: the
-//! SchedulerActor (run progress), the LeaseActor (leases), the WorkerRegistryActor (workers)
-//! and the RunnerActor (executing steps). The event hub fans changes out to live streams.
+//! SchedulerActor (run progress), the LeaseActor (leases) and the WorkerRegistryActor
+//! (workers). The event hub fans changes out to live streams. The RunnerActor that executes
+//! steps lives in the worker wing (`src/worker/`).
 
 use actix::{Actor, AsyncContext, Context};
 use std::future::Future;
@@ -20,22 +21,16 @@ mod lease_returns;
 mod lease_service;
 mod lease_writes;
 mod liveness;
-mod phases;
-mod plane_retry;
 mod prompts;
 pub mod registry;
 mod registry_admin;
 mod registry_service;
-pub mod runner;
-mod runner_step;
 pub mod scheduler;
 mod scheduler_service;
 mod start;
-mod streamer;
 pub mod submit;
 mod unreported;
 pub mod waiters;
-mod workdir;
 
 pub use lease_writes::artifact_kind;
 pub use scheduler_service::INFRA_PREFIX;

@@ -3,13 +3,15 @@
 
 use super::AppError;
 use crate::actors::registry::RegisterLocalWorker;
-use crate::actors::runner::{RunnerConfig, WorkerHandle};
+use crate::api::{Capabilities, RegisterRequest};
 use crate::artifacts::ArtifactStore;
 use crate::control_plane::http::HttpPlane;
 use crate::control_plane::local::LocalPlane;
 use crate::control_plane::ControlPlane;
 use crate::http::state::AppState;
 use crate::settings::Settings;
+use crate::worker::{jitter, RunnerConfig, WorkerHandle};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A worker drains for up to `drain` (a second signal stops it at once); without a drain (a
@@ -68,7 +70,7 @@ pub(super) async fn start_local_runners(
         .await
         .map_err(|e| AppError::Startup(e.to_string()))?
         .map_err(|e| AppError::Startup(e.to_string()))?;
-    let plane = ControlPlane::Local(LocalPlane {
+    let plane = Arc::new(LocalPlane {
         worker_id,
         labels,
         lease: st.lease.clone(),
@@ -93,7 +95,43 @@ pub(super) fn remote_runner_config(settings: &Settings) -> Result<RunnerConfig, 
 
 /// Registers with the controller (retrying until it answers), then starts the runners.
 pub(super) async fn join_controller(settings: Settings, mut cfg: RunnerConfig) -> WorkerHandle {
-    let plane: HttpPlane = crate::actors::runner::register_with_retry(&settings).await;
+    let plane: HttpPlane = register_with_retry(&settings).await;
     cfg.heartbeat_interval = Duration::from_millis(plane.heartbeat_interval_ms.max(50));
-    WorkerHandle::start(ControlPlane::Http(plane), cfg)
+    WorkerHandle::start(Arc::new(plane), cfg)
+}
+
+/// Registers with the controller, retrying with backoff until it answers.
+async fn register_with_retry(settings: &Settings) -> HttpPlane {
+    let base = settings.worker.controller.clone().unwrap_or_default();
+    let token = settings
+        .worker
+        .join_token
+        .as_ref()
+        .map(|t| t.expose().to_string())
+        .unwrap_or_default();
+    let req = RegisterRequest {
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().to_string())
+            .unwrap_or_else(|_| "worker".into()),
+        capabilities: Capabilities {
+            labels: settings.worker.labels.clone(),
+            slots: settings.worker.slots.max(1),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        instance_id: Some(uuid::Uuid::new_v4().to_string()),
+    };
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match HttpPlane::register(&base, &token, req.clone()).await {
+            Ok(p) => {
+                tracing::info!(worker_id = %p.worker_id(), controller = %base, "registered with the controller");
+                return p;
+            }
+            Err(e) => {
+                tracing::warn!(controller = %base, error = %e, "cannot register; retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! the join token, then every call with the per-worker token and the process's instance id.
 //! HTTP statuses become [`PlaneError`]s; the runner decides what to retry.
 
-use super::PlaneError;
+use super::{ControlPlane, PlaneError};
 use crate::api::{
     ArtifactRef, Assignment, ClaimRequest, CompleteRequest, CompleteResponse, ErrorBody,
     HeartbeatRequest, HeartbeatResponse, HeldLease, LeaseVerdict, OutputAck, OutputChunk,
@@ -161,10 +161,6 @@ impl HttpPlane {
         }
     }
 
-    pub fn worker_id(&self) -> String {
-        self.identity().worker_id
-    }
-
     fn request(
         &self,
         method: reqwest::Method,
@@ -196,8 +192,19 @@ impl HttpPlane {
             Err(refusal(resp).await)
         }
     }
+}
 
-    pub async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, PlaneError> {
+#[async_trait::async_trait]
+impl ControlPlane for HttpPlane {
+    fn worker_id(&self) -> String {
+        self.identity().worker_id
+    }
+
+    async fn rejoin(&self) {
+        self.reregister().await
+    }
+
+    async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, PlaneError> {
         let id = self.worker_id();
         let body = ClaimRequest {
             wait_ms: Some(wait.as_millis() as u64),
@@ -219,7 +226,7 @@ impl HttpPlane {
         }
     }
 
-    pub async fn heartbeat(
+    async fn heartbeat(
         &self,
         status: WorkerStatus,
         leases: Vec<HeldLease>,
@@ -240,7 +247,7 @@ impl HttpPlane {
         Ok(r.leases)
     }
 
-    pub async fn append_output(
+    async fn append_output(
         &self,
         step_id: &str,
         epoch: i64,
@@ -261,7 +268,7 @@ impl HttpPlane {
         Ok(ack.next_offset)
     }
 
-    pub async fn post_event(
+    async fn post_event(
         &self,
         step_id: &str,
         epoch: i64,
@@ -278,7 +285,7 @@ impl HttpPlane {
         Ok(())
     }
 
-    pub async fn put_artifact(
+    async fn put_artifact(
         &self,
         step_id: &str,
         epoch: i64,
@@ -302,7 +309,7 @@ impl HttpPlane {
         resp.json().await.map_err(unavailable)
     }
 
-    pub async fn get_artifact(
+    async fn get_artifact(
         &self,
         step_id: &str,
         epoch: i64,
@@ -323,7 +330,7 @@ impl HttpPlane {
         resp.bytes().await.map_err(unavailable)
     }
 
-    pub async fn complete(
+    async fn complete(
         &self,
         step_id: &str,
         req: CompleteRequest,
@@ -336,7 +343,7 @@ impl HttpPlane {
         Ok(r.next)
     }
 
-    pub async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
+    async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
         let body = ReleaseRequest {
             epoch,
             reason: Some(reason.into()),

@@ -2,7 +2,7 @@
 //! LeaseActor and WorkerRegistryActor of the same process, so single mode runs exactly the
 //! claim/lease/renew/complete protocol that remote workers use over HTTP.
 
-use super::PlaneError;
+use super::{ControlPlane, PlaneError};
 use crate::actors::lease::{
     AppendOutput, ClaimStep, CompleteStep, LeaseActor, LeaseError, ReadArtifact, RecordStepEvent,
     ReleaseLease, StoreArtifact,
@@ -41,8 +41,13 @@ fn mailbox(e: actix::MailboxError) -> PlaneError {
     PlaneError::Unavailable(e.to_string())
 }
 
-impl LocalPlane {
-    pub async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, PlaneError> {
+#[async_trait::async_trait]
+impl ControlPlane for LocalPlane {
+    fn worker_id(&self) -> String {
+        self.worker_id.clone()
+    }
+
+    async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, PlaneError> {
         self.lease
             .send(ClaimStep {
                 worker_id: self.worker_id.clone(),
@@ -54,10 +59,11 @@ impl LocalPlane {
             .map_err(lease_err)
     }
 
-    pub async fn heartbeat(
+    async fn heartbeat(
         &self,
         status: WorkerStatus,
         leases: Vec<HeldLease>,
+        _metrics: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Vec<LeaseVerdict>, PlaneError> {
         let request = HeartbeatRequest {
             status,
@@ -81,7 +87,7 @@ impl LocalPlane {
         }
     }
 
-    pub async fn append_output(
+    async fn append_output(
         &self,
         step_id: &str,
         epoch: i64,
@@ -104,7 +110,7 @@ impl LocalPlane {
             .next_offset)
     }
 
-    pub async fn post_event(
+    async fn post_event(
         &self,
         step_id: &str,
         epoch: i64,
@@ -125,7 +131,7 @@ impl LocalPlane {
             .map_err(lease_err)
     }
 
-    pub async fn put_artifact(
+    async fn put_artifact(
         &self,
         step_id: &str,
         epoch: i64,
@@ -146,7 +152,7 @@ impl LocalPlane {
             .map_err(lease_err)
     }
 
-    pub async fn get_artifact(
+    async fn get_artifact(
         &self,
         step_id: &str,
         epoch: i64,
@@ -165,7 +171,7 @@ impl LocalPlane {
             .map_err(lease_err)
     }
 
-    pub async fn complete(
+    async fn complete(
         &self,
         step_id: &str,
         request: CompleteRequest,
@@ -183,7 +189,7 @@ impl LocalPlane {
             .map_err(lease_err)
     }
 
-    pub async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
+    async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
         let m = ReleaseLease {
             worker_id: self.worker_id.clone(),
             step_id: step_id.into(),

@@ -1,7 +1,9 @@
-//! The one interface the RunnerActor sees the control plane through — claim, heartbeat,
-//! stream output, post events, store and read artifacts, complete, release — with two
-//! implementations: [`local`] (actor messages, role single) and [`http`] (the worker API, role
-//! worker). Both speak the same claim → lease → renew → complete protocol.
+//! The one interface the RunnerActor (`src/worker/`) sees the control plane through —
+//! claim, heartbeat, stream output, post events, store and read artifacts, complete, release —
+//! with two implementations: [`local`] (actor messages, role single) and [`http`] (the worker
+//! API, role worker). Both speak the same claim → lease → renew → complete protocol. This file
+//! imports only `api` and `domain`, so the worker depends on the interface, never on the
+//! actors behind the local plane; `app` picks the implementation.
 
 pub mod http;
 pub mod local;
@@ -43,116 +45,71 @@ impl PlaneError {
     }
 }
 
-/// The control plane a runner talks to.
-#[derive(Clone)]
-pub enum ControlPlane {
-    Local(local::LocalPlane),
-    Http(http::HttpPlane),
-}
-
-impl ControlPlane {
+/// The control plane a runner talks to: what the worker wing needs of a controller.
+/// Implemented by [`local::LocalPlane`] and [`http::HttpPlane`]; `app` picks one.
+#[async_trait::async_trait]
+pub trait ControlPlane: Send + Sync {
     /// This worker's id.
-    pub fn worker_id(&self) -> String {
-        match self {
-            ControlPlane::Local(p) => p.worker_id.clone(),
-            ControlPlane::Http(p) => p.worker_id(),
-        }
-    }
+    fn worker_id(&self) -> String;
 
     /// Claims a step, waiting up to `wait` for one.
-    pub async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, PlaneError> {
-        match self {
-            ControlPlane::Local(p) => p.claim(wait).await,
-            ControlPlane::Http(p) => p.claim(wait).await,
-        }
-    }
+    async fn claim(&self, wait: Duration) -> Result<Option<Assignment>, PlaneError>;
 
     /// Reports liveness and the held leases; returns what to do with each lease.
-    pub async fn heartbeat(
+    async fn heartbeat(
         &self,
         status: WorkerStatus,
         leases: Vec<HeldLease>,
         metrics: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Vec<LeaseVerdict>, PlaneError> {
-        match self {
-            ControlPlane::Local(p) => p.heartbeat(status, leases).await,
-            ControlPlane::Http(p) => p.heartbeat(status, leases, metrics).await,
-        }
-    }
+    ) -> Result<Vec<LeaseVerdict>, PlaneError>;
+
+    /// After [`PlaneError::Gone`]: joins the controller again (a fresh worker id and token).
+    /// The local plane's worker is this process's own: nothing to do.
+    async fn rejoin(&self) {}
 
     /// Appends live output at `offset`; returns the bytes now held.
-    pub async fn append_output(
+    async fn append_output(
         &self,
         step_id: &str,
         epoch: i64,
         offset: u64,
         content: String,
-    ) -> Result<u64, PlaneError> {
-        match self {
-            ControlPlane::Local(p) => p.append_output(step_id, epoch, offset, content).await,
-            ControlPlane::Http(p) => p.append_output(step_id, epoch, offset, content).await,
-        }
-    }
+    ) -> Result<u64, PlaneError>;
 
     /// Records an event about the step.
-    pub async fn post_event(
+    async fn post_event(
         &self,
         step_id: &str,
         epoch: i64,
         event_type: &str,
         payload: serde_json::Value,
-    ) -> Result<(), PlaneError> {
-        match self {
-            ControlPlane::Local(p) => p.post_event(step_id, epoch, event_type, payload).await,
-            ControlPlane::Http(p) => p.post_event(step_id, epoch, event_type, payload).await,
-        }
-    }
+    ) -> Result<(), PlaneError>;
 
     /// Stores an artifact of the step's run.
-    pub async fn put_artifact(
+    async fn put_artifact(
         &self,
         step_id: &str,
         epoch: i64,
         name: &str,
         bytes: Bytes,
-    ) -> Result<ArtifactRef, PlaneError> {
-        match self {
-            ControlPlane::Local(p) => p.put_artifact(step_id, epoch, name, bytes).await,
-            ControlPlane::Http(p) => p.put_artifact(step_id, epoch, name, bytes).await,
-        }
-    }
+    ) -> Result<ArtifactRef, PlaneError>;
 
     /// Reads an artifact of the step's run (a checkpoint bundle).
-    pub async fn get_artifact(
+    async fn get_artifact(
         &self,
         step_id: &str,
         epoch: i64,
         name: &str,
-    ) -> Result<Bytes, PlaneError> {
-        match self {
-            ControlPlane::Local(p) => p.get_artifact(step_id, epoch, name).await,
-            ControlPlane::Http(p) => p.get_artifact(step_id, epoch, name).await,
-        }
-    }
+    ) -> Result<Bytes, PlaneError>;
 
     /// Completes the step; when `req.claim_next` is set, the answer may carry this worker's
     /// next step, already leased to it.
-    pub async fn complete(
+    async fn complete(
         &self,
         step_id: &str,
         req: CompleteRequest,
-    ) -> Result<Option<Assignment>, PlaneError> {
-        match self {
-            ControlPlane::Local(p) => p.complete(step_id, req).await,
-            ControlPlane::Http(p) => p.complete(step_id, req).await,
-        }
-    }
+    ) -> Result<Option<Assignment>, PlaneError>;
 
     /// Hands a lease back without using a retry.
-    pub async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
-        match self {
-            ControlPlane::Local(p) => p.release(step_id, epoch, reason).await,
-            ControlPlane::Http(p) => p.release(step_id, epoch, reason).await,
-        }
-    }
+    async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError>;
 }

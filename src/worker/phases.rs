@@ -1,11 +1,12 @@
 //! The two kinds of work a step does on a worker: run the agent (implementation and review:
 //! runner notes in place, the plan's selected task appended to the prompt, `prompt.txt`
 //! uploaded) or run the verify commands (runner notes on failure). Both spawn in their own
-//! process group, killed when the step is cancelled or its lease is lost.
+//! process group, killed when the step is cancelled or its lease is lost. Each returns what
+//! the step [`Produced`]; the step executor (`step.rs`) calls them.
 
-use super::runner::{Active, Shared};
-use super::runner_step::Produced;
-use super::workdir::{self, Prepared};
+use super::leftovers::{clear_pgid, record_pgid};
+use super::state::{Active, Shared};
+use super::workdir::Prepared;
 use crate::api::Assignment;
 use crate::domain::plan::select_task;
 use crate::domain::prompt::{selected_task_section, task_under_review_section};
@@ -14,6 +15,34 @@ use crate::exec::agent::{run_agent, AgentFiles, AgentRequest, RetryPolicy};
 use crate::exec::verify::{run_verification, VerifyError, VerifyRequest};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// What a step produced.
+pub struct Produced {
+    pub ok: bool,
+    pub exit_code: Option<i32>,
+    pub tail: String,
+    pub completion_detected: Option<bool>,
+    pub failure: Option<String>,
+    pub infra: bool,
+    pub runner_notes: Option<String>,
+    /// Files to upload as artifacts: (name, local path).
+    pub files: Vec<(String, PathBuf)>,
+}
+
+impl Produced {
+    pub fn failed(reason: impl Into<String>, infra: bool) -> Self {
+        Produced {
+            ok: false,
+            exit_code: None,
+            tail: String::new(),
+            completion_detected: None,
+            failure: Some(reason.into()),
+            infra,
+            runner_notes: None,
+            files: Vec::new(),
+        }
+    }
+}
 
 /// The agent's environment: the worker's own variables that the allowlist admits, plus what
 /// the assignment sets. Nothing else (no controller or store credentials).
@@ -126,10 +155,10 @@ pub async fn agent(
     let work = shared.cfg.work_dir.clone();
     let step = a.step_id.clone();
     let result = run_agent(&req, &active.cancel, |pgid| {
-        workdir::record_pgid(&work, &step, pgid as i32)
+        record_pgid(&work, &step, pgid as i32)
     })
     .await;
-    workdir::clear_pgid(&shared.cfg.work_dir, &a.step_id);
+    clear_pgid(&shared.cfg.work_dir, &a.step_id);
     let name = |p: &Path| {
         p.file_name()
             .map(|f| f.to_string_lossy().to_string())
@@ -197,10 +226,10 @@ pub async fn verify(
     let work = shared.cfg.work_dir.clone();
     let step = a.step_id.clone();
     let result = run_verification(&req, &active.cancel, |pgid| {
-        workdir::record_pgid(&work, &step, pgid as i32)
+        record_pgid(&work, &step, pgid as i32)
     })
     .await;
-    workdir::clear_pgid(&shared.cfg.work_dir, &a.step_id);
+    clear_pgid(&shared.cfg.work_dir, &a.step_id);
     match result {
         Ok(r) => {
             let mut files = Vec::new();

@@ -1,10 +1,10 @@
-//! Retrying a step's control-plane calls while the controller is unreachable (a restart, a
-//! network error): with backoff, for at most [`CONTROLLER_RETRY_BUDGET`], and never after
-//! the step's lease was lost or handed back. Used by the step executor and its workspace
-//! preparation; answers that are not transient are returned at once.
+//! Retrying control-plane calls while the controller is unreachable (a restart, a network
+//! error): a step's calls with backoff, for at most [`CONTROLLER_RETRY_BUDGET`], and never
+//! after the step's lease was lost or handed back (used by the step executor and its
+//! workspace preparation; answers that are not transient are returned at once); and the
+//! [`jitter`] every retry loop of the wing (claims, completions, streaming) sleeps with.
 
-use super::runner::Active;
-use super::streamer::jitter;
+use super::state::Active;
 use crate::control_plane::PlaneError;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -38,4 +38,11 @@ where
             other => return other,
         }
     }
+}
+
+/// `d` ± 25 %, so reconnecting workers do not retry in lockstep.
+pub fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    let spread = ms / 4;
+    Duration::from_millis(ms - spread + rand::random::<u64>() % (2 * spread + 1))
 }

@@ -1,11 +1,13 @@
 //! Executes one leased step: prepares the workspace, runs the agent or the verify commands in
 //! their own process group (killed on cancel or lost lease), streams the output, makes the git
 //! checkpoint of a git run, uploads the artifacts and completes — or, when the lease was lost,
-//! discards everything; when the worker is draining, hands the lease back.
+//! discards everything; when the worker is draining, hands the lease back. Called by the
+//! runner's claim loop (`runner.rs`), one step at a time per slot.
 
-use super::plane_retry::retry_transient;
-use super::runner::{Active, Shared};
-use super::streamer::{jitter, Streamer};
+use super::phases::{self, Produced};
+use super::plane_retry::{jitter, retry_transient};
+use super::state::{Active, Shared};
+use super::streamer::Streamer;
 use super::workdir;
 use crate::api::{ArtifactRef, Assignment, CompleteRequest};
 use crate::control_plane::PlaneError;
@@ -15,36 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
-
-pub use super::workdir::kill_leftovers;
-
-/// What a step produced.
-pub(super) struct Produced {
-    pub ok: bool,
-    pub exit_code: Option<i32>,
-    pub tail: String,
-    pub completion_detected: Option<bool>,
-    pub failure: Option<String>,
-    pub infra: bool,
-    pub runner_notes: Option<String>,
-    /// Files to upload as artifacts: (name, local path).
-    pub files: Vec<(String, PathBuf)>,
-}
-
-impl Produced {
-    pub fn failed(reason: impl Into<String>, infra: bool) -> Self {
-        Produced {
-            ok: false,
-            exit_code: None,
-            tail: String::new(),
-            completion_detected: None,
-            failure: Some(reason.into()),
-            infra,
-            runner_notes: None,
-            files: Vec::new(),
-        }
-    }
-}
 
 /// Runs one assignment to its end (complete, discard or hand back); returns the next step
 /// when its completion claimed one.
@@ -127,8 +99,8 @@ async fn work(
         Err(e) => return (Produced::failed(e.reason, e.infra), None),
     };
     let produced = match a.phase {
-        StepPhase::Verification => super::phases::verify(shared, a, active, &ws, dir, log).await,
-        _ => super::phases::agent(shared, a, active, &ws, dir, log).await,
+        StepPhase::Verification => phases::verify(shared, a, active, &ws, dir, log).await,
+        _ => phases::agent(shared, a, active, &ws, dir, log).await,
     };
     if active.is_abandoned() {
         return (produced, None);

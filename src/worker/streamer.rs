@@ -3,10 +3,12 @@
 //! controller holds. Failed sends are retried with backoff and resume where the controller
 //! says it is, so a reconnect leaves no gap and no repeat. `finish` flushes everything left.
 
+use super::plane_retry::jitter;
 use crate::control_plane::{ControlPlane, PlaneError};
 use crate::output_store::utf8_boundary;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,7 +23,7 @@ pub struct Streamer {
 }
 
 struct Cursor {
-    plane: ControlPlane,
+    plane: Arc<dyn ControlPlane>,
     step_id: String,
     epoch: i64,
     path: PathBuf,
@@ -35,7 +37,7 @@ impl Streamer {
     /// Starts following `path`; the controller already holds `remote_offset` bytes of this
     /// step's output (from an earlier lease of the same step).
     pub fn start(
-        plane: ControlPlane,
+        plane: Arc<dyn ControlPlane>,
         step_id: &str,
         epoch: i64,
         path: PathBuf,
@@ -133,11 +135,4 @@ async fn follow(mut c: Cursor, mut done: watch::Receiver<bool>) {
             _ = done.changed() => {}
         }
     }
-}
-
-/// `d` ± 25 %, so reconnecting workers do not retry in lockstep.
-pub fn jitter(d: Duration) -> Duration {
-    let ms = d.as_millis() as u64;
-    let spread = ms / 4;
-    Duration::from_millis(ms - spread + rand::random::<u64>() % (2 * spread + 1))
 }

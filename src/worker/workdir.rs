@@ -1,12 +1,12 @@
 //! The worker side of workspaces: resolves where a step runs (the shared path, or a clone of
 //! the repository restored from the run's newest checkpoint bundle), makes the checkpoint
-//! commit and bundle after a git step, and keeps pid files of running process groups so a
-//! restarted worker can kill what a crashed one left behind. A clone's directory carries the
-//! time a step last used it; clones unused for `worker.clone_keep_hours` go at start and at
-//! every `worker.clone_sweep_interval_ms`, except those of the runs the worker has steps of.
+//! commit and bundle after a git step, and removes the step's directory. A clone's directory
+//! carries the time a step last used it; clones unused for `worker.clone_keep_hours` go at
+//! start and at every `worker.clone_sweep_interval_ms`, except those of the runs the worker
+//! has steps of. Called by the step executor (`step.rs`) and the runner (the sweep).
 
 use super::plane_retry::retry_transient;
-use super::runner::{Active, Shared};
+use super::state::{Active, Shared};
 use crate::api::{Assignment, Checkpoint, WorkspaceSpec};
 use crate::workspace::{bundle, clone};
 use std::collections::HashSet;
@@ -206,51 +206,6 @@ pub async fn remove_step_dir(work_dir: &Path, step_id: &str) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(error = %e, "cannot remove the step directory");
         }
-    }
-}
-
-fn pid_dir(work_dir: &Path) -> PathBuf {
-    work_dir.join("pids")
-}
-
-/// Remembers the process group of a running step.
-pub fn record_pgid(work_dir: &Path, step_id: &str, pgid: i32) {
-    let dir = pid_dir(work_dir);
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join(step_id), pgid.to_string());
-}
-
-/// Forgets the process group of a finished step.
-pub fn clear_pgid(work_dir: &Path, step_id: &str) {
-    let _ = std::fs::remove_file(pid_dir(work_dir).join(step_id));
-}
-
-/// Kills the process groups a previous process of this worker left running, and removes the
-/// step directories it left (their results were never sent, or were sent already).
-pub fn kill_leftovers(work_dir: &Path) {
-    match std::fs::remove_dir_all(work_dir.join("steps")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            tracing::warn!(error = %e, "cannot remove the step directories of a previous run")
-        }
-        _ => {}
-    }
-    let Ok(entries) = std::fs::read_dir(pid_dir(work_dir)) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if let Some(pgid) = std::fs::read_to_string(e.path())
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            if pgid > 1 {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pgid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                tracing::warn!(pgid, "killed a process group left by a previous run");
-            }
-        }
-        let _ = std::fs::remove_file(e.path());
     }
 }
 
