@@ -7,8 +7,9 @@
 mod runners;
 
 use crate::actors::events::EventHub;
-use crate::actors::lease::{FollowUp, LeaseActor, LeaseService, LeaseServiceParts};
+use crate::actors::lease::{LeaseActor, LeaseService, LeaseServiceParts};
 use crate::actors::registry::{RegistryService, WorkerRegistryActor};
+use crate::actors::run_progress::outcome::FollowUp;
 use crate::actors::scheduler::{SchedulerActor, SchedulerService, StepFinished};
 use crate::artifacts::ArtifactStore;
 use crate::db::{self, Db, DbError};

@@ -1,105 +1,17 @@
-//! The actors and the services behind them. Each piece of state has one owner: the
-//! SchedulerActor (run progress), the LeaseActor (leases) and the WorkerRegistryActor
-//! (workers). The event hub fans changes out to live streams. The RunnerActor that executes
-//! steps lives in the worker wing (`src/worker/`).
+//! The actors of the control side and the services behind them. Each piece of state has one
+//! owner, each in its own folder with its actor, messages, service and state: the
+//! SchedulerActor (`scheduler/`: run progress), the LeaseActor (`lease/`: leases) and the
+//! WorkerRegistryActor (`registry/`: workers). What the scheduler and the lease owner both
+//! need — the decision that follows a finished step, the prompts, the run's stored settings —
+//! is `run_progress/`, below both; the event hub (`events`) and the timers (`ticks`) are
+//! leaves every owner may use. Imports point down: registry → lease → run_progress, and
+//! scheduler → lease, run_progress; no owner reaches into another's state. The RunnerActor
+//! that executes steps lives in the worker wing (`src/worker/`). Callers outside (`app`,
+//! `http`, `control_plane`) use the owners' `mod.rs` exports.
 
-use actix::{Actor, AsyncContext, Context};
-use std::future::Future;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
-
-pub mod assignment;
-mod complete_pg;
-mod completion;
-mod control;
-mod decide;
 pub mod events;
-mod finish;
-mod finish_git;
 pub mod lease;
-mod lease_returns;
-mod lease_service;
-mod lease_writes;
-mod liveness;
-mod prompts;
 pub mod registry;
-mod registry_admin;
-mod registry_service;
+pub mod run_progress;
 pub mod scheduler;
-mod scheduler_service;
-mod start;
-pub mod submit;
-mod unreported;
-pub mod waiters;
-
-pub use lease_writes::artifact_kind;
-pub use scheduler_service::INFRA_PREFIX;
-
-/// Runs `job` every `every`, one run at a time, beside the actor's messages: unlike a
-/// `ctx.wait` in `run_interval`, a slow run (a busy database) delays the next tick but never
-/// holds the actor's mailbox, so claims, heartbeats and step completions go on meanwhile.
-/// Stops with the actor.
-pub(crate) fn background_tick<A, F, Fut>(ctx: &mut Context<A>, every: Duration, job: F)
-where
-    A: Actor<Context = Context<A>>,
-    F: Fn() -> Fut + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    ctx.spawn(actix::fut::wrap_future::<_, A>(async move {
-        let start = tokio::time::Instant::now() + every;
-        let mut t = tokio::time::interval_at(start, every);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            t.tick().await;
-            job().await;
-        }
-    }));
-}
-
-/// How long since this process last did something periodic (a lease sweep, an offline check):
-/// a gap much longer than the period means the process itself did not run — stopped
-/// (SIGSTOP; the monotonic clock counts it), on a suspended host (the wall clock does) — or
-/// could not do it (a database outage), and its workers must not pay for that.
-pub(crate) struct PauseClock {
-    last: Mutex<(Instant, SystemTime)>,
-}
-
-impl PauseClock {
-    pub fn new() -> Self {
-        PauseClock {
-            last: Mutex::new((Instant::now(), SystemTime::now())),
-        }
-    }
-
-    fn last(&self) -> std::sync::MutexGuard<'_, (Instant, SystemTime)> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The time since the last [`reset`](Self::reset), by whichever clock moved more.
-    pub fn since(&self) -> Duration {
-        let (i, w) = *self.last();
-        let wall = SystemTime::now().duration_since(w).unwrap_or_default();
-        i.elapsed().max(wall)
-    }
-
-    pub fn reset(&self) {
-        *self.last() = (Instant::now(), SystemTime::now());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PauseClock;
-    use std::time::{Duration, SystemTime};
-
-    #[test]
-    fn a_pause_counts_by_the_clock_that_moved_more() {
-        let c = PauseClock::new();
-        assert!(c.since() < Duration::from_secs(5));
-        // A suspended host: the wall clock moved an hour, the monotonic one did not.
-        c.last.lock().unwrap().1 = SystemTime::now() - Duration::from_secs(3600);
-        assert!(c.since() >= Duration::from_secs(3600));
-        c.reset();
-        assert!(c.since() < Duration::from_secs(5));
-    }
-}
+mod ticks;

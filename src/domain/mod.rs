@@ -1,5 +1,6 @@
 //! Pure types and state machines of runs, steps, leases and workers. No I/O here.
 
+pub mod artifact_kind;
 pub mod completion;
 pub mod events;
 pub mod pipeline;

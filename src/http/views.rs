@@ -1,7 +1,6 @@
 //! Database rows turned into the wire objects of API.md (every key present, enums spelled as
 //! clients expect).
 
-use crate::actors::assignment::worktree;
 use crate::api::{ArtifactInfo, HeldLease, Run, Step, WorkerInfo};
 use crate::db::models::{decode_labels, ArtifactRow, LeaseRow, RunRow, StepRow, WorkerRow};
 use crate::domain::time::rfc3339;
@@ -20,7 +19,7 @@ pub fn run(r: &RunRow) -> Run {
         workspace_root: r.workspace_root.clone(),
         spec_path: r.spec_path.clone(),
         plan_path: r.plan_path.clone(),
-        worktree: worktree(r),
+        worktree: r.worktree(),
         worktree_cleanup_status: r.worktree_cleanup_status.clone(),
         worktree_cleaned_at: r.worktree_cleaned_at.map(rfc3339),
         config_json: r.config_json.clone(),

@@ -1,10 +1,13 @@
 //! The LeaseActor owns leases: it grants them on claim (long polls answered as soon as a
 //! matching step is queued), renews them on heartbeats, sweeps expired ones on a timer, takes
 //! back the leases of lost workers, and rejects every write that carries a stale epoch. Its
-//! messages are declared here; the work is done by [`LeaseService`].
+//! messages are declared here; the work is done by [`LeaseService`]. `app` starts it; the
+//! HTTP worker API, the local control plane, the registry (renewals, lost workers) and the
+//! scheduler (queued steps) send it messages.
 
-pub use super::lease_returns::release_all_at_restart;
-pub use super::lease_service::{FollowUp, LeaseError, LeaseService, LeaseServiceParts};
+use super::error::LeaseError;
+use super::service::LeaseService;
+use crate::actors::ticks::background_tick;
 use crate::api::{ArtifactRef, Assignment, CompleteRequest, HeldLease, LeaseVerdict, OutputAck};
 use actix::prelude::*;
 use std::sync::Arc;
@@ -25,11 +28,11 @@ impl Actor for LeaseActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let every = Duration::from_millis(self.svc.lease.sweep_interval_ms);
+        let every = self.svc.sweep_interval();
         // The first sweep's pause is measured from here, not from the service's construction.
-        self.svc.swept.reset();
+        self.svc.sweeps_begin();
         let svc = self.svc.clone();
-        super::background_tick(ctx, every, move || {
+        background_tick(ctx, every, move || {
             let svc = svc.clone();
             async move {
                 if let Err(e) = svc.sweep().await {
@@ -91,6 +94,7 @@ pub struct AppendOutput {
     pub content: String,
 }
 forward!(AppendOutput, Result<OutputAck, LeaseError>, |svc, m| svc
+    .writes()
     .append_output(&m.worker_id, &m.step_id, m.epoch, m.offset, m.content)
     .await);
 
@@ -105,6 +109,7 @@ pub struct RecordStepEvent {
     pub payload: serde_json::Value,
 }
 forward!(RecordStepEvent, Result<(), LeaseError>, |svc, m| svc
+    .writes()
     .record_event(&m.worker_id, &m.step_id, m.epoch, m.event_type, m.payload)
     .await);
 
@@ -119,6 +124,7 @@ pub struct StoreArtifact {
     pub bytes: bytes::Bytes,
 }
 forward!(StoreArtifact, Result<ArtifactRef, LeaseError>, |svc, m| svc
+    .writes()
     .store_artifact(&m.worker_id, &m.step_id, m.epoch, &m.name, m.bytes)
     .await);
 
@@ -132,6 +138,7 @@ pub struct ReadArtifact {
     pub name: String,
 }
 forward!(ReadArtifact, Result<bytes::Bytes, LeaseError>, |svc, m| svc
+    .writes()
     .read_artifact(&m.worker_id, &m.step_id, m.epoch, &m.name)
     .await);
 
@@ -191,7 +198,7 @@ impl Handler<QueueChanged> for LeaseActor {
     type Result = ();
     fn handle(&mut self, m: QueueChanged, _: &mut Self::Context) {
         if m.broadcast {
-            self.svc.waiters.wake_all();
+            self.svc.wake_all();
         } else {
             self.svc
                 .queue_changed(&m.required_labels, m.preferred_worker.as_deref());

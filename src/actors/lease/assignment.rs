@@ -1,85 +1,13 @@
-//! Turns a leased step and its run into the `Assignment` a worker executes, and knows where a
-//! run's files are from the point of view of the step (worktree for shared_fs runs, paths
-//! relative to the clone for git runs).
+//! Turns a leased step and its run into the `Assignment` a worker executes: the workspace
+//! (the run's worktree, or the repository, run branch and newest checkpoint of a git run),
+//! the agent, the verify commands, the prompt and the runner notes. Called by the lease
+//! service when it grants a lease; where the run's files are comes from `run_progress::run`.
 
-use crate::api::{
-    AgentSpec, Assignment, Checkpoint, RunWorktree, RunnerNotes, VerifySpec, WorkspaceSpec,
-};
+use crate::api::{AgentSpec, Assignment, Checkpoint, RunnerNotes, VerifySpec, WorkspaceSpec};
 use crate::db::models::{LeaseRow, RunRow, RunStateRow, StepRow};
-use crate::domain::run_config::RunConfig;
 use crate::domain::time::rfc3339;
 use crate::domain::{StepPhase, WorkspaceSource};
 use std::collections::BTreeMap;
-use std::path::Path;
-
-/// Where a run's files are, as the agent sees them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunPaths {
-    /// The directory the step works in ("" = the worker's clone of a git run).
-    pub workdir: String,
-    pub spec: String,
-    pub plan: Option<String>,
-    pub runner_notes: String,
-}
-
-/// The runner-notes file of a git run, relative to the clone (excluded from commits).
-pub const GIT_RUNNER_NOTES: &str = ".loop/runner-notes.txt";
-
-/// The run's parsed effective config (the defaults when it cannot be read).
-pub fn run_config(run: &RunRow) -> RunConfig {
-    run.config_json
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default()
-}
-
-/// The run's worktree, when it has one.
-pub fn worktree(run: &RunRow) -> Option<RunWorktree> {
-    run.worktree_json
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok())
-}
-
-/// Re-roots `path` from the primary checkout into the worktree.
-fn remap(path: &str, root: &str, worktree: &str) -> String {
-    let p = Path::new(path);
-    let rel = if p.is_absolute() {
-        match p.strip_prefix(root) {
-            Ok(r) => r,
-            Err(_) => return path.to_string(),
-        }
-    } else {
-        p
-    };
-    Path::new(worktree).join(rel).to_string_lossy().to_string()
-}
-
-/// The step-side paths of a run.
-pub fn run_paths(run: &RunRow) -> RunPaths {
-    if run.workspace_source == WorkspaceSource::Git.as_str() {
-        return RunPaths {
-            workdir: String::new(),
-            spec: run.spec_path.clone(),
-            plan: run.plan_path.clone(),
-            runner_notes: GIT_RUNNER_NOTES.to_string(),
-        };
-    }
-    let root = run.workspace_root.as_str();
-    let wt = worktree(run)
-        .map(|w| w.worktree_path)
-        .unwrap_or_else(|| root.to_string());
-    RunPaths {
-        spec: remap(&run.spec_path, root, &wt),
-        plan: run.plan_path.as_deref().map(|p| remap(p, root, &wt)),
-        runner_notes: Path::new(root)
-            .join("logs/loop")
-            .join(format!("run-{}", run.id))
-            .join("runner-notes.txt")
-            .to_string_lossy()
-            .to_string(),
-        workdir: wt,
-    }
-}
 
 /// Builds the assignment of a freshly leased step.
 pub fn build(
@@ -89,14 +17,14 @@ pub fn build(
     lease: &LeaseRow,
     output_offset: u64,
 ) -> Result<Assignment, String> {
-    let config = run_config(run);
+    let config = run.config();
     let phase: StepPhase = step.phase.parse().map_err(|e| format!("{e}"))?;
-    let paths = run_paths(run);
+    let paths = run.paths();
     let workspace = if run.workspace_source == WorkspaceSource::Git.as_str() {
         WorkspaceSpec::Git {
             repo_url: run.repo_url.clone().unwrap_or_default(),
             repo_ref: run.repo_ref.clone().unwrap_or_default(),
-            run_branch: git_run_branch(run, &config),
+            run_branch: run.git_run_branch(&config),
             checkpoint: match (&state.checkpoint_name, &state.checkpoint_head) {
                 (Some(name), Some(head)) => Some(Checkpoint {
                     kind: "git_bundle".into(),
@@ -154,16 +82,4 @@ pub fn build(
         run_name: run.name.clone(),
         output_offset,
     })
-}
-
-/// The branch a git run works on.
-pub fn git_run_branch(run: &RunRow, config: &RunConfig) -> String {
-    match worktree(run) {
-        Some(w) => w.run_branch,
-        None => format!(
-            "{}{}",
-            config.run_branch_prefix,
-            crate::workspace::naming::slug(&run.name)
-        ),
-    }
 }

@@ -3,143 +3,121 @@
 //! When the worker also asks for its next step, the decision is made on a blocking thread and
 //! the request's task then waits for its batch ([`crate::db::batch`]) holding no thread: the
 //! batch's driver answers it. When neither the claim's snapshot nor a fresh one holds, the
-//! transactional path in `lease_writes.rs` (which SQLite always takes) does it. Part of the
-//! LeaseActor.
+//! transactional path ([`record_in_tx`](super::completion::record_in_tx), which SQLite always
+//! takes) does it. Called by the lease service's completion ([`complete`]).
 
-use super::completion::{completed, note_in_state, sched_err};
-use super::decide::{self, decides, Plan};
-use super::lease_service::{LeaseError, LeaseService};
-use super::scheduler_service::Advanced;
+use super::completion::{completed, note_in_state};
+use super::error::LeaseError;
+use crate::actors::run_progress::decide::{self, decides, Plan};
+use crate::actors::run_progress::outcome::Advanced;
 use crate::api::CompleteRequest;
 use crate::db::batch;
 use crate::db::fast::{self, Claimed, Completion, Snapshot};
 use crate::db::leases::ClaimSpec;
 use crate::db::models::EventRow;
-use crate::db::ConnSource;
+use crate::db::{ConnSource, Db};
+use crate::output_store::OutputStore;
 use crate::workspace::mirror::Mirrors;
 use std::sync::Arc;
 
 /// A completion the Postgres path wrote: its run, what was decided for it, and the claim made
 /// in the same statement when one was asked for (with the output held for the claimed step).
-pub(super) struct Written {
+pub struct Written {
     pub run_id: String,
     pub actions: Vec<Advanced>,
     pub claimed: Option<(Claimed, u64)>,
 }
 
-impl LeaseService {
-    /// A completion without artifacts on Postgres in one or two statements: `Some` when done,
-    /// `None` when the transactional path must do it (the lease is not this worker's, the run
-    /// is not going on or has another step in flight, or something moved between the read and
-    /// the write). It decides from what the claim read when it can (one statement: the write,
-    /// which checks that nothing moved), else from a fresh snapshot. With `next` (the worker's
-    /// labels), the write's statement also claims the worker's next step.
-    pub(super) async fn complete_pg(
-        &self,
-        worker_id: &str,
-        step_id: &str,
-        req: &CompleteRequest,
-        digest: &str,
-        next: Option<&[String]>,
-    ) -> Result<Option<Written>, LeaseError> {
-        let mut kept = self
-            .claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(step_id);
-        let (ttl, window) = self.claim_times();
-        let w = Arc::new(Writer {
-            worker_id: worker_id.to_string(),
-            step_id: step_id.to_string(),
-            req: req.clone(),
-            digest: digest.to_string(),
-            mirrors: self.mirrors.clone(),
-            labels: next.map(<[String]>::to_vec),
-            ttl,
-            window,
-        });
-        // From `kept`, then once more from a fresh snapshot if that no longer holds.
-        loop {
-            let fresh = kept.is_none();
-            let (wr, snap, batcher) = (w.clone(), kept.take(), self.db.batcher());
-            // Decided on a blocking thread, and written there when it claims nothing; a
-            // completion that claims goes through the batcher (Postgres always has one).
-            let decided = self
-                .db
-                .run_lazy(move |c| -> Result<_, LeaseError> {
-                    let snap = match snap {
+/// A completion without artifacts on Postgres in one or two statements: `Some` when done,
+/// `None` when the transactional path must do it (the lease is not this worker's, the run is
+/// not going on or has another step in flight, or something moved between the read and the
+/// write). It decides from what the claim read (`kept`) when it can (one statement: the write,
+/// which checks that nothing moved), else from a fresh snapshot. With the worker's labels in
+/// `w`, the write's statement also claims the worker's next step.
+pub async fn complete(
+    db: &Db,
+    output: &OutputStore,
+    mut kept: Option<Snapshot>,
+    w: Writer,
+) -> Result<Option<Written>, LeaseError> {
+    let w = Arc::new(w);
+    // From `kept`, then once more from a fresh snapshot if that no longer holds.
+    loop {
+        let fresh = kept.is_none();
+        let (wr, snap, batcher) = (w.clone(), kept.take(), db.batcher());
+        // Decided on a blocking thread, and written there when it claims nothing; a
+        // completion that claims goes through the batcher (Postgres always has one).
+        let decided = db
+            .run_lazy(move |c| -> Result<_, LeaseError> {
+                let snap = match snap {
+                    Some(s) => s,
+                    None => match fast::complete_snapshot(c.get()?, &wr.step_id)? {
                         Some(s) => s,
-                        None => match fast::complete_snapshot(c.get()?, &wr.step_id)? {
-                            Some(s) => s,
-                            None => return Ok(None),
-                        },
-                    };
-                    let Some(d) = wr.decide(snap)? else {
-                        return Ok(None);
-                    };
-                    let w = d.completion(&wr);
-                    let write = match (wr.spec(), batcher) {
-                        (Some(spec), Some(b)) => {
-                            Write::Queue(b, batch::item(c, &d.snap, &w, &spec)?)
-                        }
-                        _ => Write::Applied(fast::complete_apply(c.get()?, &d.snap, &w)?),
-                    };
-                    Ok(Some((d, write)))
-                })
-                .await?;
-            let Some((mut d, write)) = decided else {
-                return Ok(None);
-            };
-            // `None` when the snapshot no longer held (nothing written); else the claim made.
-            let outcome = match write {
-                Write::Applied(applied) => applied.then_some(None),
-                Write::Queue(b, item) => {
-                    // The batch's answer, awaited without a thread.
-                    let reply = b.write(item).await?;
-                    let spec = w.spec().expect("queued with a claim");
-                    batch::answer(reply, &d.snap, &d.completion(&w), &spec)?.map(Some)
-                }
-            };
-            let Some(claimed) = outcome else {
-                if fresh {
+                        None => return Ok(None),
+                    },
+                };
+                let Some(d) = wr.decide(snap)? else {
                     return Ok(None);
-                }
-                continue;
-            };
-            w.log(&d);
-            let claimed = match claimed {
-                Some(got) => {
-                    let offset = self.output_of(&d, &got).await;
-                    Some((got, offset))
-                }
-                None => None,
-            };
-            return Ok(Some(Written {
-                run_id: d.snap.run.id.clone(),
-                actions: std::mem::take(&mut d.plan.actions),
-                claimed,
-            }));
-        }
-    }
-
-    /// The output the controller holds for the step `got` claims: none for the step the
-    /// completion itself queued (its id was made for it), else a stat, on a blocking thread.
-    async fn output_of(&self, d: &Decided, got: &Claimed) -> u64 {
-        let queued = d.plan.queued.as_ref().map(|q| q.id.as_str());
-        match got {
-            Claimed::Got(g) if Some(g.step.id.as_str()) == queued => 0,
-            Claimed::Got(g) => {
-                let (output, run, step) =
-                    (self.output.clone(), g.run.id.clone(), g.step.id.clone());
-                (tokio::task::spawn_blocking(move || output.size(&run, &step)).await).unwrap_or(0)
+                };
+                let w = d.completion(&wr);
+                let write = match (wr.spec(), batcher) {
+                    (Some(spec), Some(b)) => Write::Queue(b, batch::item(c, &d.snap, &w, &spec)?),
+                    _ => Write::Applied(fast::complete_apply(c.get()?, &d.snap, &w)?),
+                };
+                Ok(Some((d, write)))
+            })
+            .await?;
+        let Some((mut d, write)) = decided else {
+            return Ok(None);
+        };
+        // `None` when the snapshot no longer held (nothing written); else the claim made.
+        let outcome = match write {
+            Write::Applied(applied) => applied.then_some(None),
+            Write::Queue(b, item) => {
+                // The batch's answer, awaited without a thread.
+                let reply = b.write(item).await?;
+                let spec = w.spec().expect("queued with a claim");
+                batch::answer(reply, &d.snap, &d.completion(&w), &spec)?.map(Some)
             }
-            _ => 0,
+        };
+        let Some(claimed) = outcome else {
+            if fresh {
+                return Ok(None);
+            }
+            continue;
+        };
+        w.log(&d);
+        let claimed = match claimed {
+            Some(got) => {
+                let offset = output_of(output, &d, &got).await;
+                Some((got, offset))
+            }
+            None => None,
+        };
+        return Ok(Some(Written {
+            run_id: d.snap.run.id.clone(),
+            actions: std::mem::take(&mut d.plan.actions),
+            claimed,
+        }));
+    }
+}
+
+/// The output the controller holds for the step `got` claims: none for the step the
+/// completion itself queued (its id was made for it), else a stat, on a blocking thread.
+async fn output_of(output: &OutputStore, d: &Decided, got: &Claimed) -> u64 {
+    let queued = d.plan.queued.as_ref().map(|q| q.id.as_str());
+    match got {
+        Claimed::Got(g) if Some(g.step.id.as_str()) == queued => 0,
+        Claimed::Got(g) => {
+            let (output, run, step) = (output.clone(), g.run.id.clone(), g.step.id.clone());
+            (tokio::task::spawn_blocking(move || output.size(&run, &step)).await).unwrap_or(0)
         }
+        _ => 0,
     }
 }
 
 /// One completion, written from snapshots.
-struct Writer {
+pub struct Writer {
     worker_id: String,
     step_id: String,
     req: CompleteRequest,
@@ -183,6 +161,30 @@ impl Decided {
 }
 
 impl Writer {
+    /// The completion `req` of `step_id` by `worker_id` (`digest`: its fingerprint); with
+    /// `next` (the worker's labels), its next step is claimed with the claim's lease time and
+    /// affinity window `times`.
+    pub fn new(
+        worker_id: &str,
+        step_id: &str,
+        req: &CompleteRequest,
+        digest: &str,
+        mirrors: Arc<Mirrors>,
+        next: Option<&[String]>,
+        (ttl, window): (i64, i64),
+    ) -> Self {
+        Writer {
+            worker_id: worker_id.to_string(),
+            step_id: step_id.to_string(),
+            req: req.clone(),
+            digest: digest.to_string(),
+            mirrors,
+            labels: next.map(<[String]>::to_vec),
+            ttl,
+            window,
+        }
+    }
+
     /// The next claim the write's statement makes, if the worker asked for one.
     fn spec(&self) -> Option<ClaimSpec<'_>> {
         self.labels.as_deref().map(|labels| ClaimSpec {
@@ -218,7 +220,7 @@ impl Writer {
             &self.mirrors,
             now,
         )
-        .map_err(sched_err)?;
+        .map_err(LeaseError::from_decision)?;
         if plan.settled.is_none() {
             return Ok(None);
         }

@@ -1,16 +1,21 @@
-//! A completion, as both paths write it (the transactional one in `lease_writes.rs`, and the
-//! Postgres one in `complete_pg.rs`): the finished step's row and event, and what it tells the
-//! run's state; and the snapshots claims keep for their completions. Part of the LeaseActor.
+//! A completion, as both paths write it — the finished step's row and event, and what it
+//! tells the run's state — and the transactional path itself ([`record_in_tx`]: SQLite
+//! always, Postgres when its one-statement path in `complete_pg.rs` does not hold). Called by
+//! the lease service and `complete_pg.rs`.
 
-use super::lease_service::LeaseError;
-use super::scheduler_service::SchedError;
+use super::authorize::authorize_held;
+use super::error::LeaseError;
+use super::writes::record_artifact;
+use crate::actors::run_progress::decide::{decide_in_tx, decides_now};
+use crate::actors::run_progress::outcome::FollowUp;
 use crate::api::CompleteRequest;
 use crate::db::events::NewEvent;
-use crate::db::fast;
 use crate::db::models::{RunStateRow, StepRow};
+use crate::db::{self, Conn};
 use crate::domain::events as ev;
+use crate::domain::pipeline::INFRA_PREFIX;
 use crate::domain::{StepOutcome, StepPhase};
-use std::collections::HashMap;
+use crate::workspace::mirror::Mirrors;
 
 /// Longest output tail kept with a step (the watchdog compares tails).
 const TAIL_CAP: usize = 64 * 1024;
@@ -54,7 +59,7 @@ pub fn completed(
     step.output_tail = Some(storable(&tail(&req.output_tail, TAIL_CAP)));
     step.completion_detected = req.completion_detected;
     step.failure_reason = match (&req.failure_reason, req.infra_failure) {
-        (Some(r), true) => Some(format!("{}{}", super::INFRA_PREFIX, storable(r))),
+        (Some(r), true) => Some(format!("{}{}", INFRA_PREFIX, storable(r))),
         (r, _) => r.as_deref().map(storable),
     };
     step.runner_notes = req.runner_notes.as_deref().map(storable);
@@ -89,99 +94,73 @@ pub fn note_in_state(state: &mut RunStateRow, req: &CompleteRequest, worker_id: 
     state.last_worker_id = Some(worker_id.to_string());
 }
 
-/// Postgres: what each step's completion will likely decide from, as its claim read it, taken
-/// by the completion. Bounded by entries and by bytes (a verification's snapshot carries the
-/// watchdog's implementation steps with their output tails): a snapshot that does not fit is
-/// not kept, and its completion reads a fresh one.
-#[derive(Debug)]
-pub struct Kept<T> {
-    map: HashMap<String, (T, usize)>,
-    bytes: usize,
-    max_entries: usize,
-    max_bytes: usize,
-}
-
-impl<T> Kept<T> {
-    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
-        Kept {
-            map: HashMap::new(),
-            bytes: 0,
-            max_entries,
-            max_bytes,
+/// The transactional path of a completion: in the caller's transaction, checks the lease
+/// (locking it until the commit), records the step, its artifacts and event, and — when the
+/// run is going on — decides what follows. `None`: a repeat of a completion already recorded;
+/// else the run for the scheduler, with the decision when it was taken here.
+pub fn record_in_tx(
+    c: &mut Conn,
+    wid: &str,
+    sid: &str,
+    req: &CompleteRequest,
+    digest: &str,
+    kind: &str,
+    mirrors: &Mirrors,
+) -> Result<Option<FollowUp>, LeaseError> {
+    let repeat = |c: &mut db::Conn| -> Result<bool, LeaseError> {
+        let s = db::steps::get(c, sid)?.ok_or(LeaseError::NotFound)?;
+        Ok(s.completion_digest.as_deref() == Some(digest)
+            && s.lease_epoch == req.epoch
+            && s.worker_id.as_deref() == Some(wid))
+    };
+    // Locks the lease until this completion commits; the step is read after it.
+    let held = match authorize_held(c, sid, wid, req.epoch) {
+        Ok(h) => h,
+        // Already completed (perhaps while this one waited for the lock).
+        Err(LeaseError::Stale) if repeat(c)? => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (mut step, now) = (held.step, held.now_ms);
+    let (run, mut state) = db::runs::lock_with_state(c, &step.run_id)?;
+    let event = completed(&mut step, &run.status, req, digest, now);
+    db::leases::delete(c, sid)?;
+    for a in &req.artifacts {
+        let known = db::artifacts::get(c, &run.id, &a.name)?;
+        if known.is_none_or(|k| k.sha256 != a.sha256) {
+            let key = crate::artifacts::attempt_key(&run.id, sid, req.epoch, &a.name)
+                .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+            record_artifact(c, &run.id, sid, a, kind, &key, now)?;
         }
     }
-
-    /// Keeps `value` (about `size` bytes) for `id`, replacing what `id` had. When it does not
-    /// fit, everything kept is dropped first: the entries of steps whose completion never came
-    /// (a lost lease, a cancelled run) would otherwise fill the room for good.
-    pub fn keep(&mut self, id: &str, value: T, size: usize) {
-        self.take(id);
-        if self.map.len() >= self.max_entries || self.bytes + size > self.max_bytes {
-            self.map.clear();
-            self.bytes = 0;
-        }
-        if size <= self.max_bytes {
-            self.bytes += size;
-            self.map.insert(id.to_string(), (value, size));
-        }
+    note_in_state(&mut state, req, wid);
+    tracing::info!(run_id = %run.id, step_id = %sid, worker_id = %wid, lease_epoch = req.epoch, status = %step.status, "step completed");
+    // The scheduler's decision, in this transaction when the run is going on;
+    // otherwise the step is recorded and the scheduler looks at the run afterwards.
+    if decides_now(c, &run, &state, sid)? {
+        let actions = decide_in_tx(c, &run, state, Some(step), vec![event], mirrors, now)
+            .map_err(LeaseError::from_decision)?;
+        return Ok(Some(FollowUp {
+            run_id: run.id,
+            decided: Some(actions),
+        }));
     }
-
-    pub fn take(&mut self, id: &str) -> Option<T> {
-        let (value, size) = self.map.remove(id)?;
-        self.bytes -= size;
-        Some(value)
-    }
+    db::steps::save(c, &step)?;
+    let seq = db::runs::save_state_with_events(c, &state, 1)?;
+    db::events::insert_numbered(c, &run.id, seq, &[event], now)?;
+    Ok(Some(FollowUp {
+        run_id: run.id,
+        decided: None,
+    }))
 }
 
-/// About how many bytes a snapshot holds.
-pub fn snapshot_size(s: &fast::Snapshot) -> usize {
-    let len = |t: &Option<String>| t.as_ref().map_or(0, String::len);
-    let steps: usize = (s.inputs.recent_impls.iter())
-        .chain(&s.inputs.succeeded_impls)
-        .map(|r| 128 + len(&r.output_tail) + len(&r.prompt))
-        .sum();
-    4096 + len(&s.step.output_tail) + len(&s.step.prompt) + steps
-}
-
-/// A decision's failure as the worker's answer: an unavailable database is a 503, not a 500.
-pub fn sched_err(e: SchedError) -> LeaseError {
-    match e {
-        SchedError::Db(d) => LeaseError::Db(d),
-        other => LeaseError::Internal(other.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Kept;
-
-    #[test]
-    fn kept_snapshots_stay_within_their_entries_and_bytes() {
-        let mut k = Kept::new(2, 100);
-        k.keep("a", 1, 60);
-        k.keep("a", 2, 50);
-        assert_eq!(k.bytes, 50, "replaced, and its old size given back");
-        k.keep("b", 3, 40);
-        assert_eq!(k.take("a"), Some(2));
-        assert_eq!(k.take("a"), None, "taken once");
-        k.keep("c", 4, 70);
-        assert_eq!(k.take("b"), None, "no room: what was kept is dropped");
-        assert_eq!(k.take("c"), Some(4));
-        k.keep("d", 5, 1);
-        k.keep("e", 6, 1);
-        k.keep("f", 7, 1);
-        assert_eq!(
-            (k.take("d"), k.take("e")),
-            (None, None),
-            "over the entry cap"
-        );
-        assert_eq!(k.take("f"), Some(7));
-        k.keep("g", 8, 101);
-        assert_eq!(
-            k.take("g"),
-            None,
-            "larger than the whole budget: never kept"
-        );
-        assert_eq!(k.bytes, 0);
-    }
+/// The complete-step request's fingerprint: a repeated identical completion is idempotent.
+/// `claim_next` asks for something besides the completion and is not part of it.
+pub fn completion_digest(req: &CompleteRequest) -> String {
+    use sha2::{Digest, Sha256};
+    let completion = CompleteRequest {
+        claim_next: false,
+        ..req.clone()
+    };
+    let bytes = serde_json::to_vec(&completion).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))
 }

@@ -1,90 +1,65 @@
-//! What the LeaseActor does, as async methods over the database: claim (with long polling),
-//! renew, and the epoch check in front of every worker write (the writes are in
-//! `lease_writes.rs`, leases taken back in `lease_returns.rs`). The actor in `lease.rs` owns
-//! one `LeaseService` and forwards its messages here.
+//! What the LeaseActor does, all of it here, as async methods over the database: claims (long
+//! polls answered as soon as a matching step is queued), renewals on heartbeats (and leases
+//! a worker's heartbeats leave out, taken back), completions (deciding what follows in the
+//! completion's own transaction or statement), and leases taken back — handed back, lost with
+//! a worker, or expired. Holders' other writes are [`StepWrites`]; the transactions' bodies
+//! are in `completion.rs`, `complete_pg.rs` and `returns.rs`; its state (waiters, grants,
+//! claim snapshots) has its own files. Only the actor (`actor.rs`) calls it; `app` builds it.
 
 use super::assignment;
-use super::completion::{snapshot_size, Kept};
-use super::events::EventHub;
-use super::scheduler_service::Advanced;
+use super::authorize::authorize;
+use super::complete_pg;
+use super::completion::{completion_digest, record_in_tx};
+use super::error::LeaseError;
+use super::kept::{snapshot_size, Kept};
+use super::returns::{log_released, record_requeued, Swept};
+use super::unreported::Grants;
 use super::waiters::WaitQueue;
+use super::writes::StepWrites;
+use crate::actors::events::EventHub;
+use crate::actors::run_progress::outcome::FollowUp;
+use crate::actors::ticks::PauseClock;
 use crate::api::{Assignment, CompleteRequest, HeldLease, LeaseVerdict};
 use crate::artifacts::ArtifactStore;
-use crate::db::leases::{self, ClaimSpec};
-use crate::db::models::{LeaseRow, StepRow};
+use crate::db::fast::Claimed;
+use crate::db::leases::{self, ClaimSpec, Requeued};
 use crate::db::{self, Db, DbError};
+use crate::domain::events as ev;
 use crate::domain::time::rfc3339;
 use crate::domain::LeaseAction;
 use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
 use crate::settings::{LeaseSettings, SchedulerSettings};
 use crate::workspace::mirror::Mirrors;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Why a lease operation was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
-    #[error("stale lease: the step is no longer leased to this worker at this epoch")]
-    Stale,
-    #[error("the step is leased to another worker")]
-    Forbidden,
-    #[error("no such step")]
-    NotFound,
-    #[error("{0}")]
-    Invalid(String),
-    /// Output written past what the controller holds: resend from this offset.
-    #[error("output offset is past the {0} bytes held")]
-    OffsetGap(u64),
-    #[error(transparent)]
-    Db(DbError),
-    /// The artifact store failed the request after its own retries.
-    #[error("artifact store unavailable: {0}")]
-    Store(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl From<DbError> for LeaseError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::StaleLease => LeaseError::Stale,
-            DbError::NotFound => LeaseError::NotFound,
-            other => LeaseError::Db(other),
-        }
-    }
-}
-
-/// A run whose step finished (or was given up), for the scheduler: what was already decided
-/// in the step's own transaction, to carry out, or `None`: decide now.
-pub struct FollowUp {
-    pub run_id: String,
-    pub decided: Option<Vec<Advanced>>,
-}
 
 /// Who the service tells about finished steps (the scheduler).
 pub type FollowUpSink = Arc<dyn Fn(FollowUp) + Send + Sync>;
 
 /// The lease logic and everything it needs.
 pub struct LeaseService {
-    pub db: Db,
-    pub hub: EventHub,
-    pub metrics: Arc<Metrics>,
-    pub output: OutputStore,
-    pub store: ArtifactStore,
-    pub lease: LeaseSettings,
-    pub sched: SchedulerSettings,
-    pub waiters: WaitQueue,
-    pub follow_up: FollowUpSink,
+    db: Db,
+    hub: EventHub,
+    metrics: Arc<Metrics>,
+    output: OutputStore,
+    store: ArtifactStore,
+    lease: LeaseSettings,
+    sched: SchedulerSettings,
+    waiters: WaitQueue,
+    follow_up: FollowUpSink,
     /// Repository mirrors, for the prompts of the steps a completion queues.
-    pub mirrors: Arc<Mirrors>,
+    mirrors: Arc<Mirrors>,
     /// Postgres: what each step's completion will likely decide from, as its claim read it
-    /// (see `completion.rs`); taken by the completion.
-    pub(super) claimed: std::sync::Mutex<Kept<db::fast::Snapshot>>,
+    /// (see `kept.rs`); taken by the completion.
+    claimed: std::sync::Mutex<Kept<db::fast::Snapshot>>,
     /// Since the last sweep that went through (see `LeaseService::sweep`).
-    pub(super) swept: Arc<super::PauseClock>,
+    swept: Arc<PauseClock>,
     /// Grants not yet completed, for heartbeats to check (see `unreported.rs`).
-    pub(super) grants: super::unreported::Grants,
+    grants: Grants,
+    /// The holders' writes besides the completion.
+    writes: StepWrites,
 }
 
 /// Most claim snapshots kept, and their bytes (a step whose completion never comes leaves one
@@ -106,9 +81,24 @@ pub struct LeaseServiceParts {
     pub mirrors: Arc<Mirrors>,
 }
 
+/// What one claim attempt found.
+enum Attempt {
+    Got(Box<Assignment>),
+    /// Nothing this worker may take right now.
+    Empty,
+    /// The worker takes nothing new: it is draining or revoked.
+    Closed,
+}
+
 impl LeaseService {
     pub fn new(p: LeaseServiceParts) -> Self {
         LeaseService {
+            writes: StepWrites::new(
+                p.db.clone(),
+                p.hub.clone(),
+                p.output.clone(),
+                p.store.clone(),
+            ),
             db: p.db,
             hub: p.hub,
             metrics: p.metrics,
@@ -120,57 +110,26 @@ impl LeaseService {
             follow_up: p.follow_up,
             mirrors: p.mirrors,
             claimed: std::sync::Mutex::new(Kept::new(CLAIMED_CAP, CLAIMED_BYTES)),
-            swept: Arc::new(super::PauseClock::new()),
+            swept: Arc::new(PauseClock::new()),
             grants: Default::default(),
         }
     }
-}
 
-/// The lease a write carries must be the step's live lease, held by `worker_id`. Another
-/// worker's live lease at the same epoch is `Forbidden`; anything else is `Stale`. Call it in
-/// the write's transaction: the lease row stays locked until the write commits (see
-/// [`leases::check`]), and the step is read under the same lock, so it is current.
-pub fn authorize(
-    c: &mut db::Conn,
-    step_id: &str,
-    worker_id: &str,
-    epoch: i64,
-) -> Result<(StepRow, LeaseRow), LeaseError> {
-    authorize_held(c, step_id, worker_id, epoch).map(|h| (h.step, h.lease))
-}
-
-/// [`authorize`], with the database time of the check.
-pub fn authorize_held(
-    c: &mut db::Conn,
-    step_id: &str,
-    worker_id: &str,
-    epoch: i64,
-) -> Result<leases::Held, LeaseError> {
-    match leases::check_held(c, step_id, worker_id, epoch) {
-        Ok(h) => Ok(h),
-        Err(DbError::StaleLease) => {
-            db::steps::get(c, step_id)?.ok_or(LeaseError::NotFound)?;
-            match leases::get(c, step_id)? {
-                Some(l) if l.worker_id != worker_id && l.epoch == epoch => {
-                    Err(LeaseError::Forbidden)
-                }
-                _ => Err(LeaseError::Stale),
-            }
-        }
-        Err(e) => Err(e.into()),
+    /// How often expired leases are swept.
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.lease.sweep_interval_ms)
     }
-}
 
-/// What one claim attempt found.
-pub(super) enum Attempt {
-    Got(Box<Assignment>),
-    /// Nothing this worker may take right now.
-    Empty,
-    /// The worker takes nothing new: it is draining or revoked.
-    Closed,
-}
+    /// The sweeps begin: the first one's pause is measured from now.
+    pub fn sweeps_begin(&self) {
+        self.swept.reset();
+    }
 
-impl LeaseService {
+    /// The holders' writes: output, events, artifacts.
+    pub fn writes(&self) -> &StepWrites {
+        &self.writes
+    }
+
     /// Claims a step for a worker, waiting up to `wait` for one to be queued.
     pub async fn claim(
         &self,
@@ -217,11 +176,7 @@ impl LeaseService {
     /// before it said so (the claim itself checks). An offline one is refused at
     /// authentication; the in-process worker of the single role keeps claiming even if it was
     /// once marked offline (after a suspend), as it never registers again.
-    pub(super) async fn try_claim(
-        &self,
-        worker_id: &str,
-        labels: &[String],
-    ) -> Result<Attempt, LeaseError> {
+    async fn try_claim(&self, worker_id: &str, labels: &[String]) -> Result<Attempt, LeaseError> {
         let (wid, lbl) = (worker_id.to_string(), labels.to_vec());
         let (ttl, window) = self.claim_times();
         let output = self.output.clone();
@@ -243,7 +198,7 @@ impl LeaseService {
     }
 
     /// A claim's lease time and affinity window, in milliseconds.
-    pub(super) fn claim_times(&self) -> (i64, i64) {
+    fn claim_times(&self) -> (i64, i64) {
         (
             self.lease.ttl_ms as i64,
             self.sched.affinity_window_ms as i64,
@@ -252,7 +207,7 @@ impl LeaseService {
 
     /// What a claim found, as the worker gets it: the snapshot its completion will decide from
     /// is kept, the dispatch time measured, the run's watchers told.
-    pub(super) fn granted(
+    fn granted(
         &self,
         worker_id: &str,
         got: db::fast::Claimed,
@@ -353,25 +308,226 @@ impl LeaseService {
             });
         }
     }
+
+    /// Many steps may have become claimable (a resumed run): wake every waiter.
+    pub fn wake_all(&self) {
+        self.waiters.wake_all();
+    }
+
+    /// Completes a step. A repeat of the same completion is accepted and changes nothing.
+    /// With `claim_next`, also claims the worker's next step (one its `labels` allow) at once,
+    /// without waiting: usually in the completion's own statement.
+    pub async fn complete(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        req: CompleteRequest,
+        labels: &[String],
+    ) -> Result<Option<Assignment>, LeaseError> {
+        let next = req.claim_next.then_some(labels);
+        let claimed = self
+            .record_completion(worker_id, step_id, req, next)
+            .await?;
+        self.grants.forget(worker_id, step_id);
+        let Some(labels) = next else {
+            return Ok(None);
+        };
+        let attempt = match claimed {
+            Some((got, offset)) => self.granted(worker_id, got, offset)?,
+            None => self.try_claim(worker_id, labels).await?,
+        };
+        Ok(match attempt {
+            Attempt::Got(a) => Some(*a),
+            Attempt::Empty | Attempt::Closed => None,
+        })
+    }
+
+    /// Records a completion, and returns the next claim when the completion's statement made it.
+    async fn record_completion(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        req: CompleteRequest,
+        next: Option<&[String]>,
+    ) -> Result<Option<(Claimed, u64)>, LeaseError> {
+        let digest = completion_digest(&req);
+        let (wid, sid) = (worker_id.to_string(), step_id.to_string());
+        let kind = self.store.kind().as_str().to_string();
+        // Artifacts a worker stored itself are under its lease's own keys.
+        for a in &req.artifacts {
+            crate::artifacts::attempt_key("r", step_id, req.epoch, &a.name)
+                .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+        }
+        // On Postgres, usually one statement to read and one to write (see `complete_pg.rs`).
+        if self.db.backend() == db::Backend::Postgres && req.artifacts.is_empty() {
+            let kept = self
+                .claimed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(step_id);
+            let w = complete_pg::Writer::new(
+                worker_id,
+                step_id,
+                &req,
+                &digest,
+                self.mirrors.clone(),
+                next,
+                self.claim_times(),
+            );
+            if let Some(done) = complete_pg::complete(&self.db, &self.output, kept, w).await? {
+                self.hub.notify(&done.run_id);
+                (self.follow_up)(FollowUp {
+                    run_id: done.run_id,
+                    decided: Some(done.actions),
+                });
+                return Ok(done.claimed);
+            }
+        }
+        let mirrors = self.mirrors.clone();
+        // One transaction records the completion and decides what follows it.
+        let first = self
+            .db
+            .tx(move |c| record_in_tx(c, &wid, &sid, &req, &digest, &kind, &mirrors))
+            .await?;
+        if let Some(f) = first {
+            self.hub.notify(&f.run_id);
+            (self.follow_up)(f);
+        }
+        Ok(None)
+    }
+
+    /// Hands a lease back (worker drain): the step is queued again, no retry used.
+    pub async fn release(
+        &self,
+        worker_id: &str,
+        step_id: &str,
+        epoch: i64,
+        reason: &str,
+    ) -> Result<(), LeaseError> {
+        let (wid, sid, why) = (
+            worker_id.to_string(),
+            step_id.to_string(),
+            reason.to_string(),
+        );
+        let r = self
+            .db
+            .tx(move |c| -> Result<_, LeaseError> {
+                authorize(c, &sid, &wid, epoch)?;
+                let r = leases::release(c, &sid, &wid, epoch)?;
+                let now = c.now_ms()?;
+                record_requeued(c, std::slice::from_ref(&r), ev::LEASE_RELEASED, &why, now)?;
+                Ok(r)
+            })
+            .await;
+        let r = r?;
+        self.grants.forget(worker_id, step_id);
+        self.metrics
+            .lease_released_total
+            .fetch_add(1, Ordering::Relaxed);
+        log_released(std::slice::from_ref(&r), reason);
+        self.after_requeue(&[r]);
+        Ok(())
+    }
+
+    /// Takes every lease of a worker away (offline or revoked); each counts as a lost lease.
+    pub async fn release_worker(&self, worker_id: &str, reason: &str) -> Result<usize, LeaseError> {
+        self.grants.forget_worker(worker_id);
+        let (wid, why) = (worker_id.to_string(), reason.to_string());
+        let max = self.sched.max_infra_attempts as i32;
+        let list = self
+            .db
+            .tx(move |c| -> Result<_, LeaseError> {
+                let list = leases::release_all_of_worker(c, &wid, max)?;
+                let now = c.now_ms()?;
+                record_requeued(c, &list, ev::LEASE_RELEASED, &why, now)?;
+                Ok(list)
+            })
+            .await?;
+        self.metrics
+            .lease_released_total
+            .fetch_add(list.len() as u64, Ordering::Relaxed);
+        log_released(&list, reason);
+        self.after_requeue(&list);
+        Ok(list.len())
+    }
+
+    /// Requeues every lease past its expiry — unless no sweep went through for half a lease
+    /// period: this process was stopped, its host suspended or its database out of reach, so
+    /// its workers could not renew through it; every lease then gets a fresh period instead,
+    /// as at a controller's start, and a later sweep expires what is due after that.
+    ///
+    /// The database's clock is read before the pause is judged, and leases are judged due by
+    /// that reading: a pause that begins after the judgement (between it and the statement
+    /// that expires, as a SIGSTOP can fall anywhere) cannot make a renewed lease look due.
+    pub async fn sweep(&self) -> Result<usize, LeaseError> {
+        let max = self.sched.max_infra_attempts as i32;
+        let ttl = self.lease.ttl_ms as i64;
+        let interval = Duration::from_millis(self.lease.sweep_interval_ms);
+        let gap = (Duration::from_millis(ttl as u64) / 2).max(3 * interval);
+        let swept = self.swept.clone();
+        let outcome = self
+            .db
+            .tx(move |c| -> Result<_, LeaseError> {
+                let now = c.now_ms()?;
+                let paused = swept.since();
+                if paused > gap {
+                    let extended = leases::extend_all(c, now, ttl)?;
+                    return Ok(Swept::Extended { paused, extended });
+                }
+                let list = leases::expire_due(c, max, now)?;
+                record_requeued(c, &list, ev::LEASE_EXPIRED, "expired", now)?;
+                Ok(Swept::Expired(list))
+            })
+            .await?;
+        self.swept.reset();
+        let list = match outcome {
+            Swept::Expired(list) => list,
+            Swept::Extended { paused, extended } => {
+                tracing::warn!(
+                    paused_ms = paused.as_millis() as u64,
+                    extended,
+                    "no lease sweep for half a lease period: every lease gets a fresh period"
+                );
+                return Ok(0);
+            }
+        };
+        if !list.is_empty() {
+            self.metrics
+                .lease_expired_total
+                .fetch_add(list.len() as u64, Ordering::Relaxed);
+            for r in &list {
+                tracing::warn!(run_id = %r.run_id, step_id = %r.step_id, worker_id = %r.worker_id, lease_epoch = r.epoch, "lease expired");
+            }
+        }
+        self.after_requeue(&list);
+        Ok(list.len())
+    }
+
+    /// After leases were taken back: wake claimers, streams and the scheduler.
+    fn after_requeue(&self, list: &[Requeued]) {
+        for r in list {
+            self.hub.notify(&r.run_id);
+            if r.failed || r.canceled {
+                (self.follow_up)(FollowUp {
+                    run_id: r.run_id.clone(),
+                    decided: None,
+                });
+            } else {
+                self.metrics
+                    .step_retry_total
+                    .fetch_add(1, Ordering::Relaxed);
+                // Rare (a worker was lost): let every waiter look, whatever the step's labels.
+                self.waiters.wake_all();
+            }
+        }
+    }
 }
 
 /// How much output the controller holds for a claimed step (a stat: call it where blocking is
 /// fine).
-pub(super) fn output_held(output: &OutputStore, got: &db::fast::Claimed) -> u64 {
+fn output_held(output: &OutputStore, got: &db::fast::Claimed) -> u64 {
     match got {
         db::fast::Claimed::Got(g) => output.size(&g.run.id, &g.step.id),
         _ => 0,
     }
-}
-
-/// The complete-step request's fingerprint: a repeated identical completion is idempotent.
-/// `claim_next` asks for something besides the completion and is not part of it.
-pub fn completion_digest(req: &CompleteRequest) -> String {
-    use sha2::{Digest, Sha256};
-    let completion = CompleteRequest {
-        claim_next: false,
-        ..req.clone()
-    };
-    let bytes = serde_json::to_vec(&completion).unwrap_or_default();
-    hex::encode(Sha256::digest(bytes))
 }

@@ -1,8 +1,13 @@
 //! The WorkerRegistryActor owns workers: registration and tokens, authentication, heartbeats,
 //! labels and slots, draining, revocation, and marking silent workers offline on a timer. Its
-//! messages are declared here; the work is done by [`RegistryService`].
+//! messages are declared here; the work is done by [`RegistryService`]. `app` starts it; the
+//! HTTP worker API (and its authentication), the health routes and the local control plane
+//! send it messages.
 
-pub use super::registry_service::{RegistryError, RegistryService, WorkerIdentity};
+use super::error::RegistryError;
+use super::known::WorkerIdentity;
+use super::service::RegistryService;
+use crate::actors::ticks::background_tick;
 use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
 use crate::db::models::{LeaseRow, WorkerRow};
 use actix::prelude::*;
@@ -34,7 +39,7 @@ impl Actor for WorkerRegistryActor {
             return;
         }
         // Check often enough that a silent worker is caught within a quarter of the limit.
-        let after = Duration::from_millis(self.svc.lease.worker_offline_after_ms);
+        let after = self.svc.offline_after();
         let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
         // The first check waits one whole offline period: the workers of a controller that was
         // down must get that long, counted from now rather than from `load`, to reach it again
@@ -42,7 +47,7 @@ impl Actor for WorkerRegistryActor {
         let svc = self.svc.clone();
         ctx.run_later(after, move |_, ctx| {
             svc.checks_begin();
-            super::background_tick(ctx, every, move || {
+            background_tick(ctx, every, move || {
                 let svc = svc.clone();
                 async move {
                     if let Err(e) = svc.mark_silent_offline().await {

@@ -1,89 +1,42 @@
-//! What the WorkerRegistryActor does: registration and per-worker tokens (stored hashed; a
-//! token is `<worker_id>.<secret>` so a request names its worker), authentication of worker
-//! requests (one process per token); heartbeats and marking silent workers offline (whose
-//! leases are then taken back at once, not at their TTL) are in `liveness.rs`, listing and
-//! revocation in `registry_admin.rs`. Tokens are checked against an in-memory copy of the
-//! workers table, which this service alone writes.
+//! What the WorkerRegistryActor does, all of it here: registration and per-worker tokens
+//! (stored hashed; a token is `<worker_id>.<secret>` so a request names its worker),
+//! authentication of worker requests (one process per token), heartbeats (kept in memory and
+//! written in one statement per offline check, a status change at once with its event),
+//! marking silent workers offline (their leases are then taken back at once, not at their
+//! TTL), listing and revocation. Its state: the in-memory copy of the workers table
+//! (`known.rs`), which this service alone writes, and the buffered beats (`beats.rs`). Whether
+//! a worker is silent is decided from the in-memory instants after the buffer was written,
+//! so the database never holds an older view than the decision used. Only the actor
+//! (`actor.rs`) calls it; `app` builds and loads it.
 
-use super::lease::LeaseActor;
-use super::liveness::BeatBuffer;
-use crate::api::{RegisterRequest, RegisterResponse};
-use crate::db::models::{decode_labels, encode_labels, new_id, WorkerRow};
+use super::beats::BeatBuffer;
+use super::error::RegistryError;
+use super::known::{hash, KnownWorkers, WorkerIdentity};
+use crate::actors::lease::{LeaseActor, ReleaseWorkerLeases, RenewLeases};
+use crate::actors::ticks::PauseClock;
+use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use crate::db::models::{decode_labels, encode_labels, new_id, LeaseRow, WorkerRow};
 use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
-use crate::domain::WorkerStatus;
 use crate::metrics::Metrics;
 use crate::settings::{LeaseSettings, WorkerSettings};
 use actix::Addr;
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
-/// Why a worker request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("missing or invalid worker token")]
-    Unauthorized,
-    #[error("this token belongs to another worker")]
-    Forbidden,
-    #[error("another process is already using this worker token")]
-    DuplicateInstance,
-    #[error("the worker was marked offline; register again")]
-    Offline,
-    #[error("unknown worker")]
-    NotFound,
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("lease owner unavailable: {0}")]
-    Lease(String),
-}
-
-/// A worker as the registry remembers it.
-#[derive(Debug, Clone)]
-pub(super) struct Known {
-    token_hash: String,
-    instance_id: Option<String>,
-    pub(super) status: WorkerStatus,
-    labels: Vec<String>,
-    /// When its last heartbeat arrived (or it registered, or this process started).
-    pub(super) seen: Instant,
-}
-
-/// An authenticated worker.
-#[derive(Debug, Clone)]
-pub struct WorkerIdentity {
-    pub worker_id: String,
-    pub labels: Vec<String>,
-}
-
-fn hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Constant-time comparison of two hex digests.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The registry's logic.
 pub struct RegistryService {
-    pub db: Db,
-    pub metrics: Arc<Metrics>,
-    pub lease: LeaseSettings,
-    pub worker: WorkerSettings,
-    pub leases: Addr<LeaseActor>,
-    known: Mutex<HashMap<String, Known>>,
-    /// Heartbeats not yet written (see `liveness.rs`).
-    pub(super) beats: BeatBuffer,
-    /// Since the offline check last ran (see `liveness.rs`).
-    pub(super) checked: super::PauseClock,
+    db: Db,
+    metrics: Arc<Metrics>,
+    lease: LeaseSettings,
+    worker: WorkerSettings,
+    leases: Addr<LeaseActor>,
+    known: KnownWorkers,
+    /// Heartbeats not yet written.
+    beats: BeatBuffer,
+    /// Since the offline check last ran.
+    checked: PauseClock,
 }
 
 impl RegistryService {
@@ -100,17 +53,15 @@ impl RegistryService {
             lease,
             worker,
             leases,
-            known: Mutex::new(HashMap::new()),
+            known: KnownWorkers::default(),
             beats: BeatBuffer::default(),
-            checked: super::PauseClock::new(),
+            checked: PauseClock::new(),
         }
     }
 
-    pub(super) fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
-        match self.known.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+    /// How long a worker may stay silent before it is marked offline.
+    pub fn offline_after(&self) -> Duration {
+        Duration::from_millis(self.lease.worker_offline_after_ms)
     }
 
     /// Loads the workers at start and gives every online one a fresh heartbeat and its leases
@@ -135,20 +86,7 @@ impl RegistryService {
                 Ok::<_, DbError>(rows)
             })
             .await?;
-        let mut known = self.known();
-        for w in rows {
-            let status = w.status.parse().unwrap_or(WorkerStatus::Offline);
-            known.insert(
-                w.id,
-                Known {
-                    token_hash: w.token_hash,
-                    instance_id: w.instance_id,
-                    status,
-                    labels: decode_labels(&w.labels),
-                    seen: Instant::now(),
-                },
-            );
-        }
+        self.known.load(rows);
         Ok(())
     }
 
@@ -225,16 +163,8 @@ impl RegistryService {
                 Ok::<_, DbError>(())
             })
             .await?;
-        self.known().insert(
-            id.clone(),
-            Known {
-                token_hash: hash(&token),
-                instance_id: req.instance_id,
-                status: WorkerStatus::Idle,
-                labels: decode_labels(&labels),
-                seen: Instant::now(),
-            },
-        );
+        self.known
+            .registered(&id, hash(&token), req.instance_id, decode_labels(&labels));
         tracing::info!(worker_id = %id, hostname = %req.hostname, "worker registered");
         Ok(RegisterResponse {
             worker_id: id,
@@ -273,37 +203,11 @@ impl RegistryService {
         path_worker: Option<&str>,
         instance: Option<&str>,
     ) -> Result<WorkerIdentity, RegistryError> {
-        let id = token
-            .split_once('.')
-            .map(|(id, _)| id)
-            .ok_or(RegistryError::Unauthorized)?;
-        let instance = instance.filter(|i| !i.is_empty());
-        let mut known = self.known();
-        let k = known.get_mut(id).ok_or(RegistryError::Unauthorized)?;
-        if !same(&k.token_hash, &hash(token)) || k.status == WorkerStatus::Revoked {
-            return Err(RegistryError::Unauthorized);
+        let (identity, pinned) = self.known.authenticate(token, path_worker, instance)?;
+        if let Some(first) = pinned {
+            self.persist_instance(&identity.worker_id, &first);
         }
-        if path_worker.is_some_and(|p| p != id) {
-            return Err(RegistryError::Forbidden);
-        }
-        if let Some(expected) = &k.instance_id {
-            if instance != Some(expected.as_str()) {
-                return Err(RegistryError::DuplicateInstance);
-            }
-        }
-        if k.status == WorkerStatus::Offline {
-            return Err(RegistryError::Offline);
-        }
-        if let (None, Some(first)) = (&k.instance_id, instance) {
-            // Registered without an instance id: the first process to present one owns the
-            // token from now on, so a second process using a copy of it is refused.
-            k.instance_id = Some(first.to_string());
-            self.persist_instance(id, first);
-        }
-        Ok(WorkerIdentity {
-            worker_id: id.to_string(),
-            labels: k.labels.clone(),
-        })
+        Ok(identity)
     }
 
     /// Stores the instance a worker was pinned to (so a restarted controller keeps the pin).
@@ -321,9 +225,206 @@ impl RegistryService {
 
     /// Workers that are idle, busy or draining.
     pub fn online_count(&self) -> usize {
-        self.known()
-            .values()
-            .filter(|k| k.status.is_online())
-            .count()
+        self.known.online_count()
+    }
+
+    /// Records a heartbeat and renews the leases it lists (and takes back those it should list
+    /// and does not: see `lease/unreported.rs`). An unchanged status is only noted in memory (written
+    /// with the next batch); a change is written at once, with its event.
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, RegistryError> {
+        if !req.status.is_online() {
+            return Err(RegistryError::Invalid(
+                "status must be idle, busy or draining".into(),
+            ));
+        }
+        self.metrics
+            .heartbeats_total
+            .fetch_add(1, Ordering::Relaxed);
+        let metrics = serde_json::Value::Object(req.metrics);
+        let status = req.status;
+        let changed = self.known.beat(worker_id, status, || {
+            self.beats.note(worker_id, status, metrics.to_string())
+        })?;
+        if changed {
+            self.beats.forget(worker_id);
+            let wid = worker_id.to_string();
+            let alive = self
+                .db
+                .run(move |c| {
+                    let now = c.now_ms()?;
+                    let m = metrics.to_string();
+                    let alive = db::workers::touch(c, &wid, status.as_str(), Some(&m), now)?;
+                    if alive {
+                        let p = ev::worker_heartbeat(&wid, status.as_str(), &metrics);
+                        db::events::append(c, None, None, ev::WORKER_HEARTBEAT, &p, now)?;
+                    }
+                    Ok::<_, DbError>(alive)
+                })
+                .await?;
+            if !alive {
+                return Err(RegistryError::Offline);
+            }
+            self.known.set_online_status(worker_id, status);
+        }
+        // Even an empty list goes to the LeaseActor: it checks it against what it granted
+        // (in memory; the database only when a grant went unreported).
+        let verdicts = self
+            .leases
+            .send(RenewLeases {
+                worker_id: worker_id.to_string(),
+                leases: req.leases,
+            })
+            .await
+            .map_err(|e| RegistryError::Lease(e.to_string()))?
+            .map_err(|e| RegistryError::Lease(e.to_string()))?;
+        Ok(HeartbeatResponse { leases: verdicts })
+    }
+
+    /// The instant this check judges silence at — or `None` when it comes more than `gap`
+    /// after the previous one (or the start of the checks): this process was paused and the
+    /// beats sent meanwhile waited in its sockets, so the silence is its own, not its
+    /// workers'. Every online worker then gets a fresh period.
+    ///
+    /// The instant is taken before the pause is judged: a pause that begins after the
+    /// judgement (while the beats are flushed, say) cannot make a worker look silent.
+    fn unpaused_instant(&self, gap: Duration) -> Option<Instant> {
+        let at = Instant::now();
+        let paused = self.checked.since();
+        self.checked.reset();
+        if paused <= gap {
+            return Some(at);
+        }
+        let now = Instant::now();
+        self.known.all_online_heard_at(now);
+        tracing::warn!(
+            paused_ms = paused.as_millis() as u64,
+            "no offline check for half the offline limit: every online worker gets a fresh period"
+        );
+        None
+    }
+
+    /// The offline checks begin: the first is measured from now.
+    pub fn checks_begin(&self) {
+        self.checked.reset();
+    }
+
+    /// Writes the buffered beats (the time they are written at is the database's clock).
+    pub async fn flush_beats(&self) -> Result<(), RegistryError> {
+        let beats = self.beats.take();
+        if beats.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .run(move |c| {
+                let now = c.now_ms()?;
+                db::workers::touch_many(c, &beats, now)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Marks workers silent for longer than `worker_offline_after_ms` offline and takes their
+    /// leases back.
+    pub async fn mark_silent_offline(&self) -> Result<usize, RegistryError> {
+        let after = self.lease.worker_offline_after_ms;
+        let limit = Duration::from_millis(after);
+        let Some(at) = self.unpaused_instant(limit / 2) else {
+            return Ok(0);
+        };
+        self.flush_beats().await?;
+        // Decided and recorded in memory under one lock: a beat that comes later is refused.
+        let silent = self.known.take_silent(at, limit);
+        if silent.is_empty() {
+            return Ok(0);
+        }
+        for (id, _) in &silent {
+            self.beats.forget(id);
+        }
+        let ids: Vec<String> = silent.iter().map(|(id, _)| id.clone()).collect();
+        let written = self
+            .db
+            .tx(move |c| {
+                let now = c.now_ms()?;
+                for id in &ids {
+                    db::workers::set_status(c, id, "offline")?;
+                    let p = ev::worker_offline(id, &format!("no heartbeat for {after} ms"));
+                    db::events::append(c, None, None, ev::WORKER_OFFLINE, &p, now)?;
+                }
+                Ok::<_, DbError>(())
+            })
+            .await;
+        if let Err(e) = written {
+            // Not recorded: they stay online (and silent) for the next check to retry.
+            self.known.restore(&silent);
+            return Err(e.into());
+        }
+        for (id, _) in &silent {
+            tracing::warn!(worker_id = %id, "worker offline");
+            self.take_leases(id, "worker offline").await;
+        }
+        Ok(silent.len())
+    }
+
+    /// Every worker with the leases it holds.
+    pub async fn list(&self) -> Result<Vec<(WorkerRow, Vec<LeaseRow>)>, RegistryError> {
+        // Shown heartbeat times are current.
+        self.flush_beats().await?;
+        let out = self
+            .db
+            .run(|c| {
+                let workers = db::workers::all(c)?;
+                let leases = db::leases::all(c)?;
+                Ok::<_, DbError>(
+                    workers
+                        .into_iter()
+                        .map(|w| {
+                            let held = leases
+                                .iter()
+                                .filter(|l| l.worker_id == w.id)
+                                .cloned()
+                                .collect();
+                            (w, held)
+                        })
+                        .collect(),
+                )
+            })
+            .await?;
+        Ok(out)
+    }
+
+    /// Revokes a worker's token and takes its leases back.
+    pub async fn revoke(&self, worker_id: &str) -> Result<(), RegistryError> {
+        let wid = worker_id.to_string();
+        let found = self
+            .db
+            .run(move |c| db::workers::set_status(c, &wid, "revoked"))
+            .await?;
+        if !found {
+            return Err(RegistryError::NotFound);
+        }
+        self.known.revoke(worker_id);
+        self.take_leases(worker_id, "worker revoked").await;
+        tracing::info!(worker_id, "worker revoked");
+        Ok(())
+    }
+
+    async fn take_leases(&self, worker_id: &str, reason: &str) {
+        let r = self
+            .leases
+            .send(ReleaseWorkerLeases {
+                worker_id: worker_id.into(),
+                reason: reason.into(),
+            })
+            .await;
+        if !matches!(r, Ok(Ok(_))) {
+            tracing::error!(
+                worker_id,
+                "cannot release the leases of a lost worker (they will expire)"
+            );
+        }
     }
 }

@@ -1,15 +1,15 @@
 //! What follows a finished step — the SchedulerActor's decision, taken inside the
-//! transaction that settles the step (the completion's own, or an advance's): the pipeline's
-//! verdict, the next step queued with its prompt, or the run marked for finishing.
+//! transaction that settles the step (the completion's own, by the lease owner, or an
+//! advance's, by the scheduler): the pipeline's verdict, the next step queued with its prompt,
+//! or the run marked for finishing. It fails only when the database does.
 
-use super::assignment::run_config;
+use super::outcome::{Advanced, FinishPlan};
 use super::prompts;
-use super::scheduler_service::{Advanced, FinishPlan, SchedError, INFRA_PREFIX};
 use crate::db::events::NewEvent;
 use crate::db::models::{ImplStep, RunRow, RunStateRow, StepRow};
 use crate::db::{self, Conn, DbError};
 use crate::domain::events as ev;
-use crate::domain::pipeline::{self, Counters, Decision, Finished, Next};
+use crate::domain::pipeline::{self, Counters, Decision, Finished, Next, INFRA_PREFIX};
 use crate::domain::run_config::RunConfig;
 use crate::domain::{StepPhase, StepStatus};
 use crate::workspace::mirror::Mirrors;
@@ -104,7 +104,7 @@ pub fn decide_in_tx(
     events: Vec<NewEvent>,
     mirrors: &Mirrors,
     now: i64,
-) -> Result<Vec<Advanced>, SchedError> {
+) -> Result<Vec<Advanced>, DbError> {
     let p = plan(c, run, state, last, events, mirrors, now)?;
     if let Some(s) = &p.settled {
         db::steps::save(c, s)?;
@@ -126,8 +126,8 @@ pub fn plan(
     mut events: Vec<NewEvent>,
     mirrors: &Mirrors,
     now: i64,
-) -> Result<Plan, SchedError> {
-    let config = run_config(run);
+) -> Result<Plan, DbError> {
+    let config = run.config();
     let counters = Counters {
         iterations_done: state.iterations_done.max(0) as u32,
         verify_failures: state.verify_failures.max(0) as u32,
@@ -265,7 +265,7 @@ fn enqueue(
     mirrors: &Mirrors,
     seq: i32,
     now: i64,
-) -> Result<StepRow, SchedError> {
+) -> Result<StepRow, DbError> {
     let attempt = h.next_attempt(&run.id, phase.as_str())?;
     let prompt = if phase == StepPhase::Implementation {
         state

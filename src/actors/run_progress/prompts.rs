@@ -1,9 +1,9 @@
 //! Builds the prompt of an implementation or review step when it is queued: reads the
 //! workspace's custom prompt and LEARNINGS.md (from disk for shared_fs runs, from the mirror at
 //! the run's ref for git runs). The runner appends the plan's selected task when it runs the
-//! step, because only the workspace knows which box is ticked by then. Blocking.
+//! step, because only the workspace knows which box is ticked by then. Blocking; called by
+//! the decision (`decide.rs`) when it queues a step.
 
-use super::assignment::run_paths;
 use crate::db::models::RunRow;
 use crate::domain::prompt::{implementation_prompt, review_prompt, PromptInputs};
 use crate::domain::run_config::RunConfig;
@@ -40,7 +40,7 @@ pub fn build(
     if !phase.runs_agent() {
         return None;
     }
-    let paths = run_paths(run);
+    let paths = run.paths();
     let template = config
         .prompt_file
         .as_deref()

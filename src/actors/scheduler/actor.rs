@@ -1,15 +1,18 @@
 //! The SchedulerActor owns run progress: it creates runs, starts them within the concurrency
 //! caps, decides what follows each finished step, applies pause/resume/cancel/retry, and runs a
 //! reconciliation tick. Its messages are declared here; the work is done by
-//! [`SchedulerService`].
+//! [`SchedulerService`]. `app` starts it; `http` sends it the runs API's requests and the
+//! LeaseActor's follow-ups reach it as [`StepFinished`] (wired by `app`).
 
-pub use super::control::Control;
-pub use super::scheduler_service::{Advanced, SchedError, SchedulerService};
+use super::control::Control;
+use super::error::SchedError;
+use super::service::SchedulerService;
+use crate::actors::run_progress::outcome::Advanced;
+use crate::actors::ticks::background_tick;
 use crate::api::CreateRunRequest;
 use crate::db::models::RunRow;
 use actix::prelude::*;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The owner of run progress.
 pub struct SchedulerActor {
@@ -26,13 +29,13 @@ impl Actor for SchedulerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let every = Duration::from_millis(self.svc.settings.tick_interval_ms.max(50));
+        let every = self.svc.tick_interval();
         ctx.spawn(actix::fut::wrap_future::<_, Self>(
             self.svc.clone().run_starter(),
         ));
         self.svc.request_start();
         let svc = self.svc.clone();
-        super::background_tick(ctx, every, move || {
+        background_tick(ctx, every, move || {
             let svc = svc.clone();
             async move {
                 if let Err(e) = svc.tick().await {

@@ -1,14 +1,13 @@
 //! The control verbs of the runs API: pause (the current step finishes, no new one starts),
 //! resume (and really continue), cancel (the worker kills the running step on its next
 //! heartbeat), retry (FAILED → PENDING with fresh counters). Each is one transaction that locks
-//! the run and checks the transition.
+//! the run and checks the transition ([`transition`]); what follows it (advance, finish,
+//! start) is the scheduler's service's (`service.rs`).
 
-use super::lease::QueueChanged;
-use super::scheduler_service::{SchedError, SchedulerService};
+use super::error::SchedError;
 use crate::db::{self, Conn};
 use crate::domain::events as ev;
 use crate::domain::time::now_ms;
-use std::sync::Arc;
 
 /// The control verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,49 +18,12 @@ pub enum Control {
     Retry,
 }
 
-impl SchedulerService {
-    /// Applies a control verb to a run.
-    pub async fn control(self: &Arc<Self>, run_id: &str, verb: Control) -> Result<(), SchedError> {
-        let id = run_id.to_string();
-        let caps = (
-            self.settings.max_concurrent_runs as usize,
-            self.settings.max_runs_per_workspace as usize,
-        );
-        self.db.tx(move |c| transition(c, &id, verb, caps)).await?;
-        self.hub.notify(run_id);
-        tracing::info!(run_id, verb = ?verb, "run control");
-        match verb {
-            Control::Pause => {}
-            Control::Resume => {
-                self.advance(run_id).await?;
-                self.queue.do_send(QueueChanged {
-                    required_labels: String::new(),
-                    preferred_worker: None,
-                    broadcast: true,
-                });
-            }
-            Control::Cancel => {
-                let me = self.clone();
-                let id = run_id.to_string();
-                actix::spawn(async move {
-                    me.finalize_canceled(&id).await;
-                    me.request_start();
-                });
-            }
-            Control::Retry => {
-                self.request_start();
-            }
-        }
-        Ok(())
-    }
-}
-
 fn invalid(from: &str, verb: Control) -> SchedError {
     SchedError::InvalidTransition(format!("cannot {verb:?} a {from} run").to_lowercase())
 }
 
 /// Checks and applies the transition inside a transaction.
-fn transition(
+pub(super) fn transition(
     c: &mut Conn,
     run_id: &str,
     verb: Control,

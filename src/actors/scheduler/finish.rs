@@ -1,32 +1,56 @@
 //! Finishing a run once the pipeline decided its outcome: the optional merge into
 //! `merge_target_branch` (recorded as a merge step), `report.tsv` and `summary.json`, worktree
-//! cleanup, and the terminal status with its event. The decision is stored first
-//! (`run_state.finishing`), so a crash in the middle is finished again at the next tick.
+//! cleanup (the git side is in `finish_git.rs`), and the terminal status with its event. The
+//! decision is stored first (`run_state.finishing`), so a crash in the middle is finished again
+//! at the next tick. The [`Finisher`] also stores the artifacts the controller itself produces
+//! (rewritten prompts). Owned by the scheduler's service, which alone calls it.
 
-use super::assignment::run_config;
-use super::finish_git::MergeResult;
-use super::lease_writes::artifact_kind;
-use super::scheduler_service::{FinishPlan, SchedError, SchedulerService};
+use super::error::SchedError;
+use super::finish_git::{cleanup_worktree, merge_if_configured, MergeResult};
+use crate::actors::events::EventHub;
+use crate::actors::run_progress::outcome::FinishPlan;
+use crate::artifacts::ArtifactStore;
 use crate::db::models::{new_id, ArtifactRow, RunRow, StepRow};
-use crate::db::{self, DbError};
+use crate::db::{self, Db, DbError};
+use crate::domain::artifact_kind::artifact_kind;
 use crate::domain::events as ev;
 use crate::domain::report::{self, RunFacts, StepFacts};
 use crate::domain::time::now_ms;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 /// The artifact holding a git run's branch as it ended.
 pub const FINAL_BUNDLE: &str = "run.bundle";
 
-impl SchedulerService {
-    /// Carries out the stored terminal decision of a run. Safe to call again.
-    pub async fn finish(self: &Arc<Self>, run_id: &str) {
+/// Finishes runs; remembers which ones this process is finishing right now.
+pub struct Finisher {
+    db: Db,
+    hub: EventHub,
+    store: ArtifactStore,
+    /// Runs being finished by this process right now.
+    finishing: Mutex<HashSet<String>>,
+}
+
+impl Finisher {
+    pub fn new(db: Db, hub: EventHub, store: ArtifactStore) -> Self {
+        Finisher {
+            db,
+            hub,
+            store,
+            finishing: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Carries out the stored terminal decision of a run. Safe to call again: returns false,
+    /// doing nothing, while another call is finishing the run.
+    pub async fn finish(&self, run_id: &str) -> bool {
         {
             let mut set = match self.finishing.lock() {
                 Ok(s) => s,
                 Err(p) => p.into_inner(),
             };
             if !set.insert(run_id.to_string()) {
-                return;
+                return false;
             }
         }
         if let Err(e) = self.finish_inner(run_id).await {
@@ -35,11 +59,10 @@ impl SchedulerService {
         if let Ok(mut set) = self.finishing.lock() {
             set.remove(run_id);
         }
-        // Its place is free: the starter task starts what waited for it.
-        self.request_start();
+        true
     }
 
-    async fn finish_inner(self: &Arc<Self>, run_id: &str) -> Result<(), SchedError> {
+    async fn finish_inner(&self, run_id: &str) -> Result<(), SchedError> {
         let id = run_id.to_string();
         let (run, state) = self
             .db
@@ -57,13 +80,13 @@ impl SchedulerService {
         if run.status != "RUNNING" && run.status != "PAUSED" {
             return Ok(());
         }
-        let config = run_config(&run);
+        let config = run.config();
         let mut completed = plan.completed;
         let mut reason = plan.reason.clone().unwrap_or_default();
         let mut mode = config.completion_mode.as_str().to_string();
         let mut merge_commit = None;
         if completed {
-            match self.merge_if_configured(&run).await? {
+            match merge_if_configured(&self.db, &run).await? {
                 MergeResult::NotConfigured => {}
                 MergeResult::Merged(sha) => {
                     mode = "merge".into();
@@ -77,7 +100,7 @@ impl SchedulerService {
         }
         self.write_final_artifacts(&run, completed, false, &reason)
             .await;
-        let cleanup = self.cleanup_worktree(&run, completed).await;
+        let cleanup = cleanup_worktree(&self.db, &run, completed).await;
         let id = run_id.to_string();
         self.db
             .tx(move |c| {
@@ -115,14 +138,14 @@ impl SchedulerService {
     }
 
     /// Writes the final artifacts and cleans the worktree of a cancelled run.
-    pub async fn finalize_canceled(self: &Arc<Self>, run_id: &str) {
+    pub async fn finalize_canceled(&self, run_id: &str) {
         let id = run_id.to_string();
         let Ok(run) = self.db.run(move |c| db::runs::require(c, &id)).await else {
             return;
         };
         self.write_final_artifacts(&run, false, true, "canceled")
             .await;
-        if let Some((status, at)) = self.cleanup_worktree(&run, false).await {
+        if let Some((status, at)) = cleanup_worktree(&self.db, &run, false).await {
             let id = run_id.to_string();
             let _ = self
                 .db
@@ -137,8 +160,9 @@ impl SchedulerService {
         self.hub.notify(run_id);
     }
 
-    /// Stores an artifact the controller itself produces, with its row and event.
-    pub(super) async fn store_artifact(
+    /// Stores an artifact the controller itself produces (final artifacts, rewritten
+    /// prompts), with its row and event.
+    pub async fn store_artifact(
         &self,
         run_id: &str,
         step_id: Option<&str>,
@@ -207,12 +231,12 @@ impl SchedulerService {
         else {
             return;
         };
-        let config = run_config(run);
+        let config = run.config();
         let plan_text = run
             .plan_path
             .as_deref()
             .filter(|_| run.workspace_source == "shared_fs")
-            .map(|_| super::assignment::run_paths(run))
+            .map(|_| run.paths())
             .and_then(|p| std::fs::read_to_string(p.plan?).ok());
         let facts = RunFacts {
             run_id: run.id.clone(),

@@ -1,118 +1,108 @@
 //! The git side of finishing a run: worktree cleanup (kept for a pending review, else removed
 //! as the run's config says) and the optional merge into `merge_target_branch`, recorded as a
-//! merge step. Part of the SchedulerActor's service, called from `finish.rs`.
+//! merge step. Called by the `Finisher` (`finish.rs`) only.
 
-use super::assignment::{run_config, worktree};
-use super::scheduler_service::{SchedError, SchedulerService};
+use super::error::SchedError;
 use crate::db::models::{RunRow, StepRow};
-use crate::db::{self, DbError};
+use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
 use crate::domain::time::now_ms;
 use crate::domain::{MergeStrategy, StepPhase};
 use crate::workspace::worktree as wt;
 use std::path::Path;
 
-impl SchedulerService {
-    /// Cleanup policy: a completed run awaiting review keeps its worktree (`deferred`).
-    pub(super) async fn cleanup_worktree(
-        &self,
-        run: &RunRow,
-        completed: bool,
-    ) -> Option<(String, Option<i64>)> {
-        let w = worktree(run)?;
-        if completed && run.review_status == "pending" {
-            return Some(("deferred".into(), None));
+/// Cleanup policy: a completed run awaiting review keeps its worktree (`deferred`).
+pub(super) async fn cleanup_worktree(
+    db: &Db,
+    run: &RunRow,
+    completed: bool,
+) -> Option<(String, Option<i64>)> {
+    let w = run.worktree()?;
+    if completed && run.review_status == "pending" {
+        return Some(("deferred".into(), None));
+    }
+    if !run.config().worktree_cleanup {
+        return Some(("skipped".into(), None));
+    }
+    let (root, w2) = (run.workspace_root.clone(), w.clone());
+    let r = tokio::task::spawn_blocking(move || wt::remove_worktree(Path::new(&root), &w2)).await;
+    match r {
+        Ok(Ok(())) => {
+            let (id, path) = (run.id.clone(), w.worktree_path.clone());
+            let _ = db
+                .tx(move |c| {
+                    let p = ev::worktree(&id, &path, None);
+                    db::events::append(c, Some(&id), None, ev::WORKTREE_REMOVED, &p, now_ms())
+                })
+                .await;
+            Some(("cleaned".into(), Some(now_ms())))
         }
-        if !run_config(run).worktree_cleanup {
-            return Some(("skipped".into(), None));
-        }
-        let (root, w2) = (run.workspace_root.clone(), w.clone());
-        let r =
-            tokio::task::spawn_blocking(move || wt::remove_worktree(Path::new(&root), &w2)).await;
-        match r {
-            Ok(Ok(())) => {
-                let (id, path) = (run.id.clone(), w.worktree_path.clone());
-                let _ = self
-                    .db
-                    .tx(move |c| {
-                        let p = ev::worktree(&id, &path, None);
-                        db::events::append(c, Some(&id), None, ev::WORKTREE_REMOVED, &p, now_ms())
-                    })
-                    .await;
-                Some(("cleaned".into(), Some(now_ms())))
-            }
-            other => {
-                tracing::warn!(run_id = %run.id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "worktree cleanup failed");
-                Some(("failed".into(), None))
-            }
+        other => {
+            tracing::warn!(run_id = %run.id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "worktree cleanup failed");
+            Some(("failed".into(), None))
         }
     }
+}
 
-    pub(super) async fn merge_if_configured(
-        &self,
-        run: &RunRow,
-    ) -> Result<MergeResult, SchedError> {
-        let Some(w) = worktree(run) else {
-            return Ok(MergeResult::NotConfigured);
-        };
-        if w.merge_target_branch.is_none() || w.merge_strategy == MergeStrategy::None {
-            return Ok(MergeResult::NotConfigured);
-        }
-        let step_id = self.merge_step(&run.id).await?;
-        let (root, w2) = (run.workspace_root.clone(), w.clone());
-        let started = now_ms();
-        let r = tokio::task::spawn_blocking(move || {
-            crate::workspace::merge_run_branch(Path::new(&root), &w2)
-        })
-        .await
-        .map_err(|e| SchedError::Internal(e.to_string()))?;
-        let (ok, result) = match r {
-            Ok(sha) => (true, MergeResult::Merged(sha)),
-            Err(e) => (false, MergeResult::Failed(e.to_string())),
-        };
-        let (id, sid) = (run.id.clone(), step_id);
-        self.db
-            .tx(move |c| {
-                let mut s = db::steps::get(c, &sid)?.ok_or(DbError::NotFound)?;
-                let now = now_ms();
-                s.status = if ok { "SUCCEEDED" } else { "FAILED" }.into();
-                s.exit_code = Some(if ok { 0 } else { 1 });
-                s.ended_at = Some(now);
-                db::steps::save(c, &s)?;
-                let p = ev::step_finished(
-                    &sid,
-                    if ok { 0 } else { 1 },
-                    (now - started).max(0) as u64,
-                    "",
-                );
-                db::events::append(c, Some(&id), Some(&sid), ev::STEP_FINISHED, &p, now)?;
-                Ok::<_, SchedError>(())
-            })
-            .await?;
-        Ok(result)
+pub(super) async fn merge_if_configured(db: &Db, run: &RunRow) -> Result<MergeResult, SchedError> {
+    let Some(w) = run.worktree() else {
+        return Ok(MergeResult::NotConfigured);
+    };
+    if w.merge_target_branch.is_none() || w.merge_strategy == MergeStrategy::None {
+        return Ok(MergeResult::NotConfigured);
     }
+    let step_id = merge_step(db, &run.id).await?;
+    let (root, w2) = (run.workspace_root.clone(), w.clone());
+    let started = now_ms();
+    let r = tokio::task::spawn_blocking(move || {
+        crate::workspace::merge_run_branch(Path::new(&root), &w2)
+    })
+    .await
+    .map_err(|e| SchedError::Internal(e.to_string()))?;
+    let (ok, result) = match r {
+        Ok(sha) => (true, MergeResult::Merged(sha)),
+        Err(e) => (false, MergeResult::Failed(e.to_string())),
+    };
+    let (id, sid) = (run.id.clone(), step_id);
+    db.tx(move |c| {
+        let mut s = db::steps::get(c, &sid)?.ok_or(DbError::NotFound)?;
+        let now = now_ms();
+        s.status = if ok { "SUCCEEDED" } else { "FAILED" }.into();
+        s.exit_code = Some(if ok { 0 } else { 1 });
+        s.ended_at = Some(now);
+        db::steps::save(c, &s)?;
+        let p = ev::step_finished(
+            &sid,
+            if ok { 0 } else { 1 },
+            (now - started).max(0) as u64,
+            "",
+        );
+        db::events::append(c, Some(&id), Some(&sid), ev::STEP_FINISHED, &p, now)?;
+        Ok::<_, SchedError>(())
+    })
+    .await?;
+    Ok(result)
+}
 
-    /// The run's merge step (created IN_PROGRESS, or the one a crash left behind).
-    async fn merge_step(&self, run_id: &str) -> Result<String, SchedError> {
-        let id = run_id.to_string();
-        self.db
-            .tx(move |c| {
-                let steps = db::steps::for_run(c, &id)?;
-                if let Some(s) = steps
-                    .iter()
-                    .find(|s| s.phase == "merge" && s.status == "IN_PROGRESS")
-                {
-                    return Ok(s.id.clone());
-                }
-                let now = now_ms();
-                let step = merge_step_row(&id, steps.last().map(|s| s.seq + 1).unwrap_or(1), now);
-                db::steps::insert(c, &step)?;
-                let p = ev::step_started(&step.id, "merge", 1, "controller", 0);
-                db::events::append(c, Some(&id), Some(&step.id), ev::STEP_STARTED, &p, now)?;
-                Ok::<_, SchedError>(step.id)
-            })
-            .await
-    }
+/// The run's merge step (created IN_PROGRESS, or the one a crash left behind).
+async fn merge_step(db: &Db, run_id: &str) -> Result<String, SchedError> {
+    let id = run_id.to_string();
+    db.tx(move |c| {
+        let steps = db::steps::for_run(c, &id)?;
+        if let Some(s) = steps
+            .iter()
+            .find(|s| s.phase == "merge" && s.status == "IN_PROGRESS")
+        {
+            return Ok(s.id.clone());
+        }
+        let now = now_ms();
+        let step = merge_step_row(&id, steps.last().map(|s| s.seq + 1).unwrap_or(1), now);
+        db::steps::insert(c, &step)?;
+        let p = ev::step_started(&step.id, "merge", 1, "controller", 0);
+        db::events::append(c, Some(&id), Some(&step.id), ev::STEP_STARTED, &p, now)?;
+        Ok::<_, SchedError>(step.id)
+    })
+    .await
 }
 
 /// What the optional merge into `merge_target_branch` did.

@@ -1,80 +1,47 @@
-//! What the SchedulerActor does: accepts runs, starts them within the concurrency caps, and
-//! advances a run when its step finishes (settle the step, decide, queue the next step or
-//! finish the run) — each decision in one transaction that locks the run. A completion that
-//! arrives through the LeaseActor is decided in its own transaction (`decide.rs`) and carried
-//! out here. Finishing (merge, final artifacts, cleanup) lives in `finish.rs`; control verbs
-//! in `control.rs`.
+//! What the SchedulerActor does, all of it here: accepts runs, starts them within the
+//! concurrency caps (one starter task), advances a run when its step finishes (settle the
+//! step, decide, queue the next step or finish the run) — each decision in one transaction
+//! that locks the run — applies the control verbs, and runs the reconciliation tick. A
+//! completion that arrives through the LeaseActor is decided in its own transaction
+//! (`run_progress::decide`) and carried out here. The transactions' bodies are in `start.rs`
+//! and `control.rs`, finishing a run in `finish.rs`. Only the actor (`actor.rs`) calls it.
 
-use super::events::EventHub;
-use super::lease::QueueChanged;
+use super::control::{transition, Control};
+use super::error::SchedError;
+use super::finish::Finisher;
+use super::start::{explain_waits, pick_next, stuck_runs};
 use super::submit;
+use crate::actors::events::EventHub;
+use crate::actors::lease::QueueChanged;
+use crate::actors::run_progress::decide::decide_in_tx;
+use crate::actors::run_progress::outcome::{Advanced, FinishPlan};
 use crate::api::CreateRunRequest;
 use crate::artifacts::ArtifactStore;
 use crate::db::models::RunRow;
-use crate::db::{self, Conn, Db, DbError};
+use crate::db::{self, Conn, Db};
 use crate::domain::events as ev;
-use crate::domain::pipeline;
 use crate::domain::time::now_ms;
+use crate::domain::WorkspaceSource;
 use crate::settings::SchedulerSettings;
 use crate::workspace::mirror::Mirrors;
+use crate::workspace::worktree as wt;
 use actix::Recipient;
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-
-pub use crate::domain::pipeline::INFRA_PREFIX;
-
-/// Why a scheduler operation was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SchedError {
-    #[error("run not found")]
-    NotFound,
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    InvalidTransition(String),
-    #[error("{0}")]
-    NoCapacity(String),
-    #[error(transparent)]
-    Db(DbError),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl From<DbError> for SchedError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::NotFound => SchedError::NotFound,
-            other => SchedError::Db(other),
-        }
-    }
-}
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The scheduler's logic and what it needs.
 pub struct SchedulerService {
-    pub db: Db,
-    pub hub: EventHub,
-    pub store: ArtifactStore,
-    pub mirrors: Arc<Mirrors>,
-    pub settings: SchedulerSettings,
-    pub queue: Recipient<QueueChanged>,
-    /// Wakes the one starter task (see `start.rs`): the only way anything starts runs.
-    pub(super) start_wanted: tokio::sync::Notify,
-    /// Runs being finished by this process right now.
-    pub(super) finishing: Mutex<HashSet<String>>,
-}
-
-/// What an advance decided, to act on after the commit.
-pub enum Advanced {
-    Nothing,
-    Queued {
-        labels: String,
-        preferred: Option<String>,
-    },
-    Finish,
-    Rewrite {
-        name: String,
-        prompt: String,
-    },
+    db: Db,
+    hub: EventHub,
+    store: ArtifactStore,
+    mirrors: Arc<Mirrors>,
+    settings: SchedulerSettings,
+    queue: Recipient<QueueChanged>,
+    /// Wakes the one starter task: the only way anything starts runs.
+    start_wanted: tokio::sync::Notify,
+    /// Finishing runs (and the controller's own artifacts).
+    finisher: Finisher,
 }
 
 impl SchedulerService {
@@ -87,6 +54,7 @@ impl SchedulerService {
         queue: Recipient<QueueChanged>,
     ) -> Self {
         SchedulerService {
+            finisher: Finisher::new(db.clone(), hub.clone(), store.clone()),
             db,
             hub,
             store,
@@ -94,8 +62,12 @@ impl SchedulerService {
             settings,
             queue,
             start_wanted: tokio::sync::Notify::new(),
-            finishing: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// How often the reconciliation tick runs.
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.settings.tick_interval_ms.max(50))
     }
 
     /// Validates and stores a new run (PENDING), emitting RUN_CREATED.
@@ -159,11 +131,179 @@ impl SchedulerService {
                     actix::spawn(async move { me.finish(&id).await });
                 }
                 Advanced::Rewrite { name, prompt } => {
-                    self.store_artifact(run_id, None, &name, prompt.into_bytes())
+                    self.finisher
+                        .store_artifact(run_id, None, &name, prompt.into_bytes())
                         .await;
                 }
             }
         }
+    }
+
+    /// Carries out the stored terminal decision of a run (see `finish.rs`); its place is then
+    /// free, so the starter task starts what waited for it. Safe to call again.
+    pub async fn finish(self: &Arc<Self>, run_id: &str) {
+        if self.finisher.finish(run_id).await {
+            self.request_start();
+        }
+    }
+
+    /// Asks the starter task to start as many PENDING runs as the caps allow. Returns at once:
+    /// runs are started by that one task only, so starting is serial (the caps hold) and
+    /// cannot re-enter itself — a run that fails at setup is finished from inside a start
+    /// pass, and finishing only asks for another pass.
+    pub fn request_start(&self) {
+        self.start_wanted.notify_one();
+    }
+
+    /// The starter task, spawned once by the SchedulerActor: a pass per request (requests made
+    /// during a pass give one more pass after it), until the actor stops.
+    pub async fn run_starter(self: Arc<Self>) {
+        loop {
+            self.start_wanted.notified().await;
+            if let Err(e) = self.start_pass().await {
+                tracing::warn!(error = %e, "cannot start pending runs");
+            }
+        }
+    }
+
+    /// Starts as many PENDING runs as the caps allow. Private, called only by
+    /// [`run_starter`](Self::run_starter).
+    async fn start_pass(self: &Arc<Self>) -> Result<(), SchedError> {
+        loop {
+            let caps = self.caps();
+            let picked = self.db.tx(move |c| pick_next(c, caps)).await?;
+            let Some(run) = picked else { return Ok(()) };
+            tracing::info!(run_id = %run.id, "run started");
+            if let Err(reason) = self.prepare_workspace(&run).await {
+                self.fail_now(&run.id, &format!("run_error:{reason}"))
+                    .await?;
+                continue;
+            }
+            self.advance(&run.id).await?;
+        }
+    }
+
+    /// `max_concurrent_runs` and `max_runs_per_workspace`.
+    fn caps(&self) -> (usize, usize) {
+        (
+            self.settings.max_concurrent_runs as usize,
+            self.settings.max_runs_per_workspace as usize,
+        )
+    }
+
+    /// Creates the worktree of a shared_fs run (reused after a restart or retry).
+    async fn prepare_workspace(&self, run: &RunRow) -> Result<(), String> {
+        if run.workspace_source != WorkspaceSource::SharedFs.as_str() {
+            return Ok(());
+        }
+        let r = run.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            let root = Path::new(&r.workspace_root);
+            let w = match r.worktree() {
+                Some(w) => w,
+                None => {
+                    let c = r.config();
+                    wt::plan_worktree(
+                        root,
+                        &r.name,
+                        c.base_branch.as_deref(),
+                        &c.run_branch_prefix,
+                        c.merge_target_branch.as_deref(),
+                        c.merge_strategy,
+                        &c.worktree_path_template,
+                    )
+                    .map_err(|e| format!("cannot plan worktree: {e}"))?
+                }
+            };
+            wt::create_worktree(root, &w).map_err(|e| format!("cannot create worktree: {e}"))?;
+            Ok::<_, String>(w)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (id, json) = (
+            run.id.clone(),
+            serde_json::to_string(&plan).map_err(|e| e.to_string())?,
+        );
+        self.db
+            .tx(move |c| {
+                let mut row = db::runs::require(c, &id)?;
+                row.worktree_json = Some(json);
+                row.worktree_cleanup_status = None;
+                row.worktree_cleaned_at = None;
+                row.updated_at = now_ms();
+                db::runs::save(c, &row)?;
+                let p = ev::worktree(&id, &plan.worktree_path, Some(&plan.run_branch));
+                db::events::append(c, Some(&id), None, ev::WORKTREE_CREATED, &p, row.updated_at)?;
+                Ok::<_, SchedError>(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.hub.notify(&run.id);
+        Ok(())
+    }
+
+    /// Fails a run at once (before any step could run), then finishes it.
+    async fn fail_now(self: &Arc<Self>, run_id: &str, reason: &str) -> Result<(), SchedError> {
+        let (id, why) = (run_id.to_string(), reason.to_string());
+        self.db
+            .tx(move |c| {
+                let mut state = db::runs::state(c, &id)?;
+                let plan = FinishPlan {
+                    completed: false,
+                    reason: Some(why),
+                };
+                state.finishing = serde_json::to_string(&plan).ok();
+                db::runs::save_state(c, &state)?;
+                Ok::<_, SchedError>(())
+            })
+            .await?;
+        self.finish(run_id).await;
+        Ok(())
+    }
+
+    /// The periodic reconciliation: start runs, re-advance interrupted ones, explain waits.
+    pub async fn tick(self: &Arc<Self>) -> Result<(), SchedError> {
+        self.request_start();
+        let stuck = self.db.run(stuck_runs).await?;
+        for id in stuck {
+            if let Err(e) = self.advance(&id).await {
+                tracing::warn!(run_id = %id, error = %e, "cannot advance run");
+            }
+        }
+        self.db.tx(explain_waits).await?;
+        Ok(())
+    }
+
+    /// Applies a control verb to a run (see `control.rs`).
+    pub async fn control(self: &Arc<Self>, run_id: &str, verb: Control) -> Result<(), SchedError> {
+        let id = run_id.to_string();
+        let caps = self.caps();
+        self.db.tx(move |c| transition(c, &id, verb, caps)).await?;
+        self.hub.notify(run_id);
+        tracing::info!(run_id, verb = ?verb, "run control");
+        match verb {
+            Control::Pause => {}
+            Control::Resume => {
+                self.advance(run_id).await?;
+                self.queue.do_send(QueueChanged {
+                    required_labels: String::new(),
+                    preferred_worker: None,
+                    broadcast: true,
+                });
+            }
+            Control::Cancel => {
+                let me = self.clone();
+                let id = run_id.to_string();
+                actix::spawn(async move {
+                    me.finisher.finalize_canceled(&id).await;
+                    me.request_start();
+                });
+            }
+            Control::Retry => {
+                self.request_start();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -184,27 +324,13 @@ fn advance_in_tx(
         return Ok(vec![Advanced::Nothing]);
     }
     let last = db::steps::last(c, run_id)?;
-    super::decide::decide_in_tx(c, &run, state, last, Vec::new(), mirrors, now_ms())
-}
-
-/// A terminal decision being carried out, stored in `run_state.finishing`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FinishPlan {
-    pub completed: bool,
-    pub reason: Option<String>,
-}
-
-impl From<pipeline::Outcome> for FinishPlan {
-    fn from(o: pipeline::Outcome) -> Self {
-        match o {
-            pipeline::Outcome::Completed => FinishPlan {
-                completed: true,
-                reason: None,
-            },
-            pipeline::Outcome::Failed { reason } => FinishPlan {
-                completed: false,
-                reason: Some(reason),
-            },
-        }
-    }
+    Ok(decide_in_tx(
+        c,
+        &run,
+        state,
+        last,
+        Vec::new(),
+        mirrors,
+        now_ms(),
+    )?)
 }

@@ -1,151 +1,19 @@
-//! Starting runs and the scheduler's reconciliation tick: PENDING runs start within
-//! `max_concurrent_runs` and `max_runs_per_workspace` (their `waiting_reason` says why not),
-//! a shared_fs run gets its worktree, and runs whose progress was interrupted (a crash between
-//! two transactions) are advanced again.
+//! The transactions of starting runs and of the scheduler's reconciliation tick: PENDING runs
+//! start within `max_concurrent_runs` and `max_runs_per_workspace` (their `waiting_reason`
+//! says why not), runs whose progress was interrupted (a crash between two transactions) are
+//! found, and RUNNING runs whose step no online worker can take say why. Called by the
+//! scheduler's service (`service.rs`), in its transactions.
 
-use super::assignment::{run_config, worktree};
-use super::scheduler_service::{SchedError, SchedulerService};
+use super::error::SchedError;
 use crate::db::models::{decode_labels, labels_match, RunRow, WorkerRow};
 use crate::db::{self, Conn};
 use crate::domain::events as ev;
 use crate::domain::time::now_ms;
-use crate::domain::WorkspaceSource;
-use crate::workspace::worktree as wt;
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
-
-impl SchedulerService {
-    /// Asks the starter task to start as many PENDING runs as the caps allow. Returns at once:
-    /// runs are started by that one task only, so starting is serial (the caps hold) and
-    /// cannot re-enter itself — a run that fails at setup is finished from inside a start
-    /// pass, and finishing only asks for another pass.
-    pub fn request_start(&self) {
-        self.start_wanted.notify_one();
-    }
-
-    /// The starter task, spawned once by the SchedulerActor: a pass per request (requests made
-    /// during a pass give one more pass after it), until the actor stops.
-    pub async fn run_starter(self: Arc<Self>) {
-        loop {
-            self.start_wanted.notified().await;
-            if let Err(e) = self.start_pass().await {
-                tracing::warn!(error = %e, "cannot start pending runs");
-            }
-        }
-    }
-
-    /// Starts as many PENDING runs as the caps allow. Private to this module, called only by
-    /// [`run_starter`](Self::run_starter).
-    async fn start_pass(self: &Arc<Self>) -> Result<(), SchedError> {
-        loop {
-            let caps = (
-                self.settings.max_concurrent_runs as usize,
-                self.settings.max_runs_per_workspace as usize,
-            );
-            let picked = self.db.tx(move |c| pick_next(c, caps)).await?;
-            let Some(run) = picked else { return Ok(()) };
-            tracing::info!(run_id = %run.id, "run started");
-            if let Err(reason) = self.prepare_workspace(&run).await {
-                self.fail_now(&run.id, &format!("run_error:{reason}"))
-                    .await?;
-                continue;
-            }
-            self.advance(&run.id).await?;
-        }
-    }
-
-    /// Creates the worktree of a shared_fs run (reused after a restart or retry).
-    async fn prepare_workspace(&self, run: &RunRow) -> Result<(), String> {
-        if run.workspace_source != WorkspaceSource::SharedFs.as_str() {
-            return Ok(());
-        }
-        let r = run.clone();
-        let plan = tokio::task::spawn_blocking(move || {
-            let root = Path::new(&r.workspace_root);
-            let w = match worktree(&r) {
-                Some(w) => w,
-                None => {
-                    let c = run_config(&r);
-                    wt::plan_worktree(
-                        root,
-                        &r.name,
-                        c.base_branch.as_deref(),
-                        &c.run_branch_prefix,
-                        c.merge_target_branch.as_deref(),
-                        c.merge_strategy,
-                        &c.worktree_path_template,
-                    )
-                    .map_err(|e| format!("cannot plan worktree: {e}"))?
-                }
-            };
-            wt::create_worktree(root, &w).map_err(|e| format!("cannot create worktree: {e}"))?;
-            Ok::<_, String>(w)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        let (id, json) = (
-            run.id.clone(),
-            serde_json::to_string(&plan).map_err(|e| e.to_string())?,
-        );
-        self.db
-            .tx(move |c| {
-                let mut row = db::runs::require(c, &id)?;
-                row.worktree_json = Some(json);
-                row.worktree_cleanup_status = None;
-                row.worktree_cleaned_at = None;
-                row.updated_at = now_ms();
-                db::runs::save(c, &row)?;
-                let p = ev::worktree(&id, &plan.worktree_path, Some(&plan.run_branch));
-                db::events::append(c, Some(&id), None, ev::WORKTREE_CREATED, &p, row.updated_at)?;
-                Ok::<_, SchedError>(())
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        self.hub.notify(&run.id);
-        Ok(())
-    }
-
-    /// Fails a run at once (before any step could run), then finishes it.
-    pub(super) async fn fail_now(
-        self: &Arc<Self>,
-        run_id: &str,
-        reason: &str,
-    ) -> Result<(), SchedError> {
-        let (id, why) = (run_id.to_string(), reason.to_string());
-        self.db
-            .tx(move |c| {
-                let mut state = db::runs::state(c, &id)?;
-                let plan = super::scheduler_service::FinishPlan {
-                    completed: false,
-                    reason: Some(why),
-                };
-                state.finishing = serde_json::to_string(&plan).ok();
-                db::runs::save_state(c, &state)?;
-                Ok::<_, SchedError>(())
-            })
-            .await?;
-        self.finish(run_id).await;
-        Ok(())
-    }
-
-    /// The periodic reconciliation: start runs, re-advance interrupted ones, explain waits.
-    pub async fn tick(self: &Arc<Self>) -> Result<(), SchedError> {
-        self.request_start();
-        let stuck = self.db.run(stuck_runs).await?;
-        for id in stuck {
-            if let Err(e) = self.advance(&id).await {
-                tracing::warn!(run_id = %id, error = %e, "cannot advance run");
-            }
-        }
-        self.db.tx(explain_waits).await?;
-        Ok(())
-    }
-}
 
 /// Picks the oldest PENDING run that fits the caps and marks it RUNNING (with RUN_STARTED);
 /// writes every other PENDING run's `waiting_reason`.
-fn pick_next(
+pub(super) fn pick_next(
     c: &mut Conn,
     (max_all, max_ws): (usize, usize),
 ) -> Result<Option<RunRow>, SchedError> {
@@ -196,13 +64,13 @@ fn pick_next(
 }
 
 /// Runs whose progress stopped between two transactions (see [`db::runs::stuck`]).
-fn stuck_runs(c: &mut Conn) -> Result<Vec<String>, SchedError> {
+pub(super) fn stuck_runs(c: &mut Conn) -> Result<Vec<String>, SchedError> {
     Ok(db::runs::stuck(c)?)
 }
 
 /// Sets `waiting_reason` of RUNNING runs whose queued step no online worker can take (a fixed
 /// number of statements per tick, and a write only where a reason changed).
-fn explain_waits(c: &mut Conn) -> Result<(), SchedError> {
+pub(super) fn explain_waits(c: &mut Conn) -> Result<(), SchedError> {
     let online = db::workers::with_status(c, &["idle", "busy", "draining"])?;
     // Each run's first waiting step.
     let mut waiting: HashMap<String, String> = HashMap::new();

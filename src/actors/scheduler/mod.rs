@@ -1,0 +1,20 @@
+//! The SchedulerActor and everything it owns: run progress. `actor` (the actor and its
+//! messages), `service` (what it does), `start` and `control` (the transactions of starting
+//! runs, the tick and the control verbs), `finish` and `finish_git` (finishing a run),
+//! `submit` (validating a new run), `error`. It tells the LeaseActor about queued steps
+//! (`QueueChanged`) and decides with `run_progress`; nothing below imports it. Callers outside
+//! use the names exported here.
+
+mod actor;
+mod control;
+mod error;
+mod finish;
+mod finish_git;
+mod service;
+mod start;
+mod submit;
+
+pub use actor::{ControlRun, CreateRun, SchedulerActor, StepFinished};
+pub use control::Control;
+pub use error::SchedError;
+pub use service::SchedulerService;
