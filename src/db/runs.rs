@@ -192,7 +192,7 @@ pub fn state(conn: &mut Conn, id: &str) -> Result<RunStateRow, DbError> {
 }
 
 /// Writes the scheduler state back and takes `n` event numbers in the same statement;
-/// returns the last number taken (see [`super::events::reserve`]).
+/// returns the last number taken (see `events::reserve`).
 pub fn save_state_with_events(
     conn: &mut Conn,
     row: &RunStateRow,

@@ -1,7 +1,7 @@
 //! The agent's output on its way to disk: decides text vs stream-json, extracts the assistant
 //! text from NDJSON lines, appends it to the step's `.log` (raw lines to `.jsonl`), and keeps
-//! only bounded tails in memory. Used by the agent runner ([`crate::exec::agent`]) only; it
-//! runs on the blocking thread of [`crate::exec::process::run`].
+//! only bounded tails in memory. Used by the agent runner (`agent.rs`) only; it runs on the
+//! blocking thread of [`process::run`](crate::exec::process::run).
 
 use crate::domain::status::AgentOutput;
 use crate::exec::process::{OutputSink, Stream};

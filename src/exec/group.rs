@@ -1,5 +1,5 @@
 //! Process groups: signalling a step's whole group, telling whether it still has live
-//! members, and stopping it (SIGTERM, grace, SIGKILL). Used by [`crate::exec::process`]; the
+//! members, and stopping it (SIGTERM, grace, SIGKILL). Used by the process runner (`process.rs`); the
 //! liveness check is public so callers (and tests) can check that a stopped step left nothing.
 
 use nix::errno::Errno;
