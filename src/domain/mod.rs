@@ -1,5 +1,6 @@
 //! Pure types and state machines of runs, steps, leases and workers. No I/O here.
 
+pub mod access;
 pub mod artifact_kind;
 pub mod completion;
 pub mod events;
@@ -9,6 +10,7 @@ pub mod prompt;
 pub mod report;
 pub mod run_config;
 pub mod status;
+pub mod text;
 pub mod time;
 pub mod watchdog;
 

@@ -47,6 +47,30 @@ const IGNORED_KEYS: &[&str] = &[
 
 const IGNORED_PREFIXES: &[&str] = &["skills_", "worktrunk_"];
 
+/// Keys that name a command to run or a path to read or write. A run request may set them
+/// only with the `exec` scope (or where the operator allows it); the repository's
+/// `.loop/config` always may. Every other key is a name, a number, a switch or an enum.
+pub const COMMAND_KEYS: &[&str] = &[
+    "agent_cmd",
+    "verify_cmds",
+    "prompt_file",
+    "context_files",
+    "specs_dir",
+    "plans_dir",
+    "worktree_path_template",
+];
+
+/// Upper bounds of the numeric keys (a value past them is refused, not clamped).
+const BOUNDS: &[(&str, u64)] = &[
+    ("iterations", 10_000),
+    ("verify_timeout_sec", 7 * 24 * 3600),
+    ("claude_timeout_sec", 7 * 24 * 3600),
+    ("claude_retries", 100),
+    ("claude_retry_backoff_sec", 3600),
+    ("max_consecutive_verification_failures", 10_000),
+    ("max_consecutive_review_failures", 10_000),
+];
+
 /// The per-run settings. Field names are the config keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -139,6 +163,42 @@ impl Default for RunConfig {
     }
 }
 
+/// A numeric key's value, within its bound.
+fn bounded<T: TryFrom<u64>>(key: &str, value: &str) -> Result<T, ConfigError> {
+    let max = BOUNDS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(u64::MAX, |(_, m)| *m);
+    let n: u64 = parse_int(key, value)?;
+    if n > max {
+        return Err(invalid(key, value, &format!("at most {max}")));
+    }
+    T::try_from(n).map_err(|_| invalid(key, value, &format!("at most {max}")))
+}
+
+/// A model name is substituted into the agent's command line: plain characters only, so a
+/// command template that puts it inside a shell string cannot be made to run anything else.
+fn model_name(key: &str, value: &str) -> Result<String, ConfigError> {
+    let m = value.trim();
+    let plain = !m.is_empty()
+        && m.len() <= 128
+        && m.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@'));
+    if !plain {
+        return Err(invalid(
+            key,
+            value,
+            "1-128 letters, digits, '-', '_', '.', ':', '/' or '@'",
+        ));
+    }
+    Ok(m.to_string())
+}
+
+/// Whether `key` names a command or a path (see [`COMMAND_KEYS`]).
+pub fn names_command(key: &str) -> bool {
+    COMMAND_KEYS.contains(&key)
+}
+
 fn is_ignored(key: &str) -> bool {
     IGNORED_KEYS.contains(&key) || IGNORED_PREFIXES.iter().any(|p| key.starts_with(p))
 }
@@ -151,18 +211,20 @@ impl RunConfig {
         match key {
             "specs_dir" => self.specs_dir = v.trim().to_string(),
             "plans_dir" => self.plans_dir = v.trim().to_string(),
-            "model" => self.model = v.trim().to_string(),
-            "review_model" => self.review_model = optional(v),
-            "iterations" => self.iterations = parse_int(key, v)?,
+            "model" => self.model = model_name(key, v)?,
+            "review_model" => {
+                self.review_model = optional(v).map(|m| model_name(key, &m)).transpose()?
+            }
+            "iterations" => self.iterations = bounded(key, v)?,
             "completion_mode" => self.completion_mode = parse_enum(key, v, CompletionMode::ALL)?,
             "reviewer" => self.reviewer = parse_bool(key, v)?,
             "prompt_file" => self.prompt_file = optional(v),
             "context_files" => self.context_files = split_list(v, None),
             "verify_cmds" => self.verify_cmds = split_list(v, Some('|')),
-            "verify_timeout_sec" => self.verify_timeout_sec = parse_int(key, v)?,
-            "claude_timeout_sec" => self.claude_timeout_sec = parse_int(key, v)?,
-            "claude_retries" => self.claude_retries = parse_int(key, v)?,
-            "claude_retry_backoff_sec" => self.claude_retry_backoff_sec = parse_int(key, v)?,
+            "verify_timeout_sec" => self.verify_timeout_sec = bounded(key, v)?,
+            "claude_timeout_sec" => self.claude_timeout_sec = bounded(key, v)?,
+            "claude_retries" => self.claude_retries = bounded(key, v)?,
+            "claude_retry_backoff_sec" => self.claude_retry_backoff_sec = bounded(key, v)?,
             "run_naming_mode" => self.run_naming_mode = parse_enum(key, v, NameSource::ALL)?,
             "base_branch" => self.base_branch = optional(v),
             "run_branch_prefix" => self.run_branch_prefix = v.trim().to_string(),
@@ -172,10 +234,10 @@ impl RunConfig {
             "worktree_cleanup" => self.worktree_cleanup = parse_bool(key, v)?,
             "summary_json" => self.summary_json = parse_bool(key, v)?,
             "max_consecutive_verification_failures" => {
-                self.max_consecutive_verification_failures = parse_int(key, v)?
+                self.max_consecutive_verification_failures = bounded(key, v)?
             }
             "max_consecutive_review_failures" => {
-                self.max_consecutive_review_failures = parse_int(key, v)?
+                self.max_consecutive_review_failures = bounded(key, v)?
             }
             "agent_cmd" => {
                 split_command(key, v)?;

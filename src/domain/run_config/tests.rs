@@ -90,7 +90,7 @@ fn bad_integers_are_rejected_with_a_clear_message() {
         value_error("iterations", "abc"),
         "invalid value for iterations: 'abc' (expected a non-negative integer)"
     );
-    for bad in ["-1", "+3", "1.5", "", "99999999999"] {
+    for bad in ["-1", "+3", "1.5", "", "99999999999999999999999"] {
         assert!(value_error("iterations", bad).contains("non-negative integer"));
     }
     let c = applied("iterations=7\nclaude_timeout_sec=0\nverify_timeout_sec=30\nclaude_retries=2");
@@ -202,7 +202,7 @@ fn serialized_config_round_trips_through_serde_and_apply_json() {
 
 #[test]
 fn agent_argv_splits_like_a_shell_and_substitutes_the_model() {
-    let c = applied("model=sonnet 4");
+    let c = applied("model=sonnet-4");
     assert_eq!(
         c.agent_argv().unwrap(),
         vec![
@@ -213,7 +213,7 @@ fn agent_argv_splits_like_a_shell_and_substitutes_the_model() {
             "--output-format",
             "stream-json",
             "--model",
-            "sonnet 4"
+            "sonnet-4"
         ]
     );
     let c = applied(r#"agent_cmd=my-agent --flag "two words" 'single {model}' --m={model}"#);
@@ -227,4 +227,61 @@ fn agent_argv_splits_like_a_shell_and_substitutes_the_model() {
 fn unbalanced_or_empty_agent_commands_are_rejected() {
     assert!(value_error("agent_cmd", "claude \"oops").contains("balanced quotes"));
     assert!(value_error("agent_cmd", "   ").contains("non-empty command line"));
+}
+
+#[test]
+fn numbers_past_their_bound_are_refused_not_clamped() {
+    for (key, max) in [
+        ("iterations", 10_000u64),
+        ("claude_timeout_sec", 604_800),
+        ("verify_timeout_sec", 604_800),
+        ("claude_retries", 100),
+        ("claude_retry_backoff_sec", 3600),
+        ("max_consecutive_verification_failures", 10_000),
+        ("max_consecutive_review_failures", 10_000),
+    ] {
+        let mut c = RunConfig::default();
+        assert_eq!(c.apply(key, &max.to_string()), Ok(None), "{key} = {max}");
+        let e = value_error(key, &(max + 1).to_string());
+        assert!(e.contains(&format!("at most {max}")), "{key}: {e}");
+        let e = value_error(key, "18446744073709551615");
+        assert!(e.contains("at most"), "{key}: {e}");
+    }
+    let bad = json!({"claude_timeout_sec": 1u64 << 40});
+    assert!(RunConfig::default()
+        .apply_json(bad.as_object().unwrap())
+        .is_err());
+}
+
+#[test]
+fn model_names_are_plain_words_that_cannot_break_out_of_a_command_line() {
+    let c = applied("model=us.anthropic.claude-3-5:0\nreview_model=openrouter/x@y_z");
+    assert_eq!(c.model, "us.anthropic.claude-3-5:0");
+    assert_eq!(c.review_model.as_deref(), Some("openrouter/x@y_z"));
+    for bad in ["opus; rm -rf /", "a b", "$(id)", "'x'", "`id`", ""] {
+        assert!(
+            value_error("model", bad).contains("letters, digits"),
+            "{bad:?}"
+        );
+    }
+    assert!(value_error("review_model", "x\"y").contains("letters, digits"));
+    assert!(value_error("model", &"m".repeat(129)).contains("1-128"));
+}
+
+#[test]
+fn the_command_keys_are_the_ones_that_name_commands_or_paths() {
+    for k in COMMAND_KEYS {
+        assert!(names_command(k));
+        // Each is a key loopd acts on, not an ignored one.
+        assert_eq!(RunConfig::default().apply(k, "x"), Ok(None), "{k}");
+    }
+    for k in [
+        "model",
+        "iterations",
+        "reviewer",
+        "base_branch",
+        "merge_strategy",
+    ] {
+        assert!(!names_command(k), "{k}");
+    }
 }
