@@ -113,6 +113,7 @@ impl Application {
     /// Starts everything the role needs. Must be called inside an actix system.
     pub async fn build(settings: Settings) -> Result<Application, AppError> {
         let subsystems = Subsystems::for_role(settings.role);
+        warn_if_open(&settings);
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
             AppError::Startup(format!(
                 "cannot create data_dir {}: {e}",
@@ -208,6 +209,24 @@ impl Application {
     }
 }
 
+/// Says loudly, at every start, what an operator opened on purpose.
+fn warn_if_open(settings: &Settings) {
+    if settings.serves_unauthenticated_beyond_loopback() {
+        tracing::warn!(
+            bind = %settings.bind,
+            "UNAUTHENTICATED RUNS API: auth.allow_unauthenticated = true and no client token is \
+             set, so anyone who reaches this address can submit, control and read runs"
+        );
+    }
+    if settings.auth.allow_request_commands == Some(true) && settings.binds_beyond_loopback() {
+        tracing::warn!(
+            bind = %settings.bind,
+            "auth.allow_request_commands = true: any token that may submit runs may also name \
+             the commands workers run (agent_cmd, verify_cmds, …)"
+        );
+    }
+}
+
 async fn open_db(settings: &Settings) -> Result<Db, AppError> {
     let s = settings.clone();
     let db = tokio::task::spawn_blocking(move || match s.storage.kind {
@@ -288,9 +307,11 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         scheduler,
         lease,
         registry,
-        client_token: settings.auth.token.clone(),
+        clients: settings.client_tokens().into(),
         join_token: settings.auth.worker_join_token.clone(),
+        request_commands_allowed: settings.request_commands_allowed(),
         limits: settings.limits.clone(),
+        uploads: http::uploads::UploadSlots::new(settings.limits.artifact_uploads_per_worker),
         ready: Arc::new(AtomicBool::new(false)),
     };
     Ok(Control { state })

@@ -167,7 +167,8 @@ pub struct RunArgs {
     /// Workspace root (default: the git top level of the current directory).
     #[arg(long)]
     pub workspace: Option<String>,
-    /// key=value config file or JSON object overriding `.loop/config`.
+    /// A local key=value (or JSON) file, or an inline JSON object, overriding
+    /// `.loop/config`; the file's contents are sent (commands and paths need an `exec` token).
     #[arg(long)]
     pub config: Option<String>,
     #[arg(long)]

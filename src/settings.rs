@@ -3,6 +3,7 @@
 //! Validation turns every mistake into one line that says what to fix. Secrets are wrapped in
 //! [`Secret`] so they never reach logs or `Debug` output.
 
+use crate::domain::access::Scope;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -50,10 +51,34 @@ impl Role {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Client token for the runs API; unset = no client auth.
+    /// The unnamed client token (scopes read, submit, admin); unset and no `tokens` = no
+    /// client auth, which only a loopback bind allows unless `allow_unauthenticated`.
     pub token: Option<Secret>,
+    /// A file holding `token` (so it is in neither argv nor the environment).
+    pub token_file: Option<PathBuf>,
     /// Token a worker presents to register.
     pub worker_join_token: Option<Secret>,
+    /// A file holding `worker_join_token`.
+    pub worker_join_token_file: Option<PathBuf>,
+    /// Named client tokens, each with its scopes (`[[auth.tokens]]`).
+    #[serde(default)]
+    pub tokens: Vec<NamedToken>,
+    /// Serve the runs API beyond loopback without any client token (warned at every start).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Whether a run request may name commands or paths (`agent_cmd`, `verify_cmds`, …)
+    /// without the `exec` scope. Unset: only on a single host bound to loopback.
+    pub allow_request_commands: Option<bool>,
+}
+
+/// One named client token (`[[auth.tokens]]`): `token` or `token_file`, and its scopes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedToken {
+    pub name: String,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub scopes: Vec<Scope>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +151,8 @@ pub struct LeaseSettings {
 pub struct WorkerSettings {
     pub controller: Option<String>,
     pub join_token: Option<Secret>,
+    /// A file holding `join_token`.
+    pub join_token_file: Option<PathBuf>,
     pub slots: u32,
     #[serde(default)]
     pub labels: Vec<String>,
@@ -155,6 +182,8 @@ pub struct LimitSettings {
     pub json_body_bytes: usize,
     pub artifact_bytes: usize,
     pub output_chunk_bytes: usize,
+    /// Artifact uploads one worker may have in flight through the controller (429 past it).
+    pub artifact_uploads_per_worker: usize,
 }
 
 /// The whole settings tree (names are a contract: see README "Configuration").
@@ -224,6 +253,7 @@ impl Default for Settings {
             worker: WorkerSettings {
                 controller: None,
                 join_token: None,
+                join_token_file: None,
                 slots: 1,
                 labels: Vec::new(),
                 work_dir: None,
@@ -255,6 +285,7 @@ impl Default for Settings {
                 json_body_bytes: 1 << 20,
                 artifact_bytes: 512 << 20,
                 output_chunk_bytes: 4 << 20,
+                artifact_uploads_per_worker: 4,
             },
         }
     }
@@ -308,7 +339,10 @@ impl Settings {
     }
 }
 
+mod auth;
 mod layering;
+
+pub use auth::{ClientToken, MIN_TOKEN_CHARS};
 
 #[cfg(test)]
 mod tests;

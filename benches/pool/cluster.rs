@@ -6,7 +6,7 @@ use crate::support::{pg::TestDb, proc::Loopd, repo::Repo, test_dir, TestDir};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-pub const JOIN: &str = "bench-join-token";
+pub const JOIN: &str = "bench-join-token-0001";
 
 /// A controller on its own database. Dropping it kills the process, then drops the database.
 pub struct Cluster {
@@ -31,6 +31,8 @@ impl Cluster {
             ("LOOPD_WORKER_JOIN_TOKEN", JOIN),
             ("LOOPD__SCHEDULER__MAX_CONCURRENT_RUNS", "100000"),
             ("LOOPD__SCHEDULER__MAX_RUNS_PER_WORKSPACE", "100000"),
+            // The benches name each run's agent in its request (the operator's own pool).
+            ("LOOPD__AUTH__ALLOW_REQUEST_COMMANDS", "true"),
         ];
         env.extend_from_slice(extra);
         // Experiments: LOOPD_BENCH_CONTROLLER_ENV="LOOPD__STORAGE__POOL_SIZE=32 KEY=VALUE…".

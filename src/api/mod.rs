@@ -2,6 +2,7 @@
 //! plane and the CLI.
 
 pub mod runs;
+pub mod validate;
 pub mod workers;
 
 pub use runs::*;

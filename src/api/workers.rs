@@ -8,8 +8,8 @@ use crate::domain::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// What a worker can do.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// What a worker can do. A registration without it gets the defaults: no labels, one slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Capabilities {
     #[serde(default)]
     pub labels: Vec<String>,
@@ -21,6 +21,16 @@ pub struct Capabilities {
 
 fn one() -> u32 {
     1
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            labels: Vec::new(),
+            slots: one(),
+            version: String::new(),
+        }
+    }
 }
 
 /// `POST /workers/register` body.

@@ -8,7 +8,8 @@ use super::ArtifactError;
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// Checks that `name` is a plain relative path: `/`-separated segments, none empty, `.` or
-/// `..`; no leading `/`, no backslash, no control character or NUL; at most 255 bytes.
+/// `..`; no leading `/`, no backslash, no control character or NUL, no bidirectional override
+/// or U+FFFD (they make a name read as another); at most 255 bytes.
 pub fn validate_name(name: &str) -> Result<(), ArtifactError> {
     let reject = |reason: &'static str| {
         Err(ArtifactError::InvalidName {
@@ -24,6 +25,9 @@ pub fn validate_name(name: &str) -> Result<(), ArtifactError> {
     }
     if name.chars().any(char::is_control) {
         return reject("it contains a control character");
+    }
+    if !crate::domain::text::is_plain(name) {
+        return reject("it contains a bidirectional override or U+FFFD");
     }
     if name.contains('\\') {
         return reject("it contains a backslash");
@@ -149,6 +153,23 @@ mod tests {
         assert!(rejected(&"a".repeat(256)));
         // 128 two-byte characters are 256 bytes: the limit counts bytes, not characters.
         assert!(rejected(&"é".repeat(128)));
+    }
+
+    #[test]
+    fn names_that_read_as_other_names_are_rejected() {
+        for name in [
+            "report\u{202E}vsc.txt",
+            "a\u{2066}b",
+            "a\u{200F}",
+            "lossy\u{FFFD}.log",
+        ] {
+            assert!(rejected(name), "{name:?} should be rejected");
+        }
+        let e = validate_name("x\u{202E}y").unwrap_err().to_string();
+        assert!(
+            e.contains("bidirectional") && e.contains("\\u{202e}"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl Daemon {
             StatusCode::NOT_FOUND => format!("{what} not found: {msg}"),
             StatusCode::SERVICE_UNAVAILABLE => format!("no capacity: {msg}"),
             StatusCode::CONFLICT => format!("not allowed: {msg}"),
+            StatusCode::FORBIDDEN => format!("forbidden: {msg}"),
             s => format!("HTTP error: {} - {msg}", s.as_u16()),
         }))
     }

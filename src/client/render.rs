@@ -1,6 +1,9 @@
-//! Tables for people, JSON for scripts.
+//! Tables for people, JSON for scripts. Every cell and value goes through
+//! [`escaped`]: a name holding a newline or an escape sequence (stored before the daemon
+//! refused them, or from another source) is shown escaped, never acted on by the terminal.
 
 use crate::api::{ArtifactInfo, Run, Step, WorkerInfo};
+use crate::domain::text::escaped;
 
 /// Prints `raw` as JSON when asked, else the table `table` builds.
 pub fn print(json: bool, raw: &serde_json::Value, table: impl FnOnce() -> String) {
@@ -13,8 +16,12 @@ pub fn print(json: bool, raw: &serde_json::Value, table: impl FnOnce() -> String
 
 /// Left-aligned columns sized to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escaped(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
@@ -28,7 +35,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         format!("{}\n", parts.join("  ").trim_end())
     };
     let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
+    for r in &rows {
         out.push_str(&line(r.clone()));
     }
     out
@@ -73,7 +80,7 @@ pub fn runs(runs: &[Run]) -> String {
 
 pub fn inspect(run: &Run, steps: &[Step]) -> String {
     let mut out = String::new();
-    let mut kv = |k: &str, v: &str| out.push_str(&format!("{k:<16} {v}\n"));
+    let mut kv = |k: &str, v: &str| out.push_str(&format!("{k:<16} {}\n", escaped(v)));
     kv("id", &run.id);
     kv("name", &format!("{} ({})", run.name, run.name_source));
     kv("status", run.status.as_str());
@@ -183,5 +190,11 @@ mod tests {
     fn columns_line_up_under_their_headers() {
         let t = super::table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    LONG\nxyz  1\n");
+    }
+
+    #[test]
+    fn names_with_control_characters_are_printed_escaped() {
+        let t = super::table(&["NAME"], &[vec!["a\nb\u{1b}[2J".into()]]);
+        assert_eq!(t, "NAME\na\\nb\\u{1b}[2J\n");
     }
 }

@@ -48,6 +48,28 @@ fn parse_enum<T: std::str::FromStr>(v: &Option<String>, what: &str) -> Result<Op
     }
 }
 
+/// Largest `--config` file sent (the daemon refuses more than 64 KiB).
+const MAX_CONFIG_FILE_BYTES: u64 = 64 << 10;
+
+/// `--config`: an inline JSON object, or a local key=value (or JSON) file whose contents are
+/// sent. The daemon reads no file a request names.
+fn local_override(c: &str, cwd: &Path) -> Result<ConfigOverride> {
+    if c.trim_start().starts_with('{') {
+        return Ok(ConfigOverride::Text(c.to_string()));
+    }
+    let path = cwd.join(c);
+    let fail = |why: String| ClientError(format!("cannot read --config {}: {why}", path.display()));
+    let meta = std::fs::metadata(&path).map_err(|e| fail(e.kind().to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    if meta.len() > MAX_CONFIG_FILE_BYTES {
+        return Err(fail(format!("larger than {MAX_CONFIG_FILE_BYTES} bytes")));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| fail(e.kind().to_string()))?;
+    Ok(ConfigOverride::Text(text))
+}
+
 pub async fn run(d: &Daemon, a: &RunArgs) -> Result<()> {
     let cwd = std::env::current_dir().map_err(|e| ClientError(e.to_string()))?;
     let git = a.repo_url.is_some();
@@ -57,13 +79,11 @@ pub async fn run(d: &Daemon, a: &RunArgs) -> Result<()> {
         None => workspace_of(&cwd).to_string_lossy().to_string(),
     };
     let path = |p: &str| if git { p.to_string() } else { resolve(p, &cwd) };
-    let config_override = a.config.as_ref().map(|c| {
-        if c.trim_start().starts_with('{') {
-            ConfigOverride::Text(c.clone())
-        } else {
-            ConfigOverride::Text(resolve(c, &cwd))
-        }
-    });
+    let config_override = a
+        .config
+        .as_deref()
+        .map(|c| local_override(c, &cwd))
+        .transpose()?;
     let req = CreateRunRequest {
         spec_path: path(&a.spec),
         workspace_root: workspace,

@@ -6,6 +6,7 @@
 use crate::actors::lease::LeaseError;
 use crate::actors::registry::RegistryError;
 use crate::actors::scheduler::SchedError;
+use crate::api::validate::Invalid;
 use crate::api::ErrorBody;
 use crate::db::DbError;
 use actix_web::http::StatusCode;
@@ -149,6 +150,17 @@ impl From<RegistryError> for ApiError {
             RegistryError::Invalid(m) => ApiError::bad_request("invalid_request", m),
             RegistryError::Db(d) => d.into(),
             RegistryError::Lease(m) => ApiError::unavailable(m),
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        match e {
+            Invalid::Request(m) => ApiError::bad_request("invalid_request", m),
+            Invalid::TooLarge(m) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m)
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod health;
 pub mod runs;
 pub mod state;
 pub mod streams;
+pub mod uploads;
 pub mod views;
 pub mod workers;
 
@@ -56,72 +57,73 @@ pub fn worker_health_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(res("/ready").route(web::get().to(health::worker_ready)));
 }
 
-/// The runs API (single and controller roles).
+/// The runs API (single and controller roles). Reads need the `read` scope, changes to runs
+/// `submit`, revoking a worker `admin` (see [`auth`]).
 pub fn runs_api(cfg: &mut web::ServiceConfig) {
-    let client = || from_fn(auth::client);
+    let read = || from_fn(auth::read);
+    let submit = || from_fn(auth::submit);
     cfg.service(res("/ready").route(web::get().to(health::ready)))
         .service(res("/metrics").route(web::get().to(health::metrics)))
         .service(
             res("/runs")
-                .wrap(client())
-                .route(web::post().to(runs::create))
-                .route(web::get().to(runs::list)),
-        )
-        .service(
-            res("/runs/{id}")
-                .wrap(client())
-                .route(web::get().to(runs::get)),
-        )
-        .service(
-            res("/runs/{id}/steps")
-                .wrap(client())
-                .route(web::get().to(runs::steps)),
-        )
-        .service(
-            res("/runs/{id}/pause")
-                .wrap(client())
-                .route(web::post().to(runs::pause)),
-        )
-        .service(
-            res("/runs/{id}/resume")
-                .wrap(client())
-                .route(web::post().to(runs::resume)),
-        )
-        .service(
-            res("/runs/{id}/cancel")
-                .wrap(client())
-                .route(web::post().to(runs::cancel)),
-        )
-        .service(
-            res("/runs/{id}/retry")
-                .wrap(client())
-                .route(web::post().to(runs::retry)),
-        )
-        .service(
-            res("/runs/{id}/events")
-                .wrap(client())
-                .route(web::get().to(streams::events)),
-        )
-        .service(
-            res("/runs/{id}/output")
-                .wrap(client())
-                .route(web::get().to(streams::output)),
-        )
-        .service(
-            res("/runs/{id}/artifacts")
-                .wrap(client())
-                .route(web::get().to(runs::artifacts)),
-        )
-        .service(
-            res("/runs/{id}/artifacts/{name:.+}")
-                .wrap(client())
-                .route(web::get().to(runs::artifact)),
-        )
-        .service(
-            res("/workers")
-                .wrap(client())
-                .route(web::get().to(workers::list)),
+                .route(web::post().to(runs::create).wrap(submit()))
+                .route(web::get().to(runs::list).wrap(read())),
         );
+    cfg.service(
+        res("/runs/{id}/pause")
+            .wrap(submit())
+            .route(web::post().to(runs::pause)),
+    )
+    .service(
+        res("/runs/{id}/resume")
+            .wrap(submit())
+            .route(web::post().to(runs::resume)),
+    )
+    .service(
+        res("/runs/{id}/cancel")
+            .wrap(submit())
+            .route(web::post().to(runs::cancel)),
+    )
+    .service(
+        res("/runs/{id}/retry")
+            .wrap(submit())
+            .route(web::post().to(runs::retry)),
+    );
+    cfg.service(
+        res("/runs/{id}")
+            .wrap(read())
+            .route(web::get().to(runs::get)),
+    )
+    .service(
+        res("/runs/{id}/steps")
+            .wrap(read())
+            .route(web::get().to(runs::steps)),
+    )
+    .service(
+        res("/runs/{id}/events")
+            .wrap(read())
+            .route(web::get().to(streams::events)),
+    )
+    .service(
+        res("/runs/{id}/output")
+            .wrap(read())
+            .route(web::get().to(streams::output)),
+    )
+    .service(
+        res("/runs/{id}/artifacts")
+            .wrap(read())
+            .route(web::get().to(runs::artifacts)),
+    )
+    .service(
+        res("/runs/{id}/artifacts/{name:.+}")
+            .wrap(read())
+            .route(web::get().to(runs::artifact)),
+    )
+    .service(
+        res("/workers")
+            .wrap(read())
+            .route(web::get().to(workers::list)),
+    );
 }
 
 /// The worker API (controller role; the single role mounts it too, so remote workers can
@@ -174,7 +176,7 @@ pub fn worker_api(cfg: &mut web::ServiceConfig) {
     )
     .service(
         res("/workers/{id}")
-            .wrap(from_fn(auth::client))
+            .wrap(from_fn(auth::admin))
             .route(web::delete().to(workers::revoke)),
     );
 }

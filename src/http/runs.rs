@@ -1,23 +1,40 @@
 //! Runs API routes (API.md §1): create, list, inspect, steps, control verbs, artifacts. Reads
 //! go straight to storage; every change goes through the SchedulerActor.
 
+use super::auth::Principal;
 use super::error::ApiError;
 use super::extract::{Id, Name};
 use super::state::AppState;
 use super::views;
 use crate::actors::scheduler::{Control, ControlRun, CreateRun};
+use crate::api::validate;
 use crate::api::{
     ArtifactsEnvelope, CreateRunRequest, ListRunsQuery, RunEnvelope, RunsEnvelope, StepsEnvelope,
 };
 use crate::artifacts::validate_name;
 use crate::db::{self, DbError};
+use crate::domain::access::Scope;
 use actix_web::{web, HttpResponse};
 
+/// `POST /runs`. The body is checked here first; a request that names commands or paths
+/// (`agent_cmd`, `verify_cmds`, …) needs the `exec` scope unless the operator allows them:
+/// commands come from the repository's `.loop/config`, not from whoever reaches the API.
 pub async fn create(
     st: web::Data<AppState>,
+    who: web::ReqData<Principal>,
     body: web::Json<CreateRunRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = st.scheduler.send(CreateRun(body.into_inner())).await??;
+    let mut req = body.into_inner();
+    validate::create_run(&mut req)?;
+    let named = validate::command_keys(&req);
+    if !named.is_empty() && !st.request_commands_allowed && !who.scopes.has(Scope::Exec) {
+        return Err(ApiError::forbidden(format!(
+            "a run request may set {} only with a token that has the 'exec' scope; \
+             put them in the repository's .loop/config instead",
+            named.join(", ")
+        )));
+    }
+    let row = st.scheduler.send(CreateRun(req)).await??;
     Ok(HttpResponse::Created().json(RunEnvelope {
         run: views::run(&row),
     }))

@@ -1,6 +1,7 @@
 //! What every handler can reach: the actors' addresses (present only when this role runs
 //! them), the read side of storage, the stores, and the settings that shape requests.
 
+use super::uploads::UploadSlots;
 use crate::actors::events::EventHub;
 use crate::actors::lease::LeaseActor;
 use crate::actors::registry::WorkerRegistryActor;
@@ -9,7 +10,7 @@ use crate::artifacts::ArtifactStore;
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
-use crate::settings::{LimitSettings, Secret};
+use crate::settings::{ClientToken, LimitSettings, Secret};
 use actix::Addr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -25,8 +26,13 @@ pub struct AppState {
     pub scheduler: Addr<SchedulerActor>,
     pub lease: Addr<LeaseActor>,
     pub registry: Addr<WorkerRegistryActor>,
-    pub client_token: Option<Secret>,
+    /// Client tokens and their scopes (empty: the runs API is open).
+    pub clients: Arc<[ClientToken]>,
     pub join_token: Option<Secret>,
+    /// Whether a run request may name commands or paths without the `exec` scope.
+    pub request_commands_allowed: bool,
     pub limits: LimitSettings,
+    /// Artifact uploads in flight per worker.
+    pub uploads: Arc<UploadSlots>,
     pub ready: Arc<AtomicBool>,
 }

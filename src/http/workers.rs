@@ -7,8 +7,8 @@ use super::extract::{Id, Name};
 use super::state::AppState;
 use super::views;
 use crate::actors::lease::{
-    AppendOutput, ClaimStep, CompleteStep, LeaseError, ReadArtifact, RecordStepEvent, ReleaseLease,
-    StoreArtifact,
+    authorize, AppendOutput, ClaimStep, CompleteStep, LeaseError, ReadArtifact, RecordStepEvent,
+    ReleaseLease, StoreArtifact,
 };
 use crate::actors::registry::{
     Heartbeat, ListWorkers, RegisterWorker, RevokeWorker, WorkerIdentity,
@@ -17,6 +17,7 @@ use crate::api::{
     ArtifactUploadQuery, ClaimRequest, CompleteRequest, CompleteResponse, HeartbeatRequest,
     OutputChunk, RegisterRequest, ReleaseRequest, StepEventRequest, WorkersEnvelope,
 };
+use crate::artifacts::validate_name;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub async fn register(
     st: web::Data<AppState>,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    crate::api::validate::register(&body)?;
     let r = st
         .registry
         .send(RegisterWorker(body.into_inner()))
@@ -190,21 +192,45 @@ pub async fn event(
     Ok(HttpResponse::Accepted().json(serde_json::json!({})))
 }
 
-/// `PUT /steps/{id}/artifacts/{name}?epoch=N` with the raw bytes.
+/// `PUT /steps/{id}/artifacts/{name}?epoch=N` with the raw bytes. Before a byte of the body
+/// is read: the worker token (middleware), the declared size (413), the name, a place among
+/// the worker's uploads in flight (429) and the lease (409/403/404). A body without a
+/// `Content-Length` is cut off at the cap as it arrives.
 pub async fn artifact(
     st: web::Data<AppState>,
     who: web::ReqData<WorkerIdentity>,
     id: Id,
     name: Name,
     q: web::Query<ArtifactUploadQuery>,
+    req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_capped(payload, st.limits.artifact_bytes).await?;
+    let cap = st.limits.artifact_bytes;
+    if declared_length(&req)?.is_some_and(|n| n > cap as u64) {
+        return Err(too_large(cap));
+    }
     let (step_id, name) = (id.0, name.0);
+    validate_name(&name).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    let worker_id = who.worker_id.clone();
+    let _permit = st.uploads.try_take(&worker_id).ok_or_else(|| {
+        ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            format!(
+                "this worker has {} artifact uploads in flight already; retry when one ends",
+                st.limits.artifact_uploads_per_worker
+            ),
+        )
+    })?;
+    let (sid, wid, epoch) = (step_id.clone(), worker_id.clone(), q.epoch);
+    st.db
+        .run(move |c| authorize(c, &sid, &wid, epoch).map(|_| ()))
+        .await?;
+    let body = read_capped(payload, cap).await?;
     let r = st
         .lease
         .send(StoreArtifact {
-            worker_id: who.worker_id.clone(),
+            worker_id,
             step_id,
             epoch: q.epoch,
             name,
@@ -212,6 +238,27 @@ pub async fn artifact(
         })
         .await??;
     Ok(HttpResponse::Created().json(r))
+}
+
+/// The request's `Content-Length`, if it has one; a malformed one is a 400.
+fn declared_length(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
+    match req.headers().get(actix_web::http::header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("invalid_body", "malformed Content-Length")),
+    }
+}
+
+fn too_large(cap: usize) -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the artifact is larger than limits.artifact_bytes ({cap} bytes)"),
+    )
 }
 
 pub async fn complete(

@@ -54,6 +54,7 @@ impl Settings {
         if settings.worker.slots == 0 {
             settings.worker.slots = settings.default_slots();
         }
+        settings.read_token_files()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -136,7 +137,10 @@ impl Settings {
         if self.storage.pool_size == 0 {
             return Err(err("storage.pool_size must be at least 1"));
         }
-        Ok(())
+        if self.limits.artifact_uploads_per_worker == 0 {
+            return Err(err("limits.artifact_uploads_per_worker must be at least 1"));
+        }
+        self.validate_auth()
     }
 }
 

@@ -45,7 +45,7 @@ fn file_then_env_then_flags_each_override_the_layer_below() {
         &flags,
         &env(&[
             ("LOOPD__LEASE__TTL_MS", "7000"),
-            ("LOOPD_AUTH_TOKEN", "client-secret"),
+            ("LOOPD_AUTH_TOKEN", "client-secret-0001"),
         ]),
     )
     .unwrap();
@@ -53,7 +53,7 @@ fn file_then_env_then_flags_each_override_the_layer_below() {
     assert_eq!(s.scheduler.max_concurrent_runs, 7, "file beats defaults");
     assert_eq!(s.lease.ttl_ms, 7000, "env beats file");
     assert_eq!(s.bind, "127.0.0.1:9100", "flags beat file");
-    assert_eq!(s.auth.token.unwrap().expose(), "client-secret");
+    assert_eq!(s.auth.token.unwrap().expose(), "client-secret-0001");
 }
 
 #[test]
@@ -66,13 +66,16 @@ fn env_lists_and_the_join_token_reach_the_worker_section() {
         },
         &env(&[
             ("LOOPD__WORKER__LABELS", "gpu,linux"),
-            ("LOOPD_WORKER_JOIN_TOKEN", "join"),
+            ("LOOPD_WORKER_JOIN_TOKEN", "join-token-0000001"),
         ]),
     )
     .unwrap();
     assert_eq!(s.worker.labels, vec!["gpu", "linux"]);
-    assert_eq!(s.worker.join_token.unwrap().expose(), "join");
-    assert_eq!(s.auth.worker_join_token.unwrap().expose(), "join");
+    assert_eq!(s.worker.join_token.unwrap().expose(), "join-token-0000001");
+    assert_eq!(
+        s.auth.worker_join_token.unwrap().expose(),
+        "join-token-0000001"
+    );
 }
 
 #[test]
@@ -175,7 +178,7 @@ fn a_single_host_runs_as_many_steps_at_once_as_runs_unless_slots_are_set() {
     let worker = Overrides {
         role: Some(Role::Worker),
         controller: Some("http://127.0.0.1:7700".into()),
-        join_token: Some("j".into()),
+        join_token: Some("join-token-0000001".into()),
         ..Default::default()
     };
     assert_eq!(Settings::load(&worker, &[]).unwrap().worker.slots, 1);

@@ -119,8 +119,45 @@ async fn malformed_create_requests_are_400_and_store_nothing() {
             json!({"spec_path": "specs/demo.md", "workspace_root": ws, "config_override": "{nope"}),
         ),
         (
-            "config_override file that does not exist",
+            "config_override naming a file (the server reads none)",
             json!({"spec_path": "specs/demo.md", "workspace_root": ws, "config_override": "/nonexistent/config"}),
+        ),
+        (
+            "name longer than 200 characters",
+            json!({"spec_path": "specs/demo.md", "workspace_root": ws, "name": "n".repeat(201)}),
+        ),
+        (
+            "name with a newline",
+            json!({"spec_path": "specs/demo.md", "workspace_root": ws, "name": "ok\nINFO forged"}),
+        ),
+        (
+            "name with an escape sequence",
+            json!({"spec_path": "specs/demo.md", "workspace_root": ws, "name": "\u{1b}[2Jboom"}),
+        ),
+        (
+            "relative workspace_root",
+            json!({"spec_path": "specs/demo.md", "workspace_root": "ws"}),
+        ),
+        (
+            "33 labels",
+            json!({"spec_path": "specs/demo.md", "workspace_root": ws,
+                   "labels": (0..33).map(|i| format!("l{i}")).collect::<Vec<_>>()}),
+        ),
+        (
+            "a 65-character label",
+            json!({"spec_path": "specs/demo.md", "workspace_root": ws, "labels": ["l".repeat(65)]}),
+        ),
+        (
+            "iterations past its bound",
+            json!({"spec_path": "specs/demo.md", "workspace_root": ws, "config_override": {"iterations": 10_001}}),
+        ),
+        (
+            "a timeout of 2^40 seconds",
+            json!({"spec_path": "specs/demo.md", "workspace_root": ws, "config_override": "claude_timeout_sec=1099511627776"}),
+        ),
+        (
+            "a model name that is a shell fragment",
+            json!({"spec_path": "specs/demo.md", "workspace_root": ws, "config_override": {"model": "x; id"}}),
         ),
         (
             "git run without repo_url",
@@ -191,7 +228,7 @@ async fn wrong_content_type_is_415_and_oversized_bodies_are_413() {
     assert_eq!(stored(&env), before);
 
     // A body under the cap is fine.
-    let ok = json!({"spec_path": "specs/demo.md", "workspace_root": ws, "name": "x".repeat(1000)});
+    let ok = json!({"spec_path": "specs/demo.md", "workspace_root": ws, "name": "x".repeat(200)});
     assert_eq!(
         env.post_json("/runs", &ok).await.status(),
         StatusCode::CREATED

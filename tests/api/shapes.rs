@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_metrics_answer_without_a_token() {
-    let env = Env::single_with("health", &[("LOOPD_AUTH_TOKEN", "s3cret-health")]).await;
+    let env = Env::single_with("health", &[("LOOPD_AUTH_TOKEN", "s3cret-health-0001")]).await;
     for (path, body) in [
         ("/health", json!({"status": "ok"})),
         ("/ready", json!({"status": "ready"})),

@@ -28,8 +28,8 @@ async fn a_controller_on_a_fresh_postgres_database_becomes_ready_and_serves_runs
         &["--config", &cfg],
         &[
             ("LOOPD__STORAGE__URL", &db.url),
-            ("LOOPD_AUTH_TOKEN", "ctl-token-1"),
-            ("LOOPD_WORKER_JOIN_TOKEN", "join-token-1"),
+            ("LOOPD_AUTH_TOKEN", "ctl-token-1-abcdef"),
+            ("LOOPD_WORKER_JOIN_TOKEN", "join-token-1-abcdef"),
         ],
     );
     daemon.wait_ready("/ready").await;
@@ -44,7 +44,7 @@ async fn a_controller_on_a_fresh_postgres_database_becomes_ready_and_serves_runs
     let repo = Repo::create(dir.path(), "ws", 1, "tick", &[]);
     let r = http
         .post(url("/runs"))
-        .bearer_auth("ctl-token-1")
+        .bearer_auth("ctl-token-1-abcdef")
         .json(&json!({"spec_path": "specs/demo.md", "plan_path": "PLAN.md", "workspace_root": repo.path}))
         .send()
         .await
@@ -55,7 +55,7 @@ async fn a_controller_on_a_fresh_postgres_database_becomes_ready_and_serves_runs
     let id = created["run"]["id"].as_str().expect("id");
     let got: Value = http
         .get(url(&format!("/runs/{id}")))
-        .bearer_auth("ctl-token-1")
+        .bearer_auth("ctl-token-1-abcdef")
         .send()
         .await
         .expect("GET")
@@ -65,7 +65,7 @@ async fn a_controller_on_a_fresh_postgres_database_becomes_ready_and_serves_runs
     assert_run_shape(&got["run"]);
     let text = http
         .get(url("/runs"))
-        .bearer_auth("ctl-token-1")
+        .bearer_auth("ctl-token-1-abcdef")
         .send()
         .await
         .expect("GET")
@@ -85,14 +85,18 @@ async fn a_controller_on_a_fresh_postgres_database_becomes_ready_and_serves_runs
             if path.ends_with("/cancel") {
                 req = http.post(url(&path));
             }
-            let r = req.bearer_auth("ctl-token-1").send().await.expect("send");
+            let r = req
+                .bearer_auth("ctl-token-1-abcdef")
+                .send()
+                .await
+                .expect("send");
             let (status, _) = error_of(r).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         }
     }
     let (status, _) = error_of(
         http.get(url("/runs?status=running"))
-            .bearer_auth("ctl-token-1")
+            .bearer_auth("ctl-token-1-abcdef")
             .send()
             .await
             .expect("GET"),
@@ -101,7 +105,7 @@ async fn a_controller_on_a_fresh_postgres_database_becomes_ready_and_serves_runs
     assert_eq!(status, StatusCode::BAD_REQUEST);
     output_chunks_keep_their_own_larger_cap(&http, &daemon.url()).await;
     let log = daemon.log_text();
-    for secret in ["ctl-token-1", "join-token-1"] {
+    for secret in ["ctl-token-1-abcdef", "join-token-1-abcdef"] {
         assert!(!log.contains(secret), "the log shows {secret}:\n{log}");
     }
 }
@@ -179,6 +183,29 @@ fn invalid_settings_stop_the_process_with_one_clear_line() {
             vec!["bnid"],
         ),
         (vec!["--bind", "nowhere"], vec![], vec!["bind"]),
+        (
+            vec!["--bind", "0.0.0.0:7700"],
+            vec![],
+            vec!["beyond loopback", "allow_unauthenticated"],
+        ),
+        (
+            vec!["--role", "controller", "--bind", "192.0.2.1:7700"],
+            vec![
+                ("LOOPD__STORAGE__TYPE", "postgres"),
+                ("LOOPD__STORAGE__URL", "postgres://x@127.0.0.1:1/x"),
+            ],
+            vec!["beyond loopback", "auth.token_file"],
+        ),
+        (
+            vec![],
+            vec![("LOOPD_AUTH_TOKEN", "too-short")],
+            vec!["at least 16"],
+        ),
+        (
+            vec![],
+            vec![("LOOPD__AUTH__TOKEN_FILE", "/nonexistent/token")],
+            vec!["/nonexistent/token"],
+        ),
     ];
     for (args, env, words) in cases {
         let line = refused_start(&args, &env);
@@ -198,11 +225,11 @@ fn a_refused_start_does_not_print_the_secrets_it_was_given() {
         &[
             ("LOOPD__STORAGE__TYPE", "postgres"),
             ("LOOPD__STORAGE__URL", ""),
-            ("LOOPD_AUTH_TOKEN", "sekrit-auth-42"),
+            ("LOOPD_AUTH_TOKEN", "sekrit-auth-42-abcd"),
             ("LOOPD__STORAGE__POOL_SIZE", "zero"),
         ],
     );
-    assert!(!line.contains("sekrit-auth-42"), "{line}");
+    assert!(!line.contains("sekrit-auth-42-abcd"), "{line}");
     let line = refused_start(
         &["--role", "controller"],
         &[
@@ -250,7 +277,7 @@ async fn the_auth_token_never_appears_in_the_daemon_log() {
 async fn output_chunks_keep_their_own_larger_cap(http: &reqwest::Client, base: &str) {
     let r = http
         .post(format!("{base}/workers/register"))
-        .bearer_auth("join-token-1")
+        .bearer_auth("join-token-1-abcdef")
         .json(&json!({"hostname": "cap-test", "capabilities": {"labels": [], "slots": 1, "version": "t"}}))
         .send()
         .await

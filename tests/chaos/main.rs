@@ -28,7 +28,7 @@ use support::{free_port, test_dir, wait_for};
 const RUNS: usize = 20;
 const TASKS: usize = 5;
 const WORKERS: usize = 3;
-const JOIN: &str = "soak-join-token";
+const JOIN: &str = "soak-join-token-0001";
 
 fn env_secs(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -33,7 +33,7 @@ async fn a_daemon_that_is_not_running_is_one_error_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthorized_and_not_found_are_one_error_line() {
-    let env = Env::start("cli-auth", &[("LOOPD_AUTH_TOKEN", "cli-token-3")]).await;
+    let env = Env::start("cli-auth", &[("LOOPD_AUTH_TOKEN", "cli-token-3-abcdef")]).await;
     let repo = Repo::create(env.dir.path(), "ws", 1, "tick", &[]);
     let unknown = "0190d4c4-0000-7000-8000-000000000000";
     for args in [
@@ -53,7 +53,7 @@ async fn unauthorized_and_not_found_are_one_error_line() {
             .error_line();
         assert!(line.starts_with("error: unauthorized"), "{args:?}: {line}");
     }
-    let token = [("LOOPD_TOKEN", "cli-token-3")];
+    let token = [("LOOPD_TOKEN", "cli-token-3-abcdef")];
     for args in [
         vec!["inspect", unknown],
         vec!["inspect", "not-a-run"],
@@ -71,7 +71,10 @@ async fn unauthorized_and_not_found_are_one_error_line() {
     let out = env.client_with(&repo.path, &["list"], &token).await;
     assert_eq!(out.ok().trim(), "No runs found.");
     let out = env
-        .client(&repo.path, &["list", "--token", "cli-token-3", "--json"])
+        .client(
+            &repo.path,
+            &["list", "--token", "cli-token-3-abcdef", "--json"],
+        )
         .await;
     assert_eq!(out.json(), json!({"runs": []}));
     // A refused submission says why.

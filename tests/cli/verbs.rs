@@ -239,3 +239,65 @@ async fn workers_and_artifacts_list_and_a_download_matches_its_checksum() {
         .error_line();
     assert!(line.contains("not found"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_config_sends_the_local_file_and_stored_names_print_escaped() {
+    use diesel::prelude::*;
+    let env = Env::start("cli-config", &[]).await;
+    let repo = Repo::create(env.dir.path(), "ws", 1, "tick", &[]);
+    std::fs::write(
+        repo.path.join("local.conf"),
+        "reviewer=false\niterations=2\n",
+    )
+    .expect("file");
+    let v = env
+        .client(
+            &repo.path,
+            &[
+                "run",
+                "--json",
+                "--config",
+                "local.conf",
+                "specs/demo.md",
+                "PLAN.md",
+            ],
+        )
+        .await
+        .json();
+    let config: serde_json::Value =
+        serde_json::from_str(v["run"]["config_json"].as_str().expect("config_json")).expect("JSON");
+    assert_eq!(
+        (config["reviewer"].clone(), config["iterations"].clone()),
+        (json!(false), json!(2))
+    );
+    let id = v["run"]["id"].as_str().expect("id").to_string();
+    env.wait_status(&id, "COMPLETED").await;
+    let line = env
+        .client(
+            &repo.path,
+            &["run", "--config", "missing.conf", "specs/demo.md"],
+        )
+        .await
+        .error_line();
+    assert!(
+        line.contains("cannot read --config") && line.contains("missing.conf"),
+        "{line}"
+    );
+
+    // A name stored before names were checked (or written by another tool) prints escaped.
+    let db = env.daemon.data_dir.join("loopd.db");
+    let mut c = SqliteConnection::establish(&db.to_string_lossy()).expect("open SQLite");
+    diesel::sql_query("UPDATE runs SET name = ? WHERE id = ?")
+        .bind::<diesel::sql_types::Text, _>("evil\n\u{1b}[2Jname")
+        .bind::<diesel::sql_types::Text, _>(&id)
+        .execute(&mut c)
+        .expect("update");
+    for args in [vec!["list"], vec!["inspect", id.as_str()]] {
+        let out = env.client(&repo.path, &args).await.ok().to_string();
+        assert!(
+            !out.contains('\u{1b}'),
+            "{args:?} printed an escape: {out:?}"
+        );
+        assert!(out.contains("evil\\n\\u{1b}[2Jname"), "{args:?}: {out}");
+    }
+}

@@ -53,9 +53,21 @@ impl Ctl {
     /// Starts `loopd --role controller` with the short timings of `controller_env`, the client
     /// token and `extra` settings.
     pub async fn start(name: &str, extra: &[(&str, &str)]) -> Ctl {
+        Self::start_with_file(name, "", extra).await
+    }
+
+    /// Like `start`, with `toml` as the controller's config file (for settings the
+    /// environment cannot hold, such as `[[auth.tokens]]`).
+    pub async fn start_with_file(name: &str, toml: &str, extra: &[(&str, &str)]) -> Ctl {
         let dir = test_dir(name);
         let db = TestDb::create();
-        let mut all = vec![("LOOPD_AUTH_TOKEN", CLIENT)];
+        let file = dir.path().join("controller.toml");
+        std::fs::write(&file, toml).expect("config file");
+        let file = file.to_string_lossy().to_string();
+        let mut all = vec![
+            ("LOOPD_AUTH_TOKEN", CLIENT),
+            ("LOOPD_CONFIG", file.as_str()),
+        ];
         all.extend_from_slice(extra);
         let env = controller_env(&db.url, &all);
         let proc = Loopd::spawn(

@@ -18,4 +18,6 @@ mod observe;
 mod polling;
 mod rejects;
 mod routing;
+mod scopes;
 mod shapes;
+mod uploads;

@@ -293,7 +293,9 @@ async fn a_partitioned_worker_loses_its_step_to_the_other_and_rejoins() {
     };
     let dir = test_dir("partition");
     let db = TestDb::create();
-    let env = controller_env(&db.url, &[]);
+    // Bound beyond loopback (the veth address), the controller needs a client token.
+    const TOKEN: &str = "partition-client-token";
+    let env = controller_env(&db.url, &[("LOOPD_AUTH_TOKEN", TOKEN)]);
     let port = free_port();
     let controller = Loopd::spawn_custom(
         &dir.path().join("controller"),
@@ -305,7 +307,15 @@ async fn a_partitioned_worker_loses_its_step_to_the_other_and_rejoins() {
     );
     controller.wait_ready("/ready").await;
     let base = controller.url();
-    let client = reqwest::Client::new();
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        "Authorization",
+        format!("Bearer {TOKEN}").parse().expect("header"),
+    );
+    let client = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .expect("client");
     let wrapper = ["ip", "netns", "exec", net.ns.as_str()];
     let inside = Loopd::spawn_custom(
         &dir.path().join("inside"),

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
 
-pub const JOIN: &str = "test-join-token";
+pub const JOIN: &str = "test-join-token-0001";
 
 /// Controller settings for fast failure detection; `extra` overrides or adds.
 pub fn controller_env(db_url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -55,6 +55,7 @@ pub fn bad_bodies(ids: &Ids, client: &str, join: &str, out: &mut Vec<Req>) {
     ] {
         out.push(Req::new(Method::POST, "/runs", Some(&c)).json(body.to_string()));
     }
+    run_limits(client, out);
     let nul = "a\0b";
     for (path, body, auth) in [
         (
@@ -186,4 +187,71 @@ pub fn bad_bodies(ids: &Ids, client: &str, join: &str, out: &mut Vec<Req>) {
         format!("/steps/{s}/artifacts/missing.log?epoch={}", ids.epoch),
         Some(&wt),
     ));
+}
+
+/// Run requests past the limits (names, labels, workspace roots, numbers, override size,
+/// override paths), and command overrides without the `exec` scope, with both the unnamed
+/// client token and a submit token.
+fn run_limits(client: &str, out: &mut Vec<Req>) {
+    let ws = "/nonexistent/workspace";
+    let base = |extra: serde_json::Value| {
+        let mut v = json!({"spec_path": "specs/demo.md", "workspace_root": ws});
+        v.as_object_mut()
+            .and_then(|o| extra.as_object().map(|x| o.extend(x.clone())));
+        v.to_string()
+    };
+    let labels: Vec<String> = (0..33).map(|i| format!("l{i}")).collect();
+    let mut bodies = vec![
+        base(json!({"name": "n".repeat(201)})),
+        base(json!({"name": "line\nINFO forged"})),
+        base(json!({"name": "\u{1b}[31mred"})),
+        base(json!({"name": "bidi\u{202E}"})),
+        base(json!({"labels": labels})),
+        base(json!({"labels": ["l".repeat(65)]})),
+        json!({"spec_path": "specs/demo.md", "workspace_root": "relative/ws"}).to_string(),
+        base(json!({"config_override": "/etc/passwd"})),
+        base(json!({"config_override": "/dev/zero"})),
+        base(json!({"config_override": "/proc/self/environ"})),
+        base(json!({"config_override": "a=b\nno equals sign"})),
+        base(json!({"config_override": {"Bad Key": 1}})),
+        base(json!({"config_override": format!("model={}", "m".repeat(70_000))})),
+    ];
+    for (key, value) in [
+        ("iterations", json!(10_001)),
+        ("claude_timeout_sec", json!(1u64 << 40)),
+        ("claude_retries", json!(101)),
+        ("max_consecutive_review_failures", json!(u64::MAX)),
+        ("model", json!("opus; id")),
+    ] {
+        bodies.push(base(json!({"config_override": {key: value}})));
+    }
+    let c = bearer(client);
+    let submit = bearer(crate::SUBMIT_TOKEN);
+    for body in bodies {
+        out.push(Req::new(Method::POST, "/runs", Some(&c)).json(body));
+    }
+    for over in [
+        json!({"config_override": {"agent_cmd": "sh -c id"}}),
+        json!({"config_override": "verify_cmds=id > /tmp/x"}),
+        json!({"config_override": "{\"prompt_file\": \"/etc/shadow\"}"}),
+        json!({"config_override": {"context_files": ["/etc/shadow"]}}),
+        json!({"config_override": {"specs_dir": "/"}}),
+        json!({"config_override": {"plans_dir": "/"}}),
+        json!({"worktree_path_template": "/tmp/x"}),
+    ] {
+        for auth in [&c, &submit] {
+            out.push(Req::new(Method::POST, "/runs", Some(auth)).json(base(over.clone())));
+        }
+    }
+    let j = bearer(crate::support::pool::JOIN);
+    for body in [
+        json!({"hostname": "h", "instance_id": "i".repeat(129)}),
+        json!({"hostname": "h", "instance_id": "has space"}),
+        json!({"hostname": "h", "instance_id": "new\nline"}),
+        json!({"hostname": "h", "instance_id": ""}),
+        json!({"hostname": "h", "capabilities": {"labels": labels}}),
+        json!({"hostname": "h", "capabilities": {"labels": ["bidi\u{202E}"]}}),
+    ] {
+        out.push(Req::new(Method::POST, "/workers/register", Some(&j)).json(body.to_string()));
+    }
 }

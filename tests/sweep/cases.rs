@@ -102,6 +102,10 @@ const BAD_NAMES: &[&str] = &[
     "a%5Cb",
     "x%00y",
     "..",
+    "report%E2%80%AEgol.txt",
+    "a%E2%81%A6b",
+    "lossy%EF%BF%BD.log",
+    "new%0Aline",
 ];
 
 /// Bodies that are not the JSON a route wants.
@@ -235,6 +239,29 @@ fn wrong_tokens(ids: &Ids, client: &str, join: &str, out: &mut Vec<Req>) {
     }
 }
 
+/// Client tokens without the route's scope: the read-only token on every write route, the
+/// submit token on the admin route. Both are 403, with the live ids.
+fn scoped_tokens(ids: &Ids, out: &mut Vec<Req>) {
+    let (r, w) = (&ids.run, &ids.worker);
+    let read = bearer(crate::READ_TOKEN);
+    let submit = bearer(crate::SUBMIT_TOKEN);
+    let mut writes = vec![(Method::POST, "/runs".to_string())];
+    for verb in ["pause", "resume", "cancel", "retry"] {
+        writes.push((Method::POST, format!("/runs/{r}/{verb}")));
+    }
+    writes.push((Method::DELETE, format!("/workers/{w}")));
+    for (m, p) in writes {
+        for body in ["", "{}", "{\"spec_path\":\"x\",\"workspace_root\":\"/x\"}"] {
+            out.push(Req::new(m.clone(), p.clone(), Some(&read)).json(body));
+        }
+    }
+    out.push(Req::new(
+        Method::DELETE,
+        format!("/workers/{w}"),
+        Some(&submit),
+    ));
+}
+
 /// Bad ids and names on the client routes.
 fn bad_ids(ids: &Ids, client: &str, out: &mut Vec<Req>) {
     let c = bearer(client);
@@ -355,6 +382,7 @@ fn bad_ids(ids: &Ids, client: &str, out: &mut Vec<Req>) {
 pub fn all(ids: &Ids, client: &str, join: &str) -> Vec<Req> {
     let mut out = Vec::new();
     wrong_tokens(ids, client, join, &mut out);
+    scoped_tokens(ids, &mut out);
     bad_ids(ids, client, &mut out);
     crate::bodies::bad_bodies(ids, client, join, &mut out);
     out

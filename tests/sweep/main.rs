@@ -23,6 +23,10 @@ use support::test_dir;
 type Answer = Result<(u16, String), String>;
 
 const CLIENT_TOKEN: &str = "sweep-client-token";
+/// A client token with the `read` scope only.
+pub const READ_TOKEN: &str = "sweep-read-only-token";
+/// A client token with `submit` but not `exec` (nor `admin`).
+pub const SUBMIT_TOKEN: &str = "sweep-submit-only-token";
 
 #[derive(QueryableByName, Debug, PartialEq, Eq)]
 struct Digest {
@@ -122,9 +126,20 @@ async fn setup(client: &reqwest::Client, base: &str, repo: &Repo) -> Ids {
 async fn thousands_of_bad_requests_get_clean_4xx_answers_and_change_nothing() {
     let dir = test_dir("sweep");
     let db = TestDb::create();
+    let config = dir.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nname = \"dash\"\ntoken = \"{READ_TOKEN}\"\nscopes = [\"read\"]\n\
+             [[auth.tokens]]\nname = \"ci\"\ntoken = \"{SUBMIT_TOKEN}\"\nscopes = [\"submit\"]\n"
+        ),
+    )
+    .expect("config file");
+    let config = config.to_string_lossy().to_string();
     let env = controller_env(
         &db.url,
         &[
+            ("LOOPD_CONFIG", &config),
             ("LOOPD_AUTH_TOKEN", CLIENT_TOKEN),
             ("LOOPD__LEASE__TTL_MS", "600000"),
             ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "600000"),
@@ -201,4 +216,10 @@ async fn thousands_of_bad_requests_get_clean_4xx_answers_and_change_nothing() {
         !controller.log_text().contains(&ids.worker_token),
         "a worker token reached the log"
     );
+    for t in [READ_TOKEN, SUBMIT_TOKEN] {
+        assert!(
+            !controller.log_text().contains(t),
+            "a client token reached the log"
+        );
+    }
 }

@@ -25,6 +25,7 @@ pub use actor::{
     AppendOutput, ClaimStep, CompleteStep, LeaseActor, QueueChanged, ReadArtifact, RecordStepEvent,
     ReleaseLease, ReleaseWorkerLeases, RenewLeases, StoreArtifact,
 };
+pub use authorize::authorize;
 pub use error::LeaseError;
 pub use returns::release_all_at_restart;
 pub use service::{FollowUpSink, LeaseService, LeaseServiceParts};
