@@ -104,3 +104,50 @@ async fn a_repository_the_worker_cannot_clone_fails_the_step_with_a_clear_reason
         "{reason}"
     );
 }
+
+/// The controller's side of the scheduler wedge of issue 26: a run whose workspace cannot be
+/// set up (a base branch that does not exist) fails at once, and the controller goes on
+/// starting runs: a valid run in another workspace then completes on a real worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_fails_at_setup_does_not_stop_later_runs_from_starting_on_the_pool() {
+    let c = Cluster::start("setup-failure", 1, Timings::default()).await;
+    let bad = Repo::create(c.dir.path(), "bad", 1, "tick", &["reviewer=false"]);
+    let good = Repo::create(c.dir.path(), "good", 1, "tick", &["reviewer=false"]);
+    let body = |repo: &Repo, extra: serde_json::Value| {
+        let mut b = json!({
+            "spec_path": "specs/demo.md",
+            "plan_path": "PLAN.md",
+            "workspace_root": path_str(&repo.path),
+        });
+        if let (Some(o), Some(x)) = (b.as_object_mut(), extra.as_object()) {
+            o.extend(x.clone());
+        }
+        b
+    };
+    let failed = c.submit(body(&bad, json!({"base_branch": "nope"}))).await;
+    c.wait_status(&failed, "FAILED").await;
+    assert!(
+        c.steps(&failed).await.is_empty(),
+        "a run failed at setup ran no step"
+    );
+    let why = c
+        .events(&failed)
+        .await
+        .into_iter()
+        .find(|e| e["event_type"] == "RUN_FAILED")
+        .map(|e| e["payload"]["reason"].to_string())
+        .unwrap_or_default();
+    assert!(
+        why.contains("nope"),
+        "RUN_FAILED names the missing branch: {why}"
+    );
+    let ok = c.submit(body(&good, json!({}))).await;
+    c.wait_status(&ok, "COMPLETED").await;
+    let steps = c.steps(&ok).await;
+    let worker = steps[0]["worker_id"].as_str().expect("a worker ran it");
+    assert_eq!(
+        c.index_of(worker).await,
+        0,
+        "the pool's worker ran the step"
+    );
+}
