@@ -16,6 +16,7 @@ mod requeue;
 pub mod runs;
 pub mod schema;
 pub mod steps;
+mod takeover;
 pub mod workers;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
@@ -186,12 +187,14 @@ pub struct Db {
 
 impl Db {
     /// Opens (creating if needed) the SQLite file, switches it to WAL once, builds the pool
-    /// and runs the embedded migrations.
+    /// and runs the embedded migrations. A database of the existing daemon is taken over
+    /// first; a file that is neither that nor loopd's is refused untouched ([`takeover`]).
     pub fn open_sqlite(path: &Path, pool_size: u32) -> Result<Db, DbError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DbError::Connect(format!("cannot create {}: {e}", dir.display())))?;
         }
+        takeover::take_over_if_upstream(path)?;
         let url = path.to_string_lossy().to_string();
         {
             use diesel::connection::SimpleConnection;
