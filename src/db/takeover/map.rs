@@ -120,14 +120,15 @@ pub fn map(up: &Upstream, now: i64, workspace_exists: &dyn Fn(&str) -> bool) -> 
         .map(|r| (r.id.as_str(), r.status.as_str()))
         .collect();
     let starts = step_starts(&up.events);
+    let created_of: HashMap<&str, i64> = up
+        .runs
+        .iter()
+        .map(|r| (r.id.as_str(), r.created_at))
+        .collect();
     for (run_id, steps) in ordered(&up.steps, &steps_of, |s| s.run_id.as_str()) {
         let fate = fates.get(run_id).cloned().unwrap_or(Fate::Keep);
         let status = status_of.get(run_id).copied().unwrap_or("");
-        let created = up
-            .runs
-            .iter()
-            .find(|r| r.id == run_id)
-            .map_or(0, |r| r.created_at);
+        let created = created_of.get(run_id).copied().unwrap_or(0);
         let n = steps.len();
         for (i, s) in steps.iter().enumerate() {
             let last = i + 1 == n;
@@ -422,6 +423,12 @@ fn plain_segment(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.chars().any(|c| c.is_control() || c == '\\')
 }
 
+/// An artifact's (location, file name), when both make a plain name segment.
+fn name_parts(a: &UpArtifact) -> Option<(&str, &str)> {
+    let file = Path::new(&a.path).file_name()?.to_str()?;
+    (plain_segment(file) && plain_segment(&a.location)).then_some((a.location.as_str(), file))
+}
+
 fn artifact_rows(up: &Upstream) -> Vec<ArtifactRow> {
     let created: HashMap<&str, i64> = up
         .runs
@@ -439,31 +446,26 @@ fn artifact_rows(up: &Upstream) -> Vec<ArtifactRow> {
             ))
         })
         .collect();
-    let base = |a: &UpArtifact| -> Option<(String, String)> {
-        let file = Path::new(&a.path).file_name()?.to_str()?;
-        (plain_segment(file) && plain_segment(&a.location))
-            .then(|| (format!("upstream/{}", a.location), file.to_string()))
-    };
     // How often each name occurs in its run (prompt.txt once per iteration).
-    let mut total: HashMap<(&str, (String, String)), usize> = HashMap::new();
+    let mut total: HashMap<(&str, &str, &str), usize> = HashMap::new();
     for a in &up.artifacts {
-        if let Some(b) = base(a) {
-            *total.entry((a.run_id.as_str(), b)).or_insert(0) += 1;
+        if let Some((loc, file)) = name_parts(a) {
+            *total.entry((a.run_id.as_str(), loc, file)).or_insert(0) += 1;
         }
     }
-    let mut seen: HashMap<(&str, (String, String)), usize> = HashMap::new();
+    let mut seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
     let mut used: HashSet<(String, String)> = HashSet::new();
     let mut out = Vec::with_capacity(up.artifacts.len());
     for a in &up.artifacts {
-        let mut name = match base(a) {
-            Some((dir, file)) => {
-                let key = (a.run_id.as_str(), (dir.clone(), file.clone()));
-                let k = seen.entry(key.clone()).or_insert(0);
+        let mut name = match name_parts(a) {
+            Some((loc, file)) => {
+                let key = (a.run_id.as_str(), loc, file);
+                let k = seen.entry(key).or_insert(0);
                 *k += 1;
                 if total.get(&key).copied().unwrap_or(0) > 1 {
-                    format!("{dir}/{}", numbered(&file, *k))
+                    format!("upstream/{loc}/{}", numbered(file, *k))
                 } else {
-                    format!("{dir}/{file}")
+                    format!("upstream/{loc}/{file}")
                 }
             }
             None => format!("upstream/{}", a.id),
