@@ -9,45 +9,14 @@
 
 use super::models::{label_subsets, labels_match, LeaseRow, StepRow};
 use super::schema::{runs, steps, workers};
+use super::step_lease::{clear_lease, lease_columns, leased};
 use super::{loopd_now_ms, on_conn, Conn, DbError};
 use diesel::prelude::*;
 
 pub use super::requeue::{
     expire_due, release, release_all_except, release_all_of_worker, Requeued,
 };
-
-/// A step's lease columns as a [`LeaseRow`] (for `RETURNING`; only for leased steps).
-macro_rules! lease_columns_ {
-    () => {
-        (
-            steps::id,
-            steps::worker_id.assume_not_null(),
-            steps::lease_epoch,
-            steps::lease_granted_at.assume_not_null(),
-            steps::lease_expires_at.assume_not_null(),
-            steps::attempt,
-        )
-    };
-}
-
-/// The steps that hold a lease.
-pub(super) fn leased(
-) -> diesel::dsl::Filter<steps::table, diesel::dsl::IsNotNull<steps::lease_expires_at>> {
-    steps::table.filter(steps::lease_expires_at.is_not_null())
-}
-
-pub(super) use lease_columns_ as lease_columns;
-
-/// The assignment that ends a step's lease.
-pub(super) fn clear_lease() -> (
-    diesel::dsl::Eq<steps::lease_granted_at, Option<i64>>,
-    diesel::dsl::Eq<steps::lease_expires_at, Option<i64>>,
-) {
-    (
-        steps::lease_granted_at.eq(None),
-        steps::lease_expires_at.eq(None),
-    )
-}
+pub use super::step_lease::{check_held, Held};
 
 /// Who is claiming, and the rules for what it may take.
 #[derive(Debug, Clone)]
@@ -182,47 +151,6 @@ pub fn check(
     epoch: i64,
 ) -> Result<LeaseRow, DbError> {
     check_held(conn, step_id, worker_id, epoch).map(|h| h.lease)
-}
-
-/// A live lease checked by [`check_held`], its step (read under the same lock) and the
-/// database time of the check.
-pub struct Held {
-    pub lease: LeaseRow,
-    pub step: StepRow,
-    pub now_ms: i64,
-}
-
-/// [`check`], returning the step too: one statement reads and locks both rows.
-pub fn check_held(
-    conn: &mut Conn,
-    step_id: &str,
-    worker_id: &str,
-    epoch: i64,
-) -> Result<Held, DbError> {
-    macro_rules! both {
-        () => {
-            leased().filter(steps::id.eq(step_id)).select((
-                lease_columns!(),
-                StepRow::as_select(),
-                loopd_now_ms(),
-            ))
-        };
-    }
-    let found: Option<(LeaseRow, StepRow, i64)> = match conn {
-        Conn::Pg(c) => both!().for_update().first(&mut **c).optional()?,
-        Conn::Sqlite(c) => both!().first(&mut **c).optional()?,
-    };
-    match found {
-        // Held while the row is this worker's at this epoch: only the expiry sweep ends a lease
-        // by time, so a controller that was itself paused does not refuse its workers' writes
-        // before its sweep has looked (see `LeaseService::sweep`).
-        Some((l, s, now)) if l.worker_id == worker_id && l.epoch == epoch => Ok(Held {
-            lease: l,
-            step: s,
-            now_ms: now,
-        }),
-        _ => Err(DbError::StaleLease),
-    }
 }
 
 /// Extends a held lease to `now + ttl` (one past its expiry too, if the sweep has not taken it

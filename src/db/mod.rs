@@ -15,6 +15,7 @@ mod pg_pool;
 mod requeue;
 pub mod runs;
 pub mod schema;
+mod step_lease;
 pub mod steps;
 mod takeover;
 pub mod workers;

@@ -1,10 +1,10 @@
 //! Leases taken back — expired, released by their worker, or lost with a worker that went
 //! away — and what becomes of their steps (`RETRYING`, or FAILED once the infrastructure
-//! retries are used up, or CANCELED with their run). Re-exported by [`super::leases`].
+//! retries are used up, or CANCELED with their run). Re-exported by `leases`.
 
-use super::leases::{check_held, clear_lease, lease_columns, leased};
 use super::models::{LeaseRow, StepRow};
 use super::schema::{runs, steps};
+use super::step_lease::{check_held, clear_lease, lease_columns, leased};
 use super::{on_conn, Conn, DbError};
 use crate::domain::pipeline::INFRA_PREFIX;
 use diesel::prelude::*;
