@@ -1,5 +1,5 @@
 //! Completions that reach the controller together are written together: one statement
-//! (`loopd_complete_and_claim_many`, migration `2026-12-02-000007_batched_completions`), one
+//! (`loopd_complete_and_claim_many`, `src/db/pg/loopd_complete_and_claim_many.sql`), one
 //! transaction and one commit for all of them. A completion is queued with the sender half of
 //! a one-shot channel and its caller waits on the other half: a request's task awaits it
 //! without a thread of its own (a blocking caller blocks on it). When fewer than

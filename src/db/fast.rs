@@ -1,10 +1,10 @@
-//! The pool's two hot paths, on Postgres one round trip each (see the migration
-//! `2026-11-28-000003_fast_paths`): a claim, and a completion's read and write. Every statement
-//! sent to Postgres costs it about as much as a whole one-row transaction, while statements
-//! inside a function stay planned and cost little; so these call one function each. The
-//! decisions stay in Rust. SQLite runs the transactional paths (`leases::claim` with the
-//! events here, the completion transaction in the LeaseActor), which stay the reference: the
-//! storage suite holds both backends to the same behaviour.
+//! The pool's two hot paths, on Postgres one round trip each (the functions in `src/db/pg/`;
+//! why, in the migration `2026-11-28-000003_fast_paths`): a claim, and a completion's read and
+//! write. Every statement sent to Postgres costs it about as much as a whole one-row
+//! transaction, while statements inside a function stay planned and cost little; so these call
+//! one function each. The decisions stay in Rust. SQLite runs the transactional paths
+//! (`leases::claim` with the events here, the completion transaction in the LeaseActor), which
+//! stay the reference: the storage suite holds both backends to the same behaviour.
 
 use super::events::{self, NewEvent};
 use super::leases::{self, ClaimSpec};

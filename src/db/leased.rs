@@ -1,5 +1,5 @@
 //! The answer of a completion that leased its worker the step it had just queued (the direct
-//! path of `loopd_complete_and_claim`, migration `2026-12-01-000006_direct_reply`): the
+//! path of `loopd_complete_and_claim`, `src/db/pg/loopd_complete_and_claim.sql`): the
 //! database sends back only its clock (and the watchdog's lists after a verification is
 //! queued), and the claimed step, its lease, run, state and the snapshot its own completion
 //! will decide from are built here from what the completion wrote. They are what the database

@@ -21,18 +21,20 @@ pub(super) fn run_sqlite(conn: &mut SqliteConnection) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Runs pending migrations while holding a Postgres advisory lock, so two controllers
-/// starting at once do not race.
+/// Runs pending migrations, then writes the functions whose current text (`super::pg`) the
+/// database lacks, while holding a Postgres advisory lock, so two controllers starting at once
+/// do not race.
 pub(super) fn run_postgres(conn: &mut PgConnection) -> Result<(), DbError> {
     diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")).execute(conn)?;
     let result = conn
         .run_pending_migrations(POSTGRES)
         .map(|v| v.len())
-        .map_err(|e| DbError::Migration(e.to_string()));
+        .map_err(|e| DbError::Migration(e.to_string()))
+        .and_then(|applied| Ok((applied, super::pg::apply(conn)?)));
     let unlock =
         diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")).execute(conn);
-    let applied = result?;
+    let (applied, functions) = result?;
     unlock?;
-    tracing::info!(applied, backend = "postgres", "migrations done");
+    tracing::info!(applied, functions, backend = "postgres", "migrations done");
     Ok(())
 }

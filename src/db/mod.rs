@@ -2,6 +2,10 @@
 //! [`Conn`] whose queries are written once and compiled for both backends (the [`on_conn!`]
 //! macro), write transactions that are `BEGIN IMMEDIATE` on SQLite, embedded migrations per
 //! backend, and [`Db::run`], the one helper that keeps blocking database work off async threads.
+//!
+//! On Postgres the hot paths are functions in the database. Their current text is one file
+//! each in `src/db/pg/`, written at start after the migrations (see `pg`); the migrations in
+//! `migrations/postgres/` are the schema's history, whose function texts may be out of date.
 
 pub mod artifacts;
 pub mod batch;
@@ -11,6 +15,7 @@ mod leased;
 pub mod leases;
 mod migrate;
 pub mod models;
+mod pg;
 mod pg_pool;
 mod requeue;
 pub mod runs;

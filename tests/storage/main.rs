@@ -9,6 +9,7 @@ use support::pg;
 mod batched;
 mod direct;
 mod fast_paths;
+mod functions;
 mod races;
 mod ticks;
 mod upgrade;
