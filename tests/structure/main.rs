@@ -13,10 +13,6 @@ fn src() -> Graph {
     Graph::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
 }
 
-/// Circles that are known and being removed elsewhere: `db/leases.rs ↔ db/requeue.rs` belongs
-/// to the work on `src/db/` (issue 27, item 3). Drop it from here once it is gone.
-const KNOWN_CIRCLES: &[&[&str]] = &[&["db/leases.rs", "db/requeue.rs"]];
-
 /// The module paths `files` name (in `use` lines, code or doc links) whose first segment
 /// `bad` refuses, as `file -> path` lines.
 fn naming(g: &Graph, files: &str, bad: impl Fn(&str) -> bool) -> Vec<String> {
@@ -56,11 +52,7 @@ fn the_domain_imports_nothing_else_of_the_crate() {
 
 #[test]
 fn no_files_of_src_import_each_other_in_a_circle() {
-    let circles: Vec<_> = src()
-        .circles()
-        .into_iter()
-        .filter(|c| !KNOWN_CIRCLES.iter().any(|k| c.iter().eq(k.iter())))
-        .collect();
+    let circles = src().circles();
     assert!(circles.is_empty(), "import circles: {circles:?}");
 }
 
