@@ -20,6 +20,8 @@
 //! types and cannot change its return type. Such a change needs a migration that drops the old
 //! function first (the rewrite of its comment fails while two functions share the name). Tables,
 //! indexes, the `leases` view and its trigger are schema: they stay in `migrations/postgres/`.
+//! And controllers of two versions sharing one database would each write their own text when
+//! they start (the last one started wins), where a migration is only ever applied forward.
 
 use super::DbError;
 use diesel::connection::SimpleConnection;
