@@ -1,5 +1,5 @@
 //! Command-line definitions: the daemon flags (`loopd --role …`) and the client verbs
-//! (`loopd run|list|inspect|tail|pause|resume|cancel|retry|workers|artifacts`).
+//! (`loopd run|list|inspect|tail|pause|resume|cancel|retry|workers|artifacts|health`).
 
 use crate::settings::{Overrides, Role};
 use clap::{Args, Parser, Subcommand};
@@ -152,6 +152,13 @@ pub enum Command {
         /// Write the download here instead of stdout.
         #[arg(short = 'o', long, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Exit 0 when the daemon answers `GET /ready` with 200; else one error line and exit 1.
+    /// One request, no retries (for container healthchecks and scripts that poll).
+    Health {
+        /// Daemon address (a worker's is its --bind, e.g. http://127.0.0.1:7701).
+        #[arg(long, env = "LOOPD_ADDR", default_value = "http://127.0.0.1:7700")]
+        addr: String,
     },
 }
 

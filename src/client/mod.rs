@@ -1,7 +1,8 @@
 //! The CLI verbs over the runs API, for people and scripts: `loopd run|list|inspect|tail|
-//! pause|resume|cancel|retry|workers|artifacts`. Every verb first probes the daemon; every
-//! failure is one `error: …` line on stderr and exit status 1.
+//! pause|resume|cancel|retry|workers|artifacts|health`. Every verb but `health` first probes
+//! the daemon; every failure is one `error: …` line on stderr and exit status 1.
 
+mod health;
 mod render;
 mod submit;
 mod tail;
@@ -223,6 +224,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
             d.probe().await?;
             tail::follow(&d, &id, offset).await
         }
+        Command::Health { addr } => health::check(&addr).await,
         Command::Pause { client, id } => control(&client, &id, "pause", "paused").await,
         Command::Resume { client, id } => control(&client, &id, "resume", "resumed").await,
         Command::Cancel { client, id } => control(&client, &id, "cancel", "canceled").await,

@@ -6,6 +6,7 @@
 mod support;
 
 mod errors;
+mod health;
 mod verbs;
 
 use serde_json::Value;
