@@ -73,6 +73,6 @@ EXPOSE 7700
 HEALTHCHECK --interval=10s --timeout=15s --start-period=30s --retries=3 CMD ["loopd", "health"]
 # tini forwards SIGTERM to loopd (a worker drains on it) and reaps agent processes.
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/loopd"]
-# Safe by default: a single host on the container's loopback. To serve beyond it, give a client
-# token: docker run -e LOOPD_AUTH_TOKEN=… -p 127.0.0.1:7700:7700 IMAGE --bind 0.0.0.0:7700
-CMD ["--role", "single", "--bind", "127.0.0.1:7700"]
+# A single host reachable from outside the container, so loopd refuses to start without a
+# client token: docker run -e LOOPD_AUTH_TOKEN=… -p 127.0.0.1:7700:7700 IMAGE
+CMD ["--role", "single", "--bind", "0.0.0.0:7700"]
