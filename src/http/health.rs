@@ -32,7 +32,8 @@ pub async fn ready(st: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// A worker is ready once it has registered, which it does before it listens.
+/// A worker answers ready as soon as it listens. It registers with its controller in the
+/// background (`app::Application::build`), so this does not yet say whether it has joined.
 pub async fn worker_ready() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
 }

@@ -126,11 +126,11 @@ pub fn runs_api(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// The worker API (controller role; the single role mounts it too, so remote workers can
-/// join a single host, and for tests). Mounted before the runs API, and the routes a pool
-/// calls most come first: every path with an `{id}` in it is matched with a regular
-/// expression, one route after another (7 % of the controller's CPU in the pool bench when
-/// the completion route was the last of twenty; 2 % now).
+/// The worker API (controller role only: `app::Subsystems` leaves it off on a single host).
+/// Mounted before the runs API, and the routes a pool calls most come first: every path with
+/// an `{id}` in it is matched with a regular expression, one route after another (7 % of the
+/// controller's CPU in the pool bench when the completion route was the last of twenty; 2 %
+/// now).
 pub fn worker_api(cfg: &mut web::ServiceConfig) {
     cfg.service(
         res("/steps/{id}/complete")
