@@ -252,7 +252,8 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
     let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
         .map_err(|e| AppError::Artifacts(e.to_string()))?;
     let output = OutputStore::new(settings.data_dir.join("output"));
-    let mirrors = Arc::new(Mirrors::new(settings.data_dir.join("mirrors")));
+    let remotes = crate::workspace::Remotes::from_settings(&settings.git);
+    let mirrors = Arc::new(Mirrors::new(settings.data_dir.join("mirrors"), remotes));
     let hub = EventHub::new();
     let metrics = Arc::new(Metrics::default());
     if settings.role == Role::Single {

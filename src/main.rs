@@ -22,7 +22,29 @@ fn one_line(text: &str) -> String {
         .join(" ")
 }
 
+/// loopd as ssh's `SSH_ASKPASS` program (see `workspace::remote`): ssh runs it with the prompt
+/// as its only argument and the key's passphrase in the environment it set for the git command.
+fn answer_askpass() -> Option<ExitCode> {
+    let secret = std::env::var_os(loopd::workspace::remote::ASKPASS_SECRET_ENV)?;
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.len() != 1 {
+        return None;
+    }
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let written = out
+        .write_all(secret.as_encoded_bytes())
+        .and_then(|()| out.write_all(b"\n"));
+    Some(match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    })
+}
+
 fn main() -> ExitCode {
+    if let Some(code) = answer_askpass() {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {

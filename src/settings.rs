@@ -201,6 +201,8 @@ pub struct Settings {
     pub lease: LeaseSettings,
     pub worker: WorkerSettings,
     pub limits: LimitSettings,
+    #[serde(default)]
+    pub git: GitSettings,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/loopd`, else `~/.local/share/loopd`.
@@ -287,6 +289,7 @@ impl Default for Settings {
                 output_chunk_bytes: 4 << 20,
                 artifact_uploads_per_worker: 4,
             },
+            git: GitSettings::default(),
         }
     }
 }
@@ -340,9 +343,11 @@ impl Settings {
 }
 
 mod auth;
+mod git;
 mod layering;
 
 pub use auth::{ClientToken, MIN_TOKEN_CHARS};
+pub use git::{GitCredential, GitSettings, WorkerCredentials};
 
 #[cfg(test)]
 mod tests;

@@ -119,7 +119,30 @@ pub enum WorkspaceSpec {
         run_branch: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         checkpoint: Option<Checkpoint>,
+        /// The controller's https credential for the repository's host, when
+        /// `git.worker_credentials = "from_controller"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<HandedCredential>,
     },
+}
+
+/// An https credential the controller hands to a worker with an assignment: used for that
+/// step's fetches only, never written to disk, logged or given to the agent.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedCredential {
+    pub host: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for HandedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandedCredential")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
 }
 
 /// What to spawn for implementation and review steps.

@@ -53,6 +53,7 @@ fn runner_config(settings: &Settings) -> RunnerConfig {
         },
         agent_env: settings.worker.agent_env.clone(),
         direct_store: None,
+        remotes: crate::workspace::Remotes::from_settings(&settings.git),
     }
 }
 

@@ -44,6 +44,9 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("worker.labels")
                 .with_list_parse_key("worker.agent_env")
+                .with_list_parse_key(super::git::LIST_KEYS[0])
+                .with_list_parse_key(super::git::LIST_KEYS[1])
+                .with_list_parse_key(super::git::LIST_KEYS[2])
                 .try_parsing(true)
                 .source(Some(vars)),
         );
@@ -140,7 +143,8 @@ impl Settings {
         if self.limits.artifact_uploads_per_worker == 0 {
             return Err(err("limits.artifact_uploads_per_worker must be at least 1"));
         }
-        self.validate_auth()
+        self.validate_auth()?;
+        self.git.validate()
     }
 }
 

@@ -28,6 +28,8 @@ pub struct RunnerConfig {
     pub agent_env: Vec<String>,
     /// Upload artifacts straight to this store instead of through the controller.
     pub direct_store: Option<ArtifactStore>,
+    /// How git runs' clones are fetched (credentials, host keys, retries).
+    pub remotes: crate::workspace::Remotes,
 }
 
 /// A step this process is executing.

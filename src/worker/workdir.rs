@@ -81,6 +81,7 @@ pub async fn prepare(
             repo_ref,
             run_branch,
             checkpoint,
+            credential,
         } => {
             let dir = shared.cfg.work_dir.join("clones").join(&a.run_id);
             let bundle_path = match checkpoint {
@@ -98,9 +99,15 @@ pub async fn prepare(
                 repo_ref.clone(),
                 run_branch.clone(),
             );
+            let (remotes, handed) = (shared.cfg.remotes.clone(), credential.clone());
             let head = tokio::task::spawn_blocking(move || {
                 let cp = bundle_path.as_ref().map(|(p, h)| (p.as_path(), h.as_str()));
-                let head = clone::prepare_clone(&d, &url, &r, &b, cp);
+                let source = clone::Source {
+                    url: &url,
+                    remotes: &remotes,
+                    credential: handed.as_ref(),
+                };
+                let head = clone::prepare_clone(&d, source, &r, &b, cp);
                 if head.is_ok() {
                     mark_used(&d);
                 }

@@ -1,12 +1,15 @@
 //! The worker's clone of a git run's repository (ARCHITECTURE "Workspaces"): preparing the work
-//! dir at the commit a step must start from, and the checkpoint commit of what the agent left
-//! after the step. Called by the worker's step executor (bundles live in `bundle.rs`).
+//! dir at the commit a step must start from (fetched through `remote`), and the checkpoint
+//! commit of what the agent left after the step. Called by the worker's step executor (bundles
+//! live in `bundle.rs`).
 
 use super::bundle::import_bundle;
 use super::error::{Context, WorkspaceError};
+use super::remote::{Op, Remotes};
 use super::{repo, Result};
-use git2::build::{CheckoutBuilder, RepoBuilder};
-use git2::{FetchOptions, FetchPrune, IndexAddOption, Oid, Repository};
+use crate::api::HandedCredential;
+use git2::build::CheckoutBuilder;
+use git2::{IndexAddOption, Oid, Repository};
 use std::fs;
 use std::path::Path;
 
@@ -22,12 +25,13 @@ const RUNNER_NOTES_EXCLUDE: &str = "/.loop/runner-notes.txt";
 /// `/.loop/runner-notes.txt` is added to `.git/info/exclude`.
 pub fn prepare_clone(
     dir: &Path,
-    repo_url: &str,
+    remote: Source<'_>,
     repo_ref: &str,
     run_branch: &str,
     checkpoint: Option<(&Path, &str)>,
 ) -> Result<String> {
-    let repository = open_or_clone(dir, repo_url)?;
+    let repo_url = remote.url;
+    let repository = open_or_clone(dir, &remote)?;
     let start = match checkpoint {
         Some((bundle, head)) => {
             // The newest bundle may come from a later attempt whose completion was refused
@@ -46,7 +50,15 @@ pub fn prepare_clone(
             oid
         }
         // Every worker starts a run without a checkpoint at the same commit.
-        None => resolve_remote_ref(&repository, repo_url, repo_ref)?,
+        None => match resolve_remote_ref(&repository, repo_url, repo_ref) {
+            Ok(oid) => oid,
+            // A commit no branch of the remote holds any more: ask for it by its id.
+            Err(not_found) if Oid::from_str(repo_ref).is_ok() && repo_ref.len() == 40 => {
+                fetch(dir, &remote, &[repo_ref]).map_err(|_| not_found)?;
+                resolve_remote_ref(&repository, repo_url, repo_ref)?
+            }
+            Err(e) => return Err(e),
+        },
     };
     check_out_branch_at(&repository, run_branch, start)?;
     exclude_runner_notes(&repository)?;
@@ -102,41 +114,67 @@ fn head_sha(repository: &Repository) -> Result<String> {
     Ok(head.id().to_string())
 }
 
-/// The clone in `dir` when it is one of `repo_url` (fetched), else a fresh clone.
-fn open_or_clone(dir: &Path, repo_url: &str) -> Result<Repository> {
+/// Where a clone comes from: the remote's URL, the configured access to remotes, and the
+/// credential the controller handed over with the assignment, if any.
+pub struct Source<'a> {
+    pub url: &'a str,
+    pub remotes: &'a Remotes,
+    pub credential: Option<&'a HandedCredential>,
+}
+
+/// The remote-tracking branches and tags of a clone.
+const CLONE_REFSPECS: [&str; 2] = [
+    "+refs/heads/*:refs/remotes/origin/*",
+    "+refs/tags/*:refs/tags/*",
+];
+
+/// The clone in `dir` when it is one of the source's URL (fetched), else a fresh clone: an
+/// empty repository whose origin is the URL, fetched. The URL in `.git/config` never holds a
+/// credential (URLs with passwords are refused, handed credentials travel in the
+/// environment of the git command only).
+fn open_or_clone(dir: &Path, remote: &Source<'_>) -> Result<Repository> {
     if let Ok(existing) = Repository::open(dir) {
         let same_url = existing
             .find_remote("origin")
             .ok()
-            .is_some_and(|remote| remote.url().ok() == Some(repo_url));
+            .is_some_and(|r| r.url().ok() == Some(remote.url));
         if same_url {
-            fetch_origin(&existing, repo_url)?;
+            fetch(dir, remote, &CLONE_REFSPECS)?;
             return Ok(existing);
         }
     }
     if dir.exists() {
         fs::remove_dir_all(dir).context(|| format!("cannot clear {}", dir.display()))?;
     }
-    RepoBuilder::new()
-        .clone(repo_url, dir)
-        .map_err(|source| WorkspaceError::Clone {
-            url: repo_url.to_string(),
-            source,
-        })
+    let repository =
+        Repository::init(dir).context(|| format!("cannot create a clone at {}", dir.display()))?;
+    repository
+        .remote("origin", remote.url)
+        .context(|| format!("cannot add origin to {}", dir.display()))?;
+    if let Err(e) = fetch(dir, remote, &CLONE_REFSPECS) {
+        // Half a clone is no clone: the next step clones again.
+        let _ = fs::remove_dir_all(dir);
+        return Err(e);
+    }
+    Ok(repository)
 }
 
-fn fetch_origin(repository: &Repository, repo_url: &str) -> Result<()> {
-    let fetch_error = |source| WorkspaceError::Fetch {
-        url: repo_url.to_string(),
-        source,
-    };
-    let mut remote = repository.find_remote("origin").map_err(fetch_error)?;
-    let mut options = FetchOptions::new();
-    options.prune(FetchPrune::On);
-    let configured: &[&str] = &[];
+/// `git fetch --prune <url> <refspecs>` in `dir`.
+fn fetch(dir: &Path, remote: &Source<'_>, refspecs: &[&str]) -> Result<()> {
+    let url = super::remote::parse(remote.url)?;
+    let mut args = vec![
+        "fetch",
+        "--prune",
+        "--quiet",
+        "--no-write-fetch-head",
+        "--",
+        url.as_str(),
+    ];
+    args.extend(refspecs);
     remote
-        .fetch(configured, Some(&mut options), None)
-        .map_err(fetch_error)
+        .remotes
+        .run(Some(dir), &url, Op::Fetch, remote.credential, &args)?;
+    Ok(())
 }
 
 /// `repo_ref` as a branch of origin, a tag, or any revision (a sha).

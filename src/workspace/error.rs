@@ -15,6 +15,9 @@ pub enum WorkspaceError {
     /// Fetching from `url` failed.
     #[error("cannot fetch {url}: {source}")]
     Fetch { url: String, source: git2::Error },
+    /// A network operation on a remote failed (host and cause class, never git's raw words).
+    #[error(transparent)]
+    Remote(#[from] super::remote::RemoteError),
     /// A branch, ref or commit does not exist where it was looked up.
     #[error("{what} not found in {place}: {name}")]
     NotFound {

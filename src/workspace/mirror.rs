@@ -1,21 +1,25 @@
 //! The controller's cache of bare mirrors of git-run repositories (ARCHITECTURE "Workspaces"):
-//! fetching, resolving the run's ref to a commit and reading the spec, plan and `.loop/config`
-//! at that commit (kept: a commit's files never change). Used by the controller when a git run
-//! is submitted and when a step's prompt is built.
+//! fetching (allowed URLs only), resolving the run's ref to a commit, reading the spec, plan
+//! and `.loop/config` at that commit (kept: a commit's files never change), and pushing a
+//! finished run's branch back. Used by the controller when a git run is submitted, when a
+//! step's prompt is built and when a run finishes.
 
+use super::bundle::import_bundle;
 use super::error::{Context, WorkspaceError};
+use super::remote::{Op, Remotes};
 use super::{repo, Result};
-use git2::{Direction, FetchOptions, FetchPrune, Oid, Repository};
+use git2::{Oid, Repository};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Bare mirrors of remote repositories, one directory per URL under `root`.
 #[derive(Debug, Clone)]
 pub struct Mirrors {
     root: PathBuf,
+    remotes: Remotes,
     /// Files read at full commit ids, which never change: every queued step's prompt reads
     /// the same few files of its run's commit.
     read: Arc<Mutex<HashMap<FileAt, Option<Vec<u8>>>>>,
@@ -28,10 +32,11 @@ type FileAt = (String, String, String);
 const READ_CAP: usize = 1024;
 
 impl Mirrors {
-    /// Mirrors kept under `root` (created on the first fetch).
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    /// Mirrors kept under `root` (created on the first fetch), fetched through `remotes`.
+    pub fn new(root: impl Into<PathBuf>, remotes: Remotes) -> Self {
         Mirrors {
             root: root.into(),
+            remotes,
             read: Arc::default(),
         }
     }
@@ -43,31 +48,82 @@ impl Mirrors {
             .join(format!("{}.git", &hex::encode(digest)[..32]))
     }
 
-    /// Creates the mirror of `repo_url` if needed and brings every branch up to date
-    /// (`+refs/heads/*:refs/heads/*`, deleted branches pruned); the mirror's HEAD follows the
-    /// remote's HEAD branch.
+    /// Creates the mirror of `repo_url` if needed and brings every branch and tag up to date
+    /// (`+refs/heads/*:refs/heads/*`, deleted branches pruned); a new mirror's HEAD is the
+    /// remote's HEAD branch. The URL is checked against `[git]`'s allow-lists first: a refused
+    /// one is never contacted.
     pub fn fetch(&self, repo_url: &str) -> Result<()> {
-        let mirror = self.open_or_init(repo_url)?;
-        let fetch_error = |source| WorkspaceError::Fetch {
-            url: repo_url.to_string(),
-            source,
-        };
-        let mut remote = mirror.remote_anonymous(repo_url).map_err(fetch_error)?;
-        remote.connect(Direction::Fetch).map_err(fetch_error)?;
-        let remote_head = remote
-            .default_branch()
-            .ok()
-            .and_then(|name| name.as_str().ok().map(str::to_string));
-        let mut options = FetchOptions::new();
-        options.prune(FetchPrune::On);
-        remote
-            .fetch(&["+refs/heads/*:refs/heads/*"], Some(&mut options), None)
-            .map_err(fetch_error)?;
-        if let Some(head) = remote_head.filter(|h| h.starts_with("refs/heads/")) {
-            mirror
-                .set_head(&head)
-                .context(|| format!("cannot point the mirror's HEAD at {head}"))?;
+        let url = self.remotes.check(repo_url)?;
+        let path = self.path_of(repo_url);
+        if path.exists() {
+            let refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+            let mut args = vec!["fetch", "--prune", "--quiet", "--", url.as_str()];
+            args.extend(refspecs);
+            self.remotes
+                .run(Some(&path), &url, Op::Fetch, None, &args)?;
+            return Ok(());
         }
+        fs::create_dir_all(&self.root)
+            .context(|| format!("cannot create {}", self.root.display()))?;
+        // Cloned beside its final name and renamed into place, so a concurrent fetch never
+        // sees a half-made repository.
+        let staging = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+        let staging_arg = staging.to_string_lossy().to_string();
+        let args = [
+            "clone",
+            "--bare",
+            "--quiet",
+            "--",
+            url.as_str(),
+            &staging_arg,
+        ];
+        let cloned = self.remotes.run(None, &url, Op::Fetch, None, &args);
+        if let Err(e) = cloned {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e.into());
+        }
+        if fs::rename(&staging, &path).is_err() {
+            // Someone else created it meanwhile: use theirs.
+            let _ = fs::remove_dir_all(&staging);
+        }
+        Ok(())
+    }
+
+    /// Pushes `head` as branch `branch` of `repo_url` (a completed run's branch). `bundle` holds
+    /// the commits (the run's final checkpoint); it is imported into the mirror first, which
+    /// is fetched when the bundle needs a commit it lacks. A branch already at `head` is left
+    /// alone; any other refusal (non-fast-forward, protected branch, permission) is the error.
+    pub fn push_branch(
+        &self,
+        repo_url: &str,
+        bundle: &Path,
+        head: &str,
+        branch: &str,
+    ) -> Result<()> {
+        let url = self.remotes.check(repo_url)?;
+        let path = self.path_of(repo_url);
+        if !path.exists() {
+            self.fetch(repo_url)?;
+        }
+        match import_bundle(&path, bundle) {
+            Err(WorkspaceError::MissingPrerequisite { .. }) => {
+                self.fetch(repo_url)?;
+                import_bundle(&path, bundle)?;
+            }
+            other => {
+                other?;
+            }
+        }
+        let refspec = format!("{head}:refs/heads/{branch}");
+        let args = [
+            "push",
+            "--porcelain",
+            "--quiet",
+            "--",
+            url.as_str(),
+            &refspec,
+        ];
+        self.remotes.run(Some(&path), &url, Op::Push, None, &args)?;
         Ok(())
     }
 
@@ -150,24 +206,6 @@ impl Mirrors {
             return Err(WorkspaceError::NoMirror {
                 url: repo_url.to_string(),
             });
-        }
-        repo::open(&path)
-    }
-
-    /// Opens the mirror, creating it first. A new mirror is initialised beside its final name
-    /// and renamed into place, so a concurrent fetch never sees a half-made repository.
-    fn open_or_init(&self, repo_url: &str) -> Result<Repository> {
-        let path = self.path_of(repo_url);
-        if !path.exists() {
-            fs::create_dir_all(&self.root)
-                .context(|| format!("cannot create {}", self.root.display()))?;
-            let staging = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
-            Repository::init_bare(&staging)
-                .context(|| format!("cannot create a mirror at {}", staging.display()))?;
-            if fs::rename(&staging, &path).is_err() {
-                // Someone else created it meanwhile: use theirs.
-                let _ = fs::remove_dir_all(&staging);
-            }
         }
         repo::open(&path)
     }

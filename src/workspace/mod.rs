@@ -1,7 +1,8 @@
-//! Everything git, done in-process with `git2` (no `git` CLI): run worktrees and merges for
-//! shared_fs runs, the controller's bare mirrors for git runs, and the worker's clone,
-//! checkpoint commits and bundles for git runs. Every function is blocking: async callers put
-//! them on `spawn_blocking`.
+//! Everything git: run worktrees and merges for shared_fs runs, the controller's bare mirrors
+//! for git runs (and the push of a finished run's branch), and the worker's clone, checkpoint
+//! commits and bundles for git runs. Repositories are read and written in-process with `git2`;
+//! only the network operations (clone, fetch, push) run the `git` program, in `remote/`.
+//! Every function is blocking: async callers put them on `spawn_blocking`.
 
 pub mod bundle;
 pub mod clone;
@@ -9,6 +10,7 @@ mod error;
 pub mod merge;
 pub mod mirror;
 pub mod naming;
+pub mod remote;
 mod repo;
 pub mod worktree;
 
@@ -16,11 +18,12 @@ pub mod worktree;
 mod tests;
 
 pub use bundle::{import_bundle, write_bundle};
-pub use clone::{checkpoint_commit, prepare_clone};
+pub use clone::{checkpoint_commit, prepare_clone, Source};
 pub use error::WorkspaceError;
 pub use merge::merge_run_branch;
 pub use mirror::Mirrors;
 pub use naming::{expand_path_template, slug, DEFAULT_PATH_TEMPLATE};
+pub use remote::{RemoteError, Remotes};
 pub use worktree::{create_worktree, detect_base_branch, is_clean, plan_worktree, remove_worktree};
 
 /// Result of every workspace operation.

@@ -97,6 +97,8 @@ impl Loopd {
                 "RUST_LOG",
                 std::env::var("LOOPD_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // The tests' repositories are local: allowed where tests keep their files.
+            .env("LOOPD__GIT__FILE_ROOTS", test_file_roots())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -159,6 +161,15 @@ impl Loopd {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Where the tests keep repositories (`git.file_roots` of every test daemon).
+pub fn test_file_roots() -> String {
+    format!(
+        "{},{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::env::temp_dir().display()
+    )
 }
 
 impl Drop for Loopd {

@@ -33,6 +33,7 @@ pub fn build(
                 }),
                 _ => None,
             },
+            credential: None,
         }
     } else {
         WorkspaceSpec::SharedFs {

@@ -292,9 +292,8 @@ fn git(
         .as_deref()
         .filter(|u| !u.trim().is_empty())
         .ok_or_else(|| bad("a git run needs repo_url"))?;
-    mirrors
-        .fetch(url)
-        .map_err(|e| bad(format!("cannot read repository {url}: {e}")))?;
+    let url = url.trim();
+    mirrors.fetch(url).map_err(|e| bad(e.to_string()))?;
     let (_name, sha) = mirrors
         .resolve_ref(url, req.repo_ref.as_deref().filter(|r| !r.is_empty()))
         .map_err(|e| bad(e.to_string()))?;

@@ -2,11 +2,9 @@
 //! a step moving from one worker's clone to another's.
 
 use super::support::{
-    commit_file, current_branch, file_url, git, head, init_repo, read, try_git, write,
+    clone_at, commit_file, current_branch, file_url, git, head, init_repo, read, try_git, write,
 };
-use crate::workspace::{
-    checkpoint_commit, import_bundle, prepare_clone, write_bundle, WorkspaceError,
-};
+use crate::workspace::{checkpoint_commit, import_bundle, write_bundle, WorkspaceError};
 use std::path::{Path, PathBuf};
 
 struct Setup {
@@ -30,7 +28,7 @@ impl Setup {
     /// A worker's clone at `name`, started from `repo_ref` without a checkpoint.
     fn clone_at(&self, name: &str) -> PathBuf {
         let dir = self.path(name);
-        prepare_clone(&dir, &self.url, "main", "run/x", None).unwrap();
+        clone_at(&dir, &self.url, "main", "run/x", None).unwrap();
         dir
     }
 }
@@ -56,7 +54,7 @@ fn a_step_moves_to_a_fresh_clone_through_a_bundle_and_back() {
 
     let second = setup.path("worker-b/run");
     let checkpoint = Some((bundle_one.as_path(), head_one.as_str()));
-    let sha = prepare_clone(&second, &setup.url, "main", "run/x", checkpoint).unwrap();
+    let sha = clone_at(&second, &setup.url, "main", "run/x", checkpoint).unwrap();
     assert_eq!(sha, head_one);
     assert_eq!(head(&second), head_one);
     assert_eq!(current_branch(&second), "run/x");
@@ -69,7 +67,7 @@ fn a_step_moves_to_a_fresh_clone_through_a_bundle_and_back() {
     let bundle_two = setup.path("step2.bundle");
     write_bundle(&second, "run/x", Some(&head_one), &bundle_two).unwrap();
     let checkpoint = Some((bundle_two.as_path(), head_two.as_str()));
-    let sha = prepare_clone(&first, &setup.url, "main", "run/x", checkpoint).unwrap();
+    let sha = clone_at(&first, &setup.url, "main", "run/x", checkpoint).unwrap();
     assert_eq!(sha, head_two);
     assert_eq!(read(&first, "notes/step2.md"), "details\n");
     assert_eq!(git(&first, &["status", "--porcelain"]), "");
@@ -195,7 +193,7 @@ fn a_newer_bundle_from_a_refused_attempt_restores_the_recorded_checkpoint() {
 
     let b = setup.path("worker-b/run");
     let checkpoint = Some((newest.as_path(), head_one.as_str()));
-    let sha = prepare_clone(&b, &setup.url, "main", "run/x", checkpoint).unwrap();
+    let sha = clone_at(&b, &setup.url, "main", "run/x", checkpoint).unwrap();
     assert_eq!(sha, head_one);
     assert_eq!(head(&b), head_one);
     assert_eq!(read(&b, "README.md"), "step 1\n");
@@ -214,7 +212,7 @@ fn a_bundle_without_the_recorded_checkpoint_is_refused() {
     write_bundle(&a, "run/x", None, &bundle).unwrap();
     let b = setup.path("worker-b/run");
     let unknown = "0123456789abcdef0123456789abcdef01234567";
-    let err = prepare_clone(
+    let err = clone_at(
         &b,
         &setup.url,
         "main",

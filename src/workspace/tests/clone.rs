@@ -1,7 +1,9 @@
 //! The worker's clone: preparing a step's start, checkpoint commits, clone failures.
 
-use super::support::{commit_file, current_branch, file_url, git, head, init_repo, read, write};
-use crate::workspace::{checkpoint_commit, prepare_clone};
+use super::support::{
+    clone_at, commit_file, current_branch, file_url, git, head, init_repo, read, write,
+};
+use crate::workspace::checkpoint_commit;
 use std::fs;
 
 #[test]
@@ -13,7 +15,7 @@ fn prepare_clone_checks_out_the_run_branch_at_the_ref_and_excludes_runner_notes(
     commit_file(&upstream, "later.txt", "later\n", "after the tag");
     let dir = tmp.path().join("work");
 
-    let sha = prepare_clone(&dir, &file_url(&upstream), "v1", "run/x", None).unwrap();
+    let sha = clone_at(&dir, &file_url(&upstream), "v1", "run/x", None).unwrap();
     assert_eq!(sha, start);
     assert_eq!(head(&dir), start);
     assert_eq!(current_branch(&dir), "run/x");
@@ -42,13 +44,13 @@ fn prepare_clone_without_a_checkpoint_ignores_local_commits_and_discards_leftove
     let start = head(&upstream);
     let url = file_url(&upstream);
     let dir = tmp.path().join("work");
-    prepare_clone(&dir, &url, "main", "run/x", None).unwrap();
+    clone_at(&dir, &url, "main", "run/x", None).unwrap();
     // A step whose lease was lost committed here; the controller never accepted it.
     commit_file(&dir, "done.txt", "done\n", "discarded step");
 
     write(&dir, "README.md", "half-written edit");
     write(&dir, "deep/new/file.txt", "untracked");
-    let sha = prepare_clone(&dir, &url, "main", "run/x", None).unwrap();
+    let sha = clone_at(&dir, &url, "main", "run/x", None).unwrap();
     assert_eq!(sha, start);
     assert_eq!(head(&dir), start);
     assert!(!dir.join("done.txt").exists());
@@ -66,23 +68,25 @@ fn prepare_clone_replaces_a_clone_of_another_url() {
     let second = init_repo(&tmp.path().join("second"));
     let second_head = commit_file(&second, "second.txt", "2\n", "second");
     let dir = tmp.path().join("work");
-    prepare_clone(&dir, &file_url(&first), "main", "run/x", None).unwrap();
-    let sha = prepare_clone(&dir, &file_url(&second), "main", "run/x", None).unwrap();
+    clone_at(&dir, &file_url(&first), "main", "run/x", None).unwrap();
+    let sha = clone_at(&dir, &file_url(&second), "main", "run/x", None).unwrap();
     assert_eq!(sha, second_head);
     assert!(dir.join("second.txt").is_file());
 }
 
 #[test]
-fn cloning_a_missing_repository_names_the_url() {
+fn cloning_a_missing_repository_names_it_and_leaves_no_half_clone() {
     let tmp = tempfile::tempdir().unwrap();
-    let url = format!("file://{}/nowhere", tmp.path().display());
-    let error = prepare_clone(&tmp.path().join("work"), &url, "main", "run/x", None)
+    let missing = tmp.path().join("nowhere");
+    let work = tmp.path().join("work");
+    let error = clone_at(&work, &file_url(&missing), "main", "run/x", None)
         .unwrap_err()
         .to_string();
-    assert!(
-        error.starts_with(&format!("cannot clone {url}: ")),
-        "{error}"
+    assert_eq!(
+        error,
+        format!("cannot fetch {}: repository not found", missing.display())
     );
+    assert!(!work.exists(), "no half-made clone is left");
 }
 
 #[test]
@@ -90,7 +94,7 @@ fn an_unknown_ref_names_the_ref_and_the_url() {
     let tmp = tempfile::tempdir().unwrap();
     let upstream = init_repo(&tmp.path().join("upstream"));
     let url = file_url(&upstream);
-    let error = prepare_clone(&tmp.path().join("work"), &url, "nope", "run/x", None)
+    let error = clone_at(&tmp.path().join("work"), &url, "nope", "run/x", None)
         .unwrap_err()
         .to_string();
     assert_eq!(error, format!("ref not found in {url}: nope"));
@@ -103,7 +107,7 @@ fn checkpoint_commits_every_change_except_ignored_files() {
     commit_file(&upstream, ".gitignore", "target/\n", "ignore");
     commit_file(&upstream, "old.txt", "old\n", "old");
     let dir = tmp.path().join("work");
-    let start = prepare_clone(&dir, &file_url(&upstream), "main", "run/x", None).unwrap();
+    let start = clone_at(&dir, &file_url(&upstream), "main", "run/x", None).unwrap();
     assert_eq!(
         checkpoint_commit(&dir, "nothing").unwrap(),
         start,
@@ -135,7 +139,7 @@ fn checkpoint_uses_the_repository_user_when_configured() {
     let tmp = tempfile::tempdir().unwrap();
     let upstream = init_repo(&tmp.path().join("upstream"));
     let dir = tmp.path().join("work");
-    prepare_clone(&dir, &file_url(&upstream), "main", "run/x", None).unwrap();
+    clone_at(&dir, &file_url(&upstream), "main", "run/x", None).unwrap();
     git(&dir, &["config", "user.name", "Agent Smith"]);
     git(&dir, &["config", "user.email", "agent@example.com"]);
     write(&dir, "x.txt", "x");

@@ -1,6 +1,6 @@
 //! The controller's bare mirrors: fetch, resolve and read at a ref.
 
-use super::support::{commit_file, file_url, git, init_repo_on};
+use super::support::{commit_file, file_url, git, init_repo_on, remotes_under};
 use crate::workspace::{Mirrors, WorkspaceError};
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ fn upstream_and_mirrors(branch: &str) -> (tempfile::TempDir, PathBuf, String, Mi
     let tmp = tempfile::tempdir().unwrap();
     let upstream = init_repo_on(&tmp.path().join("upstream"), branch);
     let url = file_url(&upstream);
-    let mirrors = Mirrors::new(tmp.path().join("mirrors"));
+    let mirrors = Mirrors::new(tmp.path().join("mirrors"), remotes_under(tmp.path()));
     (tmp, upstream, url, mirrors)
 }
 
@@ -73,11 +73,16 @@ fn unknown_refs_and_unfetched_urls_are_clear_errors() {
     let error = mirrors.resolve_ref(&url, Some("nope")).unwrap_err();
     assert_eq!(error.to_string(), format!("ref not found in {url}: nope"));
 
-    let missing = format!("file://{}/missing", tmp.path().display());
-    let error = mirrors.fetch(&missing).unwrap_err().to_string();
-    assert!(
-        error.starts_with(&format!("cannot fetch {missing}: ")),
-        "{error}"
+    let missing = tmp.path().join("missing");
+    let error = mirrors.fetch(&file_url(&missing)).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        format!("cannot fetch {}: repository not found", missing.display())
+    );
+    let outside = mirrors.fetch("file:///etc").unwrap_err().to_string();
+    assert_eq!(
+        outside,
+        "not allowed: local repositories are allowed only inside git.file_roots"
     );
 }
 

@@ -84,3 +84,29 @@ pub fn current_branch(dir: &Path) -> String {
 pub fn file_url(dir: &Path) -> String {
     format!("file://{}", dir.display())
 }
+
+/// Remotes as the defaults configure them, with local repositories allowed under `root`.
+pub fn remotes_under(root: &Path) -> crate::workspace::Remotes {
+    let git = crate::settings::GitSettings {
+        file_roots: vec![root.to_path_buf()],
+        ..Default::default()
+    };
+    crate::workspace::Remotes::from_settings(&git)
+}
+
+/// `prepare_clone` from `url` with the default remotes and no handed credential.
+pub fn clone_at(
+    dir: &Path,
+    url: &str,
+    reference: &str,
+    run_branch: &str,
+    checkpoint: Option<(&Path, &str)>,
+) -> crate::workspace::Result<String> {
+    let remotes = remotes_under(Path::new("/"));
+    let source = crate::workspace::Source {
+        url,
+        remotes: &remotes,
+        credential: None,
+    };
+    crate::workspace::prepare_clone(dir, source, reference, run_branch, checkpoint)
+}
