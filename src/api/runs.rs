@@ -48,6 +48,12 @@ pub struct Run {
     /// Why a FAILED run failed (the `reason` of its RUN_FAILED event). An addition.
     #[serde(default)]
     pub failure_reason: Option<String>,
+    /// A completed git run's branch and commit as pushed to its remote (`git.push_run_branch`).
+    /// Additions.
+    #[serde(default)]
+    pub pushed_branch: Option<String>,
+    #[serde(default)]
+    pub pushed_commit: Option<String>,
 }
 
 /// One step of a run as the API shows it.

@@ -34,6 +34,9 @@ pub struct RunRow {
     pub failure_reason: Option<String>,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
+    /// A completed git run's branch and commit as pushed to its remote.
+    pub pushed_branch: Option<String>,
+    pub pushed_commit: Option<String>,
 }
 
 /// The scheduler's progress counters of one run (see the migration's comment). Serialized

@@ -57,6 +57,8 @@ diesel::table! {
         failure_reason -> Nullable<Text>,
         started_at -> Nullable<Int8>,
         ended_at -> Nullable<Int8>,
+        pushed_branch -> Nullable<Text>,
+        pushed_commit -> Nullable<Text>,
     }
 }
 

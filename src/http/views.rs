@@ -36,6 +36,8 @@ pub fn run(r: &RunRow) -> Run {
         labels: decode_labels(&r.labels),
         waiting_reason: r.waiting_reason.clone(),
         failure_reason: r.failure_reason.clone(),
+        pushed_branch: r.pushed_branch.clone(),
+        pushed_commit: r.pushed_commit.clone(),
     }
 }
 

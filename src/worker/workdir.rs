@@ -8,7 +8,7 @@
 use super::plane_retry::retry_transient;
 use super::state::{Active, Shared};
 use crate::api::{Assignment, Checkpoint, WorkspaceSpec};
-use crate::workspace::{bundle, clone};
+use crate::workspace::{bundle, clone, WorkspaceError};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,8 +116,11 @@ pub async fn prepare(
             .await
             .map_err(blocking_err)?
             .map_err(|e| PrepareError {
-                reason: format!("cannot prepare the clone of {repo_url}: {e}"),
-                infra: false,
+                reason: format!("cannot prepare the clone: {e}"),
+                // The network failed (after `git.network_attempts`): not the run's fault. A
+                // refused credential or host key, a missing repository or ref are the run's
+                // or the settings' and would fail again.
+                infra: matches!(&e, WorkspaceError::Remote(r) if r.retryable()),
             })?;
             Ok(Prepared {
                 dir,

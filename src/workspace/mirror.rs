@@ -41,6 +41,11 @@ impl Mirrors {
         }
     }
 
+    /// The configured access to remotes.
+    pub fn remotes(&self) -> &Remotes {
+        &self.remotes
+    }
+
     /// The directory of the mirror of `repo_url`: a hash of the URL, so any URL is a safe name.
     pub fn path_of(&self, repo_url: &str) -> PathBuf {
         let digest = Sha256::digest(repo_url.as_bytes());
@@ -89,14 +94,15 @@ impl Mirrors {
         Ok(())
     }
 
-    /// Pushes `head` as branch `branch` of `repo_url` (a completed run's branch). `bundle` holds
-    /// the commits (the run's final checkpoint); it is imported into the mirror first, which
-    /// is fetched when the bundle needs a commit it lacks. A branch already at `head` is left
-    /// alone; any other refusal (non-fast-forward, protected branch, permission) is the error.
+    /// Pushes `head` as branch `branch` of `repo_url` (a completed run's branch). `bundle`, when
+    /// given, holds the commits (the run's final checkpoint); it is imported into the mirror
+    /// first, which is fetched when the bundle needs a commit it lacks (without a bundle, `head`
+    /// is a commit of the remote). A branch already at `head` is left alone; any other refusal
+    /// (non-fast-forward, protected branch, permission) is the error.
     pub fn push_branch(
         &self,
         repo_url: &str,
-        bundle: &Path,
+        bundle: Option<&Path>,
         head: &str,
         branch: &str,
     ) -> Result<()> {
@@ -105,13 +111,15 @@ impl Mirrors {
         if !path.exists() {
             self.fetch(repo_url)?;
         }
-        match import_bundle(&path, bundle) {
-            Err(WorkspaceError::MissingPrerequisite { .. }) => {
-                self.fetch(repo_url)?;
-                import_bundle(&path, bundle)?;
-            }
-            other => {
-                other?;
+        if let Some(bundle) = bundle {
+            match import_bundle(&path, bundle) {
+                Err(WorkspaceError::MissingPrerequisite { .. }) => {
+                    self.fetch(repo_url)?;
+                    import_bundle(&path, bundle)?;
+                }
+                other => {
+                    other?;
+                }
             }
         }
         let refspec = format!("{head}:refs/heads/{branch}");

@@ -132,6 +132,8 @@ fn run_row(status: &str, labels: &str) -> RunRow {
         failure_reason: None,
         started_at: None,
         ended_at: None,
+        pushed_branch: None,
+        pushed_commit: None,
     }
 }
 

@@ -7,11 +7,13 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 pub mod audit;
+pub mod git_https;
 pub mod pg;
 pub mod pool;
 pub mod proc;
 pub mod repo;
 pub mod s3;
+pub mod sshd;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

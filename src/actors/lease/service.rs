@@ -19,7 +19,7 @@ use super::writes::StepWrites;
 use crate::actors::events::EventHub;
 use crate::actors::run_progress::outcome::FollowUp;
 use crate::actors::ticks::PauseClock;
-use crate::api::{Assignment, CompleteRequest, HeldLease, LeaseVerdict};
+use crate::api::{Assignment, CompleteRequest, HeldLease, LeaseVerdict, WorkspaceSpec};
 use crate::artifacts::ArtifactStore;
 use crate::db::fast::Claimed;
 use crate::db::leases::{self, ClaimSpec, Requeued};
@@ -229,9 +229,37 @@ impl LeaseService {
         tracing::info!(run_id = %g.run.id, step_id = %g.step.id, worker_id = %worker_id, lease_epoch = g.lease.epoch, phase = %g.step.phase, "lease granted");
         self.grants.note(worker_id, &g.step.id, g.lease.epoch);
         self.hub.notify(&g.run.id);
-        assignment::build(&g.run, &g.state, &g.step, &g.lease, offset)
-            .map(|a| Attempt::Got(Box::new(a)))
-            .map_err(LeaseError::Internal)
+        let mut a = assignment::build(&g.run, &g.state, &g.step, &g.lease, offset)
+            .map_err(LeaseError::Internal)?;
+        self.hand_credential(&mut a);
+        Ok(Attempt::Got(Box::new(a)))
+    }
+
+    /// With `git.worker_credentials = "from_controller"`, puts the controller's https
+    /// credential for the run's git host into the assignment (read from its file or variable
+    /// now, so a rotated token is handed on). A credential that cannot be read is left out:
+    /// the worker then tries its own, and a failure says so.
+    fn hand_credential(&self, a: &mut Assignment) {
+        let remotes = self.mirrors.remotes();
+        if !remotes.hand_credentials() {
+            return;
+        }
+        let WorkspaceSpec::Git {
+            repo_url,
+            credential,
+            ..
+        } = &mut a.workspace
+        else {
+            return;
+        };
+        let handed = crate::workspace::remote::parse(repo_url)
+            .and_then(|url| remotes.handed_credential(&url));
+        match handed {
+            Ok(c) => *credential = c,
+            Err(e) => {
+                tracing::warn!(step_id = %a.step_id, error = %e, "no credential handed to the worker")
+            }
+        }
     }
 
     /// Renews the leases a worker reports and says what to do with each; takes back those it

@@ -1,12 +1,15 @@
 //! Finishing a run once the pipeline decided its outcome: the optional merge into
-//! `merge_target_branch` (recorded as a merge step), `report.tsv` and `summary.json`, worktree
-//! cleanup (the git side is in `finish_git.rs`), and the terminal status with its event. The
+//! `merge_target_branch` (recorded as a merge step), the push of a completed git run's branch,
+//! `report.tsv` and `summary.json`, worktree cleanup (the git side is in `finish_git.rs`), and
+//! the terminal status with its event. The
 //! decision is stored first (`run_state.finishing`), so a crash in the middle is finished again
 //! at the next tick. The [`Finisher`] also stores the artifacts the controller itself produces
 //! (rewritten prompts). Owned by the scheduler's service, which alone calls it.
 
 use super::error::SchedError;
-use super::finish_git::{cleanup_worktree, merge_if_configured, MergeResult};
+use super::finish_git::{
+    cleanup_worktree, merge_if_configured, push_if_configured, MergeResult, PushResult,
+};
 use crate::actors::events::EventHub;
 use crate::actors::run_progress::outcome::FinishPlan;
 use crate::artifacts::ArtifactStore;
@@ -16,8 +19,9 @@ use crate::domain::artifact_kind::artifact_kind;
 use crate::domain::events as ev;
 use crate::domain::report::{self, RunFacts, StepFacts};
 use crate::domain::time::now_ms;
+use crate::workspace::Mirrors;
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The artifact holding a git run's branch as it ended.
 pub const FINAL_BUNDLE: &str = "run.bundle";
@@ -27,16 +31,19 @@ pub struct Finisher {
     db: Db,
     hub: EventHub,
     store: ArtifactStore,
+    /// For pushing a completed git run's branch.
+    mirrors: Arc<Mirrors>,
     /// Runs being finished by this process right now.
     finishing: Mutex<HashSet<String>>,
 }
 
 impl Finisher {
-    pub fn new(db: Db, hub: EventHub, store: ArtifactStore) -> Self {
+    pub fn new(db: Db, hub: EventHub, store: ArtifactStore, mirrors: Arc<Mirrors>) -> Self {
         Finisher {
             db,
             hub,
             store,
+            mirrors,
             finishing: Mutex::new(HashSet::new()),
         }
     }
@@ -98,6 +105,18 @@ impl Finisher {
                 }
             }
         }
+        let mut pushed = None;
+        if completed {
+            match push_if_configured(&self.db, &self.store, &self.mirrors, &run).await {
+                PushResult::NotConfigured => {}
+                PushResult::Pushed { branch, commit } => pushed = Some((branch, commit)),
+                // The bundle stays the run's result (`run.bundle`, written below).
+                PushResult::Failed(e) => {
+                    completed = false;
+                    reason = format!("push_failed:{e}");
+                }
+            }
+        }
         self.write_final_artifacts(&run, completed, false, &reason)
             .await;
         let cleanup = cleanup_worktree(&self.db, &run, completed).await;
@@ -118,6 +137,10 @@ impl Finisher {
                 row.waiting_reason = None;
                 row.failure_reason = (!completed).then(|| reason.clone());
                 row.merge_commit = merge_commit.or(row.merge_commit.take());
+                if let Some((branch, commit)) = &pushed {
+                    row.pushed_branch = Some(branch.clone());
+                    row.pushed_commit = Some(commit.clone());
+                }
                 if let Some((status, at)) = &cleanup {
                     row.worktree_cleanup_status = Some(status.clone());
                     row.worktree_cleaned_at = *at;

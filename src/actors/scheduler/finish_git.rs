@@ -1,15 +1,19 @@
 //! The git side of finishing a run: worktree cleanup (kept for a pending review, else removed
-//! as the run's config says) and the optional merge into `merge_target_branch`, recorded as a
-//! merge step. Called by the `Finisher` (`finish.rs`) only.
+//! as the run's config says), the optional merge into `merge_target_branch`, recorded as a
+//! merge step, and the push of a completed git run's branch to its remote
+//! (`git.push_run_branch`). Called by the `Finisher` (`finish.rs`) only.
 
 use super::error::SchedError;
+use crate::artifacts::ArtifactStore;
 use crate::db::models::{RunRow, StepRow};
 use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
 use crate::domain::time::now_ms;
 use crate::domain::{MergeStrategy, StepPhase};
 use crate::workspace::worktree as wt;
+use crate::workspace::Mirrors;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Cleanup policy: a completed run awaiting review keeps its worktree (`deferred`).
 pub(super) async fn cleanup_worktree(
@@ -103,6 +107,100 @@ async fn merge_step(db: &Db, run_id: &str) -> Result<String, SchedError> {
         Ok::<_, SchedError>(step.id)
     })
     .await
+}
+
+/// Pushes a completed git run's branch (its final checkpoint, else the commit it started
+/// from) to the run's remote, when `git.push_run_branch` says so. Safe to call again: a
+/// branch already at the commit is left alone.
+pub(super) async fn push_if_configured(
+    db: &Db,
+    store: &ArtifactStore,
+    mirrors: &Arc<Mirrors>,
+    run: &RunRow,
+) -> PushResult {
+    let url = match &run.repo_url {
+        Some(url) if run.workspace_source == "git" && mirrors.remotes().push_run_branch() => {
+            url.clone()
+        }
+        _ => return PushResult::NotConfigured,
+    };
+    let branch = run.git_run_branch(&run.config());
+    match push_branch(db, store, mirrors, run, &url, &branch).await {
+        Ok(commit) => {
+            tracing::info!(run_id = %run.id, branch = %branch, commit = %commit, "run branch pushed");
+            PushResult::Pushed { branch, commit }
+        }
+        Err(e) => {
+            tracing::warn!(run_id = %run.id, error = %e, "cannot push the run branch");
+            PushResult::Failed(e)
+        }
+    }
+}
+
+async fn push_branch(
+    db: &Db,
+    store: &ArtifactStore,
+    mirrors: &Arc<Mirrors>,
+    run: &RunRow,
+    url: &str,
+    branch: &str,
+) -> Result<String, String> {
+    let id = run.id.clone();
+    let found = db
+        .run(move |c| {
+            let state = db::runs::state(c, &id)?;
+            let art = match &state.checkpoint_name {
+                Some(name) => db::artifacts::get(c, &id, name)?,
+                None => None,
+            };
+            Ok::<_, DbError>((state.checkpoint_head, art))
+        })
+        .await
+        .map_err(|e| format!("cannot read the run's checkpoint: {e}"))?;
+    let (head, bundle) = match found {
+        (Some(head), Some(art)) => {
+            let bytes = store
+                .get(&art.object_key)
+                .await
+                .map_err(|e| format!("cannot read the final checkpoint: {e}"))?;
+            (head, Some(bytes))
+        }
+        _ => match &run.repo_ref {
+            Some(sha) => (sha.clone(), None),
+            None => return Err("the run has no commit to push".into()),
+        },
+    };
+    let mirrors = mirrors.clone();
+    let (url, branch, id) = (url.to_string(), branch.to_string(), run.id.clone());
+    let commit = head.clone();
+    tokio::task::spawn_blocking(move || {
+        let file = match bundle {
+            Some(bytes) => {
+                let dir = mirrors.path_of(&url).with_extension("pushes");
+                let file = dir.join(format!("{id}.bundle"));
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::write(&file, &bytes))
+                    .map_err(|e| format!("cannot write the bundle to push: {e}"))?;
+                Some(file)
+            }
+            None => None,
+        };
+        let pushed = mirrors.push_branch(&url, file.as_deref(), &head, &branch);
+        if let Some(f) = &file {
+            let _ = std::fs::remove_file(f);
+        }
+        pushed.map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("push task failed: {e}"))??;
+    Ok(commit)
+}
+
+/// What pushing a completed git run's branch did.
+pub(super) enum PushResult {
+    NotConfigured,
+    Pushed { branch: String, commit: String },
+    Failed(String),
 }
 
 /// What the optional merge into `merge_target_branch` did.

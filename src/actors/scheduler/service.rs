@@ -54,7 +54,7 @@ impl SchedulerService {
         queue: Recipient<QueueChanged>,
     ) -> Self {
         SchedulerService {
-            finisher: Finisher::new(db.clone(), hub.clone(), store.clone()),
+            finisher: Finisher::new(db.clone(), hub.clone(), store.clone(), mirrors.clone()),
             db,
             hub,
             store,

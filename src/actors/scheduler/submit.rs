@@ -229,6 +229,8 @@ pub fn prepare(
         failure_reason: None,
         started_at: None,
         ended_at: None,
+        pushed_branch: None,
+        pushed_commit: None,
     })
 }
 

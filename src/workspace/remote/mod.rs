@@ -18,7 +18,7 @@ pub use failure::{classify, Cause, Op, RemoteError};
 pub use url::{redact, RemoteUrl, Scheme};
 
 use crate::api::HandedCredential;
-use crate::settings::{GitCredential, GitSettings};
+use crate::settings::{GitCredential, GitSettings, WorkerCredentials};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +36,8 @@ struct Inner {
     setup: command::Setup,
     attempts: u32,
     backoff: Duration,
+    push_run_branch: bool,
+    hand_credentials: bool,
 }
 
 impl Remotes {
@@ -64,8 +66,20 @@ impl Remotes {
                 setup,
                 attempts: git.network_attempts.max(1),
                 backoff: Duration::from_millis(git.retry_backoff_ms),
+                push_run_branch: git.push_run_branch,
+                hand_credentials: git.worker_credentials == WorkerCredentials::FromController,
             }),
         }
+    }
+
+    /// Whether a completed git run's branch is pushed to its remote (`git.push_run_branch`).
+    pub fn push_run_branch(&self) -> bool {
+        self.inner.push_run_branch
+    }
+
+    /// Whether the controller hands its https credential to workers with assignments.
+    pub fn hand_credentials(&self) -> bool {
+        self.inner.hand_credentials
     }
 
     /// Parses `text` and checks it against the allow-lists (before anything is fetched).

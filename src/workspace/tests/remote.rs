@@ -187,12 +187,12 @@ fn push_setup() -> PushSetup {
 fn a_run_branch_is_pushed_from_its_bundle_and_a_second_push_changes_nothing() {
     let s = push_setup();
     s.mirrors
-        .push_branch(&s.url, &s.bundle, &s.head, "run/x")
+        .push_branch(&s.url, Some(s.bundle.as_path()), &s.head, "run/x")
         .unwrap();
     let pushed = git(&s.remote, &["rev-parse", "refs/heads/run/x"]);
     assert_eq!(pushed.trim(), s.head);
     s.mirrors
-        .push_branch(&s.url, &s.bundle, &s.head, "run/x")
+        .push_branch(&s.url, Some(s.bundle.as_path()), &s.head, "run/x")
         .unwrap();
 }
 
@@ -212,7 +212,7 @@ fn a_push_the_remote_refuses_fails_with_the_remote_s_reason() {
     git(&s.remote, &["update-ref", "refs/heads/run/x", other.trim()]);
     let error = s
         .mirrors
-        .push_branch(&s.url, &s.bundle, &s.head, "run/x")
+        .push_branch(&s.url, Some(s.bundle.as_path()), &s.head, "run/x")
         .unwrap_err();
     let WorkspaceError::Remote(remote) = &error else {
         panic!("{error}")
