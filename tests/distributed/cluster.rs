@@ -62,17 +62,36 @@ fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// What a test adds to the processes of a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub controller_args: Vec<String>,
+    pub controller_env: Vec<(String, String)>,
+    /// Given to every worker [`Cluster::start_with`] starts.
+    pub worker_env: Vec<(String, String)>,
+}
+
 impl Cluster {
     /// Starts the store, the controller and `workers` workers, and waits until all are up.
     pub async fn start(name: &str, workers: usize, timings: Timings) -> Cluster {
+        Self::start_with(name, workers, timings, &Extra::default()).await
+    }
+
+    /// [`Cluster::start`] with extra arguments and environment for the processes.
+    pub async fn start_with(
+        name: &str,
+        workers: usize,
+        timings: Timings,
+        extra: &Extra,
+    ) -> Cluster {
         let dir = test_dir(name);
         let db = TestDb::create();
         let s3 = S3Server::start().await;
-        let controller = Loopd::spawn(
-            &dir.path().join("controller"),
-            &["--role", "controller"],
-            &pairs(&controller_env(&db, &s3, &timings)),
-        );
+        let mut args = vec!["--role", "controller"];
+        args.extend(extra.controller_args.iter().map(String::as_str));
+        let mut env = controller_env(&db, &s3, &timings);
+        env.extend(extra.controller_env.iter().cloned());
+        let controller = Loopd::spawn(&dir.path().join("controller"), &args, &pairs(&env));
         controller.wait_ready("/ready").await;
         let mut cluster = Cluster {
             workers: Vec::new(),
@@ -84,7 +103,7 @@ impl Cluster {
             dir,
         };
         for _ in 0..workers {
-            cluster.add_worker(&[], &[]).await;
+            cluster.add_worker(&[], &pairs(&extra.worker_env)).await;
         }
         cluster
     }

@@ -14,6 +14,7 @@ mod sse;
 mod cancel;
 mod drain;
 mod failover;
+mod git_remotes;
 mod git_runs;
 mod output;
 mod s3_outage;

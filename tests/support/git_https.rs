@@ -33,6 +33,7 @@ pub struct GitHttps {
 
 #[derive(Default)]
 struct Counts {
+    connections: AtomicUsize,
     requests: AtomicUsize,
     refused: AtomicUsize,
 }
@@ -121,6 +122,11 @@ impl GitHttps {
         format!("https://127.0.0.1:{}/{name}", self.port)
     }
 
+    /// TCP connections accepted so far (a client that distrusts the CA makes no request).
+    pub fn connections(&self) -> usize {
+        self.counts.connections.load(Ordering::SeqCst)
+    }
+
     /// Requests served so far (every answer counts, refused ones too).
     pub fn requests(&self) -> usize {
         self.counts.requests.load(Ordering::SeqCst)
@@ -159,6 +165,7 @@ async fn accept_loop(listener: TcpListener, tls: Arc<rustls::ServerConfig>, cfg:
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
+        cfg.counts.connections.fetch_add(1, Ordering::SeqCst);
         let (acceptor, cfg) = (acceptor.clone(), cfg.clone());
         tokio::spawn(async move {
             // A client that does not trust the CA hangs up during the handshake.

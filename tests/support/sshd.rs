@@ -132,23 +132,27 @@ impl Sshd {
         path
     }
 
-    /// How many public-key authentications sshd refused so far.
+    /// How many public keys sshd refused so far.
     pub fn failed_auths(&self) -> usize {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         log.lines()
-            .filter(|l| {
-                l.contains("Failed publickey")
-                    || l.contains("Connection closed by authenticating user")
-            })
+            .filter(|l| l.contains("Failed publickey"))
             .count()
     }
 
-    /// Connections sshd accepted so far.
+    /// Connections that spoke ssh so far (the readiness probe of [`Sshd::start`] closes before
+    /// the key exchange and is not counted).
     pub fn connections(&self) -> usize {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.lines()
+        let opened = log
+            .lines()
             .filter(|l| l.contains("Connection from"))
-            .count()
+            .count();
+        let probes = log
+            .lines()
+            .filter(|l| l.contains("kex_exchange_identification"))
+            .count();
+        opened.saturating_sub(probes)
     }
 }
 
