@@ -35,8 +35,9 @@ pub struct GitCredential {
     pub ssh_key_passphrase_file: Option<PathBuf>,
 }
 
+/// Missing keys take their defaults (empty lists do not survive the layering).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct GitSettings {
     /// URL schemes a run's `repo_url` may use: `https`, `ssh`, `file`, `http`.
     pub allowed_schemes: Vec<String>,
@@ -60,7 +61,6 @@ pub struct GitSettings {
     pub retry_backoff_ms: u64,
     /// A git command that runs longer than this is killed (and counts as a network failure).
     pub timeout_sec: u64,
-    #[serde(default)]
     pub credentials: Vec<GitCredential>,
 }
 

@@ -183,3 +183,29 @@ fn a_single_host_runs_as_many_steps_at_once_as_runs_unless_slots_are_set() {
     };
     assert_eq!(Settings::load(&worker, &[]).unwrap().worker.slots, 1);
 }
+
+#[test]
+fn git_settings_default_to_https_ssh_and_no_local_roots_and_take_credentials_from_the_file() {
+    let s = Settings::load(&Overrides::default(), &[]).unwrap();
+    assert_eq!(s.git.allowed_schemes, ["https", "ssh", "file"]);
+    assert!(s.git.file_roots.is_empty() && s.git.push_run_branch);
+    let f = file(
+        "[git]\nallowed_hosts = [\"git.example.com\"]\n[[git.credentials]]\nhost = \"git.example.com\"\nusername = \"u\"\npassword_file = \"/run/secrets/t\"\n",
+    );
+    let flags = Overrides {
+        config: Some(f.path().to_path_buf()),
+        ..Default::default()
+    };
+    let s = Settings::load(&flags, &env(&[("LOOPD__GIT__FILE_ROOTS", "/srv/a,/srv/b")])).unwrap();
+    assert_eq!(s.git.allowed_hosts, ["git.example.com"]);
+    assert_eq!(s.git.credentials[0].username.as_deref(), Some("u"));
+    assert_eq!(s.git.file_roots.len(), 2, "a list from the environment");
+    let bad = Settings::load(
+        &flags,
+        &env(&[("LOOPD__GIT__ALLOWED_SCHEMES", "https,ext")]),
+    );
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("\"ext\" is not one of"));
+}
