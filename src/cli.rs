@@ -79,7 +79,7 @@ pub struct ClientArgs {
 /// Client verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Submit a run: `loopd run SPEC [PLAN]`.
+    /// Submit a run: `loopd run SPEC [PLAN]` (`--git`: a git run of this clone's origin).
     Run(Box<RunArgs>),
     /// List runs (newest first).
     List {
@@ -195,6 +195,10 @@ pub struct RunArgs {
     pub merge_strategy: Option<String>,
     #[arg(long)]
     pub worktree_path_template: Option<String>,
+    /// Git run of this clone's `origin` at the current branch (which must be pushed); SPEC
+    /// and PLAN are paths in the repository.
+    #[arg(long, conflicts_with_all = ["repo_url", "repo_ref"])]
+    pub git: bool,
     /// Run in a clone of this repository on a worker (git mode) instead of a shared path.
     #[arg(long)]
     pub repo_url: Option<String>,

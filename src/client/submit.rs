@@ -1,4 +1,5 @@
-//! `loopd run`: resolves the workspace and paths like the old loopctl did, then submits.
+//! `loopd run`: resolves the workspace and paths like the old loopctl did (or, with `--git`,
+//! the clone's origin and pushed current branch), then submits.
 
 use super::{ClientError, Daemon, Result};
 use crate::api::{ConfigOverride, CreateRunRequest, RunEnvelope};
@@ -70,15 +71,107 @@ fn local_override(c: &str, cwd: &Path) -> Result<ConfigOverride> {
     Ok(ConfigOverride::Text(text))
 }
 
+/// What `--git` submits: the clone's origin URL, its current branch, and the repository's
+/// work tree (to make SPEC and PLAN repository-relative).
+struct Origin {
+    url: String,
+    branch: String,
+    root: PathBuf,
+}
+
+/// The origin and pushed current branch of the clone around `cwd`, or why not.
+fn origin_of(cwd: &Path) -> Result<Origin> {
+    let e = |m: String| ClientError(m);
+    let repo = git2::Repository::discover(cwd)
+        .map_err(|_| e(format!("--git: {} is not in a git clone", cwd.display())))?;
+    let root = repo
+        .workdir()
+        .and_then(|p| p.canonicalize().ok())
+        .ok_or_else(|| e("--git: the repository has no work tree".into()))?;
+    let origin = repo
+        .find_remote("origin")
+        .map_err(|_| e("--git: the clone has no remote named origin".into()))?;
+    let url = origin
+        .url()
+        .ok()
+        .map(str::to_string)
+        .ok_or_else(|| e("--git: origin's URL is not UTF-8".into()))?;
+    if crate::workspace::remote::RemoteUrl::parse(&url).is_err() {
+        return Err(e(format!(
+            "--git: origin's URL {} is not one loopd accepts (a password in it? use a credential helper)",
+            crate::workspace::remote::redact(&url)
+        )));
+    }
+    let head = repo
+        .head()
+        .map_err(|_| e("--git: the current branch has no commit yet".into()))?;
+    let branch = head
+        .shorthand()
+        .ok()
+        .filter(|_| head.is_branch())
+        .map(str::to_string)
+        .ok_or_else(|| e("--git: HEAD is detached; check out a branch".into()))?;
+    let upstream = repo
+        .branch_upstream_name(&format!("refs/heads/{branch}"))
+        .ok()
+        .and_then(|n| n.as_str().ok().map(str::to_string))
+        .filter(|n| n.starts_with("refs/remotes/origin/"))
+        .ok_or_else(|| {
+            e(format!(
+                "--git: branch {branch} is not pushed to origin: git push -u origin {branch}"
+            ))
+        })?;
+    let local = head
+        .target()
+        .ok_or_else(|| e("--git: HEAD has no commit".into()))?;
+    let remote = repo
+        .refname_to_id(&upstream)
+        .map_err(|_| e(format!("--git: {upstream} is missing: git fetch origin")))?;
+    let (ahead, _) = repo.graph_ahead_behind(local, remote).map_err(|x| {
+        e(format!(
+            "--git: cannot compare {branch} with {upstream}: {x}"
+        ))
+    })?;
+    if ahead > 0 {
+        return Err(e(format!(
+            "--git: branch {branch} has {ahead} unpushed commit(s): git push origin {branch}"
+        )));
+    }
+    Ok(Origin { url, branch, root })
+}
+
+/// `p` (relative to `cwd`) as a path relative to the repository root, when it exists there.
+fn in_repository(p: &str, cwd: &Path, root: &Path) -> String {
+    cwd.join(p)
+        .canonicalize()
+        .ok()
+        .and_then(|abs| abs.strip_prefix(root).ok().map(Path::to_path_buf))
+        .map(|rel| rel.to_string_lossy().to_string())
+        .unwrap_or_else(|| p.to_string())
+}
+
 pub async fn run(d: &Daemon, a: &RunArgs) -> Result<()> {
     let cwd = std::env::current_dir().map_err(|e| ClientError(e.to_string()))?;
-    let git = a.repo_url.is_some();
+    let origin = if a.git { Some(origin_of(&cwd)?) } else { None };
+    let repo_url = origin
+        .as_ref()
+        .map(|o| o.url.clone())
+        .or(a.repo_url.clone());
+    let repo_ref = origin
+        .as_ref()
+        .map(|o| o.branch.clone())
+        .or(a.repo_ref.clone());
+    let git = repo_url.is_some();
     let workspace = match &a.workspace {
         Some(w) => w.clone(),
-        None if git => a.repo_url.clone().unwrap_or_default(),
+        None if git => repo_url.clone().unwrap_or_default(),
         None => workspace_of(&cwd).to_string_lossy().to_string(),
     };
-    let path = |p: &str| if git { p.to_string() } else { resolve(p, &cwd) };
+    let path = |p: &str| match (&origin, git) {
+        (Some(o), _) => in_repository(p, &cwd, &o.root),
+        (None, true) => p.to_string(),
+        (None, false) => resolve(p, &cwd),
+    };
     let config_override = a
         .config
         .as_deref()
@@ -97,8 +190,8 @@ pub async fn run(d: &Daemon, a: &RunArgs) -> Result<()> {
         merge_strategy: parse_enum(&a.merge_strategy, "--merge-strategy")?,
         worktree_path_template: a.worktree_path_template.clone(),
         workspace_source: git.then_some(crate::domain::WorkspaceSource::Git),
-        repo_url: a.repo_url.clone(),
-        repo_ref: a.repo_ref.clone(),
+        repo_url,
+        repo_ref,
         labels: a.labels.clone(),
     };
     let resp = d

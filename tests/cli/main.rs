@@ -6,6 +6,7 @@
 mod support;
 
 mod errors;
+mod git;
 mod health;
 mod verbs;
 

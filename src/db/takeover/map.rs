@@ -272,6 +272,8 @@ fn run_row(run: &UpRun, events: &[&UpEvent], fate: &Fate, now: i64) -> (RunRow, 
         // Upstream records no RUN_STARTED: its first event is the start of processing.
         started_at: events.first().map(|e| e.ts),
         ended_at,
+        pushed_branch: None,
+        pushed_commit: None,
     };
     (row, warnings)
 }
