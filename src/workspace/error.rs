@@ -9,12 +9,6 @@ pub enum WorkspaceError {
     /// The repository could not be opened.
     #[error("cannot open repository {path}: {source}")]
     Open { path: PathBuf, source: git2::Error },
-    /// Cloning `url` failed.
-    #[error("cannot clone {url}: {source}")]
-    Clone { url: String, source: git2::Error },
-    /// Fetching from `url` failed.
-    #[error("cannot fetch {url}: {source}")]
-    Fetch { url: String, source: git2::Error },
     /// A network operation on a remote failed (host and cause class, never git's raw words).
     #[error(transparent)]
     Remote(#[from] super::remote::RemoteError),

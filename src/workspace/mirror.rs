@@ -23,6 +23,9 @@ pub struct Mirrors {
     /// Files read at full commit ids, which never change: every queued step's prompt reads
     /// the same few files of its run's commit.
     read: Arc<Mutex<HashMap<FileAt, Option<Vec<u8>>>>>,
+    /// One lock per mirror: two fetches of one mirror at once would fight over its ref locks
+    /// and fail.
+    busy: Arc<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>>,
 }
 
 /// A file of a repository at a commit: (url, commit id, path).
@@ -38,6 +41,7 @@ impl Mirrors {
             root: root.into(),
             remotes,
             read: Arc::default(),
+            busy: Arc::default(),
         }
     }
 
@@ -60,6 +64,8 @@ impl Mirrors {
     pub fn fetch(&self, repo_url: &str) -> Result<()> {
         let url = self.remotes.check(repo_url)?;
         let path = self.path_of(repo_url);
+        let lock = self.lock_of(&path);
+        let _busy = lock.lock().unwrap_or_else(|e| e.into_inner());
         if path.exists() {
             let refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
             let mut args = vec!["fetch", "--prune", "--quiet", "--", url.as_str()];
@@ -111,6 +117,7 @@ impl Mirrors {
         if !path.exists() {
             self.fetch(repo_url)?;
         }
+        // Packs land atomically and the push writes no local ref: no mirror lock is needed.
         if let Some(bundle) = bundle {
             match import_bundle(&path, bundle) {
                 Err(WorkspaceError::MissingPrerequisite { .. }) => {
@@ -133,6 +140,12 @@ impl Mirrors {
         ];
         self.remotes.run(Some(&path), &url, Op::Push, None, &args)?;
         Ok(())
+    }
+
+    /// The lock of the mirror at `path`.
+    fn lock_of(&self, path: &Path) -> Arc<Mutex<()>> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.entry(path.to_path_buf()).or_default().clone()
     }
 
     /// Resolves `reference` in the mirror of `repo_url` to `(name, sha)`: a branch name, a full

@@ -41,8 +41,22 @@ macro_rules! seed_old {
     ($c:expr, $expires:expr) => {{
         let c = $c;
         let run = run_row("RUNNING", "");
+        // The old schema's columns only (later migrations add more).
         diesel::insert_into(runs::table)
-            .values(&run)
+            .values((
+                runs::id.eq(&run.id),
+                runs::name.eq(&run.name),
+                runs::name_source.eq(&run.name_source),
+                runs::status.eq(&run.status),
+                runs::workspace_root.eq(&run.workspace_root),
+                runs::spec_path.eq(&run.spec_path),
+                runs::created_at.eq(run.created_at),
+                runs::updated_at.eq(run.updated_at),
+                runs::review_status.eq(&run.review_status),
+                runs::workspace_source.eq(&run.workspace_source),
+                runs::artifact_store.eq(&run.artifact_store),
+                runs::labels.eq(&run.labels),
+            ))
             .execute(c)
             .unwrap();
         let state = format!("INSERT INTO run_state (run_id) VALUES ('{}')", run.id);

@@ -102,3 +102,17 @@ fn files_read_at_a_commit_are_kept_and_failures_are_not() {
     let error = mirrors.read_file(&url, &newer, "q.txt").unwrap_err();
     assert!(matches!(error, WorkspaceError::NoMirror { .. }), "{error}");
 }
+
+#[test]
+fn fetches_of_one_mirror_at_once_all_succeed() {
+    let (_tmp, upstream, url, mirrors) = upstream_and_mirrors("main");
+    mirrors.fetch(&url).unwrap();
+    let newer = commit_file(&upstream, "n.txt", "n\n", "newer");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| mirrors.fetch(&url))).collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+    });
+    assert_eq!(mirrors.resolve_ref(&url, Some("main")).unwrap().1, newer);
+}
