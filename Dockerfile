@@ -3,7 +3,7 @@
 #   docker build --build-arg AGENT=stub -t loopd .         # + stub-agent (the quickstart demo)
 #   docker build --build-arg AGENT=claude-code -t loopd .  # + Node and the Claude Code CLI
 # Stage `build` compiles loopd with the Rust toolchain; the runtime stage is a slim Debian with
-# git (agents commit), tini, libssl3 and the agent. `--build-context build=DIR` (BuildKit,
+# git (agents commit; loopd fetches and pushes with it), ssh (ssh remotes), tini, libssl3 and the agent. `--build-context build=DIR` (BuildKit,
 # podman) replaces the build stage with DIR holding DIR/src/target/release/loopd built on the
 # host: that is how scripts/image-test builds it.
 
@@ -36,7 +36,7 @@ ARG EXTRA_CA_CERTS=""
 RUN set -eu; \
     case "$AGENT" in none|stub|claude-code) ;; \
       *) echo "AGENT=$AGENT: use none, stub or claude-code" >&2; exit 1 ;; esac; \
-    pkgs="ca-certificates git tini libssl3"; \
+    pkgs="ca-certificates git openssh-client tini libssl3"; \
     if [ "$AGENT" = claude-code ]; then pkgs="$pkgs nodejs npm"; fi; \
     apt-get update; \
     apt-get install -y --no-install-recommends $pkgs; \
