@@ -3,9 +3,10 @@
 #   docker build --build-arg AGENT=stub -t loopd .         # + stub-agent (the quickstart demo)
 #   docker build --build-arg AGENT=claude-code -t loopd .  # + Node and the Claude Code CLI
 # Stage `build` compiles loopd with the Rust toolchain; the runtime stage is a slim Debian with
-# git (agents commit; loopd fetches and pushes with it), ssh (ssh remotes), tini, libssl3 and the agent. `--build-context build=DIR` (BuildKit,
-# podman) replaces the build stage with DIR holding DIR/src/target/release/loopd built on the
-# host: that is how scripts/image-test builds it.
+# git (agents commit; loopd fetches and pushes with it), ssh (ssh remotes), tini, libssl3 and
+# the agent. `--build-context build=DIR` (BuildKit, podman) replaces the build stage with DIR
+# holding DIR/src/target/release/loopd built on the host: that is how scripts/image-test builds
+# it.
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
