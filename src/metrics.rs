@@ -1,63 +1,53 @@
-//! Process-wide counters and histograms for `GET /metrics` (Prometheus text format). Gauges
-//! that describe stored state (runs per status, workers online) are read from the database
-//! when scraped; what only this process sees (claim waits, dispatch latency, expiries) is
-//! counted here with atomics.
+//! Process-wide metrics for `GET /metrics` (Prometheus text format 0.0.4), on
+//! `prometheus-client`. What only this process sees (claim waits, dispatch latency, expiries,
+//! heartbeats) lives in [`Metrics`], registered once; what describes stored state (runs per
+//! status, steps, workers online) is read from the database when scraped and handed to
+//! [`Metrics::render`] as a [`Snapshot`]. The lease and registry services count; the HTTP
+//! layer renders.
+//!
+//! Adding a metric: a field on [`Metrics`] (a `Counter`, `Gauge`, `Histogram`, or a `Family`
+//! of them keyed by a label struct deriving `EncodeLabelSet`), and one `register` line in
+//! [`Metrics::new`]. Counters are registered without their `_total` suffix (the encoder adds
+//! it) and help texts without a final full stop (the registry adds it).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::domain::{RunStatus, StepPhase, StepStatus};
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// Upper bounds (seconds) of the histogram buckets.
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
 const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A fixed-bucket histogram of seconds.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    /// Sum in microseconds (atomics have no f64 add).
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, seconds: f64) {
-        let s = seconds.max(0.0);
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if s <= *bound {
-                self.counts[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add((s * 1_000_000.0) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let n = self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1_000_000.0;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
-
-/// Everything this process counts itself.
-#[derive(Debug, Default)]
+/// Everything this process counts itself. Clones of a metric share its value, so the
+/// registry holds clones and callers use the fields.
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
+    /// Time a claim waited before it was answered.
     pub claim_wait: Histogram,
+    /// Time from a step being queued to its lease being granted.
     pub step_dispatch: Histogram,
-    pub lease_expired_total: AtomicU64,
-    pub lease_released_total: AtomicU64,
-    pub step_retry_total: AtomicU64,
-    pub heartbeats_total: AtomicU64,
+    pub lease_expired: Counter,
+    pub lease_released: Counter,
+    pub step_retry: Counter,
+    pub heartbeats: Counter,
 }
 
-/// Stored-state gauges, read at scrape time.
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Stored state, read at scrape time.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub workers_online: i64,
@@ -67,89 +57,156 @@ pub struct Snapshot {
     pub completion_batches: Option<(u64, u64)>,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseStatus {
+    phase: String,
+    status: String,
+}
+
 impl Metrics {
-    /// The Prometheus text exposition of the counters plus `snapshot`.
+    pub fn new() -> Metrics {
+        let histogram = || Histogram::new(BUCKETS);
+        let m = Metrics {
+            registry: Registry::default(),
+            claim_wait: histogram(),
+            step_dispatch: histogram(),
+            lease_expired: Counter::default(),
+            lease_released: Counter::default(),
+            step_retry: Counter::default(),
+            heartbeats: Counter::default(),
+        };
+        let mut r = Registry::default();
+        r.register(
+            "loopd_lease_expired",
+            "Leases that expired and were requeued",
+            m.lease_expired.clone(),
+        );
+        r.register(
+            "loopd_lease_released",
+            "Leases handed back or taken from offline or revoked workers",
+            m.lease_released.clone(),
+        );
+        r.register(
+            "loopd_step_retry",
+            "Steps put back in the queue after losing their lease",
+            m.step_retry.clone(),
+        );
+        r.register(
+            "loopd_heartbeats",
+            "Worker heartbeats received",
+            m.heartbeats.clone(),
+        );
+        r.register(
+            "loopd_claim_wait_seconds",
+            "Time a claim waited before it was answered",
+            m.claim_wait.clone(),
+        );
+        r.register(
+            "loopd_step_dispatch_seconds",
+            "Time from a step being queued to its lease being granted",
+            m.step_dispatch.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The Prometheus text exposition of `snap` (stored state) and this process's metrics.
     pub fn render(&self, snap: &Snapshot) -> String {
         let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let _ = writeln!(
-            out,
-            "# HELP loopd_workers_online Workers that are idle, busy or draining.\n# TYPE loopd_workers_online gauge\nloopd_workers_online {}",
-            snap.workers_online
-        );
-        let _ = writeln!(
-            out,
-            "# HELP loopd_runs Runs per status.\n# TYPE loopd_runs gauge"
-        );
-        for (status, n) in &snap.runs_by_status {
-            let _ = writeln!(out, "loopd_runs{{status=\"{status}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP loopd_steps_total Steps per phase and status.\n# TYPE loopd_steps_total counter"
-        );
-        for (phase, status, n) in &snap.steps_by_phase_status {
-            let _ = writeln!(
-                out,
-                "loopd_steps_total{{phase=\"{phase}\",status=\"{status}\"}} {n}"
-            );
-        }
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            &mut out,
-            "loopd_lease_expired_total",
-            "Leases that expired and were requeued.",
-            load(&self.lease_expired_total),
-        );
-        counter(
-            &mut out,
-            "loopd_lease_released_total",
-            "Leases handed back or taken from offline or revoked workers.",
-            load(&self.lease_released_total),
-        );
-        counter(
-            &mut out,
-            "loopd_step_retry_total",
-            "Steps put back in the queue after losing their lease.",
-            load(&self.step_retry_total),
-        );
-        counter(
-            &mut out,
-            "loopd_heartbeats_total",
-            "Worker heartbeats received.",
-            load(&self.heartbeats_total),
-        );
-        if let Some((batches, items)) = snap.completion_batches {
-            counter(
-                &mut out,
-                "loopd_completion_batches_total",
-                "Statements that wrote completions queued together (Postgres).",
-                batches,
-            );
-            counter(
-                &mut out,
-                "loopd_completion_batch_items_total",
-                "Completions those statements carried.",
-                items,
-            );
-        }
-        self.claim_wait.render(
-            "loopd_claim_wait_seconds",
-            "Time a claim waited before it was answered.",
-            &mut out,
-        );
-        self.step_dispatch.render(
-            "loopd_step_dispatch_seconds",
-            "Time from a step being queued to its lease being granted.",
-            &mut out,
-        );
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &stored_state(snap));
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// A registry for one scrape's stored state: built fresh, so a status no longer present
+/// disappears rather than keeping its last value.
+fn stored_state(snap: &Snapshot) -> Registry {
+    let mut r = Registry::default();
+    let online = Gauge::<i64>::default();
+    online.set(snap.workers_online);
+    r.register(
+        "loopd_workers_online",
+        "Workers that are idle, busy or draining",
+        online,
+    );
+    // Every known label set is present (at 0 when none), so series never vanish and appear.
+    let runs = Family::<StatusLabel, Gauge>::default();
+    for status in RunStatus::ALL {
+        let _ = runs.get_or_create(&StatusLabel {
+            status: status.as_str().into(),
+        });
+    }
+    for (status, n) in &snap.runs_by_status {
+        let label = StatusLabel {
+            status: status.clone(),
+        };
+        runs.get_or_create(&label).set(*n);
+    }
+    r.register("loopd_runs", "Runs per status", runs);
+    // A finished step never changes status again and steps are never deleted, so the count
+    // of finished steps only grows: a counter. The others come and go: a gauge.
+    let finished = Family::<PhaseStatus, Counter>::default();
+    let active = Family::<PhaseStatus, Gauge>::default();
+    for (phase, status) in StepPhase::ALL
+        .iter()
+        .flat_map(|p| StepStatus::ALL.iter().map(move |s| (p, s)))
+    {
+        let label = PhaseStatus {
+            phase: phase.as_str().into(),
+            status: status.as_str().into(),
+        };
+        if status.is_terminal() {
+            let _ = finished.get_or_create(&label);
+        } else {
+            let _ = active.get_or_create(&label);
+        }
+    }
+    for (phase, status, n) in &snap.steps_by_phase_status {
+        let label = PhaseStatus {
+            phase: phase.clone(),
+            status: status.clone(),
+        };
+        let is_finished = status.parse().is_ok_and(StepStatus::is_terminal);
+        if is_finished {
+            finished
+                .get_or_create(&label)
+                .inc_by(u64::try_from(*n).unwrap_or(0));
+        } else {
+            active.get_or_create(&label).set(*n);
+        }
+    }
+    r.register(
+        "loopd_steps",
+        "Steps finished, per phase and final status",
+        finished,
+    );
+    r.register(
+        "loopd_steps_active",
+        "Steps not finished yet (queued, in progress, retrying), per phase and status",
+        active,
+    );
+    if let Some((batches, items)) = snap.completion_batches {
+        let (b, i): (Counter, Counter) = (Counter::default(), Counter::default());
+        b.inc_by(batches);
+        i.inc_by(items);
+        r.register(
+            "loopd_completion_batches",
+            "Statements that wrote completions queued together (Postgres)",
+            b,
+        );
+        r.register(
+            "loopd_completion_batch_items",
+            "Completions those statements carried",
+            i,
+        );
+    }
+    r
 }
 
 #[cfg(test)]
@@ -161,21 +218,51 @@ mod tests {
         let m = Metrics::default();
         m.step_dispatch.observe(0.002);
         m.step_dispatch.observe(0.2);
+        m.lease_expired.inc();
         let text = m.render(&Snapshot {
             completion_batches: Some((2, 7)),
             ..Snapshot::default()
         });
         assert!(text.contains("loopd_completion_batch_items_total 7"));
+        assert!(text.contains("loopd_lease_expired_total 1\n"), "{text}");
+        assert!(text.contains("# TYPE loopd_lease_expired_total counter"));
         assert!(text.contains("loopd_step_dispatch_seconds_bucket{le=\"0.0025\"} 1"));
         assert!(text.contains("loopd_step_dispatch_seconds_bucket{le=\"0.25\"} 2"));
         assert!(text.contains("loopd_step_dispatch_seconds_count 2"));
         for name in [
-            "loopd_workers_online",
-            "loopd_lease_expired_total",
-            "loopd_step_retry_total",
+            "loopd_workers_online 0",
+            "loopd_step_retry_total 0",
+            "loopd_heartbeats_total 0",
             "loopd_claim_wait_seconds_bucket",
         ] {
-            assert!(text.contains(name), "{name} missing");
+            assert!(text.contains(name), "{name} missing:\n{text}");
         }
+    }
+
+    #[test]
+    fn finished_steps_are_a_counter_and_the_others_a_gauge_named_for_them() {
+        let text = Metrics::default().render(&Snapshot {
+            runs_by_status: vec![("RUNNING".into(), 2)],
+            steps_by_phase_status: vec![
+                ("implementation".into(), "SUCCEEDED".into(), 3),
+                ("review".into(), "QUEUED".into(), 1),
+            ],
+            ..Snapshot::default()
+        });
+        for line in [
+            "# TYPE loopd_steps_total counter",
+            "loopd_steps_total{phase=\"implementation\",status=\"SUCCEEDED\"} 3",
+            "# TYPE loopd_steps_active gauge",
+            "loopd_steps_active{phase=\"review\",status=\"QUEUED\"} 1",
+            "# TYPE loopd_runs gauge",
+            "loopd_runs{status=\"RUNNING\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        // Known label sets are there at 0; a status never counts as both.
+        assert!(text.contains("loopd_runs{status=\"PAUSED\"} 0"), "{text}");
+        assert!(text.contains("loopd_steps_total{phase=\"merge\",status=\"FAILED\"} 0"));
+        assert!(!text.contains("loopd_steps_total{phase=\"review\",status=\"QUEUED\""));
+        assert!(!text.contains("loopd_steps_active{phase=\"review\",status=\"FAILED\""));
     }
 }

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::actors::registry::CountOnline;
 use crate::db::{self, DbError};
-use crate::metrics::Snapshot;
+use crate::metrics::{self, Snapshot};
 use actix_web::{web, HttpResponse};
 use std::sync::atomic::Ordering;
 
@@ -57,6 +57,6 @@ pub async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
         completion_batches,
     };
     Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
+        .content_type(metrics::CONTENT_TYPE)
         .body(st.metrics.render(&snap)))
 }

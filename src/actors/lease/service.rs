@@ -31,7 +31,6 @@ use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
 use crate::settings::{LeaseSettings, SchedulerSettings};
 use crate::workspace::mirror::Mirrors;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -449,9 +448,7 @@ impl LeaseService {
             .await;
         let r = r?;
         self.grants.forget(worker_id, step_id);
-        self.metrics
-            .lease_released_total
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.lease_released.inc();
         log_released(std::slice::from_ref(&r), reason);
         self.after_requeue(&[r]);
         Ok(())
@@ -471,9 +468,7 @@ impl LeaseService {
                 Ok(list)
             })
             .await?;
-        self.metrics
-            .lease_released_total
-            .fetch_add(list.len() as u64, Ordering::Relaxed);
+        self.metrics.lease_released.inc_by(list.len() as u64);
         log_released(&list, reason);
         self.after_requeue(&list);
         Ok(list.len())
@@ -520,9 +515,7 @@ impl LeaseService {
             }
         };
         if !list.is_empty() {
-            self.metrics
-                .lease_expired_total
-                .fetch_add(list.len() as u64, Ordering::Relaxed);
+            self.metrics.lease_expired.inc_by(list.len() as u64);
             for r in &list {
                 tracing::warn!(run_id = %r.run_id, step_id = %r.step_id, worker_id = %r.worker_id, lease_epoch = r.epoch, "lease expired");
             }
@@ -541,9 +534,7 @@ impl LeaseService {
                     decided: None,
                 });
             } else {
-                self.metrics
-                    .step_retry_total
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.step_retry.inc();
                 // Rare (a worker was lost): let every waiter look, whatever the step's labels.
                 self.waiters.wake_all();
             }

@@ -21,7 +21,6 @@ use crate::domain::events as ev;
 use crate::metrics::Metrics;
 use crate::settings::{LeaseSettings, WorkerSettings};
 use actix::Addr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -241,9 +240,7 @@ impl RegistryService {
                 "status must be idle, busy or draining".into(),
             ));
         }
-        self.metrics
-            .heartbeats_total
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.heartbeats.inc();
         let metrics = serde_json::Value::Object(req.metrics);
         let status = req.status;
         let changed = self.known.beat(worker_id, status, || {
