@@ -10,7 +10,8 @@ use crate::control_plane::local::LocalPlane;
 use crate::control_plane::ControlPlane;
 use crate::http::state::AppState;
 use crate::settings::Settings;
-use crate::worker::{jitter, RunnerConfig, WorkerHandle};
+use crate::worker::{backoff, RunnerConfig, WorkerHandle};
+use backon::Retryable;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,18 +122,20 @@ async fn register_with_retry(settings: &Settings) -> HttpPlane {
         },
         instance_id: Some(uuid::Uuid::new_v4().to_string()),
     };
-    let mut backoff = Duration::from_millis(250);
+    // The policy has no limit on attempts and retries every error: only an answer ends it
+    // (the outer loop is there for the type, not for a second round).
     loop {
-        match HttpPlane::register(&base, &token, req.clone()).await {
-            Ok(p) => {
-                tracing::info!(worker_id = %p.worker_id(), controller = %base, "registered with the controller");
-                return p;
-            }
-            Err(e) => {
-                tracing::warn!(controller = %base, error = %e, "cannot register; retrying");
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        let register = || HttpPlane::register(&base, &token, req.clone());
+        let registered = register
+            .retry(backoff(Duration::from_millis(250), Duration::from_secs(5)))
+            .sleep(tokio::time::sleep)
+            .notify(
+                |e, _| tracing::warn!(controller = %base, error = %e, "cannot register; retrying"),
+            )
+            .await;
+        if let Ok(p) = registered {
+            tracing::info!(worker_id = %p.worker_id(), controller = %base, "registered with the controller");
+            return p;
         }
     }
 }

@@ -1,10 +1,12 @@
-//! Upload retries: exponential backoff with jitter, one `warn!` per failed attempt, and the
-//! "failed after N attempts" error when they run out. Used only by the store's upload methods.
+//! Upload retries: exponential backoff with jitter (the `backon` crate's), one `warn!` per
+//! failed attempt, and the "failed after N attempts" error when they run out. Used only by
+//! the store's upload methods.
 
 use super::error::with_causes;
 use super::ArtifactError;
-use rand::Rng;
+use backon::{ExponentialBuilder, Retryable};
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The longest pause between two attempts, whatever the base backoff.
@@ -32,18 +34,15 @@ impl From<opendal::Error> for AttemptError {
 }
 
 impl RetryPolicy {
-    /// The pause before attempt `failed + 1`, without jitter: `base * 2^(failed-1)`, capped.
-    pub fn backoff(&self, failed: u32) -> Duration {
-        let factor = 1u32 << failed.saturating_sub(1).min(20);
-        self.base.saturating_mul(factor).min(MAX_BACKOFF)
-    }
-
-    /// [`Self::backoff`] plus up to half of it again, so that uploads that failed together
-    /// do not retry in lockstep.
-    fn backoff_with_jitter(&self, failed: u32) -> Duration {
-        let pause = self.backoff(failed);
-        let half_ms = u64::try_from(pause.as_millis() / 2).unwrap_or(u64::MAX);
-        pause + Duration::from_millis(rand::thread_rng().gen_range(0..=half_ms))
+    /// The pauses between attempts: `attempts - 1` of them, doubling from `base` up to
+    /// [`MAX_BACKOFF`], each with a random part of up to the pause again, so that uploads
+    /// that failed together do not retry in lockstep.
+    fn pauses(&self) -> ExponentialBuilder {
+        ExponentialBuilder::new()
+            .with_min_delay(self.base)
+            .with_max_delay(MAX_BACKOFF)
+            .with_jitter()
+            .with_max_times(self.attempts.max(1) as usize - 1)
     }
 
     /// Runs `attempt` until it succeeds, fails with a final error, or the attempts run out.
@@ -53,31 +52,36 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, AttemptError>>,
     {
         let attempts = self.attempts.max(1);
-        let mut failed = 0;
-        loop {
-            let e = match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(AttemptError::Final(e)) => return Err(e),
-                Err(AttemptError::Store(e)) => e,
-            };
-            failed += 1;
-            if failed >= attempts || !is_retryable(&e) {
-                return Err(ArtifactError::Upload {
-                    key: key.to_string(),
-                    attempts: failed,
-                    source: Box::new(e),
-                });
-            }
-            let pause = self.backoff_with_jitter(failed);
-            tracing::warn!(
-                key,
-                attempt = failed,
-                of = attempts,
-                retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-                error = %with_causes(&e),
-                "artifact upload attempt failed; retrying"
-            );
-            tokio::time::sleep(pause).await;
+        let made = AtomicU32::new(0);
+        let counted = || {
+            made.fetch_add(1, Ordering::Relaxed);
+            attempt()
+        };
+        let result = counted
+            .retry(self.pauses())
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, AttemptError::Store(e) if is_retryable(e)))
+            .notify(|e, pause| {
+                if let AttemptError::Store(e) = e {
+                    tracing::warn!(
+                        key,
+                        attempt = made.load(Ordering::Relaxed),
+                        of = attempts,
+                        retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                        error = %with_causes(e),
+                        "artifact upload attempt failed; retrying"
+                    );
+                }
+            })
+            .await;
+        match result {
+            Ok(v) => Ok(v),
+            Err(AttemptError::Final(e)) => Err(e),
+            Err(AttemptError::Store(e)) => Err(ArtifactError::Upload {
+                key: key.to_string(),
+                attempts: made.load(Ordering::Relaxed),
+                source: Box::new(e),
+            }),
         }
     }
 }
@@ -100,7 +104,6 @@ fn is_retryable(e: &opendal::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     fn policy(attempts: u32, base_ms: u64) -> RetryPolicy {
         RetryPolicy {
@@ -114,21 +117,18 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        let p = policy(5, 200);
-        assert_eq!(p.backoff(1), Duration::from_millis(200));
-        assert_eq!(p.backoff(2), Duration::from_millis(400));
-        assert_eq!(p.backoff(3), Duration::from_millis(800));
-        assert_eq!(p.backoff(40), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn jitter_adds_at_most_half_the_backoff() {
-        let p = policy(5, 100);
-        for _ in 0..100 {
-            let d = p.backoff_with_jitter(2);
-            assert!(d >= Duration::from_millis(200) && d <= Duration::from_millis(300));
+    fn pauses_double_with_jitter_up_to_the_cap_and_run_out_with_the_attempts() {
+        use backon::BackoffBuilder;
+        let pauses: Vec<Duration> = policy(5, 200).pauses().build().collect();
+        assert_eq!(pauses.len(), 4, "{pauses:?}");
+        for (p, base) in pauses.iter().zip([200u128, 400, 800, 1600]) {
+            // Jitter adds up to the pause again (±1 ms: the crate doubles in f32).
+            let ms = p.as_millis();
+            assert!(ms + 1 >= base && ms <= 2 * base + 1, "{pauses:?}");
         }
+        let capped: Vec<Duration> = policy(30, 20_000).pauses().build().collect();
+        assert!(capped.iter().all(|p| *p <= 2 * MAX_BACKOFF), "{capped:?}");
+        assert!(policy(1, 200).pauses().build().next().is_none());
     }
 
     #[tokio::test]

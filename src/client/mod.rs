@@ -10,8 +10,10 @@ mod tail;
 use crate::api::ErrorBody;
 use crate::cli::{ClientArgs, Command};
 use crate::domain::RunStatus;
+use backon::{ExponentialBuilder, Retryable};
 use reqwest::{Method, StatusCode};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A client failure, printed as one line.
@@ -87,36 +89,56 @@ impl Daemon {
             .and_then(|v| v.parse().ok())
             .unwrap_or(5000u64);
         let start = Instant::now();
-        let mut delay = 200u64;
-        let mut refused = true;
-        loop {
-            match self
+        let left = || Duration::from_millis(budget).saturating_sub(start.elapsed());
+        // Whether every failed probe so far found nothing listening.
+        let refused = AtomicBool::new(true);
+        let probe_once = || async {
+            let r = self
                 .request(Method::GET, "/health")
                 .timeout(Duration::from_secs(3))
                 .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
-                    return Err(ClientError(
-                        "unauthorized: check LOOPD_TOKEN env var or --token flag".into(),
-                    ))
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) if r.status() == StatusCode::UNAUTHORIZED => Err(Probe::Unauthorized),
+                Ok(_) => {
+                    refused.store(false, Ordering::Relaxed);
+                    Err(Probe::NotReady)
                 }
-                Ok(_) => refused = false,
-                Err(e) => refused &= e.is_connect(),
+                Err(e) => {
+                    if !e.is_connect() {
+                        refused.store(false, Ordering::Relaxed);
+                    }
+                    Err(Probe::NotReady)
+                }
             }
-            let left = budget.saturating_sub(start.elapsed().as_millis() as u64);
-            if left == 0 {
-                return Err(ClientError(if refused {
-                    format!("daemon not running at {}", self.addr)
-                } else {
-                    format!("daemon not ready after {budget}ms at {}", self.addr)
-                }));
+        };
+        let pauses = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(200))
+            .without_max_delay()
+            .without_max_times();
+        let probed = probe_once
+            .retry(pauses)
+            .sleep(tokio::time::sleep)
+            .when(|e| *e == Probe::NotReady && !left().is_zero())
+            .adjust(|_, pause| pause.map(|p| p.min(left())))
+            .notify(|_, wait| {
+                let (addr, wait) = (&self.addr, wait.as_millis());
+                eprintln!("waiting for daemon at {addr} (retrying in {wait}ms)");
+            })
+            .await;
+        match probed {
+            Ok(()) => Ok(()),
+            Err(Probe::Unauthorized) => Err(ClientError(
+                "unauthorized: check LOOPD_TOKEN env var or --token flag".into(),
+            )),
+            Err(Probe::NotReady) if refused.load(Ordering::Relaxed) => {
+                Err(ClientError(format!("daemon not running at {}", self.addr)))
             }
-            let wait = delay.min(left);
-            eprintln!("waiting for daemon at {} (retrying in {wait}ms)", self.addr);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            delay *= 2;
+            Err(Probe::NotReady) => Err(ClientError(format!(
+                "daemon not ready after {budget}ms at {}",
+                self.addr
+            ))),
         }
     }
 
@@ -159,6 +181,14 @@ impl Daemon {
             .map_err(|e| ClientError(format!("invalid response: {e}")))?;
         Ok((typed, value))
     }
+}
+
+/// How a readiness probe failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// Not answering, or not healthy yet: worth another try within the budget.
+    NotReady,
+    Unauthorized,
 }
 
 fn enc(s: &str) -> String {

@@ -9,6 +9,7 @@ use crate::api::{
     RegisterRequest, RegisterResponse, ReleaseRequest, StepEventRequest,
 };
 use crate::domain::WorkerStatus;
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use reqwest::StatusCode;
 use std::sync::{Arc, RwLock};
@@ -123,34 +124,35 @@ impl HttpPlane {
     /// Registers again after the controller forgot this worker (it was marked offline or
     /// revoked): a fresh worker id and token, retried until the controller answers.
     pub async fn reregister(&self) {
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            match register_once(
+        // No limit on attempts and every error is retried: only an answer ends it.
+        let policy = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times();
+        let register = || {
+            register_once(
                 &self.client,
                 &self.base,
                 &self.join_token,
                 &self.registration,
             )
-            .await
-            {
-                Ok(r) => {
-                    tracing::info!(worker_id = %r.worker_id, "registered again");
-                    let mut who = match self.who.write() {
-                        Ok(g) => g,
-                        Err(p) => p.into_inner(),
-                    };
-                    *who = Identity {
-                        worker_id: r.worker_id,
-                        token: r.token,
-                    };
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot register again; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        };
+        let registered = register
+            .retry(policy)
+            .sleep(tokio::time::sleep)
+            .notify(|e, _| tracing::warn!(error = %e, "cannot register again; retrying"))
+            .await;
+        if let Ok(r) = registered {
+            tracing::info!(worker_id = %r.worker_id, "registered again");
+            let mut who = match self.who.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            *who = Identity {
+                worker_id: r.worker_id,
+                token: r.token,
+            };
         }
     }
 

@@ -6,6 +6,7 @@ use crate::domain::completion::COMPLETION_TOKEN;
 use crate::domain::status::{AgentOutput, CompletionMode};
 use crate::exec::agent_output::AgentSink;
 use crate::exec::process::{self, seconds_text, CommandSpec, Exit, ProcessError};
+use backon::{BackoffBuilder, ConstantBuilder, ExponentialBuilder};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,6 +39,26 @@ pub struct RetryPolicy {
     pub retries: u32,
     /// Flat backoff, and the base of the doubling transient backoff (`claude_retry_backoff_sec`).
     pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The pauses after transient failures: doubling from `backoff` up to
+    /// [`MAX_TRANSIENT_BACKOFF`], one fewer than [`MAX_TRANSIENT_FAILURES`].
+    fn transient_pauses(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::new()
+            .with_min_delay(self.backoff)
+            .with_max_delay(MAX_TRANSIENT_BACKOFF)
+            .with_max_times(MAX_TRANSIENT_FAILURES as usize - 1)
+            .build()
+    }
+
+    /// The pauses after other failures: `backoff` each, `retries` of them.
+    fn other_pauses(&self) -> impl Iterator<Item = Duration> {
+        ConstantBuilder::new()
+            .with_delay(self.backoff)
+            .with_max_times(self.retries as usize)
+            .build()
+    }
 }
 
 /// One agent step to run.
@@ -123,7 +144,8 @@ pub async fn run_agent(
     if req.argv.is_empty() {
         return Err(AgentError::EmptyCommand);
     }
-    let (mut transient, mut other) = (0u32, 0u32);
+    // Transient API errors and other failures each have their own budget of pauses.
+    let (mut transient, mut other) = (req.retry.transient_pauses(), req.retry.other_pauses());
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -138,14 +160,8 @@ pub async fn run_agent(
         result.attempts = attempts;
         let wait = match failure {
             None | Some(Failure::Cancelled) => return Ok(result),
-            Some(Failure::Transient) => {
-                transient += 1;
-                (transient < MAX_TRANSIENT_FAILURES).then(|| transient_backoff(req, transient))
-            }
-            Some(Failure::Other) => {
-                other += 1;
-                (other <= req.retry.retries).then_some(req.retry.backoff)
-            }
+            Some(Failure::Transient) => transient.next(),
+            Some(Failure::Other) => other.next(),
         };
         let Some(wait) = wait else {
             return Ok(result);
@@ -160,15 +176,6 @@ pub async fn run_agent(
             }
         }
     }
-}
-
-/// `backoff * 2^(k-1)`, capped.
-fn transient_backoff(req: &AgentRequest, k: u32) -> Duration {
-    let factor = 2u32.saturating_pow(k.saturating_sub(1));
-    req.retry
-        .backoff
-        .saturating_mul(factor)
-        .min(MAX_TRANSIENT_BACKOFF)
 }
 
 async fn run_attempt(

@@ -17,6 +17,6 @@ mod step;
 mod streamer;
 mod workdir;
 
-pub use plane_retry::jitter;
+pub use plane_retry::backoff;
 pub use runner::WorkerHandle;
 pub use state::RunnerConfig;

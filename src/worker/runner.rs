@@ -6,13 +6,14 @@
 //! through it.
 
 use super::leftovers::kill_leftovers;
-use super::plane_retry::jitter;
+use super::plane_retry::backoff;
 use super::state::{Active, RunnerConfig, Shared};
 use super::{step, workdir};
 use crate::api::{Assignment, HeldLease};
 use crate::control_plane::{ControlPlane, PlaneError};
 use crate::domain::{LeaseAction, WorkerStatus};
 use actix::prelude::*;
+use backon::Retryable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,6 @@ async fn claim_loop(shared: Arc<Shared>, slot: u32) {
 }
 
 async fn claim_until_stopped(shared: &Shared, slot: u32) {
-    let mut backoff = Duration::from_millis(250);
     // A step leased to this slot by its last completion.
     let mut next: Option<Assignment> = None;
     // A draining worker claims nothing new; a long poll already in flight is let finish (its
@@ -48,31 +48,34 @@ async fn claim_until_stopped(shared: &Shared, slot: u32) {
         let claimed = match next.take() {
             Some(a) => Ok(Some(a)),
             None if !shared.claims_wanted() => break,
-            None => tokio::select! {
-                r = shared.plane.claim(Duration::from_secs(10)) => r,
-                _ = shared.stop_claims.cancelled() => break,
-            },
-        };
-        match claimed {
-            Ok(Some(a)) => {
-                backoff = Duration::from_millis(250);
-                if !shared.claims_wanted() {
-                    // Claimed while a drain or a stop began: give it straight back.
-                    let _ = shared
-                        .plane
-                        .release(&a.step_id, a.epoch, "worker draining")
-                        .await;
-                    continue;
+            None => {
+                // Failed claims are retried with backoff while claims are wanted.
+                let claim = || shared.plane.claim(Duration::from_secs(10));
+                let retried = claim
+                    .retry(backoff(Duration::from_millis(250), Duration::from_secs(10)))
+                    .sleep(tokio::time::sleep)
+                    .when(|_| shared.claims_wanted())
+                    .notify(|e, _| tracing::warn!(slot, error = %e, "claim failed; retrying"));
+                tokio::select! {
+                    r = retried => r,
+                    _ = shared.stop_claims.cancelled() => break,
                 }
-                next = step::execute(shared, a).await;
             }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(slot, error = %e, "claim failed; retrying");
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
+        };
+        // Nothing claimed, or a failed claim after claims stopped being wanted: the loop's top
+        // decides.
+        let Ok(Some(a)) = claimed else {
+            continue;
+        };
+        if !shared.claims_wanted() {
+            // Claimed while a drain or a stop began: give it straight back.
+            let _ = shared
+                .plane
+                .release(&a.step_id, a.epoch, "worker draining")
+                .await;
+            continue;
         }
+        next = step::execute(shared, a).await;
     }
 }
 

@@ -5,13 +5,14 @@
 //! runner's claim loop (`runner.rs`), one step at a time per slot.
 
 use super::phases::{self, Produced};
-use super::plane_retry::{jitter, retry_transient};
+use super::plane_retry::{backoff, retry_transient};
 use super::state::{Active, Shared};
 use super::streamer::Streamer;
 use super::workdir;
 use crate::api::{ArtifactRef, Assignment, CompleteRequest};
 use crate::control_plane::PlaneError;
 use crate::domain::{StepOutcome, StepPhase};
+use backon::Retryable;
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -245,33 +246,52 @@ async fn finish(
         return None;
     }
     active.completing.store(true, Ordering::Release);
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        if active.lost.load(Ordering::Acquire) {
-            tracing::warn!("lease lost: results discarded");
-            return None;
-        }
+    // A lease lost meanwhile ends the retries before the next attempt.
+    let attempt = || {
+        let mut req = req.clone();
         req.claim_next = shared.claims_wanted();
-        match shared.plane.complete(&a.step_id, req.clone()).await {
-            Ok(next) => {
-                tracing::info!(status = %req.status, "step completed");
-                return next;
+        async move {
+            if active.lost.load(Ordering::Acquire) {
+                return Err(Sent::Lost);
             }
-            Err(PlaneError::Stale) | Err(PlaneError::Gone(_)) | Err(PlaneError::NotFound(_)) => {
-                tracing::warn!(
-                    "completion refused: the lease is no longer ours; results discarded"
-                );
-                return None;
-            }
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "cannot complete; retrying");
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "completion rejected");
-                return None;
-            }
+            shared
+                .plane
+                .complete(&a.step_id, req)
+                .await
+                .map_err(Sent::Refused)
+        }
+    };
+    let sent = attempt
+        .retry(backoff(Duration::from_millis(250), Duration::from_secs(10)))
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(e, Sent::Refused(e) if e.is_transient()))
+        .notify(|e, _| tracing::warn!(error = %e, "cannot complete; retrying"))
+        .await;
+    match sent {
+        Ok(next) => {
+            tracing::info!(status = %req.status, "step completed");
+            next
+        }
+        Err(Sent::Lost) => {
+            tracing::warn!("lease lost: results discarded");
+            None
+        }
+        Err(Sent::Refused(PlaneError::Stale | PlaneError::Gone(_) | PlaneError::NotFound(_))) => {
+            tracing::warn!("completion refused: the lease is no longer ours; results discarded");
+            None
+        }
+        Err(Sent::Refused(e)) => {
+            tracing::error!(error = %e, "completion rejected");
+            None
         }
     }
+}
+
+/// Why a completion was not sent.
+#[derive(Debug, thiserror::Error)]
+enum Sent {
+    #[error("lease lost")]
+    Lost,
+    #[error(transparent)]
+    Refused(PlaneError),
 }

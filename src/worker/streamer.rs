@@ -3,9 +3,10 @@
 //! controller holds. Failed sends are retried with backoff and resume where the controller
 //! says it is, so a reconnect leaves no gap and no repeat. `finish` flushes everything left.
 
-use super::plane_retry::jitter;
+use super::plane_retry::backoff;
 use crate::control_plane::{ControlPlane, PlaneError};
 use crate::output_store::utf8_boundary;
+use backon::Retryable;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,7 +84,6 @@ fn read_new(path: &PathBuf, pos: u64) -> std::io::Result<Vec<u8>> {
 }
 
 async fn follow(mut c: Cursor, mut done: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(200);
     loop {
         let finishing = *done.borrow();
         let (path, pos) = (c.path.clone(), c.file_pos);
@@ -100,32 +100,36 @@ async fn follow(mut c: Cursor, mut done: watch::Receiver<bool>) {
         if cut > 0 {
             let text = String::from_utf8_lossy(&chunk[..cut]).into_owned();
             let sent = text.len() as u64;
-            match c
-                .plane
-                .append_output(&c.step_id, c.epoch, c.remote, text)
-                .await
-            {
+            let remote = c.remote;
+            let send = || {
+                c.plane
+                    .append_output(&c.step_id, c.epoch, remote, text.clone())
+            };
+            let r = send
+                .retry(backoff(Duration::from_millis(200), Duration::from_secs(5)))
+                .sleep(tokio::time::sleep)
+                .when(|e| match e {
+                    PlaneError::Stale | PlaneError::Gone(_) => false,
+                    PlaneError::OffsetGap(held) => *held >= remote,
+                    _ => true,
+                })
+                .notify(|e, _| tracing::warn!(error = %e, "cannot stream output; retrying"))
+                .await;
+            match r {
                 Ok(next) => {
                     c.file_pos += cut as u64;
                     c.remote = next.max(c.remote + sent);
-                    backoff = Duration::from_millis(200);
-                    continue;
                 }
-                Err(PlaneError::OffsetGap(held)) if held < c.remote => {
+                Err(PlaneError::OffsetGap(held)) => {
                     // The controller has less than we thought: rewind and resend.
                     let back = c.remote - held;
                     c.file_pos = c.file_pos.saturating_sub(back);
                     c.remote = held;
-                    continue;
                 }
-                Err(PlaneError::Stale) | Err(PlaneError::Gone(_)) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot stream output; retrying");
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
+                // The lease is gone: nothing more may be written.
+                Err(_) => return,
             }
+            continue;
         }
         if finishing {
             return;

@@ -163,14 +163,25 @@ async fn transient_errors_are_retried_up_to_their_own_limit() {
 }
 
 #[test]
-fn transient_backoff_doubles_and_is_capped() {
+fn transient_pauses_double_are_capped_and_run_out_before_the_fifth_failure() {
     let f = Fixture::new();
     let mut req = f.request("true");
     req.retry.backoff = Duration::from_secs(5);
-    let waits: Vec<u64> = (1..=6)
-        .map(|k| transient_backoff(&req, k).as_secs())
-        .collect();
-    assert_eq!(waits, vec![5, 10, 20, 40, 80, 120]);
+    let secs =
+        |p: &RetryPolicy| -> Vec<u64> { p.transient_pauses().map(|d| d.as_secs()).collect() };
+    assert_eq!(secs(&req.retry), vec![5, 10, 20, 40]);
+    req.retry.backoff = Duration::from_secs(50);
+    assert_eq!(secs(&req.retry), vec![50, 100, 120, 120]);
+}
+
+#[test]
+fn other_failures_pause_flat_as_often_as_retries_allow() {
+    let f = Fixture::new();
+    let mut req = f.request("true");
+    req.retry.backoff = Duration::from_secs(7);
+    req.retry.retries = 2;
+    let pauses: Vec<u64> = req.retry.other_pauses().map(|d| d.as_secs()).collect();
+    assert_eq!(pauses, vec![7, 7]);
 }
 
 #[tokio::test]
