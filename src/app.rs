@@ -127,6 +127,8 @@ impl Application {
         };
         let ready = control.as_ref().map(|c| c.state.ready.clone());
         let (mut worker, mut joining) = (None, None);
+        // A worker's `/ready`: 503 until it has registered with its controller.
+        let joined = http::health::Joined::default();
         if subsystems.local_runners {
             let c = control
                 .as_ref()
@@ -136,10 +138,11 @@ impl Application {
             // In the background: a worker whose controller is away still serves /health and
             // still stops on a signal.
             let cfg = remote_runner_config(&settings)?;
-            joining = Some(actix::spawn(join_controller(settings.clone(), cfg)));
+            let set = joined.0.clone();
+            joining = Some(actix::spawn(join_controller(settings.clone(), cfg, set)));
         }
         let state = control.map(|c| c.state);
-        let (server, port) = serve(&settings, subsystems, state)?;
+        let (server, port) = serve(&settings, subsystems, state, joined)?;
         if let Some(r) = ready {
             r.store(true, Ordering::Release);
         }
@@ -345,6 +348,7 @@ fn serve(
     settings: &Settings,
     subsystems: Subsystems,
     state: Option<AppState>,
+    joined: http::health::Joined,
 ) -> Result<(Server, u16), AppError> {
     let st = state.clone();
     // HTTP threads: a controller's handlers only parse, hand work to the actors and answer
@@ -365,7 +369,7 @@ fn serve(
             .configure(http::health_routes)
             .default_service(web::to(http::not_found));
         if subsystems.remote_runners {
-            app = app.configure(http::worker_health_routes);
+            app = app.configure(|cfg| http::worker_health_routes(cfg, &joined));
         }
         if let Some(s) = &st {
             app = app

@@ -12,6 +12,7 @@ use crate::http::state::AppState;
 use crate::settings::Settings;
 use crate::worker::{backoff, RunnerConfig, WorkerHandle};
 use backon::Retryable;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,9 +96,15 @@ pub(super) fn remote_runner_config(settings: &Settings) -> Result<RunnerConfig, 
     Ok(cfg)
 }
 
-/// Registers with the controller (retrying until it answers), then starts the runners.
-pub(super) async fn join_controller(settings: Settings, mut cfg: RunnerConfig) -> WorkerHandle {
+/// Registers with the controller (retrying until it answers), sets `joined` (the worker's
+/// `/ready`), then starts the runners.
+pub(super) async fn join_controller(
+    settings: Settings,
+    mut cfg: RunnerConfig,
+    joined: Arc<AtomicBool>,
+) -> WorkerHandle {
     let plane: HttpPlane = register_with_retry(&settings).await;
+    joined.store(true, Ordering::Release);
     cfg.heartbeat_interval = Duration::from_millis(plane.heartbeat_interval_ms.max(50));
     WorkerHandle::start(Arc::new(plane), cfg)
 }

@@ -7,7 +7,8 @@ use crate::actors::registry::CountOnline;
 use crate::db::{self, DbError};
 use crate::metrics::{self, Snapshot};
 use actix_web::{web, HttpResponse};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
@@ -32,9 +33,19 @@ pub async fn ready(st: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// A worker answers ready as soon as it listens. It registers with its controller in the
-/// background (`app::Application::build`), so this does not yet say whether it has joined.
-pub async fn worker_ready() -> HttpResponse {
+/// Set once a worker has registered with its controller (`app::runners::join_controller`).
+#[derive(Clone, Default)]
+pub struct Joined(pub Arc<AtomicBool>);
+
+/// A worker is ready once it has registered with its controller (it registers in the
+/// background, retrying until the controller answers: until then it only serves `/health`).
+pub async fn worker_ready(joined: web::Data<Joined>) -> HttpResponse {
+    if !joined.0.load(Ordering::Acquire) {
+        return HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "error": "not registered with the controller yet",
+            "code": "not_ready"
+        }));
+    }
     HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
 }
 

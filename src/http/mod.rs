@@ -52,9 +52,10 @@ pub fn health_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(res("/health").route(web::get().to(health::health)));
 }
 
-/// `/ready` of a worker (the other roles serve it with the runs API).
-pub fn worker_health_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(res("/ready").route(web::get().to(health::worker_ready)));
+/// `/ready` of a worker (the other roles serve it with the runs API): 503 until `joined`.
+pub fn worker_health_routes(cfg: &mut web::ServiceConfig, joined: &health::Joined) {
+    cfg.app_data(web::Data::new(joined.clone()))
+        .service(res("/ready").route(web::get().to(health::worker_ready)));
 }
 
 /// The runs API (single and controller roles). Reads need the `read` scope, changes to runs

@@ -1,5 +1,6 @@
-//! A worker and an absent controller: the worker answers `/health` while it waits, joins when
-//! the controller comes up, and a SIGTERM while it waits stops it cleanly.
+//! A worker and an absent controller: the worker answers `/health` while it waits (its
+//! `/ready` and `loopd health` say it is not ready until it has registered), joins when the
+//! controller comes up, and a SIGTERM while it waits stops it cleanly.
 
 use crate::cluster::{Cluster, Timings, JOIN_TOKEN};
 use crate::support::proc::Loopd;
@@ -15,10 +16,36 @@ async fn a_worker_started_before_its_controller_is_healthy_and_joins_when_it_com
     let url = c.controller.url();
     let w = c.spawn_worker(&url, &[], &[]);
     c.workers[w].wait_ready("/health").await;
+    let ready = format!("{}/ready", c.workers[w].url());
+    let http = reqwest::Client::new();
+    let r = http.get(&ready).send().await.expect("worker /ready");
+    assert_eq!(r.status(), 503, "ready before it registered");
+    let body: serde_json::Value = r.json().await.expect("a JSON error body");
+    assert_eq!(body["code"], "not_ready", "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let health = std::process::Command::new(crate::support::proc::bin())
+        .args(["health", "--addr", &c.workers[w].url()])
+        .output()
+        .expect("loopd health");
+    assert!(
+        !health.status.success(),
+        "loopd health passed before the worker registered"
+    );
 
     c.controller.start();
     c.controller.wait_ready("/ready").await;
     c.wait_worker_status(w, "idle").await;
+    // Registered: ready (the flag is set just before the runners start).
+    c.workers[w].wait_ready("/ready").await;
+    let health = std::process::Command::new(crate::support::proc::bin())
+        .args(["health", "--addr", &c.workers[w].url()])
+        .output()
+        .expect("loopd health");
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
     let repo = Repo::create(c.dir.path(), "origin", 1, "tick", &[]);
     let id = c.submit_git(&repo, &[]).await;
     c.wait_status(&id, "COMPLETED").await;
