@@ -13,6 +13,7 @@ use crate::actors::run_progress::outcome::FollowUp;
 use crate::actors::scheduler::{SchedulerActor, SchedulerService, StepFinished};
 use crate::artifacts::ArtifactStore;
 use crate::db::{self, Db, DbError};
+use crate::domain::WorkerStatus;
 use crate::http::{self, state::AppState};
 use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
@@ -328,8 +329,8 @@ async fn recover_single(db: &Db, settings: &Settings) -> Result<(), AppError> {
     let requeued = db
         .tx(move |c| {
             let list = crate::actors::lease::release_all_at_restart(c, max)?;
-            for w in db::workers::with_status(c, &["idle", "busy", "draining"])? {
-                db::workers::set_status(c, &w.id, "offline")?;
+            for w in db::workers::with_status(c, WorkerStatus::ONLINE)? {
+                db::workers::set_status(c, &w.id, WorkerStatus::Offline)?;
             }
             Ok::<_, DbError>(list)
         })

@@ -212,6 +212,7 @@ fn stored_state(snap: &Snapshot) -> Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{RunStatus, StepStatus};
 
     #[test]
     fn histograms_are_cumulative_and_render_every_metric_name() {
@@ -242,10 +243,14 @@ mod tests {
     #[test]
     fn finished_steps_are_a_counter_and_the_others_a_gauge_named_for_them() {
         let text = Metrics::default().render(&Snapshot {
-            runs_by_status: vec![("RUNNING".into(), 2)],
+            runs_by_status: vec![(RunStatus::Running.to_string(), 2)],
             steps_by_phase_status: vec![
-                ("implementation".into(), "SUCCEEDED".into(), 3),
-                ("review".into(), "QUEUED".into(), 1),
+                (
+                    "implementation".into(),
+                    StepStatus::Succeeded.to_string(),
+                    3,
+                ),
+                ("review".into(), StepStatus::Queued.to_string(), 1),
             ],
             ..Snapshot::default()
         });

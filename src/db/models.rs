@@ -1,6 +1,7 @@
 //! Row and insert types, one per table; queries live in the per-table files.
 
 use super::schema::{artifacts, events, run_state, runs, steps, workers};
+use crate::domain::status::{RunStatus, StepStatus, WorkerStatus};
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,23 @@ pub struct RunRow {
     /// A completed git run's branch and commit as pushed to its remote.
     pub pushed_branch: Option<String>,
     pub pushed_commit: Option<String>,
+}
+
+impl RunRow {
+    /// The run's status as the enum; `None` for a spelling this build does not know.
+    pub fn run_status(&self) -> Option<RunStatus> {
+        self.status.parse().ok()
+    }
+
+    /// Whether the run is in one of `statuses`.
+    pub fn status_in(&self, statuses: &[RunStatus]) -> bool {
+        self.run_status().is_some_and(|s| statuses.contains(&s))
+    }
+
+    /// Stores `status` in its database spelling.
+    pub fn set_status(&mut self, status: RunStatus) {
+        self.status = status.as_str().to_string();
+    }
 }
 
 /// The scheduler's progress counters of one run (see the migration's comment). Serialized
@@ -127,6 +145,13 @@ pub struct ImplStep {
     pub prompt: Option<String>,
 }
 
+impl ImplStep {
+    /// The step's status as the enum; `None` for a spelling this build does not know.
+    pub fn step_status(&self) -> Option<StepStatus> {
+        self.status.parse().ok()
+    }
+}
+
 impl StepRow {
     /// A new step of `run_id` (a fresh id, attempt 1, nothing run, no lease, no labels, not
     /// final or settled), queued at `now`; callers set what differs.
@@ -159,6 +184,16 @@ impl StepRow {
             failure_reason: None,
             completion_digest: None,
         }
+    }
+
+    /// The step's status as the enum; `None` for a spelling this build does not know.
+    pub fn step_status(&self) -> Option<StepStatus> {
+        self.status.parse().ok()
+    }
+
+    /// Stores `status` in its database spelling.
+    pub fn set_status(&mut self, status: StepStatus) {
+        self.status = status.as_str().to_string();
     }
 }
 
@@ -203,6 +238,13 @@ pub struct WorkerRow {
     pub registered_at: i64,
     pub last_heartbeat_at: i64,
     pub metrics_json: Option<String>,
+}
+
+impl WorkerRow {
+    /// The worker's status as the enum; `None` for a spelling this build does not know.
+    pub fn worker_status(&self) -> Option<WorkerStatus> {
+        self.status.parse().ok()
+    }
 }
 
 /// A step's lease (its worker, epoch and attempt, and its `lease_*` columns), as the `leases`

@@ -3,6 +3,7 @@
 use super::models::{RunRow, RunStateRow};
 use super::schema::{run_state, runs};
 use super::{on_conn, Conn, DbError};
+use crate::domain::RunStatus;
 use diesel::prelude::*;
 
 pub fn insert(conn: &mut Conn, row: &RunRow) -> Result<(), DbError> {
@@ -78,9 +79,9 @@ pub fn list(
 }
 
 /// Runs in one status, oldest first.
-pub fn with_status(conn: &mut Conn, status: &str) -> Result<Vec<RunRow>, DbError> {
+pub fn with_status(conn: &mut Conn, status: RunStatus) -> Result<Vec<RunRow>, DbError> {
     let rows = on_conn!(conn, |c| runs::table
-        .filter(runs::status.eq(status))
+        .filter(runs::status.eq(status.as_str()))
         .select(RunRow::as_select())
         .order((runs::created_at.asc(), runs::id.asc()))
         .load(c))?;
@@ -126,10 +127,10 @@ pub fn set_waiting_reason(
 /// The id and `waiting_reason` of every run in `status`.
 pub fn reasons_with_status(
     conn: &mut Conn,
-    status: &str,
+    status: RunStatus,
 ) -> Result<Vec<(String, Option<String>)>, DbError> {
     let rows = on_conn!(conn, |c| runs::table
-        .filter(runs::status.eq(status))
+        .filter(runs::status.eq(status.as_str()))
         .select((runs::id, runs::waiting_reason))
         .load(c))?;
     Ok(rows)

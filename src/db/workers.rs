@@ -3,6 +3,7 @@
 use super::models::WorkerRow;
 use super::schema::workers;
 use super::{on_conn, Conn, DbError};
+use crate::domain::WorkerStatus;
 use diesel::prelude::*;
 
 pub fn insert(conn: &mut Conn, row: &WorkerRow) -> Result<(), DbError> {
@@ -31,8 +32,8 @@ pub fn all(conn: &mut Conn) -> Result<Vec<WorkerRow>, DbError> {
 }
 
 /// Workers in one of `statuses`.
-pub fn with_status(conn: &mut Conn, statuses: &[&str]) -> Result<Vec<WorkerRow>, DbError> {
-    let list: Vec<String> = statuses.iter().map(|s| s.to_string()).collect();
+pub fn with_status(conn: &mut Conn, statuses: &[WorkerStatus]) -> Result<Vec<WorkerRow>, DbError> {
+    let list: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
     let r = on_conn!(conn, |c| workers::table
         .filter(workers::status.eq_any(list))
         .select(WorkerRow::as_select())
@@ -63,9 +64,9 @@ pub fn touch(
     Ok(n == 1)
 }
 
-pub fn set_status(conn: &mut Conn, id: &str, status: &str) -> Result<bool, DbError> {
+pub fn set_status(conn: &mut Conn, id: &str, status: WorkerStatus) -> Result<bool, DbError> {
     let n = on_conn!(conn, |c| diesel::update(workers::table.find(id))
-        .set(workers::status.eq(status))
+        .set(workers::status.eq(status.as_str()))
         .execute(c))?;
     Ok(n == 1)
 }

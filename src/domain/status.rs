@@ -196,6 +196,13 @@ string_enum!(
 );
 
 impl WorkerStatus {
+    /// The statuses of online workers (see [`WorkerStatus::is_online`]).
+    pub const ONLINE: &'static [WorkerStatus] = &[
+        WorkerStatus::Idle,
+        WorkerStatus::Busy,
+        WorkerStatus::Draining,
+    ];
+
     /// Online workers may hold leases and claim steps (draining ones only keep theirs).
     pub fn is_online(self) -> bool {
         matches!(

@@ -208,7 +208,7 @@ fn locate(
         }
         start += size;
     }
-    let ended = matches!(run.status.as_str(), "COMPLETED" | "FAILED" | "CANCELED");
+    let ended = run.run_status().is_some_and(RunStatus::is_terminal);
     Ok((None, ended && offset >= start))
 }
 

@@ -3,6 +3,7 @@
 
 use super::{run_row, step_row, Store};
 use loopd::db::{self, Conn};
+use loopd::domain::RunStatus;
 
 /// A run in `status` with steps of these (status, settled, required labels); returns its id.
 fn run_with(c: &mut Conn, status: &str, steps: &[(&str, bool, &str)]) -> String {
@@ -70,7 +71,7 @@ pub fn the_tick_lists_the_first_waiting_step_of_each_running_run(s: Store) {
         [(a.clone(), "gpu".to_string()), (a, "arm".to_string())],
         "in queue order, RUNNING runs only"
     );
-    let reasons = db::runs::reasons_with_status(&mut c, "RUNNING").unwrap();
+    let reasons = db::runs::reasons_with_status(&mut c, RunStatus::Running).unwrap();
     assert_eq!(reasons.len(), 2);
     assert!(reasons.iter().all(|(_, r)| r.is_none()));
 }

@@ -209,7 +209,7 @@ impl Writer {
         }
         let now = snap.now;
         let (run, mut state, mut step) = (snap.run.clone(), snap.state.clone(), snap.step.clone());
-        let event = completed(&mut step, &run.status, req, &self.digest, now);
+        let event = completed(&mut step, run.run_status(), req, &self.digest, now);
         note_in_state(&mut state, req, wid);
         let mut plan = decide::plan(
             &mut snap,

@@ -14,7 +14,7 @@ use crate::db::models::{RunStateRow, StepRow};
 use crate::db::{self, Conn};
 use crate::domain::events as ev;
 use crate::domain::pipeline::INFRA_PREFIX;
-use crate::domain::{StepOutcome, StepPhase};
+use crate::domain::{RunStatus, StepOutcome, StepPhase, StepStatus};
 use crate::workspace::mirror::Mirrors;
 
 /// Longest output tail kept with a step (the watchdog compares tails).
@@ -40,20 +40,19 @@ fn tail(s: &str, cap: usize) -> String {
 /// Marks `step` finished as `req` says (cancelled if its run is) and returns its event.
 pub fn completed(
     step: &mut StepRow,
-    run_status: &str,
+    run_status: Option<RunStatus>,
     req: &CompleteRequest,
     digest: &str,
     now: i64,
 ) -> NewEvent {
     let ok = req.status == StepOutcome::Succeeded;
-    step.status = if run_status == "CANCELED" {
-        "CANCELED"
+    step.set_status(if run_status == Some(RunStatus::Canceled) {
+        StepStatus::Canceled
     } else if ok {
-        "SUCCEEDED"
+        StepStatus::Succeeded
     } else {
-        "FAILED"
-    }
-    .to_string();
+        StepStatus::Failed
+    });
     step.ended_at = Some(now);
     step.exit_code = req.exit_code;
     step.output_tail = Some(storable(&tail(&req.output_tail, TAIL_CAP)));
@@ -122,7 +121,7 @@ pub fn record_in_tx(
     };
     let (mut step, now) = (held.step, held.now_ms);
     let (run, mut state) = db::runs::lock_with_state(c, &step.run_id)?;
-    let event = completed(&mut step, &run.status, req, digest, now);
+    let event = completed(&mut step, run.run_status(), req, digest, now);
     db::leases::delete(c, sid)?;
     for a in &req.artifacts {
         let known = db::artifacts::get(c, &run.id, &a.name)?;

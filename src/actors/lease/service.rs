@@ -26,7 +26,7 @@ use crate::db::leases::{self, ClaimSpec, Requeued};
 use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
 use crate::domain::time::rfc3339;
-use crate::domain::LeaseAction;
+use crate::domain::{LeaseAction, RunStatus};
 use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
 use crate::settings::{LeaseSettings, SchedulerSettings};
@@ -293,7 +293,7 @@ impl LeaseService {
                         Ok(l) => {
                             let canceled = match db::steps::get(c, &h.step_id)? {
                                 Some(s) => db::runs::get(c, &s.run_id)?
-                                    .is_some_and(|r| r.status == "CANCELED"),
+                                    .is_some_and(|r| r.run_status() == Some(RunStatus::Canceled)),
                                 None => false,
                             };
                             let action = if canceled {

@@ -18,6 +18,7 @@ use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterR
 use crate::db::models::{decode_labels, encode_labels, new_id, LeaseRow, WorkerRow};
 use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
+use crate::domain::WorkerStatus;
 use crate::metrics::Metrics;
 use crate::settings::{LeaseSettings, WorkerSettings};
 use actix::Addr;
@@ -74,10 +75,12 @@ impl RegistryService {
                 let now = c.now_ms()?;
                 let rows = db::workers::all(c)?;
                 let mut online = Vec::new();
-                for w in rows
-                    .iter()
-                    .filter(|w| w.status != "offline" && w.status != "revoked")
-                {
+                for w in rows.iter().filter(|w| {
+                    !matches!(
+                        w.worker_status(),
+                        Some(WorkerStatus::Offline | WorkerStatus::Revoked)
+                    )
+                }) {
                     db::workers::touch(c, &w.id, &w.status, w.metrics_json.as_deref(), now)?;
                     online.push(w.id.clone());
                 }
@@ -145,7 +148,7 @@ impl RegistryService {
                         labels: row_labels,
                         slots: caps.slots as i32,
                         version: caps.version.clone(),
-                        status: "idle".into(),
+                        status: WorkerStatus::Idle.as_str().into(),
                         registered_at: now,
                         last_heartbeat_at: now,
                         metrics_json: None,
@@ -347,7 +350,7 @@ impl RegistryService {
             .tx(move |c| {
                 let now = c.now_ms()?;
                 for id in &ids {
-                    db::workers::set_status(c, id, "offline")?;
+                    db::workers::set_status(c, id, WorkerStatus::Offline)?;
                     let p = ev::worker_offline(id, &format!("no heartbeat for {after} ms"));
                     db::events::append(c, None, None, ev::WORKER_OFFLINE, &p, now)?;
                 }
@@ -398,7 +401,7 @@ impl RegistryService {
         let wid = worker_id.to_string();
         let found = self
             .db
-            .run(move |c| db::workers::set_status(c, &wid, "revoked"))
+            .run(move |c| db::workers::set_status(c, &wid, WorkerStatus::Revoked))
             .await?;
         if !found {
             return Err(RegistryError::NotFound);

@@ -11,7 +11,7 @@ use crate::db::{self, Conn, DbError};
 use crate::domain::events as ev;
 use crate::domain::pipeline::{self, Counters, Decision, Finished, Next, INFRA_PREFIX};
 use crate::domain::run_config::RunConfig;
-use crate::domain::{StepPhase, StepStatus};
+use crate::domain::{RunStatus, StepPhase, StepStatus};
 use crate::workspace::mirror::Mirrors;
 
 /// Whether a step's completion can be followed up in its own transaction: the run (locked by
@@ -31,7 +31,7 @@ pub fn decides_now(
 
 /// [`decides_now`], given whether another step of the run is in flight.
 pub fn decides(run: &RunRow, state: &RunStateRow, others_active: bool) -> bool {
-    (run.status == "RUNNING" || run.status == "PAUSED")
+    run.status_in(&[RunStatus::Running, RunStatus::Paused])
         && state.finishing.is_none()
         && !others_active
 }
@@ -220,7 +220,10 @@ fn implementations_before(h: &mut impl History, last: &StepRow) -> Result<Vec<Im
     }
     // Usually the two newest succeeded; when failures sit between, ask for those directly.
     let mut recent = h.recent_implementations(&last.run_id, 3)?;
-    let succeeded = recent.iter().filter(|s| s.status == "SUCCEEDED").count();
+    let succeeded = recent
+        .iter()
+        .filter(|s| s.step_status() == Some(StepStatus::Succeeded))
+        .count();
     if succeeded < 2 && recent.len() == 3 {
         let newest = recent.remove(0);
         recent = h.succeeded_implementations(&last.run_id)?;
@@ -236,11 +239,13 @@ fn implementations_before(h: &mut impl History, last: &StepRow) -> Result<Vec<Im
 /// What the pipeline needs to know about a finished step; `impls` are the run's newest
 /// implementation steps, newest first (see [`implementations_before`]).
 fn finished<'a>(last: &'a StepRow, impls: &'a [ImplStep]) -> Finished<'a> {
-    let mut succeeded = impls.iter().filter(|s| s.status == "SUCCEEDED");
+    let mut succeeded = impls
+        .iter()
+        .filter(|s| s.step_status() == Some(StepStatus::Succeeded));
     let reason = last.failure_reason.as_deref();
     Finished {
         phase: last.phase.parse().ok(),
-        succeeded: last.status == "SUCCEEDED",
+        succeeded: last.step_status() == Some(StepStatus::Succeeded),
         is_final: last.is_final,
         completion_detected: last.completion_detected.unwrap_or(false),
         failure_reason: reason.map(|r| r.strip_prefix(INFRA_PREFIX).unwrap_or(r)),

@@ -8,6 +8,7 @@ use super::error::SchedError;
 use crate::db::{self, Conn};
 use crate::domain::events as ev;
 use crate::domain::time::now_ms;
+use crate::domain::{RunStatus, StepStatus};
 
 /// The control verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +33,10 @@ pub(super) fn transition(
     let mut run = db::runs::lock(c, run_id)?;
     let now = now_ms();
     let from = run.status.clone();
-    let (to, event) = match (verb, from.as_str()) {
-        (Control::Pause, "RUNNING") => ("PAUSED", ev::RUN_PAUSED),
-        (Control::Resume, "PAUSED") => {
-            let running = db::runs::with_status(c, "RUNNING")?;
+    let (to, event) = match (verb, run.run_status()) {
+        (Control::Pause, Some(RunStatus::Running)) => (RunStatus::Paused, ev::RUN_PAUSED),
+        (Control::Resume, Some(RunStatus::Paused)) => {
+            let running = db::runs::with_status(c, RunStatus::Running)?;
             let same_ws = running
                 .iter()
                 .filter(|r| r.workspace_root == run.workspace_root)
@@ -51,13 +52,15 @@ pub(super) fn transition(
                     "no capacity: per-workspace run limit reached (max_runs_per_workspace = {max_ws})"
                 )));
             }
-            ("RUNNING", ev::RUN_RESUMED)
+            (RunStatus::Running, ev::RUN_RESUMED)
         }
-        (Control::Cancel, "PENDING" | "RUNNING" | "PAUSED") => ("CANCELED", ev::RUN_CANCELED),
-        (Control::Retry, "FAILED") => ("PENDING", ev::RUN_RETRIED),
+        (Control::Cancel, Some(RunStatus::Pending | RunStatus::Running | RunStatus::Paused)) => {
+            (RunStatus::Canceled, ev::RUN_CANCELED)
+        }
+        (Control::Retry, Some(RunStatus::Failed)) => (RunStatus::Pending, ev::RUN_RETRIED),
         _ => return Err(invalid(&from, verb)),
     };
-    run.status = to.into();
+    run.set_status(to);
     run.updated_at = now;
     match verb {
         Control::Cancel => {
@@ -93,8 +96,8 @@ pub(super) fn transition(
 /// by its worker (heartbeat answer `cancel`) and cancelled when it reports.
 fn cancel_waiting_steps(c: &mut Conn, run_id: &str, now: i64) -> Result<(), SchedError> {
     for mut s in db::steps::active_for_run(c, run_id)? {
-        if s.status == "QUEUED" || s.status == "RETRYING" {
-            s.status = "CANCELED".into();
+        if s.step_status().is_some_and(StepStatus::is_claimable) {
+            s.set_status(StepStatus::Canceled);
             s.settled = true;
             s.ended_at = Some(now);
             db::steps::save(c, &s)?;

@@ -19,6 +19,7 @@ use crate::domain::artifact_kind::artifact_kind;
 use crate::domain::events as ev;
 use crate::domain::report::{self, RunFacts, StepFacts};
 use crate::domain::time::now_ms;
+use crate::domain::RunStatus;
 use crate::workspace::Mirrors;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -84,7 +85,7 @@ impl Finisher {
         else {
             return Ok(());
         };
-        if run.status != "RUNNING" && run.status != "PAUSED" {
+        if !run.status_in(&[RunStatus::Running, RunStatus::Paused]) {
             return Ok(());
         }
         let config = run.config();
@@ -124,14 +125,18 @@ impl Finisher {
         self.db
             .tx(move |c| {
                 let mut row = db::runs::lock(c, &id)?;
-                if row.status != "RUNNING" && row.status != "PAUSED" {
+                if !row.status_in(&[RunStatus::Running, RunStatus::Paused]) {
                     return Ok(());
                 }
                 let now = now_ms();
                 let mut state = db::runs::state(c, &id)?;
                 state.finishing = None;
                 db::runs::save_state(c, &state)?;
-                row.status = if completed { "COMPLETED" } else { "FAILED" }.into();
+                row.set_status(if completed {
+                    RunStatus::Completed
+                } else {
+                    RunStatus::Failed
+                });
                 row.ended_at = Some(now);
                 row.updated_at = now;
                 row.waiting_reason = None;

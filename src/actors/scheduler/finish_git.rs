@@ -9,7 +9,7 @@ use crate::db::models::{RunRow, StepRow};
 use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
 use crate::domain::time::now_ms;
-use crate::domain::{MergeStrategy, StepPhase};
+use crate::domain::{MergeStrategy, StepPhase, StepStatus};
 use crate::workspace::worktree as wt;
 use crate::workspace::Mirrors;
 use std::path::Path;
@@ -71,7 +71,11 @@ pub(super) async fn merge_if_configured(db: &Db, run: &RunRow) -> Result<MergeRe
     db.tx(move |c| {
         let mut s = db::steps::get(c, &sid)?.ok_or(DbError::NotFound)?;
         let now = now_ms();
-        s.status = if ok { "SUCCEEDED" } else { "FAILED" }.into();
+        s.set_status(if ok {
+            StepStatus::Succeeded
+        } else {
+            StepStatus::Failed
+        });
         s.exit_code = Some(if ok { 0 } else { 1 });
         s.ended_at = Some(now);
         db::steps::save(c, &s)?;
@@ -93,10 +97,9 @@ async fn merge_step(db: &Db, run_id: &str) -> Result<String, SchedError> {
     let id = run_id.to_string();
     db.tx(move |c| {
         let steps = db::steps::for_run(c, &id)?;
-        if let Some(s) = steps
-            .iter()
-            .find(|s| s.phase == "merge" && s.status == "IN_PROGRESS")
-        {
+        if let Some(s) = steps.iter().find(|s| {
+            s.phase == StepPhase::Merge.as_str() && s.step_status() == Some(StepStatus::InProgress)
+        }) {
             return Ok(s.id.clone());
         }
         let now = now_ms();
@@ -215,6 +218,12 @@ fn merge_step_row(run_id: &str, seq: i32, now: i64) -> StepRow {
         is_final: true,
         settled: true,
         started_at: Some(now),
-        ..StepRow::new(run_id, seq, StepPhase::Merge.as_str(), "IN_PROGRESS", now)
+        ..StepRow::new(
+            run_id,
+            seq,
+            StepPhase::Merge.as_str(),
+            StepStatus::InProgress.as_str(),
+            now,
+        )
     }
 }

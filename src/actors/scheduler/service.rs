@@ -21,7 +21,7 @@ use crate::db::models::RunRow;
 use crate::db::{self, Conn, Db};
 use crate::domain::events as ev;
 use crate::domain::time::now_ms;
-use crate::domain::WorkspaceSource;
+use crate::domain::{RunStatus, WorkspaceSource};
 use crate::settings::SchedulerSettings;
 use crate::workspace::mirror::Mirrors;
 use crate::workspace::worktree as wt;
@@ -314,7 +314,7 @@ fn advance_in_tx(
     mirrors: &Mirrors,
 ) -> Result<Vec<Advanced>, SchedError> {
     let (run, state) = db::runs::lock_with_state(c, run_id)?;
-    if run.status != "RUNNING" && run.status != "PAUSED" {
+    if !run.status_in(&[RunStatus::Running, RunStatus::Paused]) {
         return Ok(vec![Advanced::Nothing]);
     }
     if state.finishing.is_some() {

@@ -8,6 +8,7 @@ use super::error::SchedError;
 use crate::db::models::{decode_labels, labels_match, RunRow, WorkerRow};
 use crate::db::{self, Conn};
 use crate::domain::events as ev;
+use crate::domain::status::{RunStatus, WorkerStatus};
 use crate::domain::time::now_ms;
 use std::collections::HashMap;
 
@@ -17,8 +18,8 @@ pub(super) fn pick_next(
     c: &mut Conn,
     (max_all, max_ws): (usize, usize),
 ) -> Result<Option<RunRow>, SchedError> {
-    let running = db::runs::with_status(c, "RUNNING")?;
-    let pending = db::runs::with_status(c, "PENDING")?;
+    let running = db::runs::with_status(c, RunStatus::Running)?;
+    let pending = db::runs::with_status(c, RunStatus::Pending)?;
     let mut picked = None;
     for run in pending {
         // Every cap that holds the run back is named: the per-workspace one still holds it
@@ -45,7 +46,7 @@ pub(super) fn pick_next(
         }
         let mut row = run;
         let now = now_ms();
-        row.status = "RUNNING".into();
+        row.set_status(RunStatus::Running);
         row.started_at = row.started_at.or(Some(now));
         row.updated_at = now;
         row.waiting_reason = None;
@@ -71,13 +72,13 @@ pub(super) fn stuck_runs(c: &mut Conn) -> Result<Vec<String>, SchedError> {
 /// Sets `waiting_reason` of RUNNING runs whose queued step no online worker can take (a fixed
 /// number of statements per tick, and a write only where a reason changed).
 pub(super) fn explain_waits(c: &mut Conn) -> Result<(), SchedError> {
-    let online = db::workers::with_status(c, &["idle", "busy", "draining"])?;
+    let online = db::workers::with_status(c, WorkerStatus::ONLINE)?;
     // Each run's first waiting step.
     let mut waiting: HashMap<String, String> = HashMap::new();
     for (run_id, labels) in db::steps::waiting_of_running(c)? {
         waiting.entry(run_id).or_insert(labels);
     }
-    for (id, current) in db::runs::reasons_with_status(c, "RUNNING")? {
+    for (id, current) in db::runs::reasons_with_status(c, RunStatus::Running)? {
         let reason = waiting
             .get(&id)
             .and_then(|labels| why_waiting(labels, &online));
@@ -99,7 +100,10 @@ fn why_waiting(labels: &str, online: &[WorkerRow]) -> Option<String> {
             "no online worker has label {}",
             decode_labels(labels).join(", ")
         ))
-    } else if fit.iter().all(|w| w.status == "draining") {
+    } else if fit
+        .iter()
+        .all(|w| w.worker_status() == Some(WorkerStatus::Draining))
+    {
         // Draining workers take nothing new.
         Some("every online worker that could take it is draining".to_string())
     } else {

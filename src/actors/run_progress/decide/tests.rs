@@ -4,6 +4,7 @@
 use super::{finished, implementations_before, History};
 use crate::db::models::{ImplStep, StepRow};
 use crate::db::DbError;
+use crate::domain::StepStatus::{self, Failed, Succeeded};
 
 /// The two lists as the database sends them: prompts only in the first list's newest step.
 struct Lists {
@@ -23,17 +24,17 @@ impl History for Lists {
     }
 }
 
-fn step(id: &str, status: &str, prompt: Option<&str>) -> ImplStep {
+fn step(id: &str, status: StepStatus, prompt: Option<&str>) -> ImplStep {
     ImplStep {
         id: id.into(),
-        status: status.into(),
+        status: status.as_str().into(),
         output_tail: Some(format!("output of {id}")),
         prompt: prompt.map(String::from),
     }
 }
 
 fn verification() -> StepRow {
-    StepRow::new("r", 9, "verification", "SUCCEEDED", 1)
+    StepRow::new("r", 9, "verification", Succeeded.as_str(), 1)
 }
 
 fn ids(l: &[ImplStep]) -> Vec<&str> {
@@ -44,11 +45,11 @@ fn ids(l: &[ImplStep]) -> Vec<&str> {
 fn the_newest_keeps_its_prompt_when_it_is_also_the_newest_that_succeeded() {
     let mut h = Lists {
         recent: vec![
-            step("i3", "SUCCEEDED", Some("the newest prompt")),
-            step("i2", "FAILED", None),
-            step("i1", "FAILED", None),
+            step("i3", Succeeded, Some("the newest prompt")),
+            step("i2", Failed, None),
+            step("i1", Failed, None),
         ],
-        succeeded: vec![step("i3", "SUCCEEDED", None), step("i0", "SUCCEEDED", None)],
+        succeeded: vec![step("i3", Succeeded, None), step("i0", Succeeded, None)],
     };
     let last = verification();
     let impls = implementations_before(&mut h, &last).unwrap();
@@ -63,11 +64,11 @@ fn the_newest_keeps_its_prompt_when_it_is_also_the_newest_that_succeeded() {
 fn a_failed_newest_goes_in_front_of_the_two_that_succeeded() {
     let mut h = Lists {
         recent: vec![
-            step("i3", "FAILED", Some("the newest prompt")),
-            step("i2", "SUCCEEDED", None),
-            step("i1", "FAILED", None),
+            step("i3", Failed, Some("the newest prompt")),
+            step("i2", Succeeded, None),
+            step("i1", Failed, None),
         ],
-        succeeded: vec![step("i2", "SUCCEEDED", None), step("i0", "SUCCEEDED", None)],
+        succeeded: vec![step("i2", Succeeded, None), step("i0", Succeeded, None)],
     };
     let last = verification();
     let impls = implementations_before(&mut h, &last).unwrap();
