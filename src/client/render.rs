@@ -14,30 +14,22 @@ pub fn print(json: bool, raw: &serde_json::Value, table: impl FnOnce() -> String
     }
 }
 
-/// Left-aligned columns sized to their widest cell.
+/// Left-aligned columns sized to their widest cell (its display width), two spaces apart,
+/// without borders; comfy-table lays them out, never wrapping (the terminal's width is not
+/// asked: its `tty` feature is off).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| escaped(c)).collect())
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_header(header.iter().map(|h| escaped(h)).collect::<Vec<_>>())
+        .add_rows(
+            rows.iter()
+                .map(|r| r.iter().map(|c| escaped(c)).collect::<Vec<_>>()),
+        );
+    for col in t.column_iter_mut() {
+        col.set_padding((0, 2));
     }
-    let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        format!("{}\n", parts.join("  ").trim_end())
-    };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    for r in &rows {
-        out.push_str(&line(r.clone()));
-    }
+    let mut out = t.trim_fmt();
+    out.push('\n');
     out
 }
 
@@ -196,5 +188,11 @@ mod tests {
     fn names_with_control_characters_are_printed_escaped() {
         let t = super::table(&["NAME"], &[vec!["a\nb\u{1b}[2J".into()]]);
         assert_eq!(t, "NAME\na\\nb\\u{1b}[2J\n");
+    }
+
+    #[test]
+    fn wide_characters_take_their_display_width() {
+        let t = super::table(&["NAME", "ID"], &[vec!["日本".into(), "1".into()]]);
+        assert_eq!(t, "NAME  ID\n日本  1\n");
     }
 }
