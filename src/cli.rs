@@ -108,7 +108,7 @@ pub enum Command {
         /// Follow the output (the default; kept for compatibility).
         #[arg(short = 'f', long)]
         follow: bool,
-        /// Start at this byte offset of the run's output.
+        /// Start at this position of the run's output (UTF-16 units; bytes for ASCII).
         #[arg(long, default_value_t = 0)]
         offset: u64,
     },

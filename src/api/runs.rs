@@ -139,11 +139,21 @@ pub struct CreateRunRequest {
     pub labels: Option<Vec<String>>,
 }
 
-/// `GET /runs` query string.
+/// `GET /runs` query string. `status` is accepted in any letter case (`running`), as the
+/// upstream daemon accepts it.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ListRunsQuery {
     pub workspace_root: Option<String>,
+    #[serde(default, deserialize_with = "status_any_case")]
     pub status: Option<RunStatus>,
+}
+
+fn status_any_case<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RunStatus>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.to_ascii_uppercase()
+        .parse()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// One artifact in `GET /runs/{id}/artifacts`.
@@ -180,6 +190,8 @@ pub struct EventFrame {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputFrame {
     pub step_id: String,
+    /// Run-wide position of the first character, in UTF-16 code units (JavaScript's
+    /// `length`): `offset + content.length` is the frame's SSE `id:`, the resume cursor.
     pub offset: u64,
     pub content: String,
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod output;
 pub mod runs;
 pub mod state;
 pub mod streams;
@@ -108,7 +109,7 @@ pub fn runs_api(cfg: &mut web::ServiceConfig) {
     .service(
         res("/runs/{id}/output")
             .wrap(read())
-            .route(web::get().to(streams::output)),
+            .route(web::get().to(output::output)),
     )
     .service(
         res("/runs/{id}/artifacts")

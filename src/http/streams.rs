@@ -1,37 +1,29 @@
 //! The two live streams of a run (SSE). Both replay from a cursor and then follow the event
 //! hub: on every wake-up they re-read from their cursor, so nothing is skipped or repeated.
-//! `/events` uses the run's event numbers as cursor (`Last-Event-ID`, else `after=<ms>`);
-//! `/output` uses the byte offset in the run's output (its steps' outputs in order).
+//! `/events` (here) uses the run's event numbers as cursor (`Last-Event-ID`, else
+//! `after=<ms>`); `/output` (in `output.rs`) a position in the run's output.
 
 use super::error::ApiError;
 use super::extract::Id;
 use super::state::AppState;
-use crate::api::{EventFrame, OutputFrame};
+use crate::api::EventFrame;
 use crate::db::{self, models::EventRow, DbError};
 use crate::domain::RunStatus;
-use crate::output_store::utf8_boundary;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::stream;
 use std::time::Duration;
 use tokio::sync::watch;
 
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const BATCH: i64 = 500;
-/// Output bytes per frame: as large as the chunks workers post, so a reader keeps up with them.
-const CHUNK: usize = 256 * 1024;
 
 #[derive(serde::Deserialize)]
 pub struct EventsQuery {
     after: Option<i64>,
 }
 
-#[derive(serde::Deserialize)]
-pub struct OutputQuery {
-    offset: Option<u64>,
-}
-
-fn last_event_id(req: &HttpRequest) -> Option<String> {
+pub(super) fn last_event_id(req: &HttpRequest) -> Option<String> {
     req.headers()
         .get("Last-Event-ID")
         .and_then(|v| v.to_str().ok())
@@ -39,7 +31,7 @@ fn last_event_id(req: &HttpRequest) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn sse(
+pub(super) fn sse(
     body: impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
 ) -> HttpResponse {
     HttpResponse::Ok()
@@ -49,7 +41,7 @@ fn sse(
         .streaming(body)
 }
 
-async fn require_run(st: &AppState, id: &str) -> Result<(), ApiError> {
+pub(super) async fn require_run(st: &AppState, id: &str) -> Result<(), ApiError> {
     let id = id.to_string();
     st.db
         .run(move |c| db::runs::get(c, &id))
@@ -59,7 +51,7 @@ async fn require_run(st: &AppState, id: &str) -> Result<(), ApiError> {
 }
 
 /// Waits for a change of the run, or the keep-alive period. False when the hub went away.
-async fn wait(rx: &mut watch::Receiver<u64>) -> Result<bool, ()> {
+pub(super) async fn wait(rx: &mut watch::Receiver<u64>) -> Result<bool, ()> {
     match tokio::time::timeout(KEEP_ALIVE, rx.changed()).await {
         Ok(Ok(())) => Ok(true),
         Ok(Err(_)) => Err(()),
@@ -181,100 +173,4 @@ fn next_events(
     } else {
         Batch::Events(rows)
     })
-}
-
-struct OutputCursor {
-    st: AppState,
-    run_id: String,
-    offset: u64,
-    rx: watch::Receiver<u64>,
-}
-
-/// Where the run's output cursor is: the step holding it, that step's start offset, and
-/// whether the run has ended with the cursor at the very end.
-fn locate(
-    c: &mut db::Conn,
-    st: &AppState,
-    run_id: &str,
-    offset: u64,
-) -> Result<(Option<(String, u64)>, bool), DbError> {
-    let run = db::runs::require(c, run_id)?;
-    let steps = db::steps::for_run(c, run_id)?;
-    let mut start = 0u64;
-    for s in &steps {
-        let size = st.output.size(run_id, &s.id);
-        if offset < start + size {
-            return Ok((Some((s.id.clone(), start)), false));
-        }
-        start += size;
-    }
-    let ended = run.run_status().is_some_and(RunStatus::is_terminal);
-    Ok((None, ended && offset >= start))
-}
-
-/// `GET /runs/{id}/output`
-pub async fn output(
-    st: web::Data<AppState>,
-    id: Id,
-    q: web::Query<OutputQuery>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let run_id = id.0;
-    // Known runs only: a subscription stays in the hub until its run is next notified.
-    require_run(&st, &run_id).await?;
-    let rx = st.hub.subscribe(&run_id);
-    let offset = match last_event_id(&req) {
-        Some(v) => v.parse::<u64>().map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "Last-Event-ID must be a byte offset")
-        })?,
-        None => q.offset.unwrap_or(0),
-    };
-    let cursor = OutputCursor {
-        st: st.get_ref().clone(),
-        run_id,
-        offset,
-        rx,
-    };
-    Ok(sse(stream::unfold(cursor, |mut c| async move {
-        loop {
-            let (st, rid, off) = (c.st.clone(), c.run_id.clone(), c.offset);
-            let read =
-                c.st.db
-                    .run(move |conn| {
-                        let (at, ended) = locate(conn, &st, &rid, off)?;
-                        let chunk = match &at {
-                            Some((step, start)) => st
-                                .output
-                                .read(&rid, step, off - start, CHUNK)
-                                .map_err(|e| DbError::Join(e.to_string()))?,
-                            None => Vec::new(),
-                        };
-                        Ok::<_, DbError>((at, ended, chunk))
-                    })
-                    .await;
-            match read {
-                Ok((Some((step, start)), _, chunk)) if !chunk.is_empty() => {
-                    let cut = utf8_boundary(&chunk).max(1).min(chunk.len());
-                    let text = String::from_utf8_lossy(&chunk[..cut]).to_string();
-                    let f = OutputFrame {
-                        step_id: step,
-                        offset: c.offset - start,
-                        content: text,
-                    };
-                    c.offset += cut as u64;
-                    let data = serde_json::to_string(&f).unwrap_or_default();
-                    let msg = format!("event: output\ndata: {data}\nid: {}\n\n", c.offset);
-                    return Some((Ok(Bytes::from(msg)), c));
-                }
-                Ok((_, true, _)) => return None,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "output stream read failed"),
-            }
-            match wait(&mut c.rx).await {
-                Ok(true) => continue,
-                Ok(false) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), c)),
-                Err(()) => return None,
-            }
-        }
-    })))
 }

@@ -120,7 +120,7 @@ async fn an_unauthenticated_request_gets_401_even_when_its_body_is_also_bad() {
     }
     let r = env
         .http
-        .get(env.url("/runs?status=running"))
+        .get(env.url("/runs?status=runnin"))
         .send()
         .await
         .expect("GET");

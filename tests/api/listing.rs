@@ -38,6 +38,11 @@ async fn list_filters_by_status_and_workspace_root_newest_first() {
 
     let v = env.get_json("/runs?status=RUNNING").await;
     assert_eq!(ids(&v), [a_id.as_str()]);
+    // Any letter case, as the upstream daemon (and its dashboard) send it.
+    for q in ["running", "Running"] {
+        let v = env.get_json(&format!("/runs?status={q}")).await;
+        assert_eq!(ids(&v), [a_id.as_str()], "status={q}");
+    }
     let v = env.get_json("/runs?status=COMPLETED").await;
     assert_eq!(ids(&v), [b_id.as_str()]);
     let v = env.get_json("/runs?status=FAILED").await;

@@ -13,6 +13,7 @@ mod exposure;
 mod harness;
 mod listing;
 mod loopctl;
+mod output;
 mod overrides;
 mod shapes;
 mod sse;

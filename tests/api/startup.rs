@@ -95,7 +95,7 @@ async fn a_controller_on_a_fresh_postgres_database_becomes_ready_and_serves_runs
         }
     }
     let (status, _) = error_of(
-        http.get(url("/runs?status=running"))
+        http.get(url("/runs?status=runnin"))
             .bearer_auth("ctl-token-1-abcdef")
             .send()
             .await

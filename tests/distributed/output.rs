@@ -1,6 +1,8 @@
 //! Live output from remote workers: `GET /runs/{id}/output` on the controller shows a step's
 //! bytes while the step runs, and a worker that loses the controller (restart, network error)
 //! resumes streaming where the controller is, so the stream equals the step's log artifact.
+//! Output with multi-byte characters is resumed the dashboard's way: at `offset +
+//! content.length` of the last frame, in UTF-16 code units.
 
 use crate::cluster::{Cluster, Timings};
 use crate::proxy::Proxy;
@@ -11,11 +13,11 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Output frames collected per step: step id → (next expected offset, bytes).
+/// Output frames collected per step.
 #[derive(Default)]
 struct Collected {
     steps: BTreeMap<String, String>,
-    /// The run-wide cursor (last SSE id).
+    /// The run-wide cursor: `offset + content.length` (JavaScript's) of the last frame.
     cursor: u64,
 }
 
@@ -25,17 +27,16 @@ impl Collected {
         let step = v["step_id"].as_str().expect("step_id").to_string();
         let text = self.steps.entry(step.clone()).or_default();
         let offset = v["offset"].as_u64().expect("offset");
-        assert_eq!(
-            offset,
-            text.len() as u64,
-            "no gap, no repeat in step {step}"
-        );
-        text.push_str(v["content"].as_str().expect("content"));
-        self.cursor = frame
+        assert_eq!(offset, self.cursor, "no gap, no repeat (step {step})");
+        let content = v["content"].as_str().expect("content");
+        text.push_str(content);
+        self.cursor = offset + content.encode_utf16().count() as u64;
+        let id: u64 = frame
             .id
             .as_deref()
             .and_then(|i| i.parse().ok())
             .expect("id");
+        assert_eq!(id, self.cursor, "the id is offset + content.length");
     }
 }
 
@@ -53,7 +54,7 @@ async fn read_until(r: &mut Reader, got: &mut Collected, until: impl Fn(&Collect
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_streams_live_from_a_worker_and_resumes_without_a_gap_after_a_controller_restart() {
     let mut c = Cluster::start("output", 2, Timings::default()).await;
-    let repo = Repo::create(c.dir.path(), "origin", 1, "drip 30", &[]);
+    let repo = Repo::create(c.dir.path(), "origin", 1, "drip8 30", &[]);
     let id = c.submit_git(&repo, &[]).await;
     let url = c.url(&format!("/runs/{id}/output"));
 

@@ -33,10 +33,11 @@ pub fn parse(text: &str) -> Vec<Frame> {
     text.split("\n\n").filter_map(frame).collect()
 }
 
-/// Frames of a live SSE response, as they arrive.
+/// Frames of a live SSE response, as they arrive. Bytes are kept until a frame is whole, so
+/// a character split between network reads is not garbled.
 pub struct Reader {
     resp: reqwest::Response,
-    buf: String,
+    buf: Vec<u8>,
 }
 
 impl Reader {
@@ -46,7 +47,7 @@ impl Reader {
         assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
         Reader {
             resp,
-            buf: String::new(),
+            buf: Vec::new(),
         }
     }
 
@@ -54,14 +55,15 @@ impl Reader {
     /// `timeout` or the connection broke.
     pub async fn next(&mut self, timeout: Duration) -> Result<Option<Frame>, ()> {
         loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let block = String::from_utf8(block).expect("an SSE frame is valid UTF-8");
                 if let Some(f) = frame(&block) {
                     return Ok(Some(f));
                 }
             }
             match tokio::time::timeout(timeout, self.resp.chunk()).await {
-                Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Ok(Some(bytes))) => self.buf.extend_from_slice(&bytes),
                 Ok(Ok(None)) => return Ok(None),
                 Ok(Err(_)) | Err(_) => return Err(()),
             }

@@ -324,12 +324,7 @@ fn bad_ids(ids: &Ids, client: &str, out: &mut Vec<Req>) {
             Some(&w),
         ));
     }
-    for q in [
-        "?status=bogus",
-        "?status=running",
-        "?status=",
-        "?status=%FF",
-    ] {
+    for q in ["?status=bogus", "?status=runnin", "?status=", "?status=%FF"] {
         out.push(Req::new(Method::GET, format!("/runs{q}"), Some(&c)));
     }
     for q in ["?offset=-1", "?offset=abc"] {

@@ -2,10 +2,20 @@
 //! step under `<data_dir>/output/<run_id>/<step_id>.log`. Writers append at an offset (a resent
 //! chunk after a reconnect is absorbed, a gap is refused); readers read from any offset. The
 //! run's output stream is its steps' files in step order. Files are written on blocking threads.
+//! Readers position themselves in UTF-16 code units ([`units`]); the store remembers each
+//! step's length in units so that only new bytes are ever counted.
 
+mod units;
+
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek as _, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+pub use units::{utf16_units, Seek};
+
+/// Bytes read at a time when counting units.
+const SCAN: usize = 256 * 1024;
 
 /// What can go wrong with step output.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +31,16 @@ pub enum OutputError {
 #[derive(Debug, Clone)]
 pub struct OutputStore {
     root: PathBuf,
+    /// Per step file: the bytes already counted and their UTF-16 units.
+    counted: Arc<Mutex<HashMap<PathBuf, (u64, u64)>>>,
 }
 
 impl OutputStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        OutputStore { root: root.into() }
+        OutputStore {
+            root: root.into(),
+            counted: Arc::default(),
+        }
     }
 
     fn path(&self, run_id: &str, step_id: &str) -> PathBuf {
@@ -71,6 +86,51 @@ impl OutputStore {
         fs::metadata(self.path(run_id, step_id))
             .map(|m| m.len())
             .unwrap_or(0)
+    }
+
+    /// How many UTF-16 code units a step's output holds. Only bytes not counted before are
+    /// read. Blocking.
+    pub fn units(&self, run_id: &str, step_id: &str) -> Result<u64, OutputError> {
+        let path = self.path(run_id, step_id);
+        let size = self.size(run_id, step_id);
+        let (mut bytes, mut units) = self.counted_of(&path);
+        if bytes > size {
+            (bytes, units) = (0, 0);
+        }
+        while bytes < size {
+            let chunk = self.read(run_id, step_id, bytes, SCAN)?;
+            if chunk.is_empty() {
+                break;
+            }
+            units += utf16_units(&chunk);
+            bytes += chunk.len() as u64;
+        }
+        let mut map = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(path, (bytes, units));
+        Ok(units)
+    }
+
+    fn counted_of(&self, path: &Path) -> (u64, u64) {
+        let map = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(path).copied().unwrap_or((0, 0))
+    }
+
+    /// Where unit `target` of a step's output is: the byte and unit where the character
+    /// holding it starts ([`Seek::Found`]), or the step's length in units when the target is
+    /// past its end. Reads the file from its start. Blocking.
+    pub fn seek(&self, run_id: &str, step_id: &str, target: u64) -> Result<Seek, OutputError> {
+        let (mut bytes, mut units) = (0u64, 0u64);
+        loop {
+            let chunk = self.read(run_id, step_id, bytes, SCAN)?;
+            if chunk.is_empty() {
+                return Ok(Seek::After(units));
+            }
+            match units::seek_unit(&chunk, units, target) {
+                Seek::Found(i, u) => return Ok(Seek::Found(bytes + i, u)),
+                Seek::After(u) => units = u,
+            }
+            bytes += chunk.len() as u64;
+        }
     }
 
     /// Reads up to `max` bytes of a step's output from `offset`. Blocking.
@@ -134,6 +194,20 @@ mod tests {
         assert_eq!(s.size("r", "s"), 11);
         assert_eq!(s.read("r", "s", 6, 3).unwrap(), b"wor");
         assert!(s.read("r", "other", 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn units_count_new_bytes_and_seek_lands_on_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OutputStore::new(dir.path());
+        assert_eq!(s.units("r", "s").unwrap(), 0);
+        s.append("r", "s", 0, "é日".as_bytes()).unwrap();
+        assert_eq!(s.units("r", "s").unwrap(), 2);
+        s.append("r", "s", 5, "🙂x".as_bytes()).unwrap();
+        assert_eq!(s.units("r", "s").unwrap(), 5);
+        assert_eq!(s.seek("r", "s", 3).unwrap(), Seek::Found(5, 2));
+        assert_eq!(s.seek("r", "s", 4).unwrap(), Seek::Found(9, 4));
+        assert_eq!(s.seek("r", "s", 9).unwrap(), Seek::After(5));
     }
 
     #[test]
