@@ -11,6 +11,7 @@ pub fn artifact_kind(name: &str) -> &'static str {
         "runner-notes.txt" => "runner_notes",
         "report.tsv" => "report",
         "summary.json" => "summary",
+        "review-diff.json" => "review_diff",
         n if n.starts_with("prompt.rewrite.") => "prompt_rewrite",
         n if n.ends_with(".bundle") => "git_bundle",
         n if n.ends_with("-impl.log") => "implementation_output",

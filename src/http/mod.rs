@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod output;
+pub mod review;
 pub mod runs;
 pub mod state;
 pub mod streams;
@@ -90,6 +91,21 @@ pub fn runs_api(cfg: &mut web::ServiceConfig) {
         res("/runs/{id}/retry")
             .wrap(submit())
             .route(web::post().to(runs::retry)),
+    )
+    .service(
+        res("/runs/{id}/scrap")
+            .wrap(submit())
+            .route(web::post().to(review::scrap)),
+    )
+    .service(
+        res("/runs/{id}/merge")
+            .wrap(submit())
+            .route(web::post().to(review::merge)),
+    )
+    .service(
+        res("/runs/{id}/create-pr")
+            .wrap(submit())
+            .route(web::post().to(review::create_pr)),
     );
     cfg.service(
         res("/runs/{id}")
@@ -100,6 +116,11 @@ pub fn runs_api(cfg: &mut web::ServiceConfig) {
         res("/runs/{id}/steps")
             .wrap(read())
             .route(web::get().to(runs::steps)),
+    )
+    .service(
+        res("/runs/{id}/diff")
+            .wrap(read())
+            .route(web::get().to(review::diff)),
     )
     .service(
         res("/runs/{id}/events")

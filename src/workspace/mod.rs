@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod clone;
+pub mod diff;
 mod error;
 pub mod merge;
 pub mod mirror;
@@ -19,12 +20,15 @@ mod tests;
 
 pub use bundle::{import_bundle, write_bundle};
 pub use clone::{checkpoint_commit, prepare_clone, Source};
+pub use diff::{run_diff, run_diff_bare};
 pub use error::WorkspaceError;
 pub use merge::merge_run_branch;
 pub use mirror::Mirrors;
 pub use naming::{expand_path_template, slug, DEFAULT_PATH_TEMPLATE};
 pub use remote::{RemoteError, Remotes};
-pub use worktree::{create_worktree, detect_base_branch, is_clean, plan_worktree, remove_worktree};
+pub use worktree::{
+    create_worktree, delete_branch, detect_base_branch, is_clean, plan_worktree, remove_worktree,
+};
 
 /// Result of every workspace operation.
 pub type Result<T, E = WorkspaceError> = std::result::Result<T, E>;

@@ -151,6 +151,19 @@ pub fn remove_worktree(workspace_root: &Path, wt: &RunWorktree) -> Result<()> {
     prune_stale(&repository)
 }
 
+/// Deletes the local branch `name` of the repository at `workspace_root`; true when it
+/// existed. Refused (an error) while the branch is checked out somewhere.
+pub fn delete_branch(workspace_root: &Path, name: &str) -> Result<bool> {
+    let repository = repo::open(workspace_root)?;
+    let Ok(mut branch) = repository.find_branch(name, git2::BranchType::Local) else {
+        return Ok(false);
+    };
+    branch
+        .delete()
+        .context(|| format!("cannot delete branch {name}"))?;
+    Ok(true)
+}
+
 /// Whether the working tree at `repo` has no changes (untracked files count, ignored do not).
 pub fn is_clean(repo: &Path) -> Result<bool> {
     repo::is_clean(&repo::open(repo)?)

@@ -21,10 +21,19 @@ fn routes(id: &str) -> Vec<(Method, String)> {
         "/output",
         "/artifacts",
         "/artifacts/report.tsv",
+        "/diff",
     ] {
         v.push((Method::GET, format!("/runs/{id}{p}")));
     }
-    for verb in ["pause", "resume", "cancel", "retry"] {
+    for verb in [
+        "pause",
+        "resume",
+        "cancel",
+        "retry",
+        "scrap",
+        "merge",
+        "create-pr",
+    ] {
         v.push((Method::POST, format!("/runs/{id}/{verb}")));
     }
     v

@@ -15,6 +15,7 @@ mod listing;
 mod loopctl;
 mod output;
 mod overrides;
+mod review;
 mod shapes;
 mod sse;
 mod startup;

@@ -151,6 +151,7 @@ fn routes(l: &Live) -> Vec<(Method, String, String, Need, Value)> {
         "/output",
         "/artifacts",
         "/artifacts/report.tsv",
+        "/diff",
     ] {
         v.push((
             Method::GET,
@@ -160,7 +161,15 @@ fn routes(l: &Live) -> Vec<(Method, String, String, Need, Value)> {
             Value::Null,
         ));
     }
-    for verb in ["pause", "resume", "cancel", "retry"] {
+    for verb in [
+        "pause",
+        "resume",
+        "cancel",
+        "retry",
+        "scrap",
+        "merge",
+        "create-pr",
+    ] {
         v.push((
             Method::POST,
             format!("/runs/{r}/{verb}"),

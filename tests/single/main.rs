@@ -9,6 +9,7 @@ mod caps;
 mod helpers;
 mod pipeline;
 mod recovery;
+mod review;
 mod watchdog;
 
 use serde_json::Value;

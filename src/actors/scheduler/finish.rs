@@ -12,6 +12,7 @@ use super::finish_git::{
 };
 use crate::actors::events::EventHub;
 use crate::actors::run_progress::outcome::FinishPlan;
+use crate::api::{REVIEW_DIFF_MAX_BYTES, REVIEW_DIFF_NAME};
 use crate::artifacts::ArtifactStore;
 use crate::db::models::{new_id, ArtifactRow, RunRow, StepRow};
 use crate::db::{self, Db, DbError};
@@ -118,6 +119,9 @@ impl Finisher {
                 }
             }
         }
+        if completed {
+            self.write_diff_snapshot(&run).await;
+        }
         self.write_final_artifacts(&run, completed, false, &reason)
             .await;
         let cleanup = cleanup_worktree(&self.db, &run, completed).await;
@@ -186,6 +190,32 @@ impl Finisher {
                 .await;
         }
         self.hub.notify(run_id);
+    }
+
+    /// `review-diff.json`: the completed run's diff as it ended, so that the review API's
+    /// diff does not change after merge, scrap or reset. Skipped above 50 MiB; a failure is
+    /// logged (the live diff remains).
+    async fn write_diff_snapshot(&self, run: &RunRow) {
+        let Some(w) = run.worktree() else { return };
+        let root = run.workspace_root.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let snap = crate::workspace::run_diff(std::path::Path::new(&root), &w)
+                .map_err(|e| e.to_string())?;
+            serde_json::to_vec(&snap).map_err(|e| e.to_string())
+        })
+        .await;
+        match r {
+            Ok(Ok(bytes)) if bytes.len() <= REVIEW_DIFF_MAX_BYTES => {
+                self.store_artifact(&run.id, None, REVIEW_DIFF_NAME, bytes)
+                    .await
+            }
+            Ok(Ok(bytes)) => {
+                tracing::warn!(run_id = %run.id, size = bytes.len(), "diff snapshot too large, not kept")
+            }
+            other => {
+                tracing::warn!(run_id = %run.id, result = ?other.map(|r| r.err()), "cannot compute the diff snapshot")
+            }
+        }
     }
 
     /// Stores an artifact the controller itself produces (final artifacts, rewritten

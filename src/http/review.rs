@@ -1,0 +1,346 @@
+//! The review workflow (docs/api.md "Review"): `GET /runs/{id}/diff`, `POST /runs/{id}/scrap`,
+//! `/merge` and `/create-pr`, with the existing daemon's shapes and review-status transitions.
+//! Where it is wrong, loopd is right: an empty body is the defaults (its dashboard sends
+//! none), a merge conflict is a 409 that changes nothing, scrap removes the worktree before
+//! the branch (and may be repeated), and merge removes the worktree too. Git work runs on the
+//! blocking pool; the run row is updated in one transaction after it.
+
+use super::error::ApiError;
+use super::extract::Id;
+use super::state::AppState;
+use crate::api::{
+    CreatePrRequest, CreatePrResponse, MergeRequest, MergeResponse, RunDiffSnapshot, RunWorktree,
+};
+use crate::db::models::RunRow;
+use crate::db::{self, DbError};
+use crate::domain::time::now_ms;
+use crate::domain::{MergeStrategy, ReviewStatus};
+use crate::workspace::{self as ws, WorkspaceError};
+use actix_web::http::StatusCode;
+use actix_web::{mime, web, HttpMessage, HttpRequest, HttpResponse};
+use serde::de::DeserializeOwned;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long `gh pr create` may take.
+const GH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The run, or 404.
+pub(super) async fn load_run(st: &AppState, id: &str) -> Result<RunRow, ApiError> {
+    let id = id.to_string();
+    st.db
+        .run(move |c| db::runs::get(c, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))
+}
+
+/// The run's worktree record, or 400.
+fn worktree_of(run: &RunRow) -> Result<RunWorktree, ApiError> {
+    run.worktree()
+        .ok_or_else(|| ApiError::bad_request("no_worktree", "run has no worktree info"))
+}
+
+/// Refuses a review action on a run in the wrong status.
+fn require_status(run: &RunRow, allowed: &[&str], action: &str) -> Result<(), ApiError> {
+    if allowed.contains(&run.status.as_str()) {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        "invalid_transition",
+        format!("run must be {action} (status: {})", run.status),
+    ))
+}
+
+/// A JSON body that may be absent: an empty body is `T::default()`; anything else must be
+/// JSON (415 for another content type, 400 when it does not parse, 413 above the cap).
+fn optional_json<T: DeserializeOwned + Default>(
+    st: &AppState,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.len() > st.limits.json_body_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        ));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let json = req
+        .mime_type()
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json (or no body)",
+        ));
+    }
+    let bad = |e: String| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if !value.is_object() {
+        return Err(bad("expected a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+}
+
+/// A git failure as an answer: conflicts and missing branches say what is wrong; anything
+/// else is internal.
+fn git_error(e: WorkspaceError) -> ApiError {
+    match e {
+        WorkspaceError::Conflict { .. } => ApiError::conflict("merge_conflict", e.to_string()),
+        WorkspaceError::DirtyCheckout { .. } => ApiError::conflict("dirty_checkout", e.to_string()),
+        WorkspaceError::NotFound { .. } => ApiError::conflict("branch_not_found", e.to_string()),
+        WorkspaceError::Open { .. } => ApiError::conflict("workspace_unavailable", e.to_string()),
+        other => ApiError::internal(other),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WorkspaceError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(git_error)
+}
+
+/// The stored `review-diff.json` of a run, if any parses.
+async fn snapshot(st: &AppState, run_id: &str) -> Result<Option<RunDiffSnapshot>, ApiError> {
+    let id = run_id.to_string();
+    let rows = st.db.run(move |c| db::artifacts::for_run(c, &id)).await?;
+    for row in rows.iter().filter(|r| r.kind == "review_diff") {
+        let Ok(bytes) = st.store.get(&row.object_key).await else {
+            continue;
+        };
+        if let Ok(s) = serde_json::from_slice::<RunDiffSnapshot>(&bytes) {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+/// `GET /runs/{id}/diff`: the snapshot taken at completion when there is one (so merge, scrap
+/// and reset do not change it), else the live diff of the run's branch.
+pub async fn diff(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    let run = load_run(&st, &id.0).await?;
+    if let Some(s) = snapshot(&st, &run.id).await? {
+        return Ok(HttpResponse::Ok().json(s.diff));
+    }
+    let wt = worktree_of(&run)?;
+    let root = PathBuf::from(&run.workspace_root);
+    let live = blocking(move || ws::run_diff(&root, &wt)).await?;
+    Ok(HttpResponse::Ok().json(live.diff))
+}
+
+/// Writes the review fields of run `id` as one action: `review_status`, `review_action_at`,
+/// `pr_url` and `merge_commit` together (NULL where not this action's), plus the worktree
+/// cleanup when the action removed it.
+async fn record(
+    st: &AppState,
+    id: &str,
+    status: ReviewStatus,
+    pr_url: Option<String>,
+    merge_commit: Option<String>,
+    removed_worktree: bool,
+) -> Result<(), ApiError> {
+    let run_id = id.to_string();
+    st.db
+        .tx(move |c| {
+            let mut row = db::runs::lock(c, &run_id)?;
+            let now = now_ms();
+            row.review_status = status.as_str().to_string();
+            row.review_action_at = Some(now);
+            row.pr_url = pr_url;
+            row.merge_commit = merge_commit;
+            if removed_worktree {
+                row.worktree_cleanup_status = Some("cleaned".into());
+                row.worktree_cleaned_at = Some(now);
+            }
+            row.updated_at = now;
+            db::runs::save(c, &row)?;
+            Ok::<_, DbError>(())
+        })
+        .await?;
+    st.hub.notify(id);
+    Ok(())
+}
+
+/// `POST /runs/{id}/scrap`: removes the worktree and deletes the run branch. COMPLETED or
+/// FAILED runs only; repeating it is harmless.
+pub async fn scrap(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    let run = load_run(&st, &id.0).await?;
+    require_status(
+        &run,
+        &["COMPLETED", "FAILED"],
+        "completed or failed to scrap",
+    )?;
+    let wt = worktree_of(&run)?;
+    let root = PathBuf::from(&run.workspace_root);
+    blocking(move || {
+        ws::remove_worktree(&root, &wt)?;
+        ws::delete_branch(&root, &wt.run_branch)
+    })
+    .await?;
+    record(&st, &run.id, ReviewStatus::Scrapped, None, None, true).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The strategy a merge request names: `squash` (also when absent) or `merge`.
+fn strategy_of(req: &MergeRequest) -> Result<MergeStrategy, ApiError> {
+    match req.strategy.as_deref().map(str::trim) {
+        None | Some("") | Some("squash") => Ok(MergeStrategy::Squash),
+        Some("merge") => Ok(MergeStrategy::Merge),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("invalid strategy {other:?}: use squash or merge"),
+        )),
+    }
+}
+
+/// The branch a review merges into: the merge target, else the base branch.
+fn target_of(wt: &RunWorktree) -> String {
+    wt.merge_target_branch
+        .clone()
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or_else(|| wt.base_branch.clone())
+}
+
+/// `POST /runs/{id}/merge {strategy?}`: merges the run branch into its target in memory (the
+/// primary checkout keeps its branch), then removes the worktree. A conflict is a 409 and
+/// changes nothing.
+pub async fn merge(
+    st: web::Data<AppState>,
+    id: Id,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let m: MergeRequest = optional_json(&st, &req, &body)?;
+    let strategy = strategy_of(&m)?;
+    let run = load_run(&st, &id.0).await?;
+    require_status(&run, &["COMPLETED"], "completed to merge")?;
+    let wt = worktree_of(&run)?;
+    let root = PathBuf::from(&run.workspace_root);
+    let commit = blocking(move || {
+        let target = RunWorktree {
+            merge_target_branch: Some(target_of(&wt)),
+            merge_strategy: strategy,
+            ..wt.clone()
+        };
+        let sha = ws::merge_run_branch(&root, &target)?.unwrap_or_default();
+        if let Err(e) = ws::remove_worktree(&root, &wt) {
+            tracing::warn!(error = %e, "merged, but cannot remove the worktree");
+            return Ok((sha, false));
+        }
+        Ok((sha, true))
+    })
+    .await?;
+    let (sha, removed) = commit;
+    record(
+        &st,
+        &run.id,
+        ReviewStatus::Merged,
+        None,
+        Some(sha.clone()),
+        removed,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(MergeResponse { commit: sha }))
+}
+
+/// `POST /runs/{id}/create-pr {title?, body?}`: `gh pr create --head <run branch> --base
+/// <target>` in the workspace. 503 when `gh` is not installed.
+pub async fn create_pr(
+    st: web::Data<AppState>,
+    id: Id,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let p: CreatePrRequest = optional_json(&st, &req, &body)?;
+    let run = load_run(&st, &id.0).await?;
+    require_status(&run, &["COMPLETED"], "completed to create PR")?;
+    let wt = worktree_of(&run)?;
+    let title = p.title.unwrap_or_else(|| run.name.clone());
+    let text = p
+        .body
+        .unwrap_or_else(|| format!("Created by loopd run {}", run.id));
+    let url = gh_pr_create(
+        &PathBuf::from(&run.workspace_root),
+        &wt.run_branch,
+        &target_of(&wt),
+        &title,
+        &text,
+    )
+    .await?;
+    record(
+        &st,
+        &run.id,
+        ReviewStatus::PrCreated,
+        Some(url.clone()),
+        None,
+        false,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(CreatePrResponse { url }))
+}
+
+/// Runs `gh pr create` in `dir`; the URL it printed.
+pub(super) async fn gh_pr_create(
+    dir: &std::path::Path,
+    head: &str,
+    base: &str,
+    title: &str,
+    body: &str,
+) -> Result<String, ApiError> {
+    let mut cmd = tokio::process::Command::new("gh");
+    cmd.args(["pr", "create", "--head", head, "--base", base])
+        .args(["--title", title, "--body", body])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(GH_TIMEOUT, cmd.output()).await {
+        Err(_) => {
+            return Err(gh_failed(format!(
+                "gh pr create did not finish within {}s",
+                GH_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gh_unavailable",
+                "gh CLI not available: install GitHub's gh on the daemon's PATH",
+            ))
+        }
+        Ok(Err(e)) => return Err(gh_failed(format!("cannot run gh: {e}"))),
+        Ok(Ok(out)) => out,
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(gh_failed(format!(
+            "gh pr create failed: {}",
+            last_chars(stderr.trim(), 2000)
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().map(str::trim).rfind(|l| !l.is_empty()) {
+        Some(url) => Ok(url.to_string()),
+        None => Err(gh_failed("gh pr create returned empty output".into())),
+    }
+}
+
+/// `gh` ran and failed: what it said is the user's to see (it is their tool and account).
+fn gh_failed(msg: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "gh_failed", msg)
+}
+
+fn last_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().rev().nth(n) {
+        Some((i, _)) => &s[i..],
+        None => s,
+    }
+}
