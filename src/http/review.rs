@@ -14,7 +14,7 @@ use crate::api::{
 use crate::db::models::RunRow;
 use crate::db::{self, DbError};
 use crate::domain::time::now_ms;
-use crate::domain::{MergeStrategy, ReviewStatus};
+use crate::domain::{MergeStrategy, ReviewStatus, RunStatus};
 use crate::workspace::{self as ws, WorkspaceError};
 use actix_web::http::StatusCode;
 use actix_web::{mime, web, HttpMessage, HttpRequest, HttpResponse};
@@ -41,8 +41,8 @@ fn worktree_of(run: &RunRow) -> Result<RunWorktree, ApiError> {
 }
 
 /// Refuses a review action on a run in the wrong status.
-fn require_status(run: &RunRow, allowed: &[&str], action: &str) -> Result<(), ApiError> {
-    if allowed.contains(&run.status.as_str()) {
+fn require_status(run: &RunRow, allowed: &[RunStatus], action: &str) -> Result<(), ApiError> {
+    if run.status_in(allowed) {
         return Ok(());
     }
     Err(ApiError::conflict(
@@ -176,7 +176,7 @@ pub async fn scrap(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiE
     let run = load_run(&st, &id.0).await?;
     require_status(
         &run,
-        &["COMPLETED", "FAILED"],
+        &[RunStatus::Completed, RunStatus::Failed],
         "completed or failed to scrap",
     )?;
     let wt = worktree_of(&run)?;
@@ -222,7 +222,7 @@ pub async fn merge(
     let m: MergeRequest = optional_json(&st, &req, &body)?;
     let strategy = strategy_of(&m)?;
     let run = load_run(&st, &id.0).await?;
-    require_status(&run, &["COMPLETED"], "completed to merge")?;
+    require_status(&run, &[RunStatus::Completed], "completed to merge")?;
     let wt = worktree_of(&run)?;
     let root = PathBuf::from(&run.workspace_root);
     let commit = blocking(move || {
@@ -262,7 +262,7 @@ pub async fn create_pr(
 ) -> Result<HttpResponse, ApiError> {
     let p: CreatePrRequest = optional_json(&st, &req, &body)?;
     let run = load_run(&st, &id.0).await?;
-    require_status(&run, &["COMPLETED"], "completed to create PR")?;
+    require_status(&run, &[RunStatus::Completed], "completed to create PR")?;
     let wt = worktree_of(&run)?;
     let title = p.title.unwrap_or_else(|| run.name.clone());
     let text = p
