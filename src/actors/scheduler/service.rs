@@ -42,6 +42,8 @@ pub struct SchedulerService {
     start_wanted: tokio::sync::Notify,
     /// Finishing runs (and the controller's own artifacts).
     finisher: Finisher,
+    /// Runs whose worktree this process is making: nothing advances them meanwhile.
+    preparing: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl SchedulerService {
@@ -62,6 +64,7 @@ impl SchedulerService {
             settings,
             queue,
             start_wanted: tokio::sync::Notify::new(),
+            preparing: Default::default(),
         }
     }
 
@@ -174,13 +177,36 @@ impl SchedulerService {
             let picked = self.db.tx(move |c| pick_next(c, caps)).await?;
             let Some(run) = picked else { return Ok(()) };
             tracing::info!(run_id = %run.id, "run started");
-            if let Err(reason) = self.prepare_workspace(&run).await {
-                self.fail_now(&run.id, &format!("run_error:{reason}"))
-                    .await?;
-                continue;
-            }
-            self.advance(&run.id).await?;
+            self.prepare_and_advance(&run).await?;
         }
+    }
+
+    /// Makes the worktree of a started run, then advances it (its first step is queued with
+    /// the worktree's paths). Does nothing while another call prepares the same run; a run
+    /// whose worktree cannot be made fails.
+    async fn prepare_and_advance(self: &Arc<Self>, run: &RunRow) -> Result<(), SchedError> {
+        let mark = |on: bool| {
+            let mut set = self.preparing.lock().unwrap_or_else(|e| e.into_inner());
+            match on {
+                true => set.insert(run.id.clone()),
+                false => set.remove(&run.id),
+            }
+        };
+        if !mark(true) {
+            return Ok(());
+        }
+        let prepared = self.prepare_workspace(run).await;
+        mark(false);
+        match prepared {
+            Ok(()) => self.advance(&run.id).await,
+            Err(reason) => self.fail_now(&run.id, &format!("run_error:{reason}")).await,
+        }
+    }
+
+    /// Whether the run's worktree is being made by this process right now.
+    fn is_preparing(&self, run_id: &str) -> bool {
+        let set = self.preparing.lock().unwrap_or_else(|e| e.into_inner());
+        set.contains(run_id)
     }
 
     /// `max_concurrent_runs` and `max_runs_per_workspace`.
@@ -266,6 +292,18 @@ impl SchedulerService {
         self.request_start();
         let stuck = self.db.run(stuck_runs).await?;
         for id in stuck {
+            if self.is_preparing(&id) {
+                continue;
+            }
+            // Started, but its worktree was never made (the process stopped in between).
+            let run_id = id.clone();
+            let row = self.db.run(move |c| db::runs::require(c, &run_id)).await?;
+            if needs_worktree(&row) {
+                if let Err(e) = self.prepare_and_advance(&row).await {
+                    tracing::warn!(run_id = %id, error = %e, "cannot start run");
+                }
+                continue;
+            }
             if let Err(e) = self.advance(&id).await {
                 tracing::warn!(run_id = %id, error = %e, "cannot advance run");
             }
@@ -320,6 +358,11 @@ fn advance_in_tx(
     if state.finishing.is_some() {
         return Ok(vec![Advanced::Finish]);
     }
+    if needs_worktree(&run) {
+        // Its starter advances it once the worktree exists: a step queued now would point
+        // the agent at the primary checkout.
+        return Ok(vec![Advanced::Nothing]);
+    }
     if db::steps::any_active(c, run_id, None)? {
         return Ok(vec![Advanced::Nothing]);
     }
@@ -333,4 +376,9 @@ fn advance_in_tx(
         mirrors,
         now_ms(),
     )?)
+}
+
+/// A shared_fs run that has no worktree yet.
+fn needs_worktree(run: &RunRow) -> bool {
+    run.workspace_source == WorkspaceSource::SharedFs.as_str() && run.worktree_json.is_none()
 }
