@@ -145,6 +145,11 @@ impl Daemon {
     /// Sends a request; any non-2xx answer becomes the error line the old CLI printed.
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| self.transport(e))?;
+        self.check(resp, what).await
+    }
+
+    /// A 2xx answer as it is; any other becomes the error line the old CLI printed.
+    async fn check(&self, resp: reqwest::Response, what: &str) -> Result<reqwest::Response> {
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -8,6 +8,9 @@ mod support;
 mod errors;
 mod git;
 mod health;
+#[path = "../distributed/proxy.rs"]
+mod proxy;
+mod resume;
 mod verbs;
 
 use serde_json::Value;
