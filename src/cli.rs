@@ -33,7 +33,8 @@ pub struct DaemonArgs {
     /// (default $XDG_DATA_HOME/loopd or ~/.local/share/loopd).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Worker: the controller's URL, e.g. http://controller:7700.
+    /// Worker: the controller's URL, e.g. http://controller:7700, or several separated by
+    /// commas (active-active controllers on one database).
     #[arg(long, value_name = "URL")]
     pub controller: Option<String>,
     /// Worker: the join token the controller expects (env LOOPD_WORKER_JOIN_TOKEN).
@@ -65,7 +66,8 @@ impl DaemonArgs {
 /// Options every client verb takes.
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
-    /// Daemon address.
+    /// Daemon address, or several controllers' separated by commas (the first that answers
+    /// is used).
     #[arg(long, env = "LOOPD_ADDR", default_value = "http://127.0.0.1:7700")]
     pub addr: String,
     /// Client token (sent as `Authorization: Bearer …`).

@@ -149,6 +149,9 @@ pub struct LeaseSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
+    /// The controllers' URLs: one (perhaps a load balancer's), several separated by commas,
+    /// or (in a file) an array; see [`WorkerSettings::controllers`].
+    #[serde(default, deserialize_with = "controller_list")]
     pub controller: Option<String>,
     pub join_token: Option<Secret>,
     /// A file holding `join_token`.
@@ -174,6 +177,36 @@ pub struct WorkerSettings {
     pub agent_env: Vec<String>,
     /// `controller` (upload through the controller) or `direct` (to this worker's own store).
     pub artifact_upload: String,
+}
+
+impl WorkerSettings {
+    /// The controllers a worker may talk to, in order.
+    pub fn controllers(&self) -> Vec<String> {
+        split_urls(self.controller.as_deref().unwrap_or(""))
+    }
+}
+
+/// URLs separated by commas (or white space), trimmed, empty ones left out.
+pub fn split_urls(list: &str) -> Vec<String> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// `worker.controller`: a string (one URL, or several separated by commas), or an array of
+/// URLs, kept as one comma-separated string.
+fn controller_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Option::<List>::deserialize(d)?.map(|l| match l {
+        List::One(s) => s,
+        List::Many(v) => v.join(","),
+    }))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -111,7 +111,8 @@ pub(super) async fn join_controller(
 
 /// Registers with the controller, retrying with backoff until it answers.
 async fn register_with_retry(settings: &Settings) -> HttpPlane {
-    let base = settings.worker.controller.clone().unwrap_or_default();
+    let bases = settings.worker.controllers();
+    let base = bases.join(",");
     let token = settings
         .worker
         .join_token
@@ -132,7 +133,7 @@ async fn register_with_retry(settings: &Settings) -> HttpPlane {
     // The policy has no limit on attempts and retries every error: only an answer ends it
     // (the outer loop is there for the type, not for a second round).
     loop {
-        let register = || HttpPlane::register(&base, &token, req.clone());
+        let register = || HttpPlane::register(&bases, &token, req.clone());
         let registered = register
             .retry(backoff(Duration::from_millis(250), Duration::from_secs(5)))
             .sleep(tokio::time::sleep)
@@ -141,7 +142,7 @@ async fn register_with_retry(settings: &Settings) -> HttpPlane {
             )
             .await;
         if let Ok(p) = registered {
-            tracing::info!(worker_id = %p.worker_id(), controller = %base, "registered with the controller");
+            tracing::info!(worker_id = %p.worker_id(), controller = %p.controller(), "registered with the controller");
             return p;
         }
     }

@@ -43,10 +43,14 @@ pub fn run(cmd: Command) -> ExitCode {
     }
 }
 
-/// A connection to the daemon.
+/// A connection to the daemon: to one of the addresses `LOOPD_ADDR` (or `--addr`) names,
+/// separated by commas (several controllers on one database): the first that answers the
+/// probe, tried in order.
 pub struct Daemon {
     http: reqwest::Client,
-    addr: String,
+    addrs: Vec<String>,
+    /// The address in use (the first until a probe found another).
+    chosen: std::sync::Mutex<String>,
     token: Option<String>,
     pub json: bool,
 }
@@ -57,16 +61,38 @@ impl Daemon {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| ClientError(e.to_string()))?;
+        let mut addrs = crate::settings::split_urls(&c.addr);
+        if addrs.is_empty() {
+            addrs.push(c.addr.trim_end_matches('/').to_string());
+        }
         Ok(Daemon {
             http,
-            addr: c.addr.trim_end_matches('/').to_string(),
+            chosen: std::sync::Mutex::new(addrs[0].clone()),
+            addrs,
             token: c.token.clone().filter(|t| !t.is_empty()),
             json: c.json,
         })
     }
 
+    /// The address in use.
+    fn addr(&self) -> String {
+        self.chosen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The addresses, for messages: one, or the list.
+    fn addrs(&self) -> String {
+        self.addrs.join(", ")
+    }
+
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.addr));
+        self.request_to(&self.addr(), method, path)
+    }
+
+    fn request_to(&self, addr: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{addr}{path}"));
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -75,9 +101,9 @@ impl Daemon {
 
     fn transport(&self, e: reqwest::Error) -> ClientError {
         if e.is_connect() {
-            ClientError(format!("daemon not running at {}", self.addr))
+            ClientError(format!("daemon not running at {}", self.addr()))
         } else {
-            ClientError(format!("request to {} failed: {e}", self.addr))
+            ClientError(format!("request to {} failed: {e}", self.addr()))
         }
     }
 
@@ -92,26 +118,30 @@ impl Daemon {
         let left = || Duration::from_millis(budget).saturating_sub(start.elapsed());
         // Whether every failed probe so far found nothing listening.
         let refused = AtomicBool::new(true);
+        // Each round asks every address in order; the first that answers is used.
         let probe_once = || async {
-            let r = self
-                .request(Method::GET, "/health")
-                .timeout(Duration::from_secs(3))
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) if r.status() == StatusCode::UNAUTHORIZED => Err(Probe::Unauthorized),
-                Ok(_) => {
-                    refused.store(false, Ordering::Relaxed);
-                    Err(Probe::NotReady)
-                }
-                Err(e) => {
-                    if !e.is_connect() {
-                        refused.store(false, Ordering::Relaxed);
+            let mut failed = Probe::NotReady;
+            for addr in &self.addrs {
+                let r = self
+                    .request_to(addr, Method::GET, "/health")
+                    .timeout(Duration::from_secs(3))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        *self.chosen.lock().unwrap_or_else(|e| e.into_inner()) = addr.clone();
+                        return Ok(());
                     }
-                    Err(Probe::NotReady)
+                    Ok(r) if r.status() == StatusCode::UNAUTHORIZED => failed = Probe::Unauthorized,
+                    Ok(_) => refused.store(false, Ordering::Relaxed),
+                    Err(e) => {
+                        if !e.is_connect() {
+                            refused.store(false, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
+            Err(failed)
         };
         let pauses = ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(200))
@@ -123,7 +153,7 @@ impl Daemon {
             .when(|e| *e == Probe::NotReady && !left().is_zero())
             .adjust(|_, pause| pause.map(|p| p.min(left())))
             .notify(|_, wait| {
-                let (addr, wait) = (&self.addr, wait.as_millis());
+                let (addr, wait) = (self.addrs(), wait.as_millis());
                 eprintln!("waiting for daemon at {addr} (retrying in {wait}ms)");
             })
             .await;
@@ -132,12 +162,13 @@ impl Daemon {
             Err(Probe::Unauthorized) => Err(ClientError(
                 "unauthorized: check LOOPD_TOKEN env var or --token flag".into(),
             )),
-            Err(Probe::NotReady) if refused.load(Ordering::Relaxed) => {
-                Err(ClientError(format!("daemon not running at {}", self.addr)))
-            }
+            Err(Probe::NotReady) if refused.load(Ordering::Relaxed) => Err(ClientError(format!(
+                "daemon not running at {}",
+                self.addrs()
+            ))),
             Err(Probe::NotReady) => Err(ClientError(format!(
                 "daemon not ready after {budget}ms at {}",
-                self.addr
+                self.addrs()
             ))),
         }
     }

@@ -1,6 +1,14 @@
 //! The worker's control plane over the controller's worker API (API.md §2): registration with
 //! the join token, then every call with the per-worker token and the process's instance id.
 //! HTTP statuses become [`PlaneError`]s; the runner decides what to retry.
+//!
+//! A worker may know several controllers (active-active on one database, or one
+//! load-balanced URL): it talks to one at a time, and moves to the next when the one it talks
+//! to cannot be reached or answers that it is unavailable (502, 503, 504: stopping, or
+//! behind a proxy that lost it). A request that never reached a controller (the connection
+//! was refused) is sent to the next one at once; any other failure is returned as
+//! [`PlaneError::Unavailable`] and the caller's retry goes to the next one. Every call a
+//! worker makes is safe to repeat (the resend rules), and any controller serves every call.
 
 use super::{ControlPlane, PlaneError};
 use crate::api::{
@@ -12,6 +20,7 @@ use crate::domain::WorkerStatus;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use reqwest::StatusCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,11 +33,94 @@ struct Identity {
     token: String,
 }
 
-/// A registered worker's connection to its controller.
+/// The controllers a worker knows, and the one it talks to now.
+#[derive(Debug)]
+struct Controllers {
+    bases: Vec<String>,
+    current: AtomicUsize,
+}
+
+impl Controllers {
+    fn new(bases: &[String]) -> Controllers {
+        let bases: Vec<String> = bases
+            .iter()
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        Controllers {
+            bases,
+            current: AtomicUsize::new(0),
+        }
+    }
+
+    /// The controller talked to now, and its place in the list.
+    fn current(&self) -> (usize, &str) {
+        let i = self.current.load(Ordering::Acquire) % self.bases.len().max(1);
+        (i, self.bases.get(i).map_or("", String::as_str))
+    }
+
+    /// Moves on from controller `from` (unless another call already did).
+    fn next_after(&self, from: usize) {
+        let n = self.bases.len();
+        if n > 1 {
+            let to = (from + 1) % n;
+            if self
+                .current
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                tracing::warn!(from = %self.bases[from], to = %self.bases[to], "moving to the next controller");
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bases.len()
+    }
+}
+
+/// Whether an answer says "try another controller" (this one is stopping, or the proxy in
+/// front of it lost it).
+fn moves_on(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// Sends `build(base)` to the current controller; a connection refused is sent to the next
+/// one at once (once round the list), and a failure or an answer that says to move on makes
+/// the next call go to the next controller.
+async fn send_to(
+    controllers: &Controllers,
+    build: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, PlaneError> {
+    let mut tries = 0;
+    loop {
+        let (i, base) = controllers.current();
+        match build(base).send().await {
+            Ok(resp) => {
+                if moves_on(resp.status()) {
+                    controllers.next_after(i);
+                }
+                return Ok(resp);
+            }
+            Err(e) => {
+                controllers.next_after(i);
+                tries += 1;
+                if !e.is_connect() || tries >= controllers.len() {
+                    return Err(unavailable(e));
+                }
+            }
+        }
+    }
+}
+
+/// A registered worker's connection to its controllers.
 #[derive(Clone)]
 pub struct HttpPlane {
     client: reqwest::Client,
-    base: String,
+    controllers: Arc<Controllers>,
     instance: String,
     who: Arc<RwLock<Identity>>,
     join_token: String,
@@ -74,18 +166,18 @@ async fn refusal(resp: reqwest::Response) -> PlaneError {
 
 async fn register_once(
     client: &reqwest::Client,
-    base: &str,
+    controllers: &Controllers,
     join_token: &str,
     req: &RegisterRequest,
 ) -> Result<RegisterResponse, PlaneError> {
-    let resp = client
-        .post(format!("{base}/workers/register"))
-        .bearer_auth(join_token)
-        .timeout(Duration::from_secs(30))
-        .json(req)
-        .send()
-        .await
-        .map_err(unavailable)?;
+    let resp = send_to(controllers, |base| {
+        client
+            .post(format!("{base}/workers/register"))
+            .bearer_auth(join_token)
+            .timeout(Duration::from_secs(30))
+            .json(req)
+    })
+    .await?;
     if resp.status() != StatusCode::CREATED {
         return Err(refusal(resp).await);
     }
@@ -93,9 +185,10 @@ async fn register_once(
 }
 
 impl HttpPlane {
-    /// Registers with the controller and returns the connected plane.
+    /// Registers with one of the controllers `bases` (the first that answers, from the
+    /// first) and returns the connected plane.
     pub async fn register(
-        base: &str,
+        bases: &[String],
         join_token: &str,
         req: RegisterRequest,
     ) -> Result<HttpPlane, PlaneError> {
@@ -104,11 +197,14 @@ impl HttpPlane {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(unavailable)?;
-        let base = base.trim_end_matches('/').to_string();
-        let r = register_once(&client, &base, join_token, &req).await?;
+        let controllers = Arc::new(Controllers::new(bases));
+        if controllers.len() == 0 {
+            return Err(PlaneError::Rejected("no controller URL".into()));
+        }
+        let r = register_once(&client, &controllers, join_token, &req).await?;
         Ok(HttpPlane {
             client,
-            base,
+            controllers,
             instance: req.instance_id.clone().unwrap_or_default(),
             who: Arc::new(RwLock::new(Identity {
                 worker_id: r.worker_id,
@@ -133,7 +229,7 @@ impl HttpPlane {
         let register = || {
             register_once(
                 &self.client,
-                &self.base,
+                &self.controllers,
                 &self.join_token,
                 &self.registration,
             )
@@ -163,18 +259,31 @@ impl HttpPlane {
         }
     }
 
-    fn request(
+    /// The controller this worker talks to now.
+    pub fn controller(&self) -> String {
+        self.controllers.current().1.to_string()
+    }
+
+    /// Sends a request built by `build` (from the request to `path`) to the current controller,
+    /// moving on as [`send_to`] says.
+    async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         timeout: Duration,
-    ) -> reqwest::RequestBuilder {
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, PlaneError> {
         let who = self.identity();
-        self.client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(who.token)
-            .header(INSTANCE_HEADER, &self.instance)
-            .timeout(timeout)
+        send_to(&self.controllers, |base| {
+            build(
+                self.client
+                    .request(method.clone(), format!("{base}{path}"))
+                    .bearer_auth(&who.token)
+                    .header(INSTANCE_HEADER, &self.instance)
+                    .timeout(timeout),
+            )
+        })
+        .await
     }
 
     async fn post_json<T: serde::Serialize>(
@@ -183,11 +292,10 @@ impl HttpPlane {
         body: &T,
     ) -> Result<reqwest::Response, PlaneError> {
         let resp = self
-            .request(reqwest::Method::POST, path, Duration::from_secs(30))
-            .json(body)
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .send(reqwest::Method::POST, path, Duration::from_secs(30), |r| {
+                r.json(body)
+            })
+            .await?;
         if resp.status().is_success() {
             Ok(resp)
         } else {
@@ -212,15 +320,13 @@ impl ControlPlane for HttpPlane {
             wait_ms: Some(wait.as_millis() as u64),
         };
         let resp = self
-            .request(
+            .send(
                 reqwest::Method::POST,
                 &format!("/workers/{id}/claim"),
                 wait + Duration::from_secs(15),
+                |r| r.json(&body),
             )
-            .json(&body)
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .await?;
         match resp.status() {
             StatusCode::NO_CONTENT => Ok(None),
             StatusCode::OK => Ok(Some(resp.json().await.map_err(unavailable)?)),
@@ -295,16 +401,16 @@ impl ControlPlane for HttpPlane {
         bytes: Bytes,
     ) -> Result<ArtifactRef, PlaneError> {
         let resp = self
-            .request(
+            .send(
                 reqwest::Method::PUT,
                 &format!("/steps/{step_id}/artifacts/{name}?epoch={epoch}"),
                 Duration::from_secs(600),
+                |r| {
+                    r.header("Content-Type", "application/octet-stream")
+                        .body(bytes.clone())
+                },
             )
-            .header("Content-Type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .await?;
         if resp.status() != StatusCode::CREATED {
             return Err(refusal(resp).await);
         }
@@ -318,14 +424,13 @@ impl ControlPlane for HttpPlane {
         name: &str,
     ) -> Result<Bytes, PlaneError> {
         let resp = self
-            .request(
+            .send(
                 reqwest::Method::GET,
                 &format!("/steps/{step_id}/artifacts/{name}?epoch={epoch}"),
                 Duration::from_secs(600),
+                |r| r,
             )
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .await?;
         if !resp.status().is_success() {
             return Err(refusal(resp).await);
         }

@@ -114,3 +114,37 @@ pub fn touch_many(
     }
     Ok(())
 }
+
+/// Marks offline, in one statement, the online workers whose last heartbeat is older than
+/// `cut_ms`; returns their ids. A beat written meanwhile (by any controller) keeps its worker.
+pub fn mark_silent_offline(conn: &mut Conn, cut_ms: i64) -> Result<Vec<String>, DbError> {
+    let ids = on_conn!(conn, |c| diesel::update(
+        workers::table
+            .filter(workers::status.eq_any(["idle", "busy", "draining"]))
+            .filter(workers::last_heartbeat_at.lt(cut_ms))
+    )
+    .set(workers::status.eq("offline"))
+    .returning(workers::id)
+    .get_results::<String>(c))?;
+    Ok(ids)
+}
+
+/// Every online worker is heard from at `now_ms` (the offline checks did not run for a while:
+/// their silence was the checker's, not theirs).
+pub fn all_online_heard_at(conn: &mut Conn, now_ms: i64) -> Result<usize, DbError> {
+    let n = on_conn!(conn, |c| diesel::update(
+        workers::table.filter(workers::status.eq_any(["idle", "busy", "draining"]))
+    )
+    .set(workers::last_heartbeat_at.eq(now_ms))
+    .execute(c))?;
+    Ok(n)
+}
+
+/// How many workers are idle, busy or draining.
+pub fn count_online(conn: &mut Conn) -> Result<usize, DbError> {
+    let n: i64 = on_conn!(conn, |c| workers::table
+        .filter(workers::status.eq_any(["idle", "busy", "draining"]))
+        .count()
+        .get_result(c))?;
+    Ok(n as usize)
+}

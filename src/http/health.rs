@@ -59,7 +59,7 @@ pub async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
             ))
         })
         .await?;
-    let workers_online = st.registry.send(CountOnline).await? as i64;
+    let workers_online = st.registry.send(CountOnline).await?? as i64;
     let completion_batches = st.db.batcher().map(|b| b.counts());
     let snap = Snapshot {
         workers_online,

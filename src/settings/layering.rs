@@ -80,21 +80,19 @@ impl Settings {
             )));
         }
         if self.role == Role::Worker {
-            match self.worker.controller.as_deref() {
-                None | Some("") => {
-                    return Err(err(
-                        "role worker needs the controller's URL: pass --controller URL or set worker.controller",
-                    ))
-                }
-                Some(u) => {
-                    let parsed = url::Url::parse(u).map_err(|e| {
-                        err(format!("worker.controller \"{u}\" is not a URL: {e}"))
-                    })?;
-                    if !matches!(parsed.scheme(), "http" | "https") {
-                        return Err(err(format!(
-                            "worker.controller \"{u}\" must start with http:// or https://"
-                        )));
-                    }
+            let urls = self.worker.controllers();
+            if urls.is_empty() {
+                return Err(err(
+                    "role worker needs the controller's URL: pass --controller URL or set worker.controller",
+                ));
+            }
+            for u in &urls {
+                let parsed = url::Url::parse(u)
+                    .map_err(|e| err(format!("worker.controller \"{u}\" is not a URL: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(err(format!(
+                        "worker.controller \"{u}\" must start with http:// or https://"
+                    )));
                 }
             }
             if self.worker.join_token.is_none() {

@@ -47,10 +47,12 @@ impl Default for Timings {
     }
 }
 
-/// A controller, its database and S3 store, and its workers.
+/// A controller, its database and S3 store, and its workers; perhaps more controllers on the
+/// same database (`others`: the runs API calls of the helpers go to `controller`).
 pub struct Cluster {
     pub workers: Vec<Loopd>,
     pub controller: Loopd,
+    pub others: Vec<Loopd>,
     pub s3: S3Server,
     _db: TestDb,
     pub timings: Timings,
@@ -96,6 +98,7 @@ impl Cluster {
         let mut cluster = Cluster {
             workers: Vec::new(),
             controller,
+            others: Vec::new(),
             s3,
             _db: db,
             timings,
@@ -108,11 +111,44 @@ impl Cluster {
         cluster
     }
 
+    /// Starts one more controller on the same database, store and data dir (where the live
+    /// output is: the controllers share it), logging into `controller<N>.log`, and waits until
+    /// it is ready.
+    pub async fn add_controller(&mut self) -> &Loopd {
+        let log = self
+            .dir
+            .path()
+            .join(format!("controller{}.log", self.others.len() + 1));
+        let c = self.controller.twin(&log);
+        c.wait_ready("/ready").await;
+        self.others.push(c);
+        self.others.last().expect("just added")
+    }
+
+    /// Every controller's URL, `controller` first, separated by commas.
+    pub fn controller_urls(&self) -> String {
+        std::iter::once(&self.controller)
+            .chain(&self.others)
+            .map(Loopd::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Starts one more worker (label `w<index>` plus `labels`) with extra environment, and
     /// waits until the controller lists it online.
     pub async fn add_worker(&mut self, labels: &[&str], extra_env: &[(&str, &str)]) -> usize {
         let url = self.controller.url();
-        let index = self.spawn_worker(&url, labels, extra_env);
+        self.add_worker_of(&url, labels, extra_env).await
+    }
+
+    /// [`add_worker`](Self::add_worker) of the controllers `urls` (comma-separated).
+    pub async fn add_worker_of(
+        &mut self,
+        urls: &str,
+        labels: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> usize {
+        let index = self.spawn_worker(urls, labels, extra_env);
         self.workers[index].wait_ready("/health").await;
         let what = format!("worker w{index} to be online");
         let me = &*self;

@@ -12,6 +12,7 @@ mod proxy;
 mod sse;
 
 mod cancel;
+mod controllers;
 mod drain;
 mod failover;
 mod git_remotes;

@@ -110,6 +110,24 @@ impl Loopd {
         format!("http://{}:{}", self.host, self.port)
     }
 
+    /// Starts another process with the same arguments, environment and data dir (several
+    /// controllers sharing one data dir for their live output), on a port of its own, logging
+    /// into `log`.
+    pub fn twin(&self, log: &Path) -> Loopd {
+        let mut l = Loopd {
+            child: None,
+            port: free_port(),
+            data_dir: self.data_dir.clone(),
+            log: log.to_path_buf(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            host: self.host.clone(),
+            wrapper: self.wrapper.clone(),
+        };
+        l.start();
+        l
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
     }

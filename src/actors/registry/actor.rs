@@ -12,7 +12,6 @@ use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterR
 use crate::db::models::{LeaseRow, WorkerRow};
 use actix::prelude::*;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The worker owner.
 pub struct WorkerRegistryActor {
@@ -40,7 +39,7 @@ impl Actor for WorkerRegistryActor {
         }
         // Check often enough that a silent worker is caught within a quarter of the limit.
         let after = self.svc.offline_after();
-        let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let every = self.svc.check_interval();
         // The first check waits one whole offline period: the workers of a controller that was
         // down must get that long, counted from now rather than from `load`, to reach it again
         // (a slow start must not cost them their leases).
@@ -97,13 +96,9 @@ pub struct AuthenticateWorker {
     pub instance: Option<String>,
 }
 
-impl Handler<AuthenticateWorker> for WorkerRegistryActor {
-    type Result = Result<WorkerIdentity, RegistryError>;
-    fn handle(&mut self, m: AuthenticateWorker, _: &mut Self::Context) -> Self::Result {
-        self.svc
-            .authenticate(&m.token, m.path_worker.as_deref(), m.instance.as_deref())
-    }
-}
+forward!(AuthenticateWorker, Result<WorkerIdentity, RegistryError>, |svc, m| svc
+    .authenticate(&m.token, m.path_worker.as_deref(), m.instance.as_deref())
+    .await);
 
 /// A worker's heartbeat: liveness, status, and lease renewals.
 #[derive(Message)]
@@ -134,12 +129,6 @@ forward!(RevokeWorker, Result<(), RegistryError>, |svc, m| svc.revoke(&m.0).awai
 
 /// How many workers are online.
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Result<usize, RegistryError>")]
 pub struct CountOnline;
-
-impl Handler<CountOnline> for WorkerRegistryActor {
-    type Result = usize;
-    fn handle(&mut self, _: CountOnline, _: &mut Self::Context) -> usize {
-        self.svc.online_count()
-    }
-}
+forward!(CountOnline, Result<usize, RegistryError>, |svc, _m| svc.online_count().await);

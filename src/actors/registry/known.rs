@@ -1,8 +1,12 @@
-//! The registry's in-memory copy of the workers table, which the registry's service alone
-//! writes: per worker, its token's hash, the process it is pinned to, its status and labels,
-//! and when it was last heard from (a monotonic instant). Worker tokens are checked here
-//! (`<worker_id>.<secret>`, stored hashed, compared in constant time), and silence is judged
-//! here, each under one lock so a later beat cannot slip in between. Owned by `service.rs`.
+//! The registry's cache of the workers table: per worker, its token's hash, the process it is
+//! pinned to, its status and labels. Only a cache: the table is the truth, shared by every
+//! controller on the database. A worker this process has not seen (it registered through
+//! another controller) is read from the table on its first request; a worker whose status
+//! another controller changed (marked offline, revoked) is dropped from here when that
+//! controller's notice arrives, and read again on its next request. Worker tokens are checked
+//! here (`<worker_id>.<secret>`, stored hashed, compared in constant time). Silence is judged
+//! from the table (`service.rs`), where every controller's beats are written. Owned by
+//! `service.rs`.
 
 use super::error::RegistryError;
 use crate::db::models::{decode_labels, WorkerRow};
@@ -10,7 +14,6 @@ use crate::domain::WorkerStatus;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 /// A worker as the registry remembers it.
 #[derive(Debug, Clone)]
@@ -19,8 +22,6 @@ struct Known {
     instance_id: Option<String>,
     status: WorkerStatus,
     labels: Vec<String>,
-    /// When its last heartbeat arrived (or it registered, or this process started).
-    seen: Instant,
 }
 
 /// An authenticated worker.
@@ -58,7 +59,7 @@ impl KnownWorkers {
         }
     }
 
-    /// Remembers the workers of the table at start, each heard from now.
+    /// Remembers workers as the table has them (at start, or read on a first request).
     pub fn load(&self, rows: Vec<WorkerRow>) {
         let mut known = self.lock();
         for w in rows {
@@ -70,7 +71,6 @@ impl KnownWorkers {
                     instance_id: w.instance_id,
                     status,
                     labels: decode_labels(&w.labels),
-                    seen: Instant::now(),
                 },
             );
         }
@@ -91,7 +91,6 @@ impl KnownWorkers {
                 instance_id,
                 status: WorkerStatus::Idle,
                 labels,
-                seen: Instant::now(),
             },
         );
     }
@@ -140,14 +139,6 @@ impl KnownWorkers {
         Ok((identity, pinned))
     }
 
-    /// Workers that are idle, busy or draining.
-    pub fn online_count(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|k| k.status.is_online())
-            .count()
-    }
-
     /// A heartbeat from an online worker: heard from now. Returns whether its status changed;
     /// when it did not, `unchanged` runs under the same lock (the beat is buffered before an
     /// offline check can judge the worker).
@@ -162,7 +153,6 @@ impl KnownWorkers {
         if !k.status.is_online() {
             return Err(RegistryError::Offline);
         }
-        k.seen = Instant::now();
         let changed = k.status != status;
         if !changed {
             unchanged();
@@ -179,39 +169,21 @@ impl KnownWorkers {
         }
     }
 
-    /// Every online worker is heard from at `now` (after a pause of this process).
-    pub fn all_online_heard_at(&self, now: Instant) {
+    /// Marks workers offline (the table already says so).
+    pub fn offline(&self, ids: &[String]) {
         let mut known = self.lock();
-        for k in known.values_mut().filter(|k| k.status.is_online()) {
-            k.seen = now;
-        }
-    }
-
-    /// Marks offline the online workers not heard from for longer than `limit` at `at`, and
-    /// returns them with the status each had (decided and recorded under one lock: a beat
-    /// that comes later is refused).
-    pub fn take_silent(&self, at: Instant, limit: Duration) -> Vec<(String, WorkerStatus)> {
-        let mut known = self.lock();
-        known
-            .iter_mut()
-            .filter(|(_, k)| k.status.is_online() && at.saturating_duration_since(k.seen) > limit)
-            .map(|(id, k)| {
-                (
-                    id.clone(),
-                    std::mem::replace(&mut k.status, WorkerStatus::Offline),
-                )
-            })
-            .collect()
-    }
-
-    /// Gives workers back the statuses [`take_silent`](Self::take_silent) took.
-    pub fn restore(&self, silent: &[(String, WorkerStatus)]) {
-        let mut known = self.lock();
-        for (id, was) in silent {
+        for id in ids {
             if let Some(k) = known.get_mut(id) {
-                k.status = *was;
+                if k.status.is_online() {
+                    k.status = WorkerStatus::Offline;
+                }
             }
         }
+    }
+
+    /// Whether this worker is cached.
+    pub fn contains(&self, worker_id: &str) -> bool {
+        self.lock().contains_key(worker_id)
     }
 
     /// A revoked worker's token is refused from now on.

@@ -1,13 +1,13 @@
 //! What the WorkerRegistryActor does, all of it here: registration and per-worker tokens
 //! (stored hashed; a token is `<worker_id>.<secret>` so a request names its worker),
 //! authentication of worker requests (one process per token), heartbeats (kept in memory and
-//! written in one statement per offline check, a status change at once with its event),
+//! written in one statement every check interval, a status change at once with its event),
 //! marking silent workers offline (their leases are then taken back at once, not at their
-//! TTL), listing and revocation. Its state: the in-memory copy of the workers table
-//! (`known.rs`), which this service alone writes, and the buffered beats (`beats.rs`). Whether
-//! a worker is silent is decided from the in-memory instants after the buffer was written,
-//! so the database never holds an older view than the decision used. Only the actor
-//! (`actor.rs`) calls it; `app` builds and loads it.
+//! TTL), listing and revocation. Its state: a cache of the workers table (`known.rs`; the table
+//! is the truth, shared with the other controllers on the database) and the buffered beats
+//! (`beats.rs`). Whether a worker is silent is decided from the table, where every
+//! controller writes its beats. Only the actor (`actor.rs`) calls it; `app` builds and loads
+//! it.
 
 use super::beats::BeatBuffer;
 use super::error::RegistryError;
@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::settings::{LeaseSettings, WorkerSettings};
 use actix::Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The registry's logic.
 pub struct RegistryService {
@@ -198,13 +198,27 @@ impl RegistryService {
         Ok(r.worker_id)
     }
 
-    /// Checks a worker token (and the path's worker id, when the route has one).
-    pub fn authenticate(
+    /// Checks a worker token (and the path's worker id, when the route has one). A worker
+    /// this process has not cached (it registered through another controller, or another
+    /// controller changed it) is read from the table first.
+    pub async fn authenticate(
         &self,
         token: &str,
         path_worker: Option<&str>,
         instance: Option<&str>,
     ) -> Result<WorkerIdentity, RegistryError> {
+        let id = token
+            .split_once('.')
+            .map(|(id, _)| id.to_string())
+            .ok_or(RegistryError::Unauthorized)?;
+        if !self.known.contains(&id) {
+            let wid = id.clone();
+            let row = self.db.run(move |c| db::workers::get(c, &wid)).await?;
+            match row {
+                Some(row) => self.known.load(vec![row]),
+                None => return Err(RegistryError::Unauthorized),
+            }
+        }
         let (identity, pinned) = self.known.authenticate(token, path_worker, instance)?;
         if let Some(first) = pinned {
             self.persist_instance(&identity.worker_id, &first);
@@ -225,9 +239,11 @@ impl RegistryService {
         });
     }
 
-    /// Workers that are idle, busy or draining.
-    pub fn online_count(&self) -> usize {
-        self.known.online_count()
+    /// Workers that are idle, busy or draining (as the table says: some may be connected to
+    /// other controllers).
+    pub async fn online_count(&self) -> Result<usize, RegistryError> {
+        let n = self.db.run(db::workers::count_online).await?;
+        Ok(n)
     }
 
     /// Records a heartbeat and renews the leases it lists (and takes back those it should list
@@ -284,32 +300,37 @@ impl RegistryService {
         Ok(HeartbeatResponse { leases: verdicts })
     }
 
-    /// The instant this check judges silence at — or `None` when it comes more than `gap`
-    /// after the previous one (or the start of the checks): this process was paused and the
-    /// beats sent meanwhile waited in its sockets, so the silence is its own, not its
-    /// workers'. Every online worker then gets a fresh period.
-    ///
-    /// The instant is taken before the pause is judged: a pause that begins after the
-    /// judgement (while the beats are flushed, say) cannot make a worker look silent.
-    fn unpaused_instant(&self, gap: Duration) -> Option<Instant> {
-        let at = Instant::now();
+    /// Whether this check comes within `gap` of the previous one (or of the start of the
+    /// checks). When it does not, this process was paused (or could not reach its database)
+    /// and the beats sent meanwhile waited in its sockets, so the silence is its own, not its
+    /// workers': every online worker then gets a fresh period instead.
+    async fn unpaused(&self, gap: Duration) -> Result<bool, RegistryError> {
         let paused = self.checked.since();
         self.checked.reset();
         if paused <= gap {
-            return Some(at);
+            return Ok(true);
         }
-        let now = Instant::now();
-        self.known.all_online_heard_at(now);
+        self.db
+            .run(|c| {
+                let now = c.now_ms()?;
+                db::workers::all_online_heard_at(c, now)
+            })
+            .await?;
         tracing::warn!(
             paused_ms = paused.as_millis() as u64,
             "no offline check for half the offline limit: every online worker gets a fresh period"
         );
-        None
+        Ok(false)
     }
 
     /// The offline checks begin: the first is measured from now.
     pub fn checks_begin(&self) {
         self.checked.reset();
+    }
+
+    /// How often every controller writes its buffered beats, and the offline check runs.
+    pub fn check_interval(&self) -> Duration {
+        (self.offline_after() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
     }
 
     /// Writes the buffered beats (the time they are written at is the database's clock).
@@ -328,41 +349,36 @@ impl RegistryService {
     }
 
     /// Marks workers silent for longer than `worker_offline_after_ms` offline and takes their
-    /// leases back.
+    /// leases back. Silence is judged from the table, where every controller writes the beats
+    /// it received (each within one [`check_interval`](Self::check_interval) of their
+    /// arrival, so a worker gets that much more); the judgement and the marking are one
+    /// statement, so a beat written meanwhile keeps its worker.
     pub async fn mark_silent_offline(&self) -> Result<usize, RegistryError> {
         let after = self.lease.worker_offline_after_ms;
         let limit = Duration::from_millis(after);
-        let Some(at) = self.unpaused_instant(limit / 2) else {
+        if !self.unpaused(limit / 2).await? {
             return Ok(0);
-        };
+        }
         self.flush_beats().await?;
-        // Decided and recorded in memory under one lock: a beat that comes later is refused.
-        let silent = self.known.take_silent(at, limit);
-        if silent.is_empty() {
-            return Ok(0);
-        }
-        for (id, _) in &silent {
-            self.beats.forget(id);
-        }
-        let ids: Vec<String> = silent.iter().map(|(id, _)| id.clone()).collect();
-        let written = self
+        let slack = self.check_interval().as_millis() as i64;
+        let silent = self
             .db
             .tx(move |c| {
                 let now = c.now_ms()?;
+                let ids = db::workers::mark_silent_offline(c, now - after as i64 - slack)?;
                 for id in &ids {
-                    db::workers::set_status(c, id, WorkerStatus::Offline)?;
                     let p = ev::worker_offline(id, &format!("no heartbeat for {after} ms"));
                     db::events::append(c, None, None, ev::WORKER_OFFLINE, &p, now)?;
                 }
-                Ok::<_, DbError>(())
+                Ok::<_, DbError>(ids)
             })
-            .await;
-        if let Err(e) = written {
-            // Not recorded: they stay online (and silent) for the next check to retry.
-            self.known.restore(&silent);
-            return Err(e.into());
+            .await?;
+        if silent.is_empty() {
+            return Ok(0);
         }
-        for (id, _) in &silent {
+        self.known.offline(&silent);
+        for id in &silent {
+            self.beats.forget(id);
             tracing::warn!(worker_id = %id, "worker offline");
             self.take_leases(id, "worker offline").await;
         }
