@@ -317,6 +317,10 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         request_commands_allowed: settings.request_commands_allowed(),
         limits: settings.limits.clone(),
         uploads: http::uploads::UploadSlots::new(settings.limits.artifact_uploads_per_worker),
+        streams: http::stream_slots::StreamSlots::new(
+            settings.limits.output_streams_per_run,
+            settings.limits.output_streams_per_client,
+        ),
         ready: Arc::new(AtomicBool::new(false)),
     };
     Ok(Control { state })

@@ -217,6 +217,10 @@ pub struct LimitSettings {
     pub output_chunk_bytes: usize,
     /// Artifact uploads one worker may have in flight through the controller (429 past it).
     pub artifact_uploads_per_worker: usize,
+    /// Open `/runs/{id}/output` streams per run (429 past it).
+    pub output_streams_per_run: usize,
+    /// Open `/runs/{id}/output` streams per client address (429 past it).
+    pub output_streams_per_client: usize,
 }
 
 /// The whole settings tree (names are a contract: see README "Configuration").
@@ -321,6 +325,8 @@ impl Default for Settings {
                 artifact_bytes: 512 << 20,
                 output_chunk_bytes: 4 << 20,
                 artifact_uploads_per_worker: 4,
+                output_streams_per_run: 1000,
+                output_streams_per_client: 100,
             },
             git: GitSettings::default(),
         }

@@ -9,6 +9,7 @@ pub mod output;
 pub mod review;
 pub mod runs;
 pub mod state;
+pub mod stream_slots;
 pub mod streams;
 pub mod uploads;
 pub mod views;

@@ -3,19 +3,26 @@
 //! JavaScript string's `length` counts): a frame's `offset` is where its first character
 //! starts, and `offset + content.length` is its `id:` and the next frame's `offset`. A cursor
 //! inside a character (the second half of a surrogate pair) starts at that character.
+//!
+//! A stream first reads what the store holds after its cursor; then it takes the frames the
+//! output feed hands out as workers post (built once for all readers). A frame that does not
+//! start at the cursor, a lag, or a wake-up of the event hub (a step or the run changed) sends
+//! it back to the store, so nothing is skipped or repeated.
 
 use super::error::ApiError;
 use super::extract::Id;
 use super::state::AppState;
+use super::stream_slots::{Full, StreamSlot};
 use super::streams::{last_event_id, require_run, sse, wait};
-use crate::api::OutputFrame;
 use crate::db::{self, DbError};
 use crate::domain::RunStatus;
-use crate::output_store::{utf16_units, utf8_boundary, Seek};
+use crate::output_store::{frame, Frame, Place, Seek};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::stream;
-use tokio::sync::watch;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
 
 /// Output bytes per frame: as large as the chunks workers post, so a reader keeps up with them.
 const CHUNK: usize = 256 * 1024;
@@ -25,32 +32,26 @@ pub struct OutputQuery {
     offset: Option<u64>,
 }
 
-/// A place in the run's output.
-#[derive(Debug, Clone)]
-struct At {
-    step_id: String,
-    /// Run-wide units before the step.
-    start: u64,
-    /// Byte in the step's output.
-    byte: u64,
-    /// Run-wide units before `byte`.
-    unit: u64,
-}
-
 struct OutputCursor {
     st: AppState,
     run_id: String,
     /// Run-wide units sent so far (the `id:` of the last frame).
     offset: u64,
     /// Where the last frame ended, so that the next read need not count from the step's start.
-    at: Option<At>,
+    at: Option<Place>,
+    /// Wake-ups of the run (steps, status).
     rx: watch::Receiver<u64>,
+    /// The frames built as output is posted.
+    feed: broadcast::Receiver<Arc<Frame>>,
+    /// Read the store before taking frames from the feed.
+    read: bool,
+    _slot: StreamSlot,
 }
 
 /// What a read of the output stream found at its cursor.
 struct Located {
     /// The place of the cursor, when output is held there.
-    at: Option<At>,
+    at: Option<Place>,
     /// The run has ended: its output is complete.
     ended: bool,
 }
@@ -62,7 +63,7 @@ fn locate(
     st: &AppState,
     run_id: &str,
     offset: u64,
-    hint: Option<&At>,
+    hint: Option<&Place>,
 ) -> Result<Located, DbError> {
     let io = |e: crate::output_store::OutputError| DbError::Join(e.to_string());
     let run = db::runs::require(c, run_id)?;
@@ -76,7 +77,7 @@ fn locate(
             let at = match known {
                 Some(h) => Some(h.clone()),
                 None => match st.output.seek(run_id, &s.id, offset - start).map_err(io)? {
-                    Seek::Found(byte, unit) => Some(At {
+                    Seek::Found(byte, unit) => Some(Place {
                         step_id: s.id.clone(),
                         start,
                         byte,
@@ -92,32 +93,86 @@ fn locate(
     Ok(Located { at: None, ended })
 }
 
-/// One frame of output read at `at`, and where it ends; `None` when `chunk` is only the start
-/// of a character still being written. Once the run has ended (`whole`), bytes that will never
-/// make a character are sent as they are (replacement characters).
-fn frame(at: &At, chunk: &[u8], whole: bool) -> Option<(Bytes, At)> {
-    // Never split a character: an incomplete one at the end waits for the next frame.
-    let cut = match utf8_boundary(chunk) {
-        0 if whole || chunk.len() >= 4 => chunk.len(),
-        0 => return None,
-        n => n,
+/// Reads the store at the cursor: the next frame, or `None` with whether the run has ended
+/// with everything sent.
+async fn read_store(c: &mut OutputCursor) -> Result<Option<Arc<Frame>>, bool> {
+    let (st, rid, off, hint) = (c.st.clone(), c.run_id.clone(), c.offset, c.at.take());
+    let read =
+        c.st.db
+            .run(move |conn| {
+                let found = locate(conn, &st, &rid, off, hint.as_ref())?;
+                let chunk = match &found.at {
+                    Some(at) => st
+                        .output
+                        .read(&rid, &at.step_id, at.byte, CHUNK)
+                        .map_err(|e| DbError::Join(e.to_string()))?,
+                    None => Vec::new(),
+                };
+                Ok::<_, DbError>((found, chunk))
+            })
+            .await;
+    match read {
+        Ok((found, chunk)) => match found.at {
+            Some(at) => match frame(&at, &chunk, found.ended) {
+                Some(f) if !chunk.is_empty() => Ok(Some(Arc::new(f))),
+                _ => {
+                    c.at = Some(at);
+                    Ok(None)
+                }
+            },
+            // Nothing after the cursor and the run has ended: all output was sent.
+            None => Err(found.ended),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "output stream read failed");
+            Err(false)
+        }
+    }
+}
+
+/// What a stream does next.
+enum Next {
+    Send(Bytes),
+    Wait,
+    End,
+}
+
+/// Takes the next frame of the feed, or a wake-up of the hub.
+async fn take_live(c: &mut OutputCursor) -> Next {
+    tokio::select! {
+        got = c.feed.recv() => match got {
+            Ok(f) if f.next.unit <= c.offset => Next::Wait,
+            Ok(f) if f.at.unit == c.offset => {
+                c.offset = f.next.unit;
+                c.at = Some(f.next.clone());
+                Next::Send(f.sse.clone())
+            }
+            // Not where the cursor is (posted out of order, or the store was read into it).
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                c.read = true;
+                Next::Wait
+            }
+            Err(broadcast::error::RecvError::Closed) => Next::End,
+        },
+        woke = wait(&mut c.rx) => match woke {
+            Ok(true) => {
+                c.read = true;
+                Next::Wait
+            }
+            Ok(false) => Next::Send(Bytes::from_static(b": keep-alive\n\n")),
+            Err(()) => Next::End,
+        },
+    }
+}
+
+fn full(f: Full) -> ApiError {
+    let msg = match f {
+        Full::Run(n) => format!("this run has {n} output streams open already; retry later"),
+        Full::Client(n) => {
+            format!("this client has {n} output streams open already; close one first")
+        }
     };
-    let piece = &chunk[..cut];
-    let end = at.unit + utf16_units(piece);
-    let f = OutputFrame {
-        step_id: at.step_id.clone(),
-        offset: at.unit,
-        content: String::from_utf8_lossy(piece).into_owned(),
-    };
-    let data = serde_json::to_string(&f).unwrap_or_default();
-    let msg = format!("event: output\ndata: {data}\nid: {end}\n\n");
-    let next = At {
-        step_id: at.step_id.clone(),
-        start: at.start,
-        byte: at.byte + cut as u64,
-        unit: end,
-    };
-    Some((Bytes::from(msg), next))
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", msg)
 }
 
 /// `GET /runs/{id}/output`
@@ -137,50 +192,39 @@ pub async fn output(
         })?,
         None => q.offset.unwrap_or(0),
     };
+    let slot = st
+        .streams
+        .try_take(&run_id, req.peer_addr().map(|a| a.ip()))
+        .map_err(full)?;
+    // Subscribed before the store is read: a frame posted in between is not missed.
+    let feed = st.output.feed().subscribe(&run_id);
     let cursor = OutputCursor {
         st: st.get_ref().clone(),
         run_id,
         offset,
         at: None,
         rx,
+        feed,
+        read: true,
+        _slot: slot,
     };
     Ok(sse(stream::unfold(cursor, |mut c| async move {
         loop {
-            let (st, rid, off, hint) = (c.st.clone(), c.run_id.clone(), c.offset, c.at.take());
-            let read =
-                c.st.db
-                    .run(move |conn| {
-                        let found = locate(conn, &st, &rid, off, hint.as_ref())?;
-                        let chunk = match &found.at {
-                            Some(at) => st
-                                .output
-                                .read(&rid, &at.step_id, at.byte, CHUNK)
-                                .map_err(|e| DbError::Join(e.to_string()))?,
-                            None => Vec::new(),
-                        };
-                        Ok::<_, DbError>((found, chunk))
-                    })
-                    .await;
-            match read {
-                Ok((found, chunk)) => match found.at {
-                    Some(at) => match frame(&at, &chunk, found.ended) {
-                        Some((msg, next)) if !chunk.is_empty() => {
-                            c.offset = next.unit;
-                            c.at = Some(next);
-                            return Some((Ok(msg), c));
-                        }
-                        _ => c.at = Some(at),
-                    },
-                    // Nothing after the cursor and the run has ended: all output was sent.
-                    None if found.ended => return None,
-                    None => {}
-                },
-                Err(e) => tracing::warn!(error = %e, "output stream read failed"),
+            if c.read {
+                match read_store(&mut c).await {
+                    Ok(Some(f)) => {
+                        c.offset = f.next.unit;
+                        c.at = Some(f.next.clone());
+                        return Some((Ok(f.sse.clone()), c));
+                    }
+                    Ok(None) | Err(false) => c.read = false,
+                    Err(true) => return None,
+                }
             }
-            match wait(&mut c.rx).await {
-                Ok(true) => continue,
-                Ok(false) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), c)),
-                Err(()) => return None,
+            match take_live(&mut c).await {
+                Next::Send(b) => return Some((Ok(b), c)),
+                Next::Wait => {}
+                Next::End => return None,
             }
         }
     })))

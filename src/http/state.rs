@@ -1,6 +1,7 @@
 //! What every handler can reach: the actors' addresses (present only when this role runs
 //! them), the read side of storage, the stores, and the settings that shape requests.
 
+use super::stream_slots::StreamSlots;
 use super::uploads::UploadSlots;
 use crate::actors::events::EventHub;
 use crate::actors::lease::LeaseActor;
@@ -34,5 +35,7 @@ pub struct AppState {
     pub limits: LimitSettings,
     /// Artifact uploads in flight per worker.
     pub uploads: Arc<UploadSlots>,
+    /// Open output streams per run and per client address.
+    pub streams: Arc<StreamSlots>,
     pub ready: Arc<AtomicBool>,
 }

@@ -3,9 +3,13 @@
 //! chunk after a reconnect is absorbed, a gap is refused); readers read from any offset. The
 //! run's output stream is its steps' files in step order. Files are written on blocking threads.
 //! Readers position themselves in UTF-16 code units ([`units`]); the store remembers each
-//! step's length in units so that only new bytes are ever counted.
+//! step's length in units so that only new bytes are ever counted. New output reaches open
+//! streams through the [`Feed`].
 
+mod feed;
 mod units;
+
+pub use feed::{frame, Feed, Frame, Place};
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -33,6 +37,14 @@ pub struct OutputStore {
     root: PathBuf,
     /// Per step file: the bytes already counted and their UTF-16 units.
     counted: Arc<Mutex<HashMap<PathBuf, (u64, u64)>>>,
+    feed: Arc<Feed>,
+}
+
+/// What an append did: the bytes held before and after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub before: u64,
+    pub after: u64,
 }
 
 impl OutputStore {
@@ -40,7 +52,13 @@ impl OutputStore {
         OutputStore {
             root: root.into(),
             counted: Arc::default(),
+            feed: Arc::default(),
         }
+    }
+
+    /// The live fan-out of new output to the runs' readers.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     fn path(&self, run_id: &str, step_id: &str) -> PathBuf {
@@ -48,14 +66,14 @@ impl OutputStore {
     }
 
     /// Appends `content` written at `offset`. Bytes the store already holds are skipped, so a
-    /// retried chunk is harmless. Returns the size after the write. Blocking.
+    /// retried chunk is harmless. Blocking.
     pub fn append(
         &self,
         run_id: &str,
         step_id: &str,
         offset: u64,
         content: &[u8],
-    ) -> Result<u64, OutputError> {
+    ) -> Result<Appended, OutputError> {
         let path = self.path(run_id, step_id);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
@@ -73,12 +91,22 @@ impl OutputStore {
             });
         }
         let end = offset + content.len() as u64;
-        if end > held {
-            let skip = (held - offset) as usize;
-            f.write_all(&content[skip..])?;
-            return Ok(end);
+        if end <= held {
+            return Ok(Appended {
+                before: held,
+                after: held,
+            });
         }
-        Ok(held)
+        let added = &content[(held - offset) as usize..];
+        f.write_all(added)?;
+        let mut map = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get_mut(&path).filter(|c| c.0 == held) {
+            *c = (end, c.1 + utf16_units(added));
+        }
+        Ok(Appended {
+            before: held,
+            after: end,
+        })
     }
 
     /// How many bytes of a step's output are held. Blocking.
@@ -183,9 +211,10 @@ mod tests {
     fn appends_absorb_resent_bytes_and_refuse_gaps() {
         let dir = tempfile::tempdir().unwrap();
         let s = OutputStore::new(dir.path());
-        assert_eq!(s.append("r", "s", 0, b"hello ").unwrap(), 6);
+        assert_eq!(s.append("r", "s", 0, b"hello ").unwrap().after, 6);
         // A resend that overlaps what is held only adds the new part.
-        assert_eq!(s.append("r", "s", 3, b"lo world").unwrap(), 11);
+        let a = s.append("r", "s", 3, b"lo world").unwrap();
+        assert_eq!((a.before, a.after), (6, 11));
         assert_eq!(s.read("r", "s", 0, 100).unwrap(), b"hello world");
         match s.append("r", "s", 20, b"x") {
             Err(OutputError::Gap { expected: 11, .. }) => {}

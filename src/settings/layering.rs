@@ -141,6 +141,11 @@ impl Settings {
         if self.limits.artifact_uploads_per_worker == 0 {
             return Err(err("limits.artifact_uploads_per_worker must be at least 1"));
         }
+        if self.limits.output_streams_per_run == 0 || self.limits.output_streams_per_client == 0 {
+            return Err(err(
+                "limits.output_streams_per_run and limits.output_streams_per_client must be at least 1",
+            ));
+        }
         self.validate_auth()?;
         self.git.validate()
     }

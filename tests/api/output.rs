@@ -211,3 +211,70 @@ async fn a_cursor_inside_a_character_starts_at_that_character() {
         .await;
     assert!(after.is_empty(), "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_readers_of_a_live_run_all_get_the_same_output() {
+    let env = Env::single("output-fanout").await;
+    let id = drip_run(&env, 15).await;
+    // All open before the output starts, so every one of them follows it live.
+    let mut tails = Vec::new();
+    for _ in 0..20 {
+        tails.push(Tail::open(&env, &id, "", None).await);
+    }
+    let all = futures_util::future::join_all(tails.into_iter().map(Tail::rest)).await;
+    env.wait_status(&id, "COMPLETED").await;
+    let mut whole = String::new();
+    let end = follow(
+        0,
+        &Tail::open(&env, &id, "", None).await.rest().await,
+        &mut whole,
+    );
+    assert!(whole.contains("drip line 15 of 15 é 日本 🙂\n"), "{whole}");
+    for (i, frames) in all.iter().enumerate() {
+        let mut text = String::new();
+        assert_eq!(follow(0, frames, &mut text), end, "reader {i}");
+        assert_eq!(text, whole, "reader {i} got the whole output once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_streams_are_capped_per_run_and_per_client() {
+    let env = Env::single_with(
+        "output-caps",
+        &[
+            ("LOOPD__LIMITS__OUTPUT_STREAMS_PER_RUN", "2"),
+            ("LOOPD__LIMITS__OUTPUT_STREAMS_PER_CLIENT", "3"),
+        ],
+    )
+    .await;
+    let (ra, rb) = (env.repo("a", 1, "hang"), env.repo("b", 1, "hang"));
+    let a = env.create(&ra, json!({})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let b = env.create(&rb, json!({})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let refused = |r: reqwest::Response| async move {
+        let (status, code) = crate::harness::error_of(r).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(code, "too_many_streams");
+    };
+
+    let a1 = Tail::open(&env, &a, "", None).await;
+    let _a2 = Tail::open(&env, &a, "", None).await;
+    refused(env.get(&format!("/runs/{a}/output")).await).await;
+    // Another run still has room, until the client's cap.
+    let _b1 = Tail::open(&env, &b, "", None).await;
+    refused(env.get(&format!("/runs/{b}/output")).await).await;
+
+    // A stream its client closed gives its places back.
+    drop(a1);
+    let _a3 = crate::support::wait_for("a closed stream's slot", STATE_TIMEOUT, || async {
+        let r = env.get(&format!("/runs/{a}/output")).await;
+        (r.status() == StatusCode::OK).then_some(r)
+    })
+    .await;
+    refused(env.get(&format!("/runs/{a}/output")).await).await;
+}

@@ -12,7 +12,7 @@ use crate::db::models::{new_id, ArtifactRow};
 use crate::db::{self, Db, DbError};
 use crate::domain::artifact_kind::artifact_kind;
 use crate::domain::events as ev;
-use crate::output_store::{OutputError, OutputStore};
+use crate::output_store::{frame, OutputError, OutputStore, Place};
 
 /// Event types a worker may not send: the controller alone emits them.
 fn reserved(event_type: &str) -> bool {
@@ -47,7 +47,9 @@ impl StepWrites {
         }
     }
 
-    /// Appends live output of a step at `offset`; returns how many bytes are now held.
+    /// Appends live output of a step at `offset`; returns how many bytes are now held. When
+    /// the run has readers, the new bytes' SSE frame is built here, once, and handed to all of
+    /// them after the commit (they read nothing from storage for it).
     pub async fn append_output(
         &self,
         worker_id: &str,
@@ -62,20 +64,49 @@ impl StepWrites {
             self.output.clone(),
         );
         // In one transaction: the lease stays locked while the bytes are appended.
-        let (run_id, next) = self
+        let (run_id, next, frame) = self
             .db
             .tx(move |c| -> Result<_, LeaseError> {
                 let (step, _) = authorize(c, &sid, &wid, epoch)?;
-                let next = out
-                    .append(&step.run_id, &sid, offset, content.as_bytes())
-                    .map_err(|e| match e {
-                        OutputError::Gap { expected, .. } => LeaseError::OffsetGap(expected),
-                        OutputError::Io(e) => LeaseError::Internal(e.to_string()),
-                    })?;
-                Ok((step.run_id, next))
+                let io = |e: OutputError| match e {
+                    OutputError::Gap { expected, .. } => LeaseError::OffsetGap(expected),
+                    OutputError::Io(e) => LeaseError::Internal(e.to_string()),
+                };
+                let run = step.run_id;
+                let watched = out.feed().watched(&run);
+                let units = match watched {
+                    true => Some(out.units(&run, &sid).map_err(io)?),
+                    false => None,
+                };
+                let a = out
+                    .append(&run, &sid, offset, content.as_bytes())
+                    .map_err(io)?;
+                let frame = match units {
+                    Some(units) if a.after > a.before => {
+                        let start = match out.feed().step_start(&run, &sid) {
+                            Some(s) => s,
+                            None => step_start(c, &out, &run, &sid).map_err(io)?,
+                        };
+                        let at = Place {
+                            step_id: sid.clone(),
+                            start,
+                            byte: a.before,
+                            unit: start + units,
+                        };
+                        frame(
+                            &at,
+                            &content.as_bytes()[(a.before - offset) as usize..],
+                            true,
+                        )
+                    }
+                    _ => None,
+                };
+                Ok((run, a.after, frame))
             })
             .await?;
-        self.hub.notify(&run_id);
+        if let Some(f) = frame {
+            self.output.feed().publish(&run_id, f);
+        }
         Ok(OutputAck { next_offset: next })
     }
 
@@ -228,4 +259,20 @@ pub fn record_artifact(
         now,
     )?;
     Ok(())
+}
+
+/// The run-wide position (UTF-16 units) where `step_id`'s output starts: the output of the
+/// run's steps before it. Blocking.
+fn step_start(
+    c: &mut db::Conn,
+    out: &OutputStore,
+    run_id: &str,
+    step_id: &str,
+) -> Result<u64, OutputError> {
+    let steps = db::steps::for_run(c, run_id).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut start = 0;
+    for s in steps.iter().take_while(|s| s.id != step_id) {
+        start += out.units(run_id, &s.id)?;
+    }
+    Ok(start)
 }
