@@ -52,6 +52,10 @@ pub struct RegisterResponse {
     pub token: String,
     pub heartbeat_interval_ms: u64,
     pub lease_ttl_ms: u64,
+    /// A worker silent for this long is marked offline and its leases are taken back (before
+    /// their TTL). An addition: the worker's lease clock runs on the shorter of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_offline_after_ms: Option<u64>,
 }
 
 /// A lease as a worker reports it.

@@ -56,6 +56,7 @@ fn runner_config(settings: &Settings) -> RunnerConfig {
         agent_env: settings.worker.agent_env.clone(),
         direct_store: None,
         remotes: crate::workspace::Remotes::from_settings(&settings.git),
+        lease_clock: None,
     }
 }
 
@@ -106,7 +107,19 @@ pub(super) async fn join_controller(
     let plane: HttpPlane = register_with_retry(&settings).await;
     joined.store(true, Ordering::Release);
     cfg.heartbeat_interval = Duration::from_millis(plane.heartbeat_interval_ms.max(50));
+    cfg.lease_clock = lease_clock(plane.lease_ttl_ms, plane.worker_offline_after_ms);
     WorkerHandle::start(Arc::new(plane), cfg)
+}
+
+/// How long a worker's lease lasts unrenewed, by its own clock: the controller takes it back
+/// at its TTL, or sooner when the worker has been silent for the offline limit (both count
+/// from a moment no earlier than the sending of the worker's last answered heartbeat).
+fn lease_clock(ttl_ms: u64, offline_after_ms: Option<u64>) -> Option<Duration> {
+    let ms = match offline_after_ms {
+        Some(o) if o > 0 => ttl_ms.min(o),
+        _ => ttl_ms,
+    };
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 /// Registers with the controller, retrying with backoff until it answers.

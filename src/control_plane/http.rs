@@ -128,6 +128,7 @@ pub struct HttpPlane {
     /// What the controller told us at registration.
     pub heartbeat_interval_ms: u64,
     pub lease_ttl_ms: u64,
+    pub worker_offline_after_ms: Option<u64>,
 }
 
 fn unavailable(e: reqwest::Error) -> PlaneError {
@@ -214,6 +215,7 @@ impl HttpPlane {
             registration: req,
             heartbeat_interval_ms: r.heartbeat_interval_ms,
             lease_ttl_ms: r.lease_ttl_ms,
+            worker_offline_after_ms: r.worker_offline_after_ms,
         })
     }
 

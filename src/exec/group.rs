@@ -31,7 +31,7 @@ pub(crate) async fn stop_group(child: &mut Child, pgid: Pid, grace: Duration) ->
 }
 
 /// Sends `signal` to every process of the group.
-pub(crate) fn signal_group(pgid: Pid, signal: Signal) {
+pub fn signal_group(pgid: Pid, signal: Signal) {
     // ESRCH (group already gone) is the expected outcome, not an error.
     let _ = killpg(pgid, signal);
 }

@@ -122,7 +122,8 @@ pub enum ProcessError {
 }
 
 /// Runs `spec` to its end, delivering its output to `sink`. `on_spawn` gets the process group
-/// id (= the child's pid) right after the spawn. Returns after the child is reaped and its
+/// id (= the child's pid) right after the spawn. Once `cancel` fired nothing is started, and a
+/// command killed by a signal after it fired counts as cancelled. Returns after the child is reaped and its
 /// output delivered; any process left in its group is killed then, so a command never
 /// outlives its call.
 pub async fn run<S: OutputSink>(
@@ -131,6 +132,10 @@ pub async fn run<S: OutputSink>(
     cancel: &CancellationToken,
     on_spawn: impl FnOnce(u32),
 ) -> Result<(Exit, S), ProcessError> {
+    // Cancelled already (a lost lease between two verify commands): nothing starts.
+    if cancel.is_cancelled() {
+        return Ok((Exit::Cancelled, sink));
+    }
     let mut child = spawn(spec)?;
     let pid = child.id().ok_or_else(|| ProcessError::Wait {
         program: spec.program.clone(),
@@ -269,7 +274,11 @@ async fn supervise(
         }
     };
     tokio::select! {
-        status = child.wait() => Ok(exit_of(status?)),
+        status = child.wait() => match exit_of(status?) {
+            // Killed by whoever cancelled it (a lost lease kills the group at once).
+            Exit::Signal(_) if cancel.is_cancelled() => Ok(Exit::Cancelled),
+            exit => Ok(exit),
+        },
         _ = deadline => {
             stop_group(child, pgid, spec.grace).await?;
             Ok(Exit::TimedOut)

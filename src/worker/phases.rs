@@ -1,7 +1,8 @@
 //! The two kinds of work a step does on a worker: run the agent (implementation and review:
 //! runner notes in place, the plan's selected task appended to the prompt, `prompt.txt`
 //! uploaded) or run the verify commands (runner notes on failure). Both spawn in their own
-//! process group, killed when the step is cancelled or its lease is lost. Each returns what
+//! process group, known to the step's [`Active`]: stopped by the lease clock, killed at once
+//! when the lease is lost, and TERM, grace, KILL when the step is cancelled. Each returns what
 //! the step [`Produced`]; the step executor (`step.rs`) calls them.
 
 use super::leftovers::{clear_pgid, record_pgid};
@@ -155,9 +156,11 @@ pub async fn agent(
     let work = shared.cfg.work_dir.clone();
     let step = a.step_id.clone();
     let result = run_agent(&req, &active.cancel, |pgid| {
-        record_pgid(&work, &step, pgid as i32)
+        record_pgid(&work, &step, pgid as i32);
+        active.group_started(pgid);
     })
     .await;
+    active.group_ended();
     clear_pgid(&shared.cfg.work_dir, &a.step_id);
     let name = |p: &Path| {
         p.file_name()
@@ -226,9 +229,11 @@ pub async fn verify(
     let work = shared.cfg.work_dir.clone();
     let step = a.step_id.clone();
     let result = run_verification(&req, &active.cancel, |pgid| {
-        record_pgid(&work, &step, pgid as i32)
+        record_pgid(&work, &step, pgid as i32);
+        active.group_started(pgid);
     })
     .await;
+    active.group_ended();
     clear_pgid(&shared.cfg.work_dir, &a.step_id);
     match result {
         Ok(r) => {

@@ -1,7 +1,8 @@
 //! Retrying control-plane calls while the controller is unreachable (a restart, a network
 //! error): a step's calls with backoff, for at most [`CONTROLLER_RETRY_BUDGET`], and never
 //! after the step's lease was lost or handed back (used by the step executor and its
-//! workspace preparation; answers that are not transient are returned at once); and the
+//! workspace preparation; answers that are not transient are returned at once, and a stale
+//! lease kills the step at once); and the
 //! [`backoff`] policy every retry loop of the wing (claims, completions, streaming) and the
 //! worker's registration use.
 
@@ -37,7 +38,8 @@ where
     Fut: Future<Output = Result<T, PlaneError>>,
 {
     let started = Instant::now();
-    call.retry(backoff(Duration::from_millis(250), Duration::from_secs(5)))
+    let r = call
+        .retry(backoff(Duration::from_millis(250), Duration::from_secs(5)))
         .sleep(tokio::time::sleep)
         .when(|e| {
             e.is_transient()
@@ -45,7 +47,11 @@ where
                 && started.elapsed() < CONTROLLER_RETRY_BUDGET
         })
         .notify(|e, _| tracing::warn!(what, error = %e, "the controller is unreachable; retrying"))
-        .await
+        .await;
+    if let Err(PlaneError::Stale | PlaneError::Gone(_)) = &r {
+        active.lose(&format!("the controller refused {what}: the lease is gone"));
+    }
+    r
 }
 
 #[cfg(test)]

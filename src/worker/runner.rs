@@ -1,6 +1,8 @@
 //! The RunnerActor executes steps: one actor per slot claims with long polls and runs what it
 //! gets (`step.rs`); one heartbeat loop per process renews the leases and applies the
-//! controller's word on them (`cancel`: kill the step; `stop`: kill it and discard its work).
+//! controller's word on them (`cancel`: kill the step; `stop`: kill it at once and discard its
+//! work); on a worker, a lease clock stops the step's processes while its lease may have run
+//! out unrenewed.
 //! The same code runs in the single role (local control plane) and on workers (HTTP).
 //! [`WorkerHandle`] is the wing's front door: `app` starts, drains and stops the runners
 //! through it.
@@ -16,7 +18,7 @@ use actix::prelude::*;
 use backon::Retryable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One slot: claims and executes steps until told to stop.
 pub struct RunnerActor {
@@ -99,6 +101,8 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         };
         let mut metrics = serde_json::Map::new();
         metrics.insert("running_steps".into(), active.len().into());
+        // A renewal counts from the sending: the controller renewed the lease after it.
+        let sent = Instant::now();
         match shared.plane.heartbeat(status, leases, metrics).await {
             Ok(verdicts) => {
                 for v in verdicts {
@@ -108,8 +112,9 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                         continue;
                     };
                     match v.action {
-                        LeaseAction::Continue => {}
+                        LeaseAction::Continue => a.renewed(sent),
                         LeaseAction::Cancel => {
+                            a.renewed(sent);
                             tracing::info!(run_id = %a.run_id, step_id = %v.step_id, "run cancelled: killing the step");
                             a.cancel.cancel();
                         }
@@ -118,14 +123,14 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                         LeaseAction::Stop if a.completing.load(Ordering::Acquire) => {
                             tracing::debug!(step_id = %v.step_id, "lease ended with the step's completion");
                         }
-                        LeaseAction::Stop => lose(&v.step_id, a),
+                        LeaseAction::Stop => a.lose("the controller says the lease is gone"),
                     }
                 }
             }
             Err(PlaneError::Gone(why)) => {
                 tracing::warn!(reason = %why, "the controller no longer knows this worker: abandoning steps and registering again");
-                for (id, a) in &active {
-                    lose(id, a);
+                for (_, a) in &active {
+                    a.lose("the controller no longer knows this worker");
                 }
                 shared.plane.rejoin().await;
             }
@@ -135,10 +140,17 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     }
 }
 
-fn lose(step_id: &str, a: &Active) {
-    tracing::warn!(run_id = %a.run_id, step_id, lease_epoch = a.epoch, "lease lost: killing the step and discarding its results");
-    a.lost.store(true, Ordering::Release);
-    a.cancel.cancel();
+/// The worker's own lease clock: a step whose lease was not renewed for `period` (the
+/// controller unreachable, or this process frozen) is stopped until the controller answers.
+/// Ticks often, so that a worker thawed from a SIGSTOP stops its steps before anything else.
+async fn lease_clock(shared: Arc<Shared>, period: Duration) {
+    let tick = (period / 20).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    loop {
+        for (_, a) in shared.snapshot() {
+            a.check_clock(period);
+        }
+        tokio::time::sleep(tick).await;
+    }
 }
 
 /// The runners of one process.
@@ -153,6 +165,9 @@ impl WorkerHandle {
         kill_leftovers(&cfg.work_dir);
         let shared = Arc::new(Shared::new(plane, cfg));
         actix::spawn(heartbeat_loop(shared.clone()));
+        if let Some(period) = shared.cfg.lease_clock {
+            actix::spawn(lease_clock(shared.clone(), period));
+        }
         actix::spawn(workdir::sweep_clones(shared.clone()));
         let runners = (0..shared.cfg.slots)
             .map(|slot| {

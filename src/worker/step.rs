@@ -1,8 +1,9 @@
 //! Executes one leased step: prepares the workspace, runs the agent or the verify commands in
-//! their own process group (killed on cancel or lost lease), streams the output, makes the git
-//! checkpoint of a git run, uploads the artifacts and completes — or, when the lease was lost,
-//! discards everything; when the worker is draining, hands the lease back. Called by the
-//! runner's claim loop (`runner.rs`), one step at a time per slot.
+//! their own process group (killed on cancel, at once on a lost lease, stopped while the lease
+//! clock has run out), streams the output, makes the git checkpoint of a git run, uploads the
+//! artifacts and completes — or, when the lease was lost, discards everything; when the worker
+//! is draining, hands the lease back. Called by the runner's claim loop (`runner.rs`), one step
+//! at a time per slot.
 
 use super::phases::{self, Produced};
 use super::plane_retry::{backoff, retry_transient};
@@ -16,6 +17,7 @@ use backon::Retryable;
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -40,7 +42,7 @@ pub async fn execute(shared: &Shared, a: Assignment) -> Option<Assignment> {
 }
 
 /// Prepares, runs and uploads; returns the completion to send.
-async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteRequest {
+async fn run(shared: &Shared, a: &Assignment, active: &Arc<Active>) -> CompleteRequest {
     let dir = shared.cfg.work_dir.join("steps").join(&a.step_id);
     let log_name = format!("iter-{:02}-{}.log", a.attempt, a.phase.slug());
     let log = dir.join(&log_name);
@@ -59,6 +61,7 @@ async fn run(shared: &Shared, a: &Assignment, active: &Active) -> CompleteReques
     }
     let streamer = Streamer::start(
         shared.plane.clone(),
+        active.clone(),
         &a.step_id,
         a.epoch,
         log.clone(),

@@ -2,8 +2,10 @@
 //! the agent's output is appended to and sends what is new, in order, from the offset the
 //! controller holds. Failed sends are retried with backoff and resume where the controller
 //! says it is, so a reconnect leaves no gap and no repeat. `finish` flushes everything left.
+//! Output refused as stale means the lease is gone: the step is killed at once.
 
 use super::plane_retry::backoff;
+use super::state::Active;
 use crate::control_plane::{ControlPlane, PlaneError};
 use crate::output_store::utf8_boundary;
 use backon::Retryable;
@@ -25,6 +27,8 @@ pub struct Streamer {
 
 struct Cursor {
     plane: Arc<dyn ControlPlane>,
+    /// Told when the controller refuses the output as stale: the lease is gone.
+    active: Arc<Active>,
     step_id: String,
     epoch: i64,
     path: PathBuf,
@@ -39,6 +43,7 @@ impl Streamer {
     /// step's output (from an earlier lease of the same step).
     pub fn start(
         plane: Arc<dyn ControlPlane>,
+        active: Arc<Active>,
         step_id: &str,
         epoch: i64,
         path: PathBuf,
@@ -47,6 +52,7 @@ impl Streamer {
         let (done, rx) = watch::channel(false);
         let cursor = Cursor {
             plane,
+            active,
             step_id: step_id.into(),
             epoch,
             path,
@@ -126,7 +132,13 @@ async fn follow(mut c: Cursor, mut done: watch::Receiver<bool>) {
                     c.file_pos = c.file_pos.saturating_sub(back);
                     c.remote = held;
                 }
-                // The lease is gone: nothing more may be written.
+                // The lease is gone: the step dies at once and nothing more is written.
+                Err(PlaneError::Stale | PlaneError::Gone(_)) => {
+                    c.active
+                        .lose("the controller refused the step's output as stale");
+                    return;
+                }
+                // Refused for good otherwise: the log artifact keeps the rest.
                 Err(_) => return,
             }
             continue;

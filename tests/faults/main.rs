@@ -19,7 +19,7 @@ use support::pg::{OwnCluster, TestDb};
 use support::pool::{self, controller_env, refs, submit_git, wait_status};
 use support::proc::Loopd;
 use support::repo::Repo;
-use support::{free_port, test_dir, wait_for};
+use support::{alive, free_port, test_dir, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -284,6 +284,99 @@ async fn a_worker_frozen_past_its_lease_is_refused_and_kills_its_own_step() {
     })
     .await;
     audit(&client, &base, &[id], &[&repo], &["frozen"], dir.path(), 2).await;
+}
+
+/// The pids (shell, child) of each `scribble` agent that has written to `file`, in order.
+fn scribblers(file: &std::path::Path) -> Vec<(i32, i32)> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut seen: Vec<(i32, i32)> = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace().filter_map(|p| p.parse().ok());
+        if let (Some(a), Some(b)) = (f.next(), f.next()) {
+            if !seen.contains(&(a, b)) {
+                seen.push((a, b));
+            }
+        }
+    }
+    seen
+}
+
+/// Issue 26: a worker frozen while its agent keeps editing files. Its agent cannot be stopped
+/// while the worker itself is frozen (that is the documented limit of shared_fs), but thawed,
+/// the worker learns its lease is gone and kills the agent's whole group at once — no
+/// SIGTERM grace (a minute here, and the agent ignores SIGTERM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thawed_worker_kills_the_agent_of_its_lost_lease_at_once() {
+    let dir = test_dir("sigstop-kill");
+    let db = TestDb::create();
+    let env = controller_env(&db.url, &[]);
+    let controller = pool::controller(dir.path(), &env).await;
+    let base = controller.url();
+    let client = reqwest::Client::new();
+    let frozen = pool::worker(
+        dir.path(),
+        "w0",
+        &base,
+        &[("LOOPD__WORKER__KILL_GRACE_MS", "60000")],
+    );
+    let file = dir.path().join("scribbles.txt");
+    let mode = format!("scribble {}", file.display());
+    let repo = Repo::create(dir.path(), "scribbled", 1, &mode, &["reviewer=false"]);
+    let id = submit_git(&client, &base, &repo, "scribbled").await;
+    let (step, _) = pool::running_step(&client, &base, &id, LONG).await;
+    let (shell, child) = wait_for("the first agent to write", LONG, || async {
+        scribblers(&file).first().copied()
+    })
+    .await;
+
+    let _other = pool::worker(dir.path(), "w1", &base, &[]);
+    frozen.signal(Signal::SIGSTOP);
+    let sid = step["id"].as_str().unwrap().to_string();
+    wait_for("the step to be re-leased", LONG, || async {
+        let s = pool::steps(&client, &base, &id).await;
+        s.into_iter()
+            .find(|s| s["id"] == sid.as_str() && s["lease_epoch"].as_i64() > Some(1))
+            .map(|_| ())
+    })
+    .await;
+    wait_for("the second agent to write", LONG, || async {
+        (scribblers(&file).len() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        alive(shell) && alive(child),
+        "the frozen worker's agent runs on meanwhile"
+    );
+
+    frozen.signal(Signal::SIGCONT);
+    // Far less than the kill grace: killed at once, not TERM, a minute, KILL.
+    wait_for(
+        "the thawed worker to kill its agent's group",
+        Duration::from_secs(20),
+        || async { (!alive(shell) && !alive(child)).then_some(()) },
+    )
+    .await;
+    let log = frozen.log_text();
+    assert!(log.contains("lease lost"), "{log}");
+    // Only the new lease's agent writes from now on.
+    let from_old = |f: &std::path::Path| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{shell} ")))
+            .count()
+    };
+    let before = from_old(&file);
+    let total = std::fs::read_to_string(&file).unwrap_or_default().len();
+    wait_for("the file to grow from the new agent", LONG, || async {
+        (std::fs::read_to_string(&file).unwrap_or_default().len() > total + 100).then_some(())
+    })
+    .await;
+    assert_eq!(
+        from_old(&file),
+        before,
+        "the old agent wrote after its death"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,11 +104,13 @@ pub async fn hang_pids(workspace: &std::path::Path) -> Vec<i32> {
 /// True while a process with this pid exists and has not exited (a zombie or a dead task
 /// counts as gone).
 pub fn alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
+    !matches!(proc_state(pid).as_deref(), Some("Z" | "X") | None)
+}
+
+/// The state of a process as `/proc/<pid>/stat` gives it (`R`, `S`, `T` stopped, `Z`, …), or
+/// `None` when there is no such process.
+pub fn proc_state(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next().map(str::to_string)
 }

@@ -173,6 +173,7 @@ impl RegistryService {
             token,
             heartbeat_interval_ms: self.worker.heartbeat_interval_ms,
             lease_ttl_ms: self.lease.ttl_ms,
+            worker_offline_after_ms: Some(self.lease.worker_offline_after_ms),
         })
     }
 

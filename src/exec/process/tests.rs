@@ -186,6 +186,56 @@ async fn cancellation_stops_the_whole_group_within_the_grace_period() {
 }
 
 #[tokio::test]
+async fn nothing_starts_once_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path(), "sh", &["-c", "touch started"]);
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let mut spawned = false;
+    let (exit, _) = run(
+        &s,
+        |_: Stream, _: &[u8]| Ok(()),
+        &cancel,
+        |_| spawned = true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(exit, Exit::Cancelled);
+    assert!(!spawned && !dir.path().join("started").exists());
+}
+
+/// A lost lease cancels, then kills the group itself (no grace): the command reads as
+/// cancelled, not as a signal death its caller would retry or follow with the next command.
+#[tokio::test]
+async fn a_group_killed_by_whoever_cancelled_it_reads_as_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(dir.path(), "sleepers.sh", SLEEPERS);
+    let mut s = spec(dir.path(), "sh", &[path.to_str().unwrap()]);
+    s.grace = Duration::from_secs(60);
+    let (captured, sink) = collector();
+    let cancel = CancellationToken::new();
+    let pgid = Arc::new(Mutex::new(None));
+    let seen = pgid.clone();
+    let task = {
+        let (s, cancel) = (s.clone(), cancel.clone());
+        tokio::spawn(async move {
+            run(&s, sink, &cancel, move |p| *seen.lock().unwrap() = Some(p)).await
+        })
+    };
+    assert!(wait_until(Duration::from_secs(5), || stdout_of(&captured) == "ready\n").await);
+    let pgid = Pid::from_raw(pgid.lock().unwrap().unwrap() as i32);
+    cancel.cancel();
+    signal_group(pgid, NixSignal::SIGKILL);
+    let started = StdInstant::now();
+    let (exit, _) = task.await.unwrap().unwrap();
+    assert_eq!(exit, Exit::Cancelled);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited for the grace"
+    );
+}
+
+#[tokio::test]
 async fn background_jobs_left_behind_are_killed_when_the_command_exits() {
     let dir = tempfile::tempdir().unwrap();
     let s = spec(dir.path(), "sh", &["-c", "sleep 1000 & echo started"]);
