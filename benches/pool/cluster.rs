@@ -105,9 +105,9 @@ impl Cluster {
     }
 }
 
-/// Run settings for simulated steps: no review, a long loop.
+/// Run settings for simulated steps: no review, the longest loop a run may ask for.
 pub fn endless() -> Value {
-    json!({"reviewer": false, "iterations": 1_000_000})
+    json!({"reviewer": false, "iterations": 10_000})
 }
 
 /// A simulated worker: registered with the join token, then authenticated by its own token.

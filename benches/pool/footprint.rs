@@ -28,7 +28,7 @@ pub fn cpu_ticks(pid: i32) -> u64 {
 }
 
 /// VmRSS of `pid` in MB.
-fn rss_mb(pid: i32) -> f64 {
+pub fn rss_mb(pid: i32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
         .find(|l| l.starts_with("VmRSS:"))

@@ -1,19 +1,21 @@
 //! Pool benchmark: a real `loopd --role controller` on a fresh Postgres database, driven
 //! through its HTTP API by simulated workers (and, for recovery, real worker processes).
 //! Prints one table: dispatch latency, throughput against the database's own limit, recovery
-//! time and lease losses under heartbeat load, controller footprint, live-output streaming.
+//! time and lease losses under heartbeat load, controller footprint, live-output streaming
+//! and its fan-out to 1,000 readers.
 //!
 //!   cargo bench --bench pool                         # every section
 //!   cargo bench --bench pool -- dispatch throughput  # some sections
 //!
-//! Sections: dispatch throughput recovery soak footprint streaming. Settings (env):
+//! Sections: dispatch throughput recovery soak footprint streaming fanout. Settings (env):
 //! LOOPD_BENCH_PG (admin URL of the Postgres server, default 127.0.0.1:5432),
 //! LOOPD_BENCH_SAMPLES (dispatch samples, 500), LOOPD_BENCH_SECS (each throughput window, 20),
 //! LOOPD_BENCH_SOAK_SECS (60; 600 is the ten minutes), LOOPD_BENCH_FOOTPRINT_SECS (30),
-//! LOOPD_BENCH_STREAM_MB (50), LOOPD_BENCH_CONTROLLER_ENV (extra controller settings for
-//! experiments, e.g. "LOOPD__STORAGE__POOL_SIZE=32"). On a server that counts nested statements
-//! (`pg_stat_statements` loaded, `pg_stat_statements.track = all`), the throughput section also
-//! prints Postgres' time by statement in the one-request window (`statements.rs`).
+//! LOOPD_BENCH_STREAM_MB (50), LOOPD_BENCH_FANOUT_POSTS (300),
+//! LOOPD_BENCH_FANOUT_READERS (1000), LOOPD_BENCH_CONTROLLER_ENV
+//! (extra controller settings for experiments, e.g. "LOOPD__STORAGE__POOL_SIZE=32"). On a
+//! server that counts nested statements (`pg_stat_statements` loaded,
+//! `pg_stat_statements.track = all`), the throughput section also prints Postgres' time by statement in the one-request window (`statements.rs`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -22,6 +24,7 @@ mod ceiling;
 mod cluster;
 mod db_rate;
 mod dispatch;
+mod fanout;
 mod footprint;
 mod recovery;
 mod statements;
@@ -35,6 +38,8 @@ pub struct Opts {
     pub soak_secs: u64,
     pub footprint_secs: u64,
     pub stream_mb: usize,
+    pub fanout_posts: usize,
+    pub fanout_readers: usize,
 }
 
 fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -100,6 +105,7 @@ const SECTIONS: &[&str] = &[
     "soak",
     "footprint",
     "streaming",
+    "fanout",
 ];
 
 #[tokio::main]
@@ -114,6 +120,8 @@ async fn main() {
         soak_secs: env_num("LOOPD_BENCH_SOAK_SECS", 60),
         footprint_secs: env_num("LOOPD_BENCH_FOOTPRINT_SECS", 30),
         stream_mb: env_num("LOOPD_BENCH_STREAM_MB", 50),
+        fanout_posts: env_num("LOOPD_BENCH_FANOUT_POSTS", 300),
+        fanout_readers: env_num("LOOPD_BENCH_FANOUT_READERS", 1000),
     };
     // cargo passes `--bench`; every other word names a section.
     let asked: Vec<String> = std::env::args()
@@ -144,6 +152,9 @@ async fn main() {
     }
     if on("streaming") {
         streaming::run(&o, &mut t).await;
+    }
+    if on("fanout") {
+        fanout::run(&o, &mut t).await;
     }
     t.print();
     println!(
