@@ -368,6 +368,9 @@ fn serve(
     };
     let server = HttpServer::new(move || {
         let mut app = App::new()
+            .wrap(actix_web::middleware::from_fn(
+                crate::telemetry::request_id_in_5xx,
+            ))
             .wrap(tracing_actix_web::TracingLogger::<
                 crate::telemetry::RequestSpan,
             >::new())

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    loopd::telemetry::init(&settings.log);
+    loopd::telemetry::init(&settings.log, settings.log_format);
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         app.run_until_stopped().await

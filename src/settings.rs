@@ -81,6 +81,17 @@ pub struct NamedToken {
     pub scopes: Vec<Scope>,
 }
 
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event, its spans' fields in front.
+    #[default]
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageType {
@@ -231,6 +242,8 @@ pub struct Settings {
     pub bind: String,
     pub data_dir: PathBuf,
     pub log: String,
+    #[serde(default)]
+    pub log_format: LogFormat,
     pub auth: AuthSettings,
     pub storage: StorageSettings,
     pub artifacts: ArtifactSettings,
@@ -258,6 +271,7 @@ impl Default for Settings {
             bind: "127.0.0.1:7700".into(),
             data_dir: default_data_dir(),
             log: "info".into(),
+            log_format: LogFormat::Text,
             auth: AuthSettings::default(),
             storage: StorageSettings {
                 kind: StorageType::Sqlite,

@@ -12,6 +12,7 @@ use crate::api::{ArtifactRef, Assignment, CompleteRequest, HeldLease, LeaseVerdi
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// The lease owner.
 pub struct LeaseActor {
@@ -43,14 +44,17 @@ impl Actor for LeaseActor {
     }
 }
 
-/// Runs `f` on the service and answers with its result.
+/// Runs `f` on the service and answers with its result, in a span named for the message
+/// carrying the worker (and the step and lease epoch) it is about: every line logged while it
+/// is handled names them.
 macro_rules! forward {
-    ($msg:ty, $out:ty, |$svc:ident, $m:ident| $body:expr) => {
+    ($msg:ty, $out:ty, |$m:ident| [$($field:tt)*], |$svc:ident| $body:expr) => {
         impl Handler<$msg> for LeaseActor {
             type Result = ResponseFuture<$out>;
             fn handle(&mut self, $m: $msg, _: &mut Self::Context) -> Self::Result {
+                let span = tracing::info_span!(stringify!($msg), $($field)*);
                 let $svc = self.svc.clone();
-                Box::pin(async move { $body })
+                Box::pin(async move { $body }.instrument(span))
             }
         }
     };
@@ -64,10 +68,9 @@ pub struct ClaimStep {
     pub labels: Vec<String>,
     pub wait: Duration,
 }
-forward!(
-    ClaimStep,
+forward!(ClaimStep,
     Result<Option<Assignment>, LeaseError>,
-    |svc, m| svc.claim(&m.worker_id, &m.labels, m.wait).await
+    |m| [worker = %m.worker_id], |svc| svc.claim(&m.worker_id, &m.labels, m.wait).await
 );
 
 /// Renew the leases a worker reports in its heartbeat.
@@ -77,10 +80,9 @@ pub struct RenewLeases {
     pub worker_id: String,
     pub leases: Vec<HeldLease>,
 }
-forward!(
-    RenewLeases,
+forward!(RenewLeases,
     Result<Vec<LeaseVerdict>, LeaseError>,
-    |svc, m| svc.renew(&m.worker_id, m.leases).await
+    |m| [worker = %m.worker_id], |svc| svc.renew(&m.worker_id, m.leases).await
 );
 
 /// Append live output of a leased step.
@@ -93,7 +95,7 @@ pub struct AppendOutput {
     pub offset: u64,
     pub content: String,
 }
-forward!(AppendOutput, Result<OutputAck, LeaseError>, |svc, m| svc
+forward!(AppendOutput, Result<OutputAck, LeaseError>, |m| [worker = %m.worker_id, step = %m.step_id, epoch = m.epoch], |svc| svc
     .writes()
     .append_output(&m.worker_id, &m.step_id, m.epoch, m.offset, m.content)
     .await);
@@ -108,7 +110,7 @@ pub struct RecordStepEvent {
     pub event_type: String,
     pub payload: serde_json::Value,
 }
-forward!(RecordStepEvent, Result<(), LeaseError>, |svc, m| svc
+forward!(RecordStepEvent, Result<(), LeaseError>, |m| [worker = %m.worker_id, step = %m.step_id, epoch = m.epoch], |svc| svc
     .writes()
     .record_event(&m.worker_id, &m.step_id, m.epoch, m.event_type, m.payload)
     .await);
@@ -123,7 +125,7 @@ pub struct StoreArtifact {
     pub name: String,
     pub bytes: bytes::Bytes,
 }
-forward!(StoreArtifact, Result<ArtifactRef, LeaseError>, |svc, m| svc
+forward!(StoreArtifact, Result<ArtifactRef, LeaseError>, |m| [worker = %m.worker_id, step = %m.step_id, epoch = m.epoch], |svc| svc
     .writes()
     .store_artifact(&m.worker_id, &m.step_id, m.epoch, &m.name, m.bytes)
     .await);
@@ -137,7 +139,7 @@ pub struct ReadArtifact {
     pub epoch: i64,
     pub name: String,
 }
-forward!(ReadArtifact, Result<bytes::Bytes, LeaseError>, |svc, m| svc
+forward!(ReadArtifact, Result<bytes::Bytes, LeaseError>, |m| [worker = %m.worker_id, step = %m.step_id, epoch = m.epoch], |svc| svc
     .writes()
     .read_artifact(&m.worker_id, &m.step_id, m.epoch, &m.name)
     .await);
@@ -152,10 +154,9 @@ pub struct CompleteStep {
     pub request: CompleteRequest,
     pub labels: Vec<String>,
 }
-forward!(
-    CompleteStep,
+forward!(CompleteStep,
     Result<Option<Assignment>, LeaseError>,
-    |svc, m| svc
+    |m| [worker = %m.worker_id, step = %m.step_id, epoch = m.request.epoch], |svc| svc
         .complete(&m.worker_id, &m.step_id, m.request, &m.labels)
         .await
 );
@@ -169,7 +170,7 @@ pub struct ReleaseLease {
     pub epoch: i64,
     pub reason: String,
 }
-forward!(ReleaseLease, Result<(), LeaseError>, |svc, m| svc
+forward!(ReleaseLease, Result<(), LeaseError>, |m| [worker = %m.worker_id, step = %m.step_id, epoch = m.epoch], |svc| svc
     .release(&m.worker_id, &m.step_id, m.epoch, &m.reason)
     .await);
 
@@ -180,7 +181,7 @@ pub struct ReleaseWorkerLeases {
     pub worker_id: String,
     pub reason: String,
 }
-forward!(ReleaseWorkerLeases, Result<usize, LeaseError>, |svc, m| svc
+forward!(ReleaseWorkerLeases, Result<usize, LeaseError>, |m| [worker = %m.worker_id], |svc| svc
     .release_worker(&m.worker_id, &m.reason)
     .await);
 
@@ -196,6 +197,7 @@ pub struct QueueChanged {
 
 impl Handler<QueueChanged> for LeaseActor {
     type Result = ();
+    #[tracing::instrument(name = "QueueChanged", skip_all)]
     fn handle(&mut self, m: QueueChanged, _: &mut Self::Context) {
         if m.broadcast {
             self.svc.wake_all();

@@ -12,6 +12,7 @@ use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterR
 use crate::db::models::{LeaseRow, WorkerRow};
 use actix::prelude::*;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// The worker owner.
 pub struct WorkerRegistryActor {
@@ -58,13 +59,16 @@ impl Actor for WorkerRegistryActor {
     }
 }
 
+/// Runs `f` on the service and answers with its result, in a span named for the message
+/// carrying the worker it is about (when there is one).
 macro_rules! forward {
-    ($msg:ty, $out:ty, |$svc:ident, $m:ident| $body:expr) => {
+    ($msg:ty, $out:ty, |$m:ident| [$($field:tt)*], |$svc:ident| $body:expr) => {
         impl Handler<$msg> for WorkerRegistryActor {
             type Result = ResponseFuture<$out>;
             fn handle(&mut self, $m: $msg, _: &mut Self::Context) -> Self::Result {
+                let span = tracing::info_span!(stringify!($msg), $($field)*);
                 let $svc = self.svc.clone();
-                Box::pin(async move { $body })
+                Box::pin(async move { $body }.instrument(span))
             }
         }
     };
@@ -74,7 +78,7 @@ macro_rules! forward {
 #[derive(Message)]
 #[rtype(result = "Result<RegisterResponse, RegistryError>")]
 pub struct RegisterWorker(pub RegisterRequest);
-forward!(RegisterWorker, Result<RegisterResponse, RegistryError>, |svc, m| svc.register(m.0).await);
+forward!(RegisterWorker, Result<RegisterResponse, RegistryError>, |m| [], |svc| svc.register(m.0).await);
 
 /// Register this process's own runner (role single).
 #[derive(Message)]
@@ -83,7 +87,7 @@ pub struct RegisterLocalWorker {
     pub labels: Vec<String>,
     pub slots: u32,
 }
-forward!(RegisterLocalWorker, Result<String, RegistryError>, |svc, m| svc
+forward!(RegisterLocalWorker, Result<String, RegistryError>, |m| [], |svc| svc
     .register_local(&m.labels, m.slots)
     .await);
 
@@ -96,9 +100,14 @@ pub struct AuthenticateWorker {
     pub instance: Option<String>,
 }
 
-forward!(AuthenticateWorker, Result<WorkerIdentity, RegistryError>, |svc, m| svc
-    .authenticate(&m.token, m.path_worker.as_deref(), m.instance.as_deref())
-    .await);
+forward!(
+    AuthenticateWorker,
+    Result<WorkerIdentity, RegistryError>,
+    |m| [worker = m.path_worker.as_deref()],
+    |svc| svc
+        .authenticate(&m.token, m.path_worker.as_deref(), m.instance.as_deref())
+        .await
+);
 
 /// A worker's heartbeat: liveness, status, and lease renewals.
 #[derive(Message)]
@@ -107,7 +116,7 @@ pub struct Heartbeat {
     pub worker_id: String,
     pub request: HeartbeatRequest,
 }
-forward!(Heartbeat, Result<HeartbeatResponse, RegistryError>, |svc, m| svc
+forward!(Heartbeat, Result<HeartbeatResponse, RegistryError>, |m| [worker = %m.worker_id], |svc| svc
     .heartbeat(&m.worker_id, m.request)
     .await);
 
@@ -118,17 +127,20 @@ pub struct ListWorkers;
 forward!(
     ListWorkers,
     Result<Vec<(WorkerRow, Vec<LeaseRow>)>, RegistryError>,
-    |svc, _m| svc.list().await
+    |_m| [],
+    |svc| svc.list().await
 );
 
 /// Revoke a worker's token and requeue its leases.
 #[derive(Message)]
 #[rtype(result = "Result<(), RegistryError>")]
 pub struct RevokeWorker(pub String);
-forward!(RevokeWorker, Result<(), RegistryError>, |svc, m| svc.revoke(&m.0).await);
+forward!(RevokeWorker, Result<(), RegistryError>, |m| [worker = %m.0], |svc| svc.revoke(&m.0).await);
 
 /// How many workers are online.
 #[derive(Message)]
 #[rtype(result = "Result<usize, RegistryError>")]
 pub struct CountOnline;
-forward!(CountOnline, Result<usize, RegistryError>, |svc, _m| svc.online_count().await);
+forward!(CountOnline, Result<usize, RegistryError>, |_m| [], |svc| svc
+    .online_count()
+    .await);

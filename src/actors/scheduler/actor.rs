@@ -13,6 +13,7 @@ use crate::api::CreateRunRequest;
 use crate::db::models::RunRow;
 use actix::prelude::*;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// The owner of run progress.
 pub struct SchedulerActor {
@@ -55,12 +56,17 @@ impl Handler<CreateRun> for SchedulerActor {
     type Result = ResponseFuture<Result<RunRow, SchedError>>;
     fn handle(&mut self, m: CreateRun, _: &mut Self::Context) -> Self::Result {
         let svc = self.svc.clone();
-        Box::pin(async move {
-            let row = svc.create_run(m.0).await?;
-            // Start it now if there is room, rather than at the next tick.
-            svc.request_start();
-            Ok(row)
-        })
+        let span = tracing::info_span!("CreateRun", run = tracing::field::Empty);
+        Box::pin(
+            async move {
+                let row = svc.create_run(m.0).await?;
+                tracing::Span::current().record("run", row.id.as_str());
+                // Start it now if there is room, rather than at the next tick.
+                svc.request_start();
+                Ok(row)
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -76,7 +82,8 @@ impl Handler<ControlRun> for SchedulerActor {
     type Result = ResponseFuture<Result<(), SchedError>>;
     fn handle(&mut self, m: ControlRun, _: &mut Self::Context) -> Self::Result {
         let svc = self.svc.clone();
-        Box::pin(async move { svc.control(&m.run_id, m.verb).await })
+        let span = tracing::info_span!("ControlRun", run = %m.run_id, verb = ?m.verb);
+        Box::pin(async move { svc.control(&m.run_id, m.verb).await }.instrument(span))
     }
 }
 
@@ -93,13 +100,17 @@ impl Handler<StepFinished> for SchedulerActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, m: StepFinished, _: &mut Self::Context) -> Self::Result {
         let svc = self.svc.clone();
-        Box::pin(async move {
-            if let Some(actions) = m.decided {
-                svc.carry_out(&m.run_id, actions).await;
-            } else if let Err(e) = svc.advance(&m.run_id).await {
-                // The tick retries: the step stays unsettled until an advance succeeds.
-                tracing::error!(run_id = %m.run_id, error = %e, "cannot advance run");
+        let span = tracing::info_span!("StepFinished", run = %m.run_id);
+        Box::pin(
+            async move {
+                if let Some(actions) = m.decided {
+                    svc.carry_out(&m.run_id, actions).await;
+                } else if let Err(e) = svc.advance(&m.run_id).await {
+                    // The tick retries: the step stays unsettled until an advance succeeds.
+                    tracing::error!(run_id = %m.run_id, error = %e, "cannot advance run");
+                }
             }
-        })
+            .instrument(span),
+        )
     }
 }
