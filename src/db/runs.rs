@@ -224,3 +224,28 @@ pub fn save_state_with_events(
 pub fn save_state(conn: &mut Conn, row: &RunStateRow) -> Result<(), DbError> {
     save_state_with_events(conn, row, 0).map(|_| ())
 }
+
+/// Cleanup statuses of a worktree that is still on disk for an ended run: kept for review
+/// (`deferred`), kept by `worktree_cleanup=false` (`skipped`), or a removal that failed.
+pub const KEPT_WORKTREE: &[&str] = &["deferred", "skipped", "failed"];
+
+/// Ended runs that still have a worktree on disk (per their cleanup status), newest first.
+pub fn with_kept_worktree(conn: &mut Conn) -> Result<Vec<RunRow>, DbError> {
+    let ended = [
+        RunStatus::Completed.as_str(),
+        RunStatus::Failed.as_str(),
+        RunStatus::Canceled.as_str(),
+    ];
+    let rows = on_conn!(conn, |c| runs::table
+        .filter(runs::status.eq_any(ended))
+        .filter(runs::worktree_json.is_not_null())
+        .filter(
+            runs::worktree_cleanup_status
+                .is_null()
+                .or(runs::worktree_cleanup_status.eq_any(KEPT_WORKTREE))
+        )
+        .select(RunRow::as_select())
+        .order((runs::created_at.desc(), runs::id.desc()))
+        .load(c))?;
+    Ok(rows)
+}

@@ -117,6 +117,9 @@ pub struct RunConfig {
     pub worktree_path_template: String,
     /// Whether the worktree is removed after the run.
     pub worktree_cleanup: bool,
+    /// Days an ended run's worktree is kept (for review) before it is removed; 0 keeps it.
+    /// Fractions are allowed.
+    pub worktree_keep_days: f64,
     /// Whether `summary.json` is written when the run ends.
     pub summary_json: bool,
     /// Consecutive failed verifications that fail the run; 0 disables.
@@ -153,6 +156,7 @@ impl Default for RunConfig {
             merge_strategy: MergeStrategy::Squash,
             worktree_path_template: "../{{ repo }}.{{ run_branch | sanitize }}".into(),
             worktree_cleanup: true,
+            worktree_keep_days: 7.0,
             summary_json: true,
             max_consecutive_verification_failures: 3,
             // The old default 0 let a failing review loop forever.
@@ -199,6 +203,25 @@ pub fn names_command(key: &str) -> bool {
     COMMAND_KEYS.contains(&key)
 }
 
+/// Days as a non-negative number (fractions allowed), at most ten years.
+fn keep_days(key: &str, value: &str) -> Result<f64, ConfigError> {
+    match value.trim().parse::<f64>() {
+        Ok(d) if d.is_finite() && (0.0..=3650.0).contains(&d) => Ok(d),
+        _ => Err(ConfigError::InvalidValue {
+            key: key.into(),
+            value: value.into(),
+            expected: "a number of days from 0 to 3650".into(),
+        }),
+    }
+}
+
+impl RunConfig {
+    /// How long an ended run's worktree is kept, in milliseconds; `None`: for ever.
+    pub fn worktree_keep_ms(&self) -> Option<i64> {
+        (self.worktree_keep_days > 0.0).then_some((self.worktree_keep_days * 86_400_000.0) as i64)
+    }
+}
+
 fn is_ignored(key: &str) -> bool {
     IGNORED_KEYS.contains(&key) || IGNORED_PREFIXES.iter().any(|p| key.starts_with(p))
 }
@@ -232,6 +255,7 @@ impl RunConfig {
             "merge_strategy" => self.merge_strategy = parse_enum(key, v, MergeStrategy::ALL)?,
             "worktree_path_template" => self.worktree_path_template = v.trim().to_string(),
             "worktree_cleanup" => self.worktree_cleanup = parse_bool(key, v)?,
+            "worktree_keep_days" => self.worktree_keep_days = keep_days(key, v)?,
             "summary_json" => self.summary_json = parse_bool(key, v)?,
             "max_consecutive_verification_failures" => {
                 self.max_consecutive_verification_failures = bounded(key, v)?

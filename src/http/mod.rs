@@ -14,6 +14,7 @@ pub mod streams;
 pub mod uploads;
 pub mod views;
 pub mod workers;
+pub mod worktrees;
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
@@ -147,6 +148,11 @@ pub fn runs_api(cfg: &mut web::ServiceConfig) {
         res("/workers")
             .wrap(read())
             .route(web::get().to(workers::list)),
+    )
+    .service(
+        res("/worktrees")
+            .route(web::get().to(worktrees::list).wrap(read()))
+            .route(web::delete().to(worktrees::remove).wrap(submit())),
     );
 }
 

@@ -35,6 +35,12 @@ pub enum WorkspaceError {
     /// The merge target is checked out in a working tree that has uncommitted changes.
     #[error("dirty working tree: {branch} is checked out at {path} with uncommitted changes")]
     DirtyCheckout { branch: String, path: PathBuf },
+    /// A path that is not a linked worktree of the repository (the primary checkout is not).
+    #[error("{path} is not a linked worktree of {repo}")]
+    NotAWorktree { path: PathBuf, repo: PathBuf },
+    /// A worktree with uncommitted changes, removed only when forced.
+    #[error("worktree {path} has uncommitted changes (force to remove it anyway)")]
+    DirtyWorktree { path: PathBuf },
     /// The worktree is not on the branch it should be on.
     #[error("worktree {path} is on {actual}, expected {expected}")]
     WrongBranch {

@@ -27,7 +27,8 @@ pub use mirror::Mirrors;
 pub use naming::{expand_path_template, slug, DEFAULT_PATH_TEMPLATE};
 pub use remote::{RemoteError, Remotes};
 pub use worktree::{
-    create_worktree, delete_branch, detect_base_branch, is_clean, plan_worktree, remove_worktree,
+    create_worktree, delete_branch, detect_base_branch, is_clean, list_worktrees, plan_worktree,
+    remove_listed_worktree, remove_worktree, Listed,
 };
 
 /// Result of every workspace operation.

@@ -164,6 +164,71 @@ pub fn delete_branch(workspace_root: &Path, name: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// A linked worktree of a repository as `git worktree list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub path: PathBuf,
+    /// `None` for a detached HEAD.
+    pub branch: Option<String>,
+    pub commit: String,
+}
+
+/// The linked worktrees of the repository at `workspace_root` (not the primary checkout; not
+/// those whose directory is gone), by path.
+pub fn list_worktrees(workspace_root: &Path) -> Result<Vec<Listed>> {
+    let repository = repo::open(workspace_root)?;
+    let names = repository
+        .worktrees()
+        .context(|| format!("cannot list worktrees of {}", repo::place(&repository)))?;
+    let mut out = Vec::new();
+    for name in names.iter().filter_map(|n| n.ok().flatten()) {
+        let Ok(worktree) = repository.find_worktree(name) else {
+            continue;
+        };
+        if worktree.validate().is_err() {
+            continue;
+        }
+        let Ok(linked) = Repository::open_from_worktree(&worktree) else {
+            continue;
+        };
+        let commit = linked
+            .head()
+            .ok()
+            .and_then(|h| h.target())
+            .map(|oid| oid.to_string())
+            .unwrap_or_default();
+        out.push(Listed {
+            path: worktree.path().to_path_buf(),
+            branch: repo::current_branch(&linked).ok().flatten(),
+            commit,
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Removes the linked worktree at `path` of the repository at `workspace_root` (its directory
+/// and registration; the branch stays). A worktree with uncommitted changes is removed only
+/// with `force`; the primary checkout and other paths are refused.
+pub fn remove_listed_worktree(workspace_root: &Path, path: &Path, force: bool) -> Result<()> {
+    let repository = repo::open(workspace_root)?;
+    let listed = list_worktrees(workspace_root)?;
+    let Some(found) = listed.iter().find(|w| same_path(&w.path, path)) else {
+        return Err(WorkspaceError::NotAWorktree {
+            path: path.to_path_buf(),
+            repo: workspace_root.to_path_buf(),
+        });
+    };
+    refuse_primary_path(workspace_root, &found.path)?;
+    if !force && !repo::is_clean(&repo::open(&found.path)?)? {
+        return Err(WorkspaceError::DirtyWorktree {
+            path: found.path.clone(),
+        });
+    }
+    remove_dir(&found.path)?;
+    prune_stale(&repository)
+}
+
 /// Whether the working tree at `repo` has no changes (untracked files count, ignored do not).
 pub fn is_clean(repo: &Path) -> Result<bool> {
     repo::is_clean(&repo::open(repo)?)

@@ -13,6 +13,11 @@ fn routes(id: &str) -> Vec<(Method, String)> {
         (Method::GET, "/runs".to_string()),
         (Method::POST, "/runs".to_string()),
         (Method::GET, "/workers".to_string()),
+        (Method::GET, "/worktrees?workspace=/tmp".to_string()),
+        (
+            Method::DELETE,
+            "/worktrees?workspace=/tmp&path=/tmp/x".to_string(),
+        ),
     ];
     for p in [
         "",

@@ -130,6 +130,20 @@ fn routes(l: &Live) -> Vec<(Method, String, String, Need, Value)> {
             Value::Null,
         ),
         (
+            Method::GET,
+            "/worktrees?workspace=/no/such/dir".into(),
+            "/worktrees?workspace=/no/such/dir".into(),
+            Need::Read,
+            Value::Null,
+        ),
+        (
+            Method::DELETE,
+            "/worktrees?workspace=/no/such/dir&path=/no/such/dir/x".into(),
+            "/worktrees?workspace=/no/such/dir&path=/no/such/dir/x".into(),
+            Need::Submit,
+            Value::Null,
+        ),
+        (
             Method::DELETE,
             format!("/workers/{w}"),
             format!("/workers/{none}"),

@@ -11,6 +11,7 @@ mod pipeline;
 mod recovery;
 mod review;
 mod watchdog;
+mod worktrees;
 
 use serde_json::Value;
 use std::process::Command;

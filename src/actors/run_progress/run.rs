@@ -54,6 +54,17 @@ impl RunRow {
             .and_then(|j| serde_json::from_str(j).ok())
     }
 
+    /// When the kept worktree of this ended run is due for removal (`worktree_keep_days` after
+    /// it ended); `None`: kept for ever.
+    pub fn worktree_remove_after(&self) -> Option<i64> {
+        let keep = self.config().worktree_keep_ms()?;
+        Some(
+            self.ended_at
+                .unwrap_or(self.updated_at)
+                .saturating_add(keep),
+        )
+    }
+
     /// The step-side paths of a run.
     pub fn paths(&self) -> RunPaths {
         if self.workspace_source == WorkspaceSource::Git.as_str() {

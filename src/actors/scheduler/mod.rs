@@ -8,6 +8,7 @@
 mod actor;
 mod control;
 mod error;
+mod expire;
 mod finish;
 mod finish_git;
 mod service;
@@ -17,4 +18,5 @@ mod submit;
 pub use actor::{ControlRun, CreateRun, SchedulerActor, StepFinished};
 pub use control::Control;
 pub use error::SchedError;
+pub use expire::EXPIRED;
 pub use service::SchedulerService;

@@ -30,6 +30,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often the tick looks for worktrees past their `worktree_keep_days`.
+const EXPIRY_EVERY: Duration = Duration::from_secs(5);
+
 /// The scheduler's logic and what it needs.
 pub struct SchedulerService {
     db: Db,
@@ -42,6 +45,8 @@ pub struct SchedulerService {
     start_wanted: tokio::sync::Notify,
     /// Finishing runs (and the controller's own artifacts).
     finisher: Finisher,
+    /// When the tick last looked for expired worktrees.
+    expired_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Runs whose worktree this process is making: nothing advances them meanwhile.
     preparing: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -65,6 +70,7 @@ impl SchedulerService {
             queue,
             start_wanted: tokio::sync::Notify::new(),
             preparing: Default::default(),
+            expired_at: Default::default(),
         }
     }
 
@@ -309,7 +315,20 @@ impl SchedulerService {
             }
         }
         self.db.tx(explain_waits).await?;
+        if self.expiry_due() {
+            super::expire::expire_worktrees(&self.db, now_ms()).await?;
+        }
         Ok(())
+    }
+
+    /// Whether the tick should look for expired worktrees now (every few seconds).
+    fn expiry_due(&self) -> bool {
+        let mut last = self.expired_at.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= EXPIRY_EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// Applies a control verb to a run (see `control.rs`).

@@ -285,3 +285,16 @@ fn the_command_keys_are_the_ones_that_name_commands_or_paths() {
         assert!(!names_command(k), "{k}");
     }
 }
+
+#[test]
+fn worktree_keep_days_takes_fractions_and_zero_keeps_for_ever() {
+    let mut c = RunConfig::default();
+    assert_eq!(c.worktree_keep_ms(), Some(7 * 86_400_000));
+    c.apply("worktree_keep_days", "0.5").unwrap();
+    assert_eq!(c.worktree_keep_ms(), Some(43_200_000));
+    c.apply("worktree_keep_days", "0").unwrap();
+    assert_eq!(c.worktree_keep_ms(), None);
+    for bad in ["-1", "NaN", "inf", "week", "4000"] {
+        assert!(c.apply("worktree_keep_days", bad).is_err(), "{bad}");
+    }
+}
