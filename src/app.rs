@@ -8,6 +8,7 @@ mod runners;
 
 use crate::actors::events::EventHub;
 use crate::actors::lease::{LeaseActor, LeaseService, LeaseServiceParts};
+use crate::actors::peers::{Notice, Peers};
 use crate::actors::registry::{RegistryService, WorkerRegistryActor};
 use crate::actors::run_progress::outcome::FollowUp;
 use crate::actors::scheduler::{SchedulerActor, SchedulerService, StepFinished};
@@ -103,11 +104,34 @@ pub struct Application {
     joining: Option<tokio::task::JoinHandle<WorkerHandle>>,
     subsystems: Subsystems,
     settings: Settings,
+    /// What a stopping controller hands over.
+    handover: Option<Handover>,
 }
 
 /// What `build_control` starts.
 struct Control {
     state: AppState,
+    handover: Handover,
+}
+
+/// What a stopping controller hands over before its server stops: its long polls (answered
+/// at once, so that their workers claim through another controller), its duties (taken by
+/// another controller at once) and the heartbeats it has not written yet.
+#[derive(Clone)]
+struct Handover {
+    lease: Arc<LeaseService>,
+    registry: Arc<RegistryService>,
+    peers: Arc<Peers>,
+}
+
+impl Handover {
+    async fn hand_over(&self) {
+        self.lease.stop_claims();
+        self.peers.release().await;
+        if let Err(e) = self.registry.flush_beats().await {
+            tracing::warn!(error = %e, "cannot write the last heartbeats");
+        }
+    }
 }
 
 impl Application {
@@ -127,6 +151,7 @@ impl Application {
             None
         };
         let ready = control.as_ref().map(|c| c.state.ready.clone());
+        let handover = control.as_ref().map(|c| c.handover.clone());
         let (mut worker, mut joining) = (None, None);
         // A worker's `/ready`: 503 until it has registered with its controller.
         let joined = http::health::Joined::default();
@@ -155,6 +180,7 @@ impl Application {
             joining,
             subsystems,
             settings,
+            handover,
         })
     }
 
@@ -175,6 +201,7 @@ impl Application {
             joining,
             subsystems,
             settings,
+            handover,
             ..
         } = self;
         let handle = server.handle();
@@ -205,6 +232,10 @@ impl Application {
                     .then(|| Duration::from_millis(settings.worker.drain_timeout_ms));
                 stop_worker(worker, drain, &mut term, &mut int).await;
             }
+        }
+        if let (true, Some(h)) = (subsystems.worker_api, &handover) {
+            h.hand_over().await;
+            tracing::info!("handed over: long polls answered, duties released");
         }
         handle.stop(true).await;
         let _ = served.await;
@@ -263,6 +294,14 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
     if settings.role == Role::Single {
         recover_single(&db, settings).await?;
     }
+    // Controllers on Postgres share the database with their peers; anything else is alone.
+    let (peers, peers_task) = match (settings.role, settings.storage.kind, &settings.storage.url) {
+        (Role::Controller, StorageType::Postgres, Some(url)) => {
+            let (p, t) = Peers::on_postgres(url.expose());
+            (p, Some(t))
+        }
+        _ => (Peers::alone(), None),
+    };
     let sched_ctx = Context::<SchedulerActor>::new();
     let sched_addr = sched_ctx.address();
     let lease_svc = Arc::new(LeaseService::new(LeaseServiceParts {
@@ -280,8 +319,9 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
             })
         }),
         mirrors: mirrors.clone(),
+        peers: peers.clone(),
     }));
-    let lease = LeaseActor::new(lease_svc).start();
+    let lease = LeaseActor::new(lease_svc.clone()).start();
     let sched_svc = Arc::new(SchedulerService::new(
         db.clone(),
         hub.clone(),
@@ -289,6 +329,7 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         mirrors,
         settings.scheduler.clone(),
         lease.clone().recipient(),
+        peers.clone(),
     ));
     let scheduler = sched_ctx.run(SchedulerActor::new(sched_svc));
     let registry_svc = Arc::new(RegistryService::new(
@@ -297,11 +338,29 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         settings.lease.clone(),
         settings.worker.clone(),
         lease.clone(),
+        peers.clone(),
     ));
     registry_svc
         .load()
         .await
         .map_err(|e| AppError::Startup(e.to_string()))?;
+    wire_peers(&peers, &lease_svc, &registry_svc);
+    match peers_task {
+        Some(task) => {
+            actix::spawn(task.start());
+        }
+        // A lone controller holds the duties from its start.
+        None if settings.role == Role::Controller => registry_svc
+            .take_over()
+            .await
+            .map_err(|e| AppError::Startup(e.to_string()))?,
+        None => {}
+    }
+    let handover = Handover {
+        lease: lease_svc,
+        registry: registry_svc.clone(),
+        peers,
+    };
     let registry = WorkerRegistryActor::new(registry_svc, subsystems.offline_detection).start();
     let state = AppState {
         db,
@@ -323,7 +382,27 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         ),
         ready: Arc::new(AtomicBool::new(false)),
     };
-    Ok(Control { state })
+    Ok(Control { state, handover })
+}
+
+/// What the other controllers' notices do here, and what taking over the duties does first.
+fn wire_peers(peers: &Arc<Peers>, lease: &Arc<LeaseService>, registry: &Arc<RegistryService>) {
+    let (l, r) = (lease.clone(), registry.clone());
+    peers.on_notice(Arc::new(move |n| match n {
+        Notice::Queued { labels, preferred } => l.queue_changed_here(&labels, preferred.as_deref()),
+        Notice::WakeAll => l.wake_all_here(),
+        Notice::Worker(id) => r.forget(&id),
+        Notice::Reset => {
+            l.wake_all_here();
+            r.forget_all();
+        }
+        Notice::DutiesFree => {}
+    }));
+    let r = registry.clone();
+    peers.on_take_over(Arc::new(move || {
+        let r = r.clone();
+        Box::pin(async move { r.take_over().await.map_err(|e| e.to_string()) })
+    }));
 }
 
 /// Single role at start: the previous process and its runner are gone, so its workers are

@@ -11,6 +11,7 @@
 
 pub mod events;
 pub mod lease;
+pub mod peers;
 pub mod registry;
 pub mod run_progress;
 pub mod scheduler;

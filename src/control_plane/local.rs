@@ -34,6 +34,7 @@ fn lease_err(e: LeaseError) -> PlaneError {
         LeaseError::Db(d) => PlaneError::Unavailable(d.to_string()),
         LeaseError::Store(m) => PlaneError::Store(m),
         LeaseError::Internal(m) => PlaneError::Unavailable(m),
+        LeaseError::Stopping => PlaneError::Unavailable(e.to_string()),
     }
 }
 

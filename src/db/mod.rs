@@ -13,6 +13,7 @@ pub mod events;
 pub mod fast;
 mod leased;
 pub mod leases;
+pub mod listen;
 mod migrate;
 pub mod models;
 mod pg;

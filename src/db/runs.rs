@@ -249,3 +249,14 @@ pub fn with_kept_worktree(conn: &mut Conn) -> Result<Vec<RunRow>, DbError> {
         .load(c))?;
     Ok(rows)
 }
+
+/// Postgres: makes the caller's transaction the only one starting runs until it ends (a
+/// transaction-level advisory lock), so that controllers sharing the database never start
+/// more runs than the caps allow. SQLite's write transactions are serial already.
+pub fn serialize_starts(conn: &mut Conn) -> Result<(), DbError> {
+    if let Conn::Pg(c) = conn {
+        // "loopd" + 1: distinct from the duties' lock (`actors::peers`).
+        diesel::sql_query("SELECT pg_advisory_xact_lock(465726042213)").execute(&mut **c)?;
+    }
+    Ok(())
+}

@@ -133,6 +133,11 @@ impl From<LeaseError> for ApiError {
                 )
             }
             LeaseError::Internal(m) => ApiError::internal(m),
+            LeaseError::Stopping => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "controller_stopping",
+                e.to_string(),
+            ),
         }
     }
 }

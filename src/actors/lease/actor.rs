@@ -36,6 +36,12 @@ impl Actor for LeaseActor {
         background_tick(ctx, every, move || {
             let svc = svc.clone();
             async move {
+                // One controller sweeps (see `actors::peers`); the others keep their pause
+                // clock fresh, so that taking over is not mistaken for a pause.
+                if !svc.holds_duties() {
+                    svc.sweeps_begin();
+                    return;
+                }
                 if let Err(e) = svc.sweep().await {
                     tracing::error!(error = %e, "lease sweep failed");
                 }

@@ -24,6 +24,9 @@ pub enum LeaseError {
     Store(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// This controller is stopping: claim through another one.
+    #[error("this controller is stopping: claim through another one")]
+    Stopping,
 }
 
 impl From<DbError> for LeaseError {

@@ -17,6 +17,7 @@ use super::unreported::Grants;
 use super::waiters::WaitQueue;
 use super::writes::StepWrites;
 use crate::actors::events::EventHub;
+use crate::actors::peers::{Notice, Peers};
 use crate::actors::run_progress::outcome::FollowUp;
 use crate::actors::ticks::PauseClock;
 use crate::api::{Assignment, CompleteRequest, HeldLease, LeaseVerdict, WorkspaceSpec};
@@ -59,6 +60,11 @@ pub struct LeaseService {
     grants: Grants,
     /// The holders' writes besides the completion.
     writes: StepWrites,
+    /// The other controllers: told of queued steps, and who runs the sweep.
+    peers: Arc<Peers>,
+    /// This controller is stopping: claims are answered at once, so that their workers go
+    /// to another controller.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Most claim snapshots kept, and their bytes (a step whose completion never comes leaves one
@@ -78,6 +84,8 @@ pub struct LeaseServiceParts {
     pub follow_up: FollowUpSink,
     /// Repository mirrors, for the prompts of the steps a completion queues.
     pub mirrors: Arc<Mirrors>,
+    /// The other controllers on the database.
+    pub peers: Arc<Peers>,
 }
 
 /// What one claim attempt found.
@@ -111,7 +119,27 @@ impl LeaseService {
             claimed: std::sync::Mutex::new(Kept::new(CLAIMED_CAP, CLAIMED_BYTES)),
             swept: Arc::new(PauseClock::new()),
             grants: Default::default(),
+            peers: p.peers,
+            stopping: Default::default(),
         }
+    }
+
+    /// Whether this controller runs the lease sweep now (see `actors::peers`).
+    pub fn holds_duties(&self) -> bool {
+        self.peers.holds_duties()
+    }
+
+    /// This controller is stopping: every claim waiting here, and every claim from now on, is
+    /// answered with [`LeaseError::Stopping`] (a 503 that sends its worker to another
+    /// controller).
+    pub fn stop_claims(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.waiters.wake_all();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How often expired leases are swept.
@@ -139,6 +167,9 @@ impl LeaseService {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            if self.is_stopping() {
+                return Err(LeaseError::Stopping);
+            }
             let mut ticket = self.waiters.register(worker_id, labels);
             let (got, closed) = match self.try_claim(worker_id, labels).await {
                 Ok(Attempt::Empty) => (None, false),
@@ -319,8 +350,19 @@ impl LeaseService {
         Ok(verdicts)
     }
 
-    /// A step was queued or became claimable: wake one claimer that may take it.
+    /// A step was queued or became claimable: wake one claimer that may take it, here and on
+    /// the other controllers.
     pub fn queue_changed(self: &Arc<Self>, required_labels: &str, preferred: Option<&str>) {
+        self.peers.publish(Notice::Queued {
+            labels: required_labels.to_string(),
+            preferred: preferred.map(str::to_string),
+        });
+        self.queue_changed_here(required_labels, preferred);
+    }
+
+    /// [`queue_changed`](Self::queue_changed) for the claimers of this controller only (the
+    /// notice of another controller).
+    pub fn queue_changed_here(self: &Arc<Self>, required_labels: &str, preferred: Option<&str>) {
         let woken = self.waiters.wake(required_labels, preferred);
         if preferred.is_some() && woken.as_deref() != preferred {
             // The step waits for its previous worker for a while; look again after that.
@@ -336,8 +378,15 @@ impl LeaseService {
         }
     }
 
-    /// Many steps may have become claimable (a resumed run): wake every waiter.
+    /// Many steps may have become claimable (a resumed run): wake every waiter, here and on
+    /// the other controllers.
     pub fn wake_all(&self) {
+        self.peers.publish(Notice::WakeAll);
+        self.waiters.wake_all();
+    }
+
+    /// Wakes every waiter of this controller (the notice of another controller).
+    pub fn wake_all_here(&self) {
         self.waiters.wake_all();
     }
 
@@ -536,7 +585,7 @@ impl LeaseService {
             } else {
                 self.metrics.step_retry.inc();
                 // Rare (a worker was lost): let every waiter look, whatever the step's labels.
-                self.waiters.wake_all();
+                self.wake_all();
             }
         }
     }

@@ -50,6 +50,15 @@ impl Actor for WorkerRegistryActor {
             background_tick(ctx, every, move || {
                 let svc = svc.clone();
                 async move {
+                    // Every controller writes the beats it received; one judges silence (see
+                    // `actors::peers`), the others keep their pause clock fresh.
+                    if !svc.holds_duties() {
+                        svc.checks_begin();
+                        if let Err(e) = svc.flush_beats().await {
+                            tracing::error!(error = %e, "cannot write heartbeats");
+                        }
+                        return;
+                    }
                     if let Err(e) = svc.mark_silent_offline().await {
                         tracing::error!(error = %e, "offline check failed");
                     }

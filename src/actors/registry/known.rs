@@ -186,6 +186,16 @@ impl KnownWorkers {
         self.lock().contains_key(worker_id)
     }
 
+    /// Drops a worker (another controller changed it): its next request reads it again.
+    pub fn forget(&self, worker_id: &str) {
+        self.lock().remove(worker_id);
+    }
+
+    /// Drops every worker (notices may have been missed).
+    pub fn forget_all(&self) {
+        self.lock().clear();
+    }
+
     /// A revoked worker's token is refused from now on.
     pub fn revoke(&self, worker_id: &str) {
         if let Some(k) = self.lock().get_mut(worker_id) {

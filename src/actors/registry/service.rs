@@ -13,6 +13,7 @@ use super::beats::BeatBuffer;
 use super::error::RegistryError;
 use super::known::{hash, KnownWorkers, WorkerIdentity};
 use crate::actors::lease::{LeaseActor, ReleaseWorkerLeases, RenewLeases};
+use crate::actors::peers::{Notice, Peers};
 use crate::actors::ticks::PauseClock;
 use crate::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
 use crate::db::models::{decode_labels, encode_labels, new_id, LeaseRow, WorkerRow};
@@ -37,6 +38,9 @@ pub struct RegistryService {
     beats: BeatBuffer,
     /// Since the offline check last ran.
     checked: PauseClock,
+    /// The other controllers: told of workers marked offline or revoked here, and who runs the
+    /// offline check.
+    peers: Arc<Peers>,
 }
 
 impl RegistryService {
@@ -46,6 +50,7 @@ impl RegistryService {
         lease: LeaseSettings,
         worker: WorkerSettings,
         leases: Addr<LeaseActor>,
+        peers: Arc<Peers>,
     ) -> Self {
         RegistryService {
             db,
@@ -56,7 +61,23 @@ impl RegistryService {
             known: KnownWorkers::default(),
             beats: BeatBuffer::default(),
             checked: PauseClock::new(),
+            peers,
         }
+    }
+
+    /// Whether this controller runs the offline check now (see `actors::peers`).
+    pub fn holds_duties(&self) -> bool {
+        self.peers.holds_duties()
+    }
+
+    /// Another controller changed this worker: read it again on its next request.
+    pub fn forget(&self, worker_id: &str) {
+        self.known.forget(worker_id);
+    }
+
+    /// Notices may have been missed: read every worker again on its next request.
+    pub fn forget_all(&self) {
+        self.known.forget_all();
     }
 
     /// How long a worker may stay silent before it is marked offline.
@@ -64,31 +85,34 @@ impl RegistryService {
         Duration::from_millis(self.lease.worker_offline_after_ms)
     }
 
-    /// Loads the workers at start and gives every online one a fresh heartbeat and its leases
-    /// a fresh lease period: a controller that was down must neither declare its whole pool
-    /// offline nor expire the steps its workers kept running the moment it returns.
+    /// Loads the workers into the cache at start.
     pub async fn load(&self) -> Result<(), RegistryError> {
+        let rows = self.db.run(db::workers::all).await?;
+        self.known.load(rows);
+        Ok(())
+    }
+
+    /// Taking over the duties (at the start of a lone controller, or from a controller that
+    /// died or stopped): every online worker gets a fresh heartbeat and its leases a fresh
+    /// lease period. The duties may have gone undone for a while (a controller that was down,
+    /// a holder that died), and the workers must not pay for that: neither the whole pool
+    /// declared offline nor the steps its workers kept running expired the moment they
+    /// resume. The checks' pause clock starts again.
+    pub async fn take_over(&self) -> Result<(), RegistryError> {
         let ttl = self.lease.ttl_ms as i64;
-        let rows = self
-            .db
+        self.db
             .tx(move |c| {
                 let now = c.now_ms()?;
-                let rows = db::workers::all(c)?;
-                let mut online = Vec::new();
-                for w in rows.iter().filter(|w| {
-                    !matches!(
-                        w.worker_status(),
-                        Some(WorkerStatus::Offline | WorkerStatus::Revoked)
-                    )
-                }) {
-                    db::workers::touch(c, &w.id, &w.status, w.metrics_json.as_deref(), now)?;
-                    online.push(w.id.clone());
-                }
+                let online: Vec<String> = db::workers::with_status(c, WorkerStatus::ONLINE)?
+                    .into_iter()
+                    .map(|w| w.id)
+                    .collect();
+                db::workers::all_online_heard_at(c, now)?;
                 db::leases::extend_of_workers(c, &online, ttl)?;
-                Ok::<_, DbError>(rows)
+                Ok::<_, DbError>(())
             })
             .await?;
-        self.known.load(rows);
+        self.checked.reset();
         Ok(())
     }
 
@@ -379,6 +403,7 @@ impl RegistryService {
         }
         self.known.offline(&silent);
         for id in &silent {
+            self.peers.publish(Notice::Worker(id.clone()));
             self.beats.forget(id);
             tracing::warn!(worker_id = %id, "worker offline");
             self.take_leases(id, "worker offline").await;
@@ -424,6 +449,7 @@ impl RegistryService {
             return Err(RegistryError::NotFound);
         }
         self.known.revoke(worker_id);
+        self.peers.publish(Notice::Worker(worker_id.to_string()));
         self.take_leases(worker_id, "worker revoked").await;
         tracing::info!(worker_id, "worker revoked");
         Ok(())

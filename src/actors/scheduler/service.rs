@@ -13,6 +13,7 @@ use super::start::{explain_waits, pick_next, stuck_runs};
 use super::submit;
 use crate::actors::events::EventHub;
 use crate::actors::lease::QueueChanged;
+use crate::actors::peers::Peers;
 use crate::actors::run_progress::decide::decide_in_tx;
 use crate::actors::run_progress::outcome::{Advanced, FinishPlan};
 use crate::api::CreateRunRequest;
@@ -49,6 +50,8 @@ pub struct SchedulerService {
     expired_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Runs whose worktree this process is making: nothing advances them meanwhile.
     preparing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Who runs the reconciliation (see `actors::peers`).
+    peers: Arc<Peers>,
 }
 
 impl SchedulerService {
@@ -59,6 +62,7 @@ impl SchedulerService {
         mirrors: Arc<Mirrors>,
         settings: SchedulerSettings,
         queue: Recipient<QueueChanged>,
+        peers: Arc<Peers>,
     ) -> Self {
         SchedulerService {
             finisher: Finisher::new(db.clone(), hub.clone(), store.clone(), mirrors.clone()),
@@ -71,6 +75,7 @@ impl SchedulerService {
             start_wanted: tokio::sync::Notify::new(),
             preparing: Default::default(),
             expired_at: Default::default(),
+            peers,
         }
     }
 
@@ -293,9 +298,14 @@ impl SchedulerService {
         Ok(())
     }
 
-    /// The periodic reconciliation: start runs, re-advance interrupted ones, explain waits.
+    /// The periodic reconciliation: start runs (every controller: starts are serialised by the
+    /// database), and, on the controller that holds the duties, re-advance interrupted runs
+    /// and explain waits.
     pub async fn tick(self: &Arc<Self>) -> Result<(), SchedError> {
         self.request_start();
+        if !self.peers.holds_duties() {
+            return Ok(());
+        }
         let stuck = self.db.run(stuck_runs).await?;
         for id in stuck {
             if self.is_preparing(&id) {

@@ -18,6 +18,8 @@ pub(super) fn pick_next(
     c: &mut Conn,
     (max_all, max_ws): (usize, usize),
 ) -> Result<Option<RunRow>, SchedError> {
+    // Controllers sharing the database start runs one at a time, so the caps hold.
+    db::runs::serialize_starts(c)?;
     let running = db::runs::with_status(c, RunStatus::Running)?;
     let pending = db::runs::with_status(c, RunStatus::Pending)?;
     let mut picked = None;
