@@ -2,10 +2,21 @@
 //! submitted through one, and the controller a worker talks to killed with SIGKILL in the
 //! middle of its steps. The worker moves to the other controller with its step, its lease and
 //! its output; the other controller, which never saw it register, knows it from the database.
+//! A step queued through one controller wakes a worker long-polling on the other. The
+//! controller holding the duties killed: the other takes them over, and nothing is lost or
+//! done twice. Both restarted with SIGTERM one after the other: no run lost.
 
 use crate::cluster::{Cluster, Timings};
 use crate::support::proc::bin;
 use crate::support::repo::Repo;
+use crate::support::wait_for;
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+/// What the controller that takes the duties logs (`actors::peers`).
+const DUTIES_TAKEN: &str = "controller duties taken";
+/// What a controller stopped with SIGTERM logs once it handed over.
+const HANDED_OVER: &str = "handed over: long polls answered, duties released";
 
 /// Each `drip` line of every implementation step's live output exactly once, in order.
 fn assert_output_whole(c: &Cluster, id: &str, steps: &[serde_json::Value], lines: usize) {
@@ -88,4 +99,177 @@ async fn a_worker_moves_to_the_next_controller_when_its_controller_is_killed() {
         listed.to_string().contains(&id),
         "the run is listed: {listed}"
     );
+}
+
+/// Waits until `log` holds `line`; returns when (for take-over times).
+async fn wait_log(l: &crate::support::proc::Loopd, what: &str, line: &str) -> std::time::Instant {
+    wait_for(what, Duration::from_secs(30), || async move {
+        l.log_text().contains(line).then(std::time::Instant::now)
+    })
+    .await
+}
+
+/// How many lines of `log` hold `line`.
+fn count_in_log(l: &crate::support::proc::Loopd, line: &str) -> usize {
+    l.log_text().matches(line).count()
+}
+
+/// One `loopd_step_dispatch_seconds` figure of a controller's `/metrics`.
+async fn dispatch_metric(c: &Cluster, base: &str, series: &str) -> f64 {
+    let text = c
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let name = format!("loopd_step_dispatch_seconds_{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+/// Every step of every run succeeded once, no lease was taken back, each task committed once
+/// and every line of live output is there once.
+async fn assert_nothing_lost(c: &Cluster, repos: &[(Repo, String)], tasks: usize, lines: usize) {
+    for (repo, id) in repos {
+        c.wait_status(id, "COMPLETED").await;
+        let steps = c.steps(id).await;
+        for s in &steps {
+            assert_eq!(s["status"], "SUCCEEDED", "{s}");
+            assert_eq!(s["lease_epoch"], 1, "each step leased once: {s}");
+            assert_eq!(s["infra_attempts"], 0, "no lease lost: {s}");
+        }
+        let events = c.events(id).await;
+        for lost in ["LEASE_EXPIRED", "LEASE_RELEASED"] {
+            assert!(
+                !events.iter().any(|e| e["event_type"] == lost),
+                "no lease taken back: {events:#?}"
+            );
+        }
+        let mut want = vec!["initial".to_string()];
+        want.extend((1..=tasks).map(|i| format!("task {i}: task number {i}")));
+        assert_eq!(
+            c.bundle_subjects(repo, id).await,
+            want,
+            "each task's commit exactly once"
+        );
+        assert_output_whole(c, id, &steps, lines);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_queued_through_one_controller_wakes_a_worker_polling_on_the_other() {
+    let mut c = Cluster::start("wake_across", 0, Timings::default()).await;
+    let other = c.add_controller().await.url();
+    // The worker polls the second controller only; runs go through the first.
+    c.add_worker_of(&other, &[], &[]).await;
+    for i in 0..3 {
+        let repo = Repo::create(c.dir.path(), &format!("origin{i}"), 1, "tick", &[]);
+        let id = c.submit_git(&repo, &[]).await;
+        c.wait_status(&id, "COMPLETED").await;
+    }
+    // A claim that waited for its 10 s long poll to end would count above 1 s.
+    let count = dispatch_metric(&c, &other, "count").await;
+    let within = dispatch_metric(&c, &other, "bucket{le=\"1\"}").await;
+    assert!(
+        count >= 3.0,
+        "the worker claimed through the second: {count}"
+    );
+    assert_eq!(within, count, "every step dispatched within 1 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_controller_that_holds_the_duties_hands_them_over_and_loses_nothing() {
+    let mut c = Cluster::start("kill_duties", 0, Timings::default()).await;
+    wait_log(
+        &c.controller,
+        "the first controller to take the duties",
+        DUTIES_TAKEN,
+    )
+    .await;
+    c.add_controller().await;
+    let (a, b) = (c.controller.url(), c.others[0].url());
+    c.add_worker_of(&format!("{a},{b}"), &[], &[]).await;
+    c.add_worker_of(&format!("{a},{b}"), &[], &[]).await;
+    c.add_worker_of(&format!("{b},{a}"), &[], &[]).await;
+    assert_eq!(count_in_log(&c.others[0], DUTIES_TAKEN), 0, "one holder");
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let repo = Repo::create(c.dir.path(), &format!("origin{i}"), 3, "drip 10", &[]);
+        let id = c.submit_git(&repo, &[]).await;
+        runs.push((repo, id));
+    }
+    for (_, id) in &runs {
+        c.wait_step(id, "a step of every run to run", |s| {
+            s["phase"] == "implementation" && s["status"] == "IN_PROGRESS"
+        })
+        .await;
+    }
+
+    c.controller.kill9();
+    let killed = std::time::Instant::now();
+    std::mem::swap(&mut c.controller, &mut c.others[0]);
+    let taken = wait_log(
+        &c.controller,
+        "the survivor to take the duties",
+        DUTIES_TAKEN,
+    )
+    .await;
+    let ms = (taken - killed).as_millis();
+    eprintln!("duties taken over {ms} ms after the kill");
+    assert!(
+        ms < 10_000,
+        "taken over {ms} ms after the kill (target: 5 s)"
+    );
+
+    assert_nothing_lost(&c, &runs, 3, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_restarted_one_after_the_other_lose_no_run() {
+    let mut c = Cluster::start("rolling", 0, Timings::default()).await;
+    wait_log(
+        &c.controller,
+        "the first controller to take the duties",
+        DUTIES_TAKEN,
+    )
+    .await;
+    c.add_controller().await;
+    let urls = c.controller_urls();
+    c.add_worker_of(&urls, &[], &[]).await;
+    c.add_worker_of(&urls, &[], &[]).await;
+    let mut runs = Vec::new();
+    for i in 0..2 {
+        let repo = Repo::create(c.dir.path(), &format!("origin{i}"), 3, "drip 10", &[]);
+        let id = c.submit_git(&repo, &[]).await;
+        runs.push((repo, id));
+    }
+    c.wait_step(&runs[0].1, "a step to run", |s| {
+        s["status"] == "IN_PROGRESS"
+    })
+    .await;
+    for round in 0..2 {
+        // Stop the one that holds the duties (the first, then the second); the other takes
+        // them at once; start it again, and read through the other from now on.
+        let before = count_in_log(&c.others[0], DUTIES_TAKEN);
+        c.controller.signal(Signal::SIGTERM);
+        let status = c.controller.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "round {round}: a clean stop: {status:?}");
+        assert!(c.controller.log_text().contains(HANDED_OVER));
+        let other = &c.others[0];
+        wait_for(
+            "the other to take the duties",
+            Duration::from_secs(10),
+            || async move { (count_in_log(other, DUTIES_TAKEN) > before).then_some(()) },
+        )
+        .await;
+        c.controller.start();
+        c.controller.wait_ready("/ready").await;
+        std::mem::swap(&mut c.controller, &mut c.others[0]);
+    }
+    assert_nothing_lost(&c, &runs, 3, 10).await;
 }
