@@ -4,9 +4,10 @@
 //! cargo test --release --test chaos -- --ignored --nocapture
 //! ```
 //!
-//! A controller on Postgres, 3 workers, 20 git-mode runs of 5 iterations. Every few seconds a
-//! random worker is killed with SIGKILL (and restarted) or frozen with SIGSTOP and thawed with
-//! SIGCONT; once, the controller itself is killed and restarted. At the end every run must be
+//! Two controllers on one Postgres database (docs/controllers.md), 3 workers that know both,
+//! 20 git-mode runs of 5 iterations. Every few seconds a random worker is killed with SIGKILL
+//! (and restarted) or frozen with SIGSTOP and thawed with SIGCONT; four times, a controller
+//! (each in turn, the one holding the duties first) is killed with SIGKILL and restarted. At the end every run must be
 //! COMPLETED, every task's commit must be in the final bundle exactly once (no duplicate, none
 //! lost), and every succeeded step must have its events, its log artifact and all its output.
 //! It prints the figures and fails if anything was duplicated, lost or left unfinished.
@@ -119,6 +120,16 @@ async fn terminal_count(client: &reqwest::Client, base: &str) -> Option<usize> {
     )
 }
 
+/// [`terminal_count`] through whichever controller answers.
+async fn alive_count(client: &reqwest::Client, controllers: &[Loopd]) -> Option<usize> {
+    for c in controllers {
+        if let Some(n) = terminal_count(client, &c.url()).await {
+            return Some(n);
+        }
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a soak of several minutes: cargo test --release --test chaos -- --ignored --nocapture"]
 async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
@@ -128,16 +139,21 @@ async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
     let db = TestDb::create();
     let cenv = controller_env(&db);
     let port = free_port();
-    let mut controller = Loopd::spawn_on(
+    let controller = Loopd::spawn_on(
         &dir.path().join("controller"),
         port,
         &["--role", "controller"],
         &as_refs(&cenv),
     );
     controller.wait_ready("/ready").await;
-    let base = controller.url();
+    // The second shares the first's data dir (live output) and logs beside it.
+    let second = controller.twin(&dir.path().join("controller-2.log"));
+    second.wait_ready("/ready").await;
+    let mut controllers = [controller, second];
+    let base = controllers[0].url();
+    let both = format!("{},{}", controllers[0].url(), controllers[1].url());
     let mut workers: Vec<Loopd> = (0..WORKERS)
-        .map(|i| spawn_worker(dir.path(), i, &base))
+        .map(|i| spawn_worker(dir.path(), i, &both))
         .collect();
     let client = reqwest::Client::new();
     let slow = step_secs.to_string();
@@ -157,9 +173,9 @@ async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
     }
     let started = Instant::now();
     let mut rng = rand::thread_rng();
-    let (mut kills, mut freezes, mut restarted_controller) = (0, 0, false);
+    let (mut kills, mut freezes, mut controller_kills) = (0, 0, 0usize);
     loop {
-        let done = terminal_count(&client, &base).await.unwrap_or(0);
+        let done = alive_count(&client, &controllers).await.unwrap_or(0);
         if done == RUNS && started.elapsed() >= soak.min(Duration::from_secs(60)) {
             break;
         }
@@ -167,15 +183,16 @@ async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(2000..4000))).await;
-        if !restarted_controller && started.elapsed() > soak / 3 {
+        if controller_kills < 4 && started.elapsed() > soak * (controller_kills as u32 + 1) / 5 {
+            let i = controller_kills % 2;
             println!(
-                "[{:>4}s] controller: SIGKILL and restart",
+                "[{:>4}s] controller {i}: SIGKILL and restart",
                 started.elapsed().as_secs()
             );
-            controller.kill9();
-            controller.start();
-            controller.wait_ready("/ready").await;
-            restarted_controller = true;
+            controllers[i].kill9();
+            controllers[i].start();
+            controllers[i].wait_ready("/ready").await;
+            controller_kills += 1;
             continue;
         }
         if started.elapsed() > soak {
@@ -204,8 +221,8 @@ async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
         }
     }
     wait_for("every run to end", Duration::from_secs(600), || {
-        let (client, base) = (client.clone(), base.clone());
-        async move { (terminal_count(&client, &base).await? == RUNS).then_some(()) }
+        let (client, controllers) = (client.clone(), &controllers);
+        async move { (alive_count(&client, controllers).await? == RUNS).then_some(()) }
     })
     .await;
     let branches: Vec<String> = (0..RUNS).map(|i| format!("run/soak-{i}")).collect();
@@ -221,7 +238,8 @@ async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
     )
     .await;
     println!(
-        "\nchaos soak: {:.0} s, {kills} worker kills, {freezes} freezes, 1 controller restart",
+        "\nchaos soak: {:.0} s, {kills} worker kills, {freezes} freezes, \
+         {controller_kills} controller kills",
         started.elapsed().as_secs_f64()
     );
     println!("runs completed: {}/{RUNS}", report.completed);
