@@ -1,13 +1,15 @@
 //! Pool benchmark: a real `loopd --role controller` on a fresh Postgres database, driven
 //! through its HTTP API by simulated workers (and, for recovery, real worker processes).
-//! Prints one table: dispatch latency, throughput against the database's own limit, recovery
-//! time and lease losses under heartbeat load, controller footprint, live-output streaming
-//! and its fan-out to 1,000 readers.
+//! Prints one table: dispatch latency (also across two controllers), throughput against the
+//! database's own limit (and of two controllers against one), the take-over of the duties,
+//! recovery time and lease losses under heartbeat load, controller footprint, live-output
+//! streaming and its fan-out to 1,000 readers.
 //!
 //!   cargo bench --bench pool                         # every section
 //!   cargo bench --bench pool -- dispatch throughput  # some sections
 //!
-//! Sections: dispatch throughput recovery soak footprint streaming fanout. Settings (env):
+//! Sections: dispatch controllers throughput recovery soak footprint streaming fanout.
+//! Settings (env):
 //! LOOPD_BENCH_PG (admin URL of the Postgres server, default 127.0.0.1:5432),
 //! LOOPD_BENCH_SAMPLES (dispatch samples, 500), LOOPD_BENCH_SECS (each throughput window, 20),
 //! LOOPD_BENCH_SOAK_SECS (60; 600 is the ten minutes), LOOPD_BENCH_FOOTPRINT_SECS (30),
@@ -22,6 +24,7 @@ mod support;
 
 mod ceiling;
 mod cluster;
+mod controllers;
 mod db_rate;
 mod dispatch;
 mod fanout;
@@ -100,6 +103,7 @@ pub fn loadavg() -> String {
 
 const SECTIONS: &[&str] = &[
     "dispatch",
+    "controllers",
     "throughput",
     "recovery",
     "soak",
@@ -137,6 +141,9 @@ async fn main() {
     let load_before = loadavg();
     if on("dispatch") {
         dispatch::run(&o, &mut t).await;
+    }
+    if on("controllers") {
+        controllers::run(&o, &mut t).await;
     }
     if on("throughput") {
         throughput::run(&o, &mut t).await;
