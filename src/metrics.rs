@@ -10,6 +10,7 @@
 //! [`Metrics::new`]. Counters are registered without their `_total` suffix (the encoder adds
 //! it) and help texts without a final full stop (the registry adds it).
 
+use crate::domain::usage::StepUsage;
 use crate::domain::{RunStatus, StepPhase, StepStatus};
 use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -39,6 +41,11 @@ pub struct Metrics {
     pub lease_released: Counter,
     pub step_retry: Counter,
     pub heartbeats: Counter,
+    /// Tokens agents reported, by model and kind (`input`, `output`, `cache_creation`,
+    /// `cache_read`).
+    agent_tokens: Family<ModelKind, Counter>,
+    /// Dollars agents reported, by model.
+    agent_cost: Family<ModelLabel, Counter<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -63,6 +70,17 @@ struct StatusLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelKind {
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseStatus {
     phase: String,
     status: String,
@@ -79,6 +97,8 @@ impl Metrics {
             lease_released: Counter::default(),
             step_retry: Counter::default(),
             heartbeats: Counter::default(),
+            agent_tokens: Family::default(),
+            agent_cost: Family::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -111,7 +131,39 @@ impl Metrics {
             "Time from a step being queued to its lease being granted",
             m.step_dispatch.clone(),
         );
+        r.register(
+            "loopd_agent_tokens",
+            "Tokens agent steps reported, by model and kind",
+            m.agent_tokens.clone(),
+        );
+        r.register(
+            "loopd_agent_cost_usd",
+            "Dollars agent steps reported, by model",
+            m.agent_cost.clone(),
+        );
         Metrics { registry: r, ..m }
+    }
+
+    /// Counts what one agent step of `model` reported it spent.
+    pub fn count_usage(&self, model: &str, u: &StepUsage) {
+        for (kind, n) in [
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cache_creation", u.cache_creation_input_tokens),
+            ("cache_read", u.cache_read_input_tokens),
+        ] {
+            let label = ModelKind {
+                model: model.to_string(),
+                kind,
+            };
+            self.agent_tokens.get_or_create(&label).inc_by(n);
+        }
+        let label = ModelLabel {
+            model: model.to_string(),
+        };
+        self.agent_cost
+            .get_or_create(&label)
+            .inc_by(u.total_cost_usd);
     }
 
     /// The Prometheus text exposition of `snap` (stored state) and this process's metrics.

@@ -1,6 +1,7 @@
 //! Wire types of the runs API (API.md §1): the run and step objects, their envelopes, and the
 //! create-run request. Shared by the server and the CLI so both parse the same shapes.
 
+use crate::domain::usage::{RunUsage, StepUsage};
 use crate::domain::{
     MergeStrategy, NameSource, ReviewStatus, RunStatus, StepPhase, StepStatus, StoreKind,
     WorkspaceSource,
@@ -54,6 +55,10 @@ pub struct Run {
     pub pushed_branch: Option<String>,
     #[serde(default)]
     pub pushed_commit: Option<String>,
+    /// What the run's agent steps reported they spent, added up; `null` when none reported
+    /// any (text output). An addition.
+    #[serde(default)]
+    pub usage: Option<RunUsage>,
 }
 
 /// One step of a run as the API shows it.
@@ -78,6 +83,9 @@ pub struct Step {
     /// Why the step failed, when it did. An addition.
     #[serde(default)]
     pub failure_reason: Option<String>,
+    /// What the agent reported it spent in this step (its `result` event). An addition.
+    #[serde(default)]
+    pub usage: Option<StepUsage>,
 }
 
 /// `{"run": Run}`

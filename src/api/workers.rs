@@ -286,6 +286,9 @@ pub struct CompleteRequest {
     /// The failure is the infrastructure's (artifact store, workspace), not the agent's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub infra_failure: bool,
+    /// What the agent reported it spent (its final `result` event); none for text output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::domain::usage::StepUsage>,
     /// Claim this worker's next step in the same request, without waiting; the answer's
     /// `next` holds it. Not part of the completion itself: a repeat that differs only here
     /// is the same completion.

@@ -4,6 +4,7 @@
 
 use crate::api::{ArtifactInfo, Run, Step, WorkerInfo};
 use crate::domain::text::escaped;
+use crate::domain::usage::cost_text;
 
 /// Prints `raw` as JSON when asked, else the table `table` builds.
 pub fn print(json: bool, raw: &serde_json::Value, table: impl FnOnce() -> String) {
@@ -60,12 +61,24 @@ pub fn runs(runs: &[Run]) -> String {
                 r.status.to_string(),
                 last_segment(&r.workspace_root),
                 short_time(&r.created_at),
+                r.usage
+                    .as_ref()
+                    .map(|u| cost_text(u.total_cost_usd))
+                    .unwrap_or_else(|| "-".into()),
                 r.waiting_reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
     table(
-        &["ID", "NAME", "STATUS", "WORKSPACE", "CREATED", "WAITING"],
+        &[
+            "ID",
+            "NAME",
+            "STATUS",
+            "WORKSPACE",
+            "CREATED",
+            "COST",
+            "WAITING",
+        ],
         &rows,
     )
 }
@@ -101,6 +114,20 @@ pub fn inspect(run: &Run, steps: &[Step]) -> String {
     if let Some(r) = &run.failure_reason {
         kv("failure", r);
     }
+    if let Some(u) = &run.usage {
+        kv("cost", &cost_text(u.total_cost_usd));
+        kv(
+            "tokens",
+            &format!(
+                "{} in, {} out, {} cache write, {} cache read",
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_creation_input_tokens,
+                u.cache_read_input_tokens
+            ),
+        );
+        kv("agent turns", &u.num_turns.to_string());
+    }
     kv("created", &short_time(&run.created_at));
     kv("updated", &short_time(&run.updated_at));
     out.push('\n');
@@ -116,11 +143,17 @@ pub fn inspect(run: &Run, steps: &[Step]) -> String {
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
                 s.worker_id.clone().unwrap_or_else(|| "-".into()),
+                s.usage
+                    .as_ref()
+                    .map(|u| format!("{} {}t", cost_text(u.total_cost_usd), u.tokens()))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     out.push_str(&table(
-        &["STEP", "PHASE", "STATUS", "ATTEMPT", "EXIT", "WORKER"],
+        &[
+            "STEP", "PHASE", "STATUS", "ATTEMPT", "EXIT", "WORKER", "USAGE",
+        ],
         &rows,
     ));
     out

@@ -24,6 +24,7 @@ pub mod schema;
 mod step_lease;
 pub mod steps;
 mod takeover;
+pub mod usage;
 pub mod workers;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};

@@ -113,6 +113,25 @@ diesel::table! {
 }
 
 diesel::table! {
+    step_usage (step_id) {
+        step_id -> Text,
+        run_id -> Text,
+        model -> Text,
+        total_cost_usd -> Double,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cache_creation_input_tokens -> Int8,
+        cache_read_input_tokens -> Int8,
+        num_turns -> Int8,
+        duration_api_ms -> Int8,
+        is_error -> Bool,
+        subtype -> Nullable<Text>,
+        session_id -> Nullable<Text>,
+        created_at -> Int8,
+    }
+}
+
+diesel::table! {
     workers (id) {
         id -> Text,
         hostname -> Text,
@@ -131,5 +150,8 @@ diesel::table! {
 diesel::joinable!(artifacts -> runs (run_id));
 diesel::joinable!(run_state -> runs (run_id));
 diesel::joinable!(steps -> runs (run_id));
+diesel::joinable!(step_usage -> runs (run_id));
 
-diesel::allow_tables_to_appear_in_same_query!(artifacts, events, run_state, runs, steps, workers);
+diesel::allow_tables_to_appear_in_same_query!(
+    artifacts, events, run_state, runs, step_usage, steps, workers
+);

@@ -12,6 +12,7 @@ pub mod run_config;
 pub mod status;
 pub mod text;
 pub mod time;
+pub mod usage;
 pub mod watchdog;
 
 pub use status::*;

@@ -4,6 +4,7 @@
 
 use crate::domain::completion::COMPLETION_TOKEN;
 use crate::domain::status::{AgentOutput, CompletionMode};
+use crate::domain::usage::StepUsage;
 use crate::exec::agent_output::AgentSink;
 use crate::exec::process::{self, seconds_text, CommandSpec, Exit, ProcessError};
 use backon::{BackoffBuilder, ConstantBuilder, ExponentialBuilder};
@@ -97,6 +98,8 @@ pub struct AgentResult {
     pub failure: Option<String>,
     /// The end of the last attempt's stderr.
     pub stderr_tail: String,
+    /// What the attempts' `result` events reported, added up; `None` when none printed one.
+    pub usage: Option<StepUsage>,
 }
 
 impl AgentResult {
@@ -147,6 +150,7 @@ pub async fn run_agent(
     // Transient API errors and other failures each have their own budget of pauses.
     let (mut transient, mut other) = (req.retry.transient_pauses(), req.retry.other_pauses());
     let mut attempts = 0;
+    let mut spent: Option<StepUsage> = None;
     loop {
         attempts += 1;
         if attempts > 1 {
@@ -158,6 +162,11 @@ pub async fn run_agent(
         }
         let (mut result, failure) = run_attempt(req, cancel, &mut on_spawn).await?;
         result.attempts = attempts;
+        spent = match (spent.take(), result.usage.take()) {
+            (Some(before), Some(now)) => Some(before.then(now)),
+            (before, now) => now.or(before),
+        };
+        result.usage = spent.clone();
         let wait = match failure {
             None | Some(Failure::Cancelled) => return Ok(result),
             Some(Failure::Transient) => transient.next(),
@@ -226,6 +235,7 @@ fn empty_result(failure: Option<String>) -> AgentResult {
         complete: false,
         failure,
         stderr_tail: String::new(),
+        usage: None,
     }
 }
 
@@ -260,6 +270,7 @@ async fn finish_attempt(
         tail,
         complete,
         stderr_tail: sink.stderr.last_lines(STDERR_TAIL_LINES),
+        usage: sink.usage.clone(),
         ..empty_result(reason)
     };
     Ok((result, failure))

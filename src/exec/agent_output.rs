@@ -4,6 +4,7 @@
 //! blocking thread of [`process::run`](crate::exec::process::run).
 
 use crate::domain::status::AgentOutput;
+use crate::domain::usage::{parse_result_event, StepUsage};
 use crate::exec::process::{OutputSink, Stream};
 use crate::exec::tail::TailBuffer;
 use serde_json::Value;
@@ -86,6 +87,8 @@ pub(crate) struct AgentSink {
     pub(crate) stderr: TailBuffer,
     small: Option<Vec<u8>>,
     pub(crate) transient: bool,
+    /// What the agent's final `result` event reported (stream-json and json output only).
+    pub(crate) usage: Option<StepUsage>,
 }
 
 fn open_append(path: &Path) -> io::Result<BufWriter<File>> {
@@ -112,6 +115,7 @@ impl AgentSink {
             stderr: TailBuffer::new(STDERR_TAIL),
             small: Some(Vec::new()),
             transient: false,
+            usage: None,
         })
     }
 
@@ -221,6 +225,9 @@ impl AgentSink {
         let Ok(event) = serde_json::from_slice::<Value>(line) else {
             return Ok(());
         };
+        if let Some(usage) = parse_result_event(&event) {
+            self.usage = Some(usage);
+        }
         if let Some((whole_message, text)) = extract(&event) {
             // Whole messages are separate turns: keep each on its own line, so a token sent as
             // its own message is still the last line.

@@ -9,7 +9,8 @@ use super::views;
 use crate::actors::scheduler::{Control, ControlRun, CreateRun};
 use crate::api::validate;
 use crate::api::{
-    ArtifactsEnvelope, CreateRunRequest, ListRunsQuery, RunEnvelope, RunsEnvelope, StepsEnvelope,
+    ArtifactsEnvelope, CreateRunRequest, ListRunsQuery, Run, RunEnvelope, RunsEnvelope, Step,
+    StepsEnvelope,
 };
 use crate::artifacts::validate_name;
 use crate::db::{self, DbError};
@@ -45,16 +46,23 @@ pub async fn list(
     q: web::Query<ListRunsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let rows = st
+    let (rows, mut usage) = st
         .db
         .run(move |c| {
             let ws = q.workspace_root.as_deref().map(stored_workspace_root);
-            db::runs::list(c, ws.as_deref(), q.status.map(|s| s.as_str()))
+            let rows = db::runs::list(c, ws.as_deref(), q.status.map(|s| s.as_str()))?;
+            let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+            Ok::<_, DbError>((rows, db::usage::run_totals(c, &ids)?))
         })
         .await?;
-    Ok(HttpResponse::Ok().json(RunsEnvelope {
-        runs: rows.iter().map(views::run).collect(),
-    }))
+    let runs = rows
+        .iter()
+        .map(|r| Run {
+            usage: usage.remove(&r.id),
+            ..views::run(r)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(RunsEnvelope { runs }))
 }
 
 /// Shared_fs runs store their workspace root canonicalized; a filter naming the same directory
@@ -70,30 +78,47 @@ fn stored_workspace_root(ws: &str) -> String {
 
 pub async fn get(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
     let id = id.0;
-    let row = st
-        .db
-        .run(move |c| db::runs::get(c, &id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("run"))?;
-    Ok(HttpResponse::Ok().json(RunEnvelope {
-        run: views::run(&row),
-    }))
-}
-
-pub async fn steps(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
-    let id = id.0;
-    let rows = st
+    let (row, usage) = st
         .db
         .run(move |c| {
-            db::runs::get(c, &id)?.ok_or(DbError::NotFound)?;
-            db::steps::for_run_with_leases(c, &id)
+            let row = db::runs::get(c, &id)?.ok_or(DbError::NotFound)?;
+            let usage = db::usage::run_total(c, &id)?;
+            Ok::<_, DbError>((row, usage))
         })
         .await
         .map_err(|e| match e {
             DbError::NotFound => ApiError::not_found("run"),
             other => other.into(),
         })?;
-    let steps = rows.iter().map(|(s, exp)| views::step(s, *exp)).collect();
+    Ok(HttpResponse::Ok().json(RunEnvelope {
+        run: Run {
+            usage,
+            ..views::run(&row)
+        },
+    }))
+}
+
+pub async fn steps(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    let id = id.0;
+    let (rows, mut usage) = st
+        .db
+        .run(move |c| {
+            db::runs::get(c, &id)?.ok_or(DbError::NotFound)?;
+            let rows = db::steps::for_run_with_leases(c, &id)?;
+            Ok::<_, DbError>((rows, db::usage::for_run(c, &id)?))
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound => ApiError::not_found("run"),
+            other => other.into(),
+        })?;
+    let steps = rows
+        .iter()
+        .map(|(s, exp)| Step {
+            usage: usage.remove(&s.id),
+            ..views::step(s, *exp)
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(StepsEnvelope { steps }))
 }
 

@@ -38,6 +38,7 @@ pub fn run(r: &RunRow) -> Run {
         failure_reason: r.failure_reason.clone(),
         pushed_branch: r.pushed_branch.clone(),
         pushed_commit: r.pushed_commit.clone(),
+        usage: None,
     }
 }
 
@@ -58,6 +59,7 @@ pub fn step(s: &StepRow, lease_expires_at: Option<i64>) -> Step {
         lease_expires_at: lease_expires_at.map(rfc3339),
         infra_attempts: s.infra_attempts.max(0) as u32,
         failure_reason: s.failure_reason.clone(),
+        usage: None,
     }
 }
 

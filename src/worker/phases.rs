@@ -11,6 +11,7 @@ use super::workdir::Prepared;
 use crate::api::Assignment;
 use crate::domain::plan::select_task;
 use crate::domain::prompt::{selected_task_section, task_under_review_section};
+use crate::domain::usage::StepUsage;
 use crate::domain::{AgentOutput, StepPhase};
 use crate::exec::agent::{run_agent, AgentFiles, AgentRequest, RetryPolicy};
 use crate::exec::verify::{run_verification, VerifyError, VerifyRequest};
@@ -28,6 +29,8 @@ pub struct Produced {
     pub runner_notes: Option<String>,
     /// Files to upload as artifacts: (name, local path).
     pub files: Vec<(String, PathBuf)>,
+    /// What the agent reported it spent (agent steps with JSON output only).
+    pub usage: Option<StepUsage>,
 }
 
 impl Produced {
@@ -41,6 +44,7 @@ impl Produced {
             infra,
             runner_notes: None,
             files: Vec::new(),
+            usage: None,
         }
     }
 }
@@ -184,6 +188,7 @@ pub async fn agent(
             infra: false,
             runner_notes: None,
             files: out_files,
+            usage: r.usage,
         },
         Err(e) => Produced::failed(format!("cannot run the agent: {e}"), false),
     }
@@ -258,6 +263,7 @@ pub async fn verify(
                 infra: false,
                 runner_notes: r.runner_notes,
                 files,
+                usage: None,
             }
         }
         Err(VerifyError::Cancelled) => Produced::failed("cancelled", false),

@@ -181,6 +181,7 @@ fn completion(
         runner_notes: p.runner_notes,
         duration_ms: 0,
         infra_failure: p.infra,
+        usage: p.usage,
         claim_next: false,
     }
 }

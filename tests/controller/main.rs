@@ -22,3 +22,4 @@ mod routing;
 mod scopes;
 mod shapes;
 mod uploads;
+mod usage;

@@ -10,6 +10,7 @@ mod helpers;
 mod pipeline;
 mod recovery;
 mod review;
+mod usage;
 mod watchdog;
 mod worktrees;
 

@@ -11,9 +11,12 @@ use crate::actors::run_progress::outcome::FollowUp;
 use crate::api::CompleteRequest;
 use crate::db::events::NewEvent;
 use crate::db::models::{RunStateRow, StepRow};
+use crate::db::usage::UsageRow;
 use crate::db::{self, Conn};
 use crate::domain::events as ev;
 use crate::domain::pipeline::INFRA_PREFIX;
+use crate::domain::run_config::RunConfig;
+use crate::domain::usage::StepUsage;
 use crate::domain::{RunStatus, StepOutcome, StepPhase, StepStatus};
 use crate::workspace::mirror::Mirrors;
 
@@ -93,10 +96,22 @@ pub fn note_in_state(state: &mut RunStateRow, req: &CompleteRequest, worker_id: 
     state.last_worker_id = Some(worker_id.to_string());
 }
 
+/// The usage a completion recorded, with its model.
+pub type Spent = Option<(String, StepUsage)>;
+
+/// The model a step of `phase` runs, as the run's config names it (usage is counted by it).
+pub fn step_model(config: &RunConfig, phase: &str) -> String {
+    match phase.parse() {
+        Ok(StepPhase::Review) => config.effective_review_model().to_string(),
+        _ => config.model.clone(),
+    }
+}
+
 /// The transactional path of a completion: in the caller's transaction, checks the lease
 /// (locking it until the commit), records the step, its artifacts and event, and — when the
 /// run is going on — decides what follows. `None`: a repeat of a completion already recorded;
-/// else the run for the scheduler, with the decision when it was taken here.
+/// else the run for the scheduler, with the decision when it was taken here. The usage the
+/// completion reported is recorded with it, and returned with its model.
 pub fn record_in_tx(
     c: &mut Conn,
     wid: &str,
@@ -105,7 +120,7 @@ pub fn record_in_tx(
     digest: &str,
     kind: &str,
     mirrors: &Mirrors,
-) -> Result<Option<FollowUp>, LeaseError> {
+) -> Result<(Option<FollowUp>, Spent), LeaseError> {
     let repeat = |c: &mut db::Conn| -> Result<bool, LeaseError> {
         let s = db::steps::get(c, sid)?.ok_or(LeaseError::NotFound)?;
         Ok(s.completion_digest.as_deref() == Some(digest)
@@ -116,7 +131,7 @@ pub fn record_in_tx(
     let held = match authorize_held(c, sid, wid, req.epoch) {
         Ok(h) => h,
         // Already completed (perhaps while this one waited for the lock).
-        Err(LeaseError::Stale) if repeat(c)? => return Ok(None),
+        Err(LeaseError::Stale) if repeat(c)? => return Ok((None, None)),
         Err(e) => return Err(e),
     };
     let (mut step, now) = (held.step, held.now_ms);
@@ -132,24 +147,32 @@ pub fn record_in_tx(
         }
     }
     note_in_state(&mut state, req, wid);
+    let mut spent = None;
+    if let Some(u) = &req.usage {
+        let model = step_model(&run.config(), &step.phase);
+        db::usage::record(c, &UsageRow::new(sid, &run.id, &model, u, now))?;
+        spent = Some((model, u.clone()));
+    }
     tracing::info!(run_id = %run.id, step_id = %sid, worker_id = %wid, lease_epoch = req.epoch, status = %step.status, "step completed");
     // The scheduler's decision, in this transaction when the run is going on;
     // otherwise the step is recorded and the scheduler looks at the run afterwards.
     if decides_now(c, &run, &state, sid)? {
         let actions = decide_in_tx(c, &run, state, Some(step), vec![event], mirrors, now)
             .map_err(LeaseError::from_decision)?;
-        return Ok(Some(FollowUp {
+        let f = FollowUp {
             run_id: run.id,
             decided: Some(actions),
-        }));
+        };
+        return Ok((Some(f), spent));
     }
     db::steps::save(c, &step)?;
     let seq = db::runs::save_state_with_events(c, &state, 1)?;
     db::events::insert_numbered(c, &run.id, seq, &[event], now)?;
-    Ok(Some(FollowUp {
+    let f = FollowUp {
         run_id: run.id,
         decided: None,
-    }))
+    };
+    Ok((Some(f), spent))
 }
 
 /// The complete-step request's fingerprint: a repeated identical completion is idempotent.

@@ -435,7 +435,13 @@ impl LeaseService {
                 .map_err(|e| LeaseError::Invalid(e.to_string()))?;
         }
         // On Postgres, usually one statement to read and one to write (see `complete_pg.rs`).
-        if self.db.backend() == db::Backend::Postgres && req.artifacts.is_empty() {
+        // A completion that reports usage takes the transactional path, which records it (and
+        // reads the run's budget) in the same transaction: agent steps are long, their
+        // completions few.
+        if self.db.backend() == db::Backend::Postgres
+            && req.artifacts.is_empty()
+            && req.usage.is_none()
+        {
             let kept = self
                 .claimed
                 .lock()
@@ -461,10 +467,13 @@ impl LeaseService {
         }
         let mirrors = self.mirrors.clone();
         // One transaction records the completion and decides what follows it.
-        let first = self
+        let (first, spent) = self
             .db
             .tx(move |c| record_in_tx(c, &wid, &sid, &req, &digest, &kind, &mirrors))
             .await?;
+        if let (Some(_), Some((model, usage))) = (&first, &spent) {
+            self.metrics.count_usage(model, usage);
+        }
         if let Some(f) = first {
             self.hub.notify(&f.run_id);
             (self.follow_up)(f);

@@ -1,0 +1,84 @@
+//! Usage and cost: what the agent's stream-json `result` reported is stored on each step,
+//! summed on the run, shown by `loopd inspect` and `loopd list`, and counted in `/metrics`.
+
+use crate::helpers::Single;
+use serde_json::{json, Value};
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_of_stub_results_is_stored_per_step_and_summed_on_the_run() {
+    let s = Single::start("usage-summed", &[]).await;
+    let repo = s.repo("ws", 2, "json 0.25", &["model=sonnet"]);
+    let id = s.create(&repo, json!({})).await;
+    let run = s.wait_status(&id, "COMPLETED").await;
+
+    let steps = s.steps(&id).await;
+    let agent: Vec<&Value> = steps
+        .iter()
+        .filter(|st| st["phase"] == "implementation")
+        .collect();
+    // Two tasks, then the step that prints the completion token.
+    assert_eq!(agent.len(), 3, "{steps:?}");
+    for st in &agent {
+        let u = &st["usage"];
+        assert_eq!(f(&u["total_cost_usd"]), 0.25, "{st}");
+        assert_eq!(u["input_tokens"], 100);
+        assert_eq!(u["output_tokens"], 50);
+        assert_eq!(u["cache_creation_input_tokens"], 10);
+        assert_eq!(u["cache_read_input_tokens"], 1000);
+        assert_eq!(u["num_turns"], 3);
+        assert_eq!(u["subtype"], "success");
+        assert_eq!(u["session_id"], "s-fake");
+        assert_eq!(u["is_error"], false);
+    }
+    let u = &run["usage"];
+    assert!((f(&u["total_cost_usd"]) - 0.75).abs() < 1e-9, "{run}");
+    assert_eq!(u["input_tokens"], 300);
+    assert_eq!(u["output_tokens"], 150);
+    assert_eq!(u["cache_read_input_tokens"], 3000);
+    assert_eq!(u["num_turns"], 9);
+    assert_eq!(u["steps"], 3);
+    // The list carries the same sum.
+    let list = s.get_json("/runs").await;
+    let listed = list["runs"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["id"] == id.as_str()))
+        .cloned()
+        .expect("the run is listed");
+    assert_eq!(listed["usage"], run["usage"]);
+
+    // The CLI: a cost column in the list, the figures in inspect.
+    let (ok, out, err) = crate::client(&s.daemon, &repo.path, &["list"]);
+    assert!(ok, "{err}");
+    assert!(out.lines().next().unwrap_or("").contains("COST"), "{out}");
+    let row = out.lines().find(|l| l.starts_with(&id)).expect("row");
+    assert!(row.contains("$0.7500"), "{row}");
+    let (ok, out, err) = crate::client(&s.daemon, &repo.path, &["inspect", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("$0.7500"), "{out}");
+    assert!(out.contains("300 in, 150 out"), "{out}");
+
+    // Counted by model.
+    let metrics = String::from_utf8_lossy(&s.get_bytes("/metrics").await).to_string();
+    assert!(
+        metrics.contains(r#"loopd_agent_tokens_total{model="sonnet",kind="input"} 300"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"loopd_agent_cost_usd_total{model="sonnet"} 0.75"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_output_agents_have_no_usage() {
+    let s = Single::start("usage-none", &[]).await;
+    let repo = s.repo("ws", 1, "tick", &[]);
+    let id = s.create(&repo, json!({})).await;
+    let run = s.wait_status(&id, "COMPLETED").await;
+    assert!(run["usage"].is_null(), "{run}");
+    assert!(s.steps(&id).await.iter().all(|st| st["usage"].is_null()));
+}
