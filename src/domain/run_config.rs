@@ -130,6 +130,11 @@ pub struct RunConfig {
     pub agent_cmd: String,
     /// How the agent prints its output.
     pub agent_output: AgentOutput,
+    /// Dollars the run's agent steps may spend; past it no further step is queued and the
+    /// run fails (`budget_exceeded:cost`). `None`: no budget.
+    pub max_cost_usd: Option<f64>,
+    /// Tokens (all four kinds) the run's agent steps may use (`budget_exceeded:tokens`).
+    pub max_tokens: Option<u64>,
 }
 
 impl Default for RunConfig {
@@ -163,6 +168,8 @@ impl Default for RunConfig {
             max_consecutive_review_failures: 3,
             agent_cmd: DEFAULT_AGENT_CMD.into(),
             agent_output: AgentOutput::Auto,
+            max_cost_usd: None,
+            max_tokens: None,
         }
     }
 }
@@ -178,6 +185,14 @@ fn bounded<T: TryFrom<u64>>(key: &str, value: &str) -> Result<T, ConfigError> {
         return Err(invalid(key, value, &format!("at most {max}")));
     }
     T::try_from(n).map_err(|_| invalid(key, value, &format!("at most {max}")))
+}
+
+/// A budget in dollars: a finite, non-negative number.
+fn dollars(key: &str, value: &str) -> Result<f64, ConfigError> {
+    match value.trim().parse::<f64>() {
+        Ok(d) if d.is_finite() && d >= 0.0 => Ok(d),
+        _ => Err(invalid(key, value, "a number of dollars, 0 or more")),
+    }
 }
 
 /// A model name is substituted into the agent's command line: plain characters only, so a
@@ -268,6 +283,12 @@ impl RunConfig {
                 self.agent_cmd = v.trim().to_string();
             }
             "agent_output" => self.agent_output = parse_enum(key, v, AgentOutput::ALL)?,
+            "max_cost_usd" => {
+                self.max_cost_usd = optional(v).map(|c| dollars(key, &c)).transpose()?
+            }
+            "max_tokens" => {
+                self.max_tokens = optional(v).map(|n| parse_int(key, &n)).transpose()?
+            }
             _ if is_ignored(key) => {}
             _ => return Ok(Some(format!("unknown config key '{key}' ignored"))),
         }

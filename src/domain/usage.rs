@@ -148,6 +148,26 @@ impl<'a> FromIterator<&'a StepUsage> for RunUsage {
     }
 }
 
+/// Why a run that has spent `spent` is over its budget (`max_cost_usd`, `max_tokens`), if it
+/// is: `budget_exceeded:cost` or `budget_exceeded:tokens`, then what was spent of what.
+pub fn budget_exceeded(
+    spent: &RunUsage,
+    max_cost_usd: Option<f64>,
+    max_tokens: Option<u64>,
+) -> Option<String> {
+    if let Some(max) = max_cost_usd.filter(|m| spent.total_cost_usd > *m) {
+        return Some(format!(
+            "budget_exceeded:cost ({} spent, max_cost_usd {})",
+            cost_text(spent.total_cost_usd),
+            cost_text(max)
+        ));
+    }
+    let tokens = spent.tokens();
+    max_tokens
+        .filter(|m| tokens > *m)
+        .map(|max| format!("budget_exceeded:tokens ({tokens} tokens spent, max_tokens {max})"))
+}
+
 /// A cost as people read it: `$0.0123` below a dollar, `$12.35` above.
 pub fn cost_text(usd: f64) -> String {
     if usd < 1.0 {

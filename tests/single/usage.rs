@@ -82,3 +82,54 @@ async fn text_output_agents_have_no_usage() {
     assert!(run["usage"].is_null(), "{run}");
     assert!(s.steps(&id).await.iter().all(|st| st["usage"].is_null()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_budget_stops_the_run_after_the_step_that_crossed_it() {
+    let s = Single::start("usage-budget", &[]).await;
+    // $0.25 a step, $0.40 allowed: the second step takes the run over.
+    let repo = s.repo("ws", 5, "json 0.25", &["max_cost_usd=0.40"]);
+    let id = s.create(&repo, json!({})).await;
+    let run = s.wait_status(&id, "FAILED").await;
+    let reason = run["failure_reason"].as_str().unwrap_or_default();
+    assert_eq!(
+        reason, "budget_exceeded:cost ($0.5000 spent, max_cost_usd $0.4000)",
+        "{run}"
+    );
+    // impl, review, verification, impl: nothing after the step that crossed it.
+    let steps = s.steps(&id).await;
+    let phases: Vec<&str> = steps.iter().filter_map(|s| s["phase"].as_str()).collect();
+    assert_eq!(
+        phases,
+        ["implementation", "review", "verification", "implementation"],
+        "no step queued after the budget"
+    );
+    let events = s.events(&id).await;
+    let failed = events
+        .iter()
+        .find(|e| e.event_type == "RUN_FAILED")
+        .expect("RUN_FAILED");
+    assert_eq!(failed.payload["reason"], reason, "{:?}", failed.payload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_budget_stops_the_run_too() {
+    let s = Single::start("usage-tokens", &[]).await;
+    // 1160 tokens a step.
+    let repo = s.repo("ws", 5, "json 0.01", &["max_tokens=3000"]);
+    let id = s.create(&repo, json!({})).await;
+    let run = s.wait_status(&id, "FAILED").await;
+    assert_eq!(
+        run["failure_reason"], "budget_exceeded:tokens (3480 tokens spent, max_tokens 3000)",
+        "{run}"
+    );
+    let steps = s.steps(&id).await;
+    let impls = steps
+        .iter()
+        .filter(|s| s["phase"] == "implementation")
+        .count();
+    assert_eq!(impls, 3, "{steps:?}");
+    assert_eq!(
+        steps.last().map(|s| &s["phase"]),
+        Some(&json!("implementation"))
+    );
+}

@@ -9,8 +9,9 @@ use crate::db::events::NewEvent;
 use crate::db::models::{ImplStep, RunRow, RunStateRow, StepRow};
 use crate::db::{self, Conn, DbError};
 use crate::domain::events as ev;
-use crate::domain::pipeline::{self, Counters, Decision, Finished, Next, INFRA_PREFIX};
+use crate::domain::pipeline::{self, Counters, Decision, Finished, Next, Outcome, INFRA_PREFIX};
 use crate::domain::run_config::RunConfig;
+use crate::domain::usage::{budget_exceeded, RunUsage};
 use crate::domain::{RunStatus, StepPhase, StepStatus};
 use crate::workspace::mirror::Mirrors;
 
@@ -50,6 +51,8 @@ pub trait History {
     fn succeeded_implementations(&mut self, run_id: &str) -> Result<Vec<ImplStep>, DbError>;
     /// The attempt number a new step of `phase` gets.
     fn next_attempt(&mut self, run_id: &str, phase: &str) -> Result<i32, DbError>;
+    /// What the run's agent steps spent so far (the finished one included).
+    fn usage(&mut self, run_id: &str) -> Result<RunUsage, DbError>;
 }
 
 impl History for Conn {
@@ -66,6 +69,9 @@ impl History for Conn {
     fn next_attempt(&mut self, run_id: &str, phase: &str) -> Result<i32, DbError> {
         db::steps::next_attempt(self, run_id, phase)
     }
+    fn usage(&mut self, run_id: &str) -> Result<RunUsage, DbError> {
+        Ok(db::usage::run_total(self, run_id)?.unwrap_or_default())
+    }
 }
 
 impl History for db::fast::Snapshot {
@@ -79,6 +85,11 @@ impl History for db::fast::Snapshot {
     }
     fn next_attempt(&mut self, _: &str, phase: &str) -> Result<i32, DbError> {
         Ok(self.inputs.attempts.get(phase).copied().unwrap_or(0) + 1)
+    }
+    /// Nothing: the snapshot path only takes completions that report no usage, and the one
+    /// that took the run over its budget (which did report) failed the run already.
+    fn usage(&mut self, _: &str) -> Result<RunUsage, DbError> {
+        Ok(RunUsage::default())
     }
 }
 
@@ -148,10 +159,18 @@ pub fn plan(
         _ => pipeline::first_step(&counters, &config),
     };
     let Decision {
-        next,
+        mut next,
         counters,
         effects,
     } = decision;
+    // A step that took the run over its budget is followed by none.
+    let budgeted = config.max_cost_usd.is_some() || config.max_tokens.is_some();
+    if budgeted && matches!(next, Next::Enqueue { .. }) && last.is_some() {
+        let spent = h.usage(&run.id)?;
+        if let Some(reason) = budget_exceeded(&spent, config.max_cost_usd, config.max_tokens) {
+            next = Next::Finish(Outcome::Failed { reason });
+        }
+    }
     state.iterations_done = counters.iterations_done as i32;
     state.verify_failures = counters.verify_failures as i32;
     state.review_failures = counters.review_failures as i32;

@@ -298,3 +298,19 @@ fn worktree_keep_days_takes_fractions_and_zero_keeps_for_ever() {
         assert!(c.apply("worktree_keep_days", bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn budgets_are_numbers_and_empty_means_none() {
+    let mut c = RunConfig::default();
+    assert_eq!((c.max_cost_usd, c.max_tokens), (None, None));
+    c.apply("max_cost_usd", "2.5").unwrap();
+    c.apply("max_tokens", "1000000").unwrap();
+    assert_eq!((c.max_cost_usd, c.max_tokens), (Some(2.5), Some(1_000_000)));
+    for bad in ["-1", "lots", "NaN", "inf"] {
+        assert!(c.apply("max_cost_usd", bad).is_err(), "{bad}");
+    }
+    assert!(c.apply("max_tokens", "-5").is_err());
+    assert_eq!(c.max_cost_usd, Some(2.5), "a refused value changes nothing");
+    c.apply("max_cost_usd", "").unwrap();
+    assert_eq!(c.max_cost_usd, None);
+}

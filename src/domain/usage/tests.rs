@@ -108,3 +108,20 @@ fn retried_attempts_add_up_and_keep_the_last_ones_flags() {
     assert_eq!((both.num_turns, both.is_error), (2, false));
     assert_eq!(both.session_id, b.session_id);
 }
+
+#[test]
+fn a_budget_is_exceeded_only_past_it_and_says_by_how_much() {
+    let run: RunUsage = [&parse(STREAM_RESULT).unwrap()].into_iter().collect();
+    assert_eq!(budget_exceeded(&run, None, None), None);
+    assert_eq!(budget_exceeded(&run, Some(0.25), Some(1_000_000)), None);
+    assert_eq!(
+        budget_exceeded(&run, Some(0.2), None).as_deref(),
+        Some("budget_exceeded:cost ($0.2418 spent, max_cost_usd $0.2000)")
+    );
+    assert_eq!(
+        budget_exceeded(&run, None, Some(100_000)).as_deref(),
+        Some("budget_exceeded:tokens (112875 tokens spent, max_tokens 100000)")
+    );
+    // Exactly at the budget is within it.
+    assert_eq!(budget_exceeded(&run, None, Some(run.tokens())), None);
+}

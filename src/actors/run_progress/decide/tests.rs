@@ -22,6 +22,9 @@ impl History for Lists {
     fn next_attempt(&mut self, _: &str, _: &str) -> Result<i32, DbError> {
         Ok(1)
     }
+    fn usage(&mut self, _: &str) -> Result<crate::domain::usage::RunUsage, DbError> {
+        Ok(Default::default())
+    }
 }
 
 fn step(id: &str, status: StepStatus, prompt: Option<&str>) -> ImplStep {
