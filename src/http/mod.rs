@@ -105,6 +105,11 @@ pub fn runs_api(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(review::merge)),
     )
     .service(
+        res("/runs/{id}/reset")
+            .wrap(submit())
+            .route(web::post().to(review::reset)),
+    )
+    .service(
         res("/runs/{id}/create-pr")
             .wrap(submit())
             .route(web::post().to(review::create_pr)),

@@ -8,6 +8,7 @@
 use super::error::ApiError;
 use super::extract::Id;
 use super::state::AppState;
+use crate::actors::scheduler::{Control, ControlRun, SchedError};
 use crate::api::{
     CreatePrRequest, CreatePrResponse, MergeRequest, MergeResponse, RunDiffSnapshot, RunWorktree,
 };
@@ -343,4 +344,48 @@ fn last_chars(s: &str, n: usize) -> &str {
         Some((i, _)) => &s[i..],
         None => s,
     }
+}
+
+/// `POST /runs/{id}/reset`: cancels the run if it is still going, then removes its worktree and
+/// deletes its branch (both best effort) and records the cleanup as `reset`. Never refused;
+/// the run's status and review fields are kept.
+pub async fn reset(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
+    let run = load_run(&st, &id.0).await?;
+    if run.status_in(&[RunStatus::Pending, RunStatus::Running, RunStatus::Paused]) {
+        let cancel = ControlRun {
+            run_id: run.id.clone(),
+            verb: Control::Cancel,
+        };
+        match st.scheduler.send(cancel).await? {
+            Ok(()) | Err(SchedError::InvalidTransition(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(wt) = run.worktree() {
+        let root = PathBuf::from(&run.workspace_root);
+        let run_id = run.id.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let removed = ws::remove_worktree(&root, &wt);
+            let deleted = ws::delete_branch(&root, &wt.run_branch);
+            (removed.err(), deleted.err())
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        if let (Some(e), _) | (_, Some(e)) = &done {
+            tracing::warn!(run_id = %run_id, error = %e, "reset: cleanup incomplete");
+        }
+    }
+    let run_id = run.id.clone();
+    st.db
+        .tx(move |c| {
+            let mut row = db::runs::lock(c, &run_id)?;
+            row.worktree_cleanup_status = Some("reset".into());
+            row.worktree_cleaned_at = None;
+            row.updated_at = now_ms();
+            db::runs::save(c, &row)?;
+            Ok::<_, DbError>(())
+        })
+        .await?;
+    st.hub.notify(&run.id);
+    Ok(HttpResponse::NoContent().finish())
 }

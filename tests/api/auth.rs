@@ -38,6 +38,7 @@ fn routes(id: &str) -> Vec<(Method, String)> {
         "scrap",
         "merge",
         "create-pr",
+        "reset",
     ] {
         v.push((Method::POST, format!("/runs/{id}/{verb}")));
     }

@@ -183,6 +183,7 @@ fn routes(l: &Live) -> Vec<(Method, String, String, Need, Value)> {
         "scrap",
         "merge",
         "create-pr",
+        "reset",
     ] {
         v.push((
             Method::POST,

@@ -349,3 +349,38 @@ async fn create_pr_without_gh_is_503_and_records_nothing() {
     assert_eq!(after["review_status"], "pending");
     assert!(after["pr_url"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_removes_worktree_and_branch_keeps_the_status_and_cancels_a_running_run() {
+    let s = Single::start("review-reset", &[]).await;
+    let repo = s.repo("ws", 1, "tick", &[]);
+    let run = s.completed(&repo).await;
+    let (id, branch) = (id_of(&run), branch_of(&run));
+    let diff = s.get_json(&format!("/runs/{id}/diff")).await;
+    for _ in 0..2 {
+        assert_eq!(s.post(&format!("/runs/{id}/reset"), None).await.0, 204);
+    }
+    assert!(!worktree_path(&run).exists());
+    assert!(!branch_exists(&repo, &branch));
+    let after = s.run(&id).await;
+    assert_eq!(after["status"], "COMPLETED");
+    assert_eq!(after["review_status"], "pending");
+    assert_eq!(after["worktree_cleanup_status"], "reset");
+    assert!(after["worktree_cleaned_at"].is_null());
+    assert_eq!(
+        s.get_json(&format!("/runs/{id}/diff")).await,
+        diff,
+        "the snapshot outlives the branch"
+    );
+    let none = "00000000-0000-7000-8000-000000000000";
+    assert_eq!(s.post(&format!("/runs/{none}/reset"), None).await.0, 404);
+
+    let busy = s.repo("busy", 1, "hang", &[]);
+    let rid = s.create(&busy, json!({})).await;
+    s.wait_step_in_progress(&rid).await;
+    let running = s.run(&rid).await;
+    assert_eq!(s.post(&format!("/runs/{rid}/reset"), None).await.0, 204);
+    assert_eq!(s.run(&rid).await["status"], "CANCELED");
+    assert!(!worktree_path(&running).exists());
+    assert!(!branch_exists(&busy, &branch_of(&running)));
+}
