@@ -161,6 +161,14 @@ impl SimWorker {
         }
     }
 
+    /// The same worker talking through `http` (e.g. a client of another runtime).
+    pub fn with_client(&self, http: reqwest::Client) -> SimWorker {
+        SimWorker {
+            http,
+            ..self.clone()
+        }
+    }
+
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))

@@ -49,7 +49,7 @@ impl StepWrites {
 
     /// Appends live output of a step at `offset`; returns how many bytes are now held. When
     /// the run has readers, the new bytes' SSE frame is built here, once, and handed to all of
-    /// them after the commit (they read nothing from storage for it).
+    /// them after the commit and the answer (they read nothing from storage for it).
     pub async fn append_output(
         &self,
         worker_id: &str,
@@ -105,7 +105,11 @@ impl StepWrites {
             })
             .await?;
         if let Some(f) = frame {
-            self.output.feed().publish(&run_id, f);
+            // After the answer: the poster's reply is woken before the readers, so its latency
+            // does not include their deliveries. Readers take frames in any order (one not at
+            // their cursor sends them to storage), so a publish that comes late is harmless.
+            let out = self.output.clone();
+            tokio::spawn(async move { out.feed().publish(&run_id, f) });
         }
         Ok(OutputAck { next_offset: next })
     }
