@@ -337,6 +337,7 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         metrics.clone(),
         settings.lease.clone(),
         settings.worker.clone(),
+        &settings.limits,
         lease.clone(),
         peers.clone(),
     ));

@@ -232,6 +232,11 @@ pub struct LimitSettings {
     pub output_streams_per_run: usize,
     /// Open `/runs/{id}/output` streams per client address (429 past it).
     pub output_streams_per_client: usize,
+    /// Registrations a minute with the join token, in bursts of as many (429 past it; 0: no
+    /// limit).
+    pub registrations_per_minute: u32,
+    /// Workers online at once (a registration past it gets 429; 0: no limit).
+    pub max_live_workers: usize,
 }
 
 /// The whole settings tree (names are a contract: see README "Configuration").
@@ -341,6 +346,8 @@ impl Default for Settings {
                 artifact_uploads_per_worker: 4,
                 output_streams_per_run: 1000,
                 output_streams_per_client: 100,
+                registrations_per_minute: 120,
+                max_live_workers: 1000,
             },
             git: GitSettings::default(),
         }

@@ -141,6 +141,23 @@ pub fn all_online_heard_at(conn: &mut Conn, now_ms: i64) -> Result<usize, DbErro
 }
 
 /// How many workers are idle, busy or draining.
+/// The key of the Postgres advisory lock that serialises registrations.
+const REGISTRATION_LOCK_KEY: i64 = 0x6c6f_6f70_6472_6567;
+
+/// [`count_online`] inside a registration's transaction, after taking a transaction-scoped
+/// advisory lock on Postgres: controllers sharing the database register one worker at a time,
+/// so two cannot both pass `limits.max_live_workers`. (SQLite has one controller, which
+/// serialises its registrations itself.)
+pub fn count_online_for_registration(conn: &mut Conn) -> Result<usize, DbError> {
+    if let Conn::Pg(c) = conn {
+        diesel::sql_query(format!(
+            "SELECT pg_advisory_xact_lock({REGISTRATION_LOCK_KEY})"
+        ))
+        .execute(&mut **c)?;
+    }
+    count_online(conn)
+}
+
 pub fn count_online(conn: &mut Conn) -> Result<usize, DbError> {
     let n: i64 = on_conn!(conn, |c| workers::table
         .filter(workers::status.eq_any(["idle", "busy", "draining"]))

@@ -153,6 +153,16 @@ impl From<RegistryError> for ApiError {
             RegistryError::Offline => ApiError::conflict("worker_offline", e.to_string()),
             RegistryError::NotFound => ApiError::not_found("worker"),
             RegistryError::Invalid(m) => ApiError::bad_request("invalid_request", m),
+            RegistryError::TooManyRegistrations(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_registrations",
+                e.to_string(),
+            ),
+            RegistryError::TooManyWorkers(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_workers",
+                e.to_string(),
+            ),
             RegistryError::Db(d) => d.into(),
             RegistryError::Lease(m) => ApiError::unavailable(m),
         }

@@ -13,6 +13,7 @@ mod db;
 mod harness;
 
 mod leases;
+mod limits;
 mod logs;
 mod next;
 mod observe;

@@ -18,6 +18,10 @@ pub enum RegistryError {
     NotFound,
     #[error("{0}")]
     Invalid(String),
+    #[error("more than {0} registrations a minute with the join token; retry later")]
+    TooManyRegistrations(u32),
+    #[error("{0} workers are online already (limits.max_live_workers); retry later")]
+    TooManyWorkers(usize),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("lease owner unavailable: {0}")]

@@ -3,9 +3,10 @@
 //! authentication of worker requests (one process per token), heartbeats (kept in memory and
 //! written in one statement every check interval, a status change at once with its event),
 //! marking silent workers offline (their leases are then taken back at once, not at their
-//! TTL), listing and revocation. Its state: a cache of the workers table (`known.rs`; the table
-//! is the truth, shared with the other controllers on the database) and the buffered beats
-//! (`beats.rs`). Whether a worker is silent is decided from the table, where every
+//! TTL), listing and revocation; registration within `limits.max_live_workers` and
+//! `limits.registrations_per_minute`. Its state: a cache of the workers table (`known.rs`; the
+//! table is the truth, shared with the other controllers on the database) and the buffered
+//! beats (`beats.rs`). Whether a worker is silent is decided from the table, where every
 //! controller writes its beats. Only the actor (`actor.rs`) calls it; `app` builds and loads
 //! it.
 
@@ -21,8 +22,10 @@ use crate::db::{self, Db, DbError};
 use crate::domain::events as ev;
 use crate::domain::WorkerStatus;
 use crate::metrics::Metrics;
-use crate::settings::{LeaseSettings, WorkerSettings};
+use crate::settings::{LeaseSettings, LimitSettings, WorkerSettings};
 use actix::Addr;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +44,13 @@ pub struct RegistryService {
     /// The other controllers: told of workers marked offline or revoked here, and who runs the
     /// offline check.
     peers: Arc<Peers>,
+    /// Registrations with the join token (None: no limit).
+    registrations: Option<(u32, DefaultDirectRateLimiter)>,
+    /// Workers online at once (None: no limit).
+    max_live: Option<usize>,
+    /// Held from counting the online workers to recording a new one, so that registrations at
+    /// the same moment cannot pass the limit together.
+    registering: tokio::sync::Mutex<()>,
 }
 
 impl RegistryService {
@@ -49,9 +59,11 @@ impl RegistryService {
         metrics: Arc<Metrics>,
         lease: LeaseSettings,
         worker: WorkerSettings,
+        limits: &LimitSettings,
         leases: Addr<LeaseActor>,
         peers: Arc<Peers>,
     ) -> Self {
+        let per_minute = limits.registrations_per_minute;
         RegistryService {
             db,
             metrics,
@@ -62,6 +74,10 @@ impl RegistryService {
             beats: BeatBuffer::default(),
             checked: PauseClock::new(),
             peers,
+            registrations: NonZeroU32::new(per_minute)
+                .map(|n| (per_minute, RateLimiter::direct(Quota::per_minute(n)))),
+            max_live: (limits.max_live_workers > 0).then_some(limits.max_live_workers),
+            registering: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -116,8 +132,17 @@ impl RegistryService {
         Ok(())
     }
 
-    /// Registers a worker process: a fresh id and token (shown only in this answer).
+    /// Registers a worker process: a fresh id and token (shown only in this answer). Past the
+    /// limits on live workers and on registrations a minute it is refused, nothing stored.
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, RegistryError> {
+        self.register_as(req, true).await
+    }
+
+    async fn register_as(
+        &self,
+        req: RegisterRequest,
+        limited: bool,
+    ) -> Result<RegisterResponse, RegistryError> {
         let printable = |s: &str| !s.chars().any(char::is_control);
         if !printable(&req.hostname)
             || !printable(&req.capabilities.version)
@@ -147,6 +172,13 @@ impl RegistryService {
                 "capabilities.slots must be between 1 and 1024".into(),
             ));
         }
+        // Checked after the request's own validity: a malformed registration is a 400 and uses
+        // up nothing.
+        let _registering = self.registering.lock().await;
+        if limited {
+            self.admit()?;
+        }
+        let max_live = self.max_live.filter(|_| limited);
         let id = new_id();
         let secret = format!(
             "{:032x}{:032x}",
@@ -161,6 +193,17 @@ impl RegistryService {
         let caps = req.capabilities.clone();
         self.db
             .tx(move |c| {
+                // Counted in the transaction that stores the worker, with registrations
+                // serialised (see `count_online_for_registration`): nothing is stored past it.
+                if let Some(max) = max_live {
+                    if db::workers::count_online_for_registration(c)? >= max {
+                        tracing::warn!(
+                            max,
+                            "registration refused: the live worker limit is reached"
+                        );
+                        return Err(RegistryError::TooManyWorkers(max));
+                    }
+                }
                 let now = c.now_ms()?;
                 db::workers::insert(
                     c,
@@ -186,7 +229,7 @@ impl RegistryService {
                     &ev::worker_registered(&wid, &hostname),
                     now,
                 )?;
-                Ok::<_, DbError>(())
+                Ok::<_, RegistryError>(())
             })
             .await?;
         self.known
@@ -208,17 +251,20 @@ impl RegistryService {
         slots: u32,
     ) -> Result<String, RegistryError> {
         let r = self
-            .register(RegisterRequest {
-                hostname: nix::unistd::gethostname()
-                    .map(|h| h.to_string_lossy().to_string())
-                    .unwrap_or_else(|_| "localhost".into()),
-                capabilities: crate::api::Capabilities {
-                    labels: labels.to_vec(),
-                    slots,
-                    version: env!("CARGO_PKG_VERSION").into(),
+            .register_as(
+                RegisterRequest {
+                    hostname: nix::unistd::gethostname()
+                        .map(|h| h.to_string_lossy().to_string())
+                        .unwrap_or_else(|_| "localhost".into()),
+                    capabilities: crate::api::Capabilities {
+                        labels: labels.to_vec(),
+                        slots,
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    },
+                    instance_id: None,
                 },
-                instance_id: None,
-            })
+                false,
+            )
             .await?;
         Ok(r.worker_id)
     }
@@ -269,6 +315,21 @@ impl RegistryService {
     pub async fn online_count(&self) -> Result<usize, RegistryError> {
         let n = self.db.run(db::workers::count_online).await?;
         Ok(n)
+    }
+
+    /// A registration within this controller's `limits.registrations_per_minute` for the join
+    /// token (the live-worker limit is checked where the worker is stored).
+    fn admit(&self) -> Result<(), RegistryError> {
+        if let Some((per_minute, limiter)) = &self.registrations {
+            if limiter.check().is_err() {
+                tracing::warn!(
+                    per_minute,
+                    "registration refused: too many with the join token"
+                );
+                return Err(RegistryError::TooManyRegistrations(*per_minute));
+            }
+        }
+        Ok(())
     }
 
     /// Records a heartbeat and renews the leases it lists (and takes back those it should list
