@@ -254,4 +254,11 @@ fn run_limits(client: &str, out: &mut Vec<Req>) {
     ] {
         out.push(Req::new(Method::POST, "/workers/register", Some(&j)).json(body.to_string()));
     }
+    // Valid registrations past `limits.registrations_per_minute` (the sweep's controller allows
+    // two, used by the setup): 429, nothing stored.
+    for i in 0..20 {
+        let body =
+            json!({"hostname": format!("late-{i}"), "capabilities": {"labels": ["x"], "slots": 1}});
+        out.push(Req::new(Method::POST, "/workers/register", Some(&j)).json(body.to_string()));
+    }
 }

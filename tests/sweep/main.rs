@@ -144,6 +144,8 @@ async fn thousands_of_bad_requests_get_clean_4xx_answers_and_change_nothing() {
             ("LOOPD__LEASE__TTL_MS", "600000"),
             ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "600000"),
             ("LOOPD__LIMITS__ARTIFACT_BYTES", "1048576"),
+            // The setup's two workers use up the registrations; the sweep's valid ones get 429.
+            ("LOOPD__LIMITS__REGISTRATIONS_PER_MINUTE", "2"),
         ],
     );
     let controller = pool::controller(dir.path(), &env).await;
