@@ -33,6 +33,9 @@ impl Cluster {
             ("LOOPD__SCHEDULER__MAX_RUNS_PER_WORKSPACE", "100000"),
             // The benches name each run's agent in its request (the operator's own pool).
             ("LOOPD__AUTH__ALLOW_REQUEST_COMMANDS", "true"),
+            // Up to 1,000 simulated workers register within seconds.
+            ("LOOPD__LIMITS__REGISTRATIONS_PER_MINUTE", "0"),
+            ("LOOPD__LIMITS__MAX_LIVE_WORKERS", "0"),
         ];
         env.extend_from_slice(extra);
         // Experiments: LOOPD_BENCH_CONTROLLER_ENV="LOOPD__STORAGE__POOL_SIZE=32 KEY=VALUE…".
