@@ -10,8 +10,8 @@ use super::DbError;
 use pq_sys::{
     ConnStatusType, ExecStatusType, PGconn, PQclear, PQconnectdbParams, PQconsumeInput,
     PQerrorMessage, PQfinish, PQflush, PQfreemem, PQgetResult, PQgetisnull, PQgetvalue, PQisBusy,
-    PQnotifies, PQntuples, PQresultErrorMessage, PQresultStatus, PQsendQuery, PQsetnonblocking,
-    PQsocket, PQstatus,
+    PQnotifies, PQntuples, PQresultErrorMessage, PQresultStatus, PQsendQuery, PQsetNoticeProcessor,
+    PQsetnonblocking, PQsocket, PQstatus,
 };
 use std::ffi::{c_char, CStr, CString};
 use std::os::fd::{AsRawFd, RawFd};
@@ -65,6 +65,19 @@ fn conn_error(conn: *const PGconn) -> String {
         .to_string()
 }
 
+/// libpq's notices and the server's unsolicited errors (say "terminating connection due to
+/// administrator command") go to the log, not raw to stderr as libpq's default processor
+/// writes them, which broke `log_format = "json"`. The session's loss itself is seen and
+/// reported by the next read.
+unsafe extern "C" fn log_notice(_arg: *mut std::ffi::c_void, message: *const c_char) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: libpq passes a NUL-terminated message that lives for the call.
+    let message = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+    tracing::info!(notice = %message.trim(), "postgres session (peers)");
+}
+
 fn cstring(s: &str) -> Result<CString, DbError> {
     CString::new(s).map_err(|_| DbError::Connect("a NUL byte in the connection settings".into()))
 }
@@ -99,6 +112,8 @@ impl Session {
             if unsafe { PQstatus(raw.0.as_ptr()) } != ConnStatusType::CONNECTION_OK {
                 return Err(DbError::Connect(conn_error(raw.0.as_ptr())));
             }
+            // SAFETY: a live connection; the processor keeps no pointer to anything.
+            unsafe { PQsetNoticeProcessor(raw.0.as_ptr(), Some(log_notice), std::ptr::null_mut()) };
             // SAFETY: a live connection.
             if unsafe { PQsetnonblocking(raw.0.as_ptr(), 1) } != 0 {
                 return Err(DbError::Connect(conn_error(raw.0.as_ptr())));
