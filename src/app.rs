@@ -347,9 +347,9 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         .map_err(|e| AppError::Startup(e.to_string()))?;
     wire_peers(&peers, &lease_svc, &registry_svc);
     match peers_task {
-        Some(task) => {
-            actix::spawn(task.start());
-        }
+        Some(task) => task
+            .spawn()
+            .map_err(|e| AppError::Startup(format!("cannot start the peers' session: {e}")))?,
         // A lone controller holds the duties from its start.
         None if settings.role == Role::Controller => registry_svc
             .take_over()

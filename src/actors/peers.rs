@@ -129,11 +129,9 @@ impl Peers {
         })
     }
 
-    /// The peers on the Postgres database at `url`: the session is opened (and opened again
-    /// whenever it is lost) by a task spawned here, which runs until the process ends. Call it
-    /// inside the actix system, then wire [`on_notice`](Self::on_notice) and
-    /// [`on_take_over`](Self::on_take_over) before the duties can be taken: the task waits for
-    /// [`start`](Self::start).
+    /// The peers on the Postgres database at `url`. Wire [`on_notice`](Self::on_notice) and
+    /// [`on_take_over`](Self::on_take_over), then [`PeersTask::spawn`] the task that keeps the
+    /// session (opened again whenever it is lost) until the process ends.
     pub fn on_postgres(url: &str) -> (Arc<Peers>, PeersTask) {
         let (tx, rx) = mpsc::unbounded_channel();
         let peers = Arc::new(Peers {
@@ -195,7 +193,7 @@ impl Peers {
     }
 }
 
-/// The task that keeps the session: started by [`PeersTask::start`].
+/// The task that keeps the session: started by [`PeersTask::spawn`].
 pub struct PeersTask {
     peers: Arc<Peers>,
     url: String,
@@ -210,8 +208,21 @@ enum Ended {
 }
 
 impl PeersTask {
+    /// Runs the session on a thread of its own (with its own small runtime): a busy actor
+    /// thread must not delay the answers that keep the duties, nor make a live session look
+    /// lost. What a notice or a take-over does runs there too.
+    pub fn spawn(self) -> std::io::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("loopd-peers".into())
+            .spawn(move || rt.block_on(self.run()))?;
+        Ok(())
+    }
+
     /// Runs the session (opened again whenever it is lost) until the process stops.
-    pub async fn start(mut self) {
+    async fn run(mut self) {
         let mut contending = true;
         let mut pause = Duration::from_millis(100);
         loop {

@@ -19,6 +19,9 @@ use std::ptr::NonNull;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
+/// How long a wait for the socket lasts before libpq is asked again (see `read_more`).
+const RECHECK: Duration = Duration::from_millis(50);
+
 /// A notice received on a channel this session listens to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
@@ -147,12 +150,17 @@ impl Session {
         Ok(())
     }
 
-    /// Waits until the socket is readable, then reads what arrived. Readiness is cleared
-    /// before reading, so data that arrives after the read wakes the next wait.
+    /// Waits until the socket is readable (at most [`RECHECK`]), then reads what arrived.
+    /// Readiness is cleared before reading, so data that arrives after the read wakes the next
+    /// wait. The wait is bounded because libpq may leave data it did not read yet where no
+    /// new readiness announces it: over TLS it reads one record at a time, so records already
+    /// on the socket (or decrypted in the TLS layer) wait for the next read, and a session
+    /// waiting only for readiness would hang.
     async fn read_more(&mut self) -> Result<(), DbError> {
-        let mut guard = (self.fd.readable().await).map_err(|e| DbError::Connect(e.to_string()))?;
-        guard.clear_ready();
-        drop(guard);
+        if let Ok(ready) = tokio::time::timeout(RECHECK, self.fd.readable()).await {
+            let mut guard = ready.map_err(|e| DbError::Connect(e.to_string()))?;
+            guard.clear_ready();
+        }
         self.consume()
     }
 
