@@ -105,12 +105,13 @@ pub async fn run(o: &Opts, t: &mut Table) {
         None,
     );
 
-    // Take-over: the first holds the duties; kill it.
+    // Take-over: kill the holder (the first, unless it lost its session meanwhile).
     let mut c = c;
+    let before = second.log_text().matches(TAKEN).count();
     let killed = Instant::now();
     c.ctl.kill9();
     let taken = poll(Duration::from_secs(30), || async {
-        second.log_text().contains(TAKEN).then(Instant::now)
+        (second.log_text().matches(TAKEN).count() > before).then(Instant::now)
     })
     .await;
     let ms = taken.map(|at| (at - killed).as_secs_f64() * 1000.0);
