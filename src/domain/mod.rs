@@ -1,6 +1,7 @@
 //! Pure types and state machines of runs, steps, leases and workers. No I/O here.
 
 pub mod access;
+pub mod api_limit;
 pub mod artifact_kind;
 pub mod completion;
 pub mod events;
