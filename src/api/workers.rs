@@ -257,6 +257,10 @@ pub struct ReleaseRequest {
     pub epoch: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The step is not offered again for this long (ms): the agent API pushed back (rate
+    /// limit, overload, usage limit). An addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// `POST /steps/{id}/complete` body.

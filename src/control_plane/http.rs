@@ -452,10 +452,17 @@ impl ControlPlane for HttpPlane {
         Ok(r.next)
     }
 
-    async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
+    async fn release(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        reason: &str,
+        retry_after_ms: Option<u64>,
+    ) -> Result<(), PlaneError> {
         let body = ReleaseRequest {
             epoch,
             reason: Some(reason.into()),
+            retry_after_ms,
         };
         self.post_json(&format!("/steps/{step_id}/release"), &body)
             .await?;

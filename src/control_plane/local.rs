@@ -190,12 +190,19 @@ impl ControlPlane for LocalPlane {
             .map_err(lease_err)
     }
 
-    async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError> {
+    async fn release(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        reason: &str,
+        retry_after_ms: Option<u64>,
+    ) -> Result<(), PlaneError> {
         let m = ReleaseLease {
             worker_id: self.worker_id.clone(),
             step_id: step_id.into(),
             epoch,
             reason: reason.into(),
+            pause_ms: retry_after_ms,
         };
         self.lease
             .send(m)

@@ -110,6 +110,13 @@ pub trait ControlPlane: Send + Sync {
         req: CompleteRequest,
     ) -> Result<Option<Assignment>, PlaneError>;
 
-    /// Hands a lease back without using a retry.
-    async fn release(&self, step_id: &str, epoch: i64, reason: &str) -> Result<(), PlaneError>;
+    /// Hands a lease back without using a retry; with `retry_after_ms`, the step is not
+    /// offered again for that long.
+    async fn release(
+        &self,
+        step_id: &str,
+        epoch: i64,
+        reason: &str,
+        retry_after_ms: Option<u64>,
+    ) -> Result<(), PlaneError>;
 }

@@ -69,6 +69,12 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
         () => {
             steps::table
                 .filter(steps::status.eq_any(["QUEUED", "RETRYING"]))
+                // A step handed back under API pressure waits out its pause.
+                .filter(
+                    steps::not_before
+                        .is_null()
+                        .or(steps::not_before.le(loopd_now_ms().nullable())),
+                )
                 .filter(
                     steps::run_id.eq_any(
                         runs::table

@@ -34,6 +34,18 @@ fn requeue(
     max_infra: i32,
     now: i64,
 ) -> Result<Option<Requeued>, DbError> {
+    requeue_until(conn, lease, count_infra, max_infra, now, None)
+}
+
+/// [`requeue`], the step not claimable before `not_before` (ms) when given.
+fn requeue_until(
+    conn: &mut Conn,
+    lease: &LeaseRow,
+    count_infra: bool,
+    max_infra: i32,
+    now: i64,
+    not_before: Option<i64>,
+) -> Result<Option<Requeued>, DbError> {
     let gone = on_conn!(conn, |c| diesel::update(
         leased()
             .filter(steps::id.eq(&lease.step_id))
@@ -80,6 +92,7 @@ fn requeue(
             steps::preferred_worker_id.eq(None::<String>),
             steps::failure_reason.eq(reason),
             steps::ended_at.eq(ended),
+            steps::not_before.eq(not_before),
         ))
         .execute(c))?;
     Ok(Some(Requeued {
@@ -99,9 +112,12 @@ pub fn release(
     step_id: &str,
     worker_id: &str,
     epoch: i64,
+    pause_ms: Option<i64>,
 ) -> Result<Requeued, DbError> {
     let held = check_held(conn, step_id, worker_id, epoch)?;
-    requeue(conn, &held.lease, false, i32::MAX, held.now_ms)?.ok_or(DbError::StaleLease)
+    let not_before = pause_ms.map(|p| held.now_ms + p.max(0));
+    requeue_until(conn, &held.lease, false, i32::MAX, held.now_ms, not_before)?
+        .ok_or(DbError::StaleLease)
 }
 
 /// Takes leases back as lost (each counts as an infrastructure retry); returns those taken.

@@ -109,6 +109,7 @@ diesel::table! {
         completion_digest -> Nullable<Text>,
         lease_granted_at -> Nullable<Int8>,
         lease_expires_at -> Nullable<Int8>,
+        not_before -> Nullable<Int8>,
     }
 }
 

@@ -66,8 +66,7 @@ impl ApiFailure {
 /// overloaded, rate-limited, other.
 pub fn classify(text: &str) -> ApiFailure {
     let lower = text.to_ascii_lowercase();
-    if lower.contains("usage limit reached") || lower.contains("limit reached ∙ resets")
-    {
+    if lower.contains("usage limit reached") || lower.contains("limit reached ∙ resets") {
         return ApiFailure::UsageLimit {
             resets_at_ms: reset_time(text),
         };
@@ -82,10 +81,20 @@ pub fn classify(text: &str) -> ApiFailure {
     ]) {
         return ApiFailure::Authentication;
     }
-    if has(&["overloaded_error", "api error: 529", "529 overloaded", "\"overloaded\""]) {
+    if has(&[
+        "overloaded_error",
+        "api error: 529",
+        "529 overloaded",
+        "\"overloaded\"",
+    ]) {
         return ApiFailure::Overloaded;
     }
-    if has(&["rate_limit_error", "api error: 429", "429 too many requests", "rate limit exceeded"]) {
+    if has(&[
+        "rate_limit_error",
+        "api error: 429",
+        "429 too many requests",
+        "rate limit exceeded",
+    ]) {
         return ApiFailure::RateLimited;
     }
     ApiFailure::Other

@@ -2,6 +2,7 @@
 //! argument, output to the step's log files, retries with backoff, and a result the runner
 //! turns into a step outcome. Called by the runner actor.
 
+use crate::domain::api_limit::{classify as classify_api, ApiFailure};
 use crate::domain::completion::COMPLETION_TOKEN;
 use crate::domain::status::{AgentOutput, CompletionMode};
 use crate::domain::usage::StepUsage;
@@ -100,6 +101,9 @@ pub struct AgentResult {
     pub stderr_tail: String,
     /// What the attempts' `result` events reported, added up; `None` when none printed one.
     pub usage: Option<StepUsage>,
+    /// The agent API pushed back (rate limit, overload, usage limit): the last attempt's
+    /// failure, not retried here; the step goes back to the queue.
+    pub pressure: Option<ApiFailure>,
 }
 
 impl AgentResult {
@@ -167,6 +171,15 @@ pub async fn run_agent(
             (before, now) => now.or(before),
         };
         result.usage = spent.clone();
+        if failure.is_some_and(|f| f != Failure::Cancelled) {
+            let text = format!("{}\n{}", result.tail, result.stderr_tail);
+            let api = classify_api(&text);
+            if api.is_pressure() {
+                // Not this step's fault, and not for this worker to wait out alone.
+                result.pressure = Some(api);
+                return Ok(result);
+            }
+        }
         let wait = match failure {
             None | Some(Failure::Cancelled) => return Ok(result),
             Some(Failure::Transient) => transient.next(),
@@ -236,6 +249,7 @@ fn empty_result(failure: Option<String>) -> AgentResult {
         failure,
         stderr_tail: String::new(),
         usage: None,
+        pressure: None,
     }
 }
 

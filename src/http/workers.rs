@@ -329,6 +329,7 @@ pub async fn release(
             step_id: id.0,
             epoch: b.epoch,
             reason: b.reason.unwrap_or_else(|| "released by worker".into()),
+            pause_ms: b.retry_after_ms,
         })
         .await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({})))

@@ -9,6 +9,7 @@ use super::leftovers::{clear_pgid, record_pgid};
 use super::state::{Active, Shared};
 use super::workdir::Prepared;
 use crate::api::Assignment;
+use crate::domain::api_limit::ApiFailure;
 use crate::domain::plan::select_task;
 use crate::domain::prompt::{selected_task_section, task_under_review_section};
 use crate::domain::usage::StepUsage;
@@ -31,6 +32,9 @@ pub struct Produced {
     pub files: Vec<(String, PathBuf)>,
     /// What the agent reported it spent (agent steps with JSON output only).
     pub usage: Option<StepUsage>,
+    /// The agent API pushed back: the step is handed back, to be offered again after this
+    /// pause (ms), instead of completing.
+    pub pressure: Option<(ApiFailure, u64)>,
 }
 
 impl Produced {
@@ -45,6 +49,7 @@ impl Produced {
             runner_notes: None,
             files: Vec::new(),
             usage: None,
+            pressure: None,
         }
     }
 }
@@ -189,6 +194,10 @@ pub async fn agent(
             runner_notes: None,
             files: out_files,
             usage: r.usage,
+            pressure: r.pressure.and_then(|p| {
+                let now = chrono::Utc::now().timestamp_millis();
+                p.pause_ms(now).map(|ms| (p, ms.max(0) as u64))
+            }),
         },
         Err(e) => Produced::failed(format!("cannot run the agent: {e}"), false),
     }
@@ -264,6 +273,7 @@ pub async fn verify(
                 runner_notes: r.runner_notes,
                 files,
                 usage: None,
+                pressure: None,
             }
         }
         Err(VerifyError::Cancelled) => Produced::failed("cancelled", false),

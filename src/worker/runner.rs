@@ -73,7 +73,7 @@ async fn claim_until_stopped(shared: &Shared, slot: u32) {
             // Claimed while a drain or a stop began: give it straight back.
             let _ = shared
                 .plane
-                .release(&a.step_id, a.epoch, "worker draining")
+                .release(&a.step_id, a.epoch, "worker draining", None)
                 .await;
             continue;
         }

@@ -12,6 +12,7 @@ use super::streamer::Streamer;
 use super::workdir;
 use crate::api::{ArtifactRef, Assignment, CompleteRequest};
 use crate::control_plane::PlaneError;
+use crate::domain::api_limit::ApiFailure;
 use crate::domain::{StepOutcome, StepPhase};
 use backon::Retryable;
 use bytes::Bytes;
@@ -30,8 +31,14 @@ pub async fn execute(shared: &Shared, a: Assignment) -> Option<Assignment> {
     let next = async {
         tracing::info!("step started");
         let started = Instant::now();
-        let req = run(shared, &a, &active).await;
-        let next = finish(shared, &a, &active, req, started).await;
+        let (req, pressure) = run(shared, &a, &active).await;
+        let next = match pressure {
+            Some(p) if !active.lost.load(Ordering::Acquire) => {
+                hand_back(shared, &a, p).await;
+                None
+            }
+            _ => finish(shared, &a, &active, req, started).await,
+        };
         workdir::remove_step_dir(&shared.cfg.work_dir, &a.step_id).await;
         next
     }
@@ -41,8 +48,30 @@ pub async fn execute(shared: &Shared, a: Assignment) -> Option<Assignment> {
     next
 }
 
-/// Prepares, runs and uploads; returns the completion to send.
-async fn run(shared: &Shared, a: &Assignment, active: &Arc<Active>) -> CompleteRequest {
+/// The agent API pushed back: the step goes back to the queue for a while, no attempt used.
+async fn hand_back(shared: &Shared, a: &Assignment, (api, pause): (ApiFailure, u64)) {
+    let reason = format!(
+        "agent API {}: retry in {} s",
+        api.as_str(),
+        pause.div_ceil(1000)
+    );
+    match shared
+        .plane
+        .release(&a.step_id, a.epoch, &reason, Some(pause))
+        .await
+    {
+        Ok(()) => tracing::warn!(%reason, "step handed back"),
+        Err(e) => tracing::warn!(error = %e, "cannot hand the step back; its lease will expire"),
+    }
+}
+
+/// Prepares, runs and uploads; returns the completion to send, and the API's push-back when
+/// the step is to be handed back instead.
+async fn run(
+    shared: &Shared,
+    a: &Assignment,
+    active: &Arc<Active>,
+) -> (CompleteRequest, Option<(ApiFailure, u64)>) {
     let dir = shared.cfg.work_dir.join("steps").join(&a.step_id);
     let log_name = format!("iter-{:02}-{}.log", a.attempt, a.phase.slug());
     let log = dir.join(&log_name);
@@ -57,7 +86,10 @@ async fn run(shared: &Shared, a: &Assignment, active: &Arc<Active>) -> CompleteR
     });
     if let Err(e) = made {
         let reason = format!("cannot create {}: {e}", dir.display());
-        return completion(a, Produced::failed(reason, true), vec![], None);
+        return (
+            completion(a, Produced::failed(reason, true), vec![], None),
+            None,
+        );
     }
     let streamer = Streamer::start(
         shared.plane.clone(),
@@ -67,12 +99,14 @@ async fn run(shared: &Shared, a: &Assignment, active: &Arc<Active>) -> CompleteR
         log.clone(),
         a.output_offset,
     );
-    let (produced, checkpoint) = work(shared, a, active, &dir, &log).await;
+    let (mut produced, checkpoint) = work(shared, a, active, &dir, &log).await;
+    let pressure = produced.pressure.take();
     streamer.finish(Duration::from_secs(30)).await;
     if active.is_abandoned() {
-        return completion(a, produced, vec![], None);
+        return (completion(a, produced, vec![], None), pressure);
     }
-    upload_all(shared, a, active, produced, checkpoint, (log_name, log)).await
+    let req = upload_all(shared, a, active, produced, checkpoint, (log_name, log)).await;
+    (req, pressure)
 }
 
 /// An empty directory for the step's files: a step claimed again on this worker (after its
@@ -241,7 +275,7 @@ async fn finish(
     if active.handed_back.load(Ordering::Acquire) && !active.lost.load(Ordering::Acquire) {
         match shared
             .plane
-            .release(&a.step_id, a.epoch, "worker stopping")
+            .release(&a.step_id, a.epoch, "worker stopping", None)
             .await
         {
             Ok(()) => tracing::info!("lease handed back"),

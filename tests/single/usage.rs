@@ -147,3 +147,52 @@ async fn a_token_budget_stops_the_run_too() {
         Some(&json!("implementation"))
     );
 }
+
+/// A step whose agent met a 429 or a 529 goes back to the queue without using an attempt,
+/// and is not offered again before its pause is over.
+async fn requeued_without_an_attempt(name: &str, kind: &str, api: &str, pause_ms: i64) {
+    let s = Single::start(name, &[]).await;
+    let repo = s.repo("ws", 1, &format!("limited {kind}"), &["reviewer=false"]);
+    let id = s.create(&repo, json!({})).await;
+    s.wait_status(&id, "COMPLETED").await;
+    let steps = s.steps(&id).await;
+    let first = &steps[0];
+    assert_eq!(first["phase"], "implementation");
+    assert_eq!(first["status"], "SUCCEEDED", "{first}");
+    assert_eq!(first["attempt"], 1, "{first}");
+    assert_eq!(first["infra_attempts"], 0, "{first}");
+    assert_eq!(first["lease_epoch"], 2, "claimed twice: {first}");
+    let events = s.events(&id).await;
+    let released = events
+        .iter()
+        .find(|e| e.event_type == "LEASE_RELEASED")
+        .unwrap_or_else(|| panic!("no LEASE_RELEASED: {events:?}"));
+    let reason = released.payload["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("agent API {api}")), "{reason}");
+    // Granted again only after the pause.
+    let grants: Vec<&crate::helpers::Event> = events
+        .iter()
+        .filter(|e| e.event_type == "LEASE_GRANTED" && e.step_id == released.step_id)
+        .collect();
+    assert_eq!(grants.len(), 2, "{events:?}");
+    // Both leases run for the same time: their expiries are as far apart as their grants.
+    let at = |e: &crate::helpers::Event| {
+        e.payload["expires_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis())
+            .expect("expires_at")
+    };
+    let apart = at(grants[1]) - at(grants[0]);
+    assert!(apart >= pause_ms, "granted again after {apart} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_step_is_requeued_without_using_an_attempt() {
+    requeued_without_an_attempt("api-429", "rate", "rate_limited", 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_step_is_requeued_without_using_an_attempt() {
+    requeued_without_an_attempt("api-529", "overloaded", "overloaded", 15_000).await;
+}

@@ -175,9 +175,11 @@ pub struct ReleaseLease {
     pub step_id: String,
     pub epoch: i64,
     pub reason: String,
+    /// Not claimable again for this long (ms): the agent API pushed back.
+    pub pause_ms: Option<u64>,
 }
 forward!(ReleaseLease, Result<(), LeaseError>, |m| [worker = %m.worker_id, step = %m.step_id, epoch = m.epoch], |svc| svc
-    .release(&m.worker_id, &m.step_id, m.epoch, &m.reason)
+    .release(&m.worker_id, &m.step_id, m.epoch, &m.reason, m.pause_ms)
     .await);
 
 /// Take away every lease of a worker that went offline or was revoked.

@@ -47,7 +47,7 @@ pub struct LeaseService {
     store: ArtifactStore,
     lease: LeaseSettings,
     sched: SchedulerSettings,
-    waiters: WaitQueue,
+    waiters: Arc<WaitQueue>,
     follow_up: FollowUpSink,
     /// Repository mirrors, for the prompts of the steps a completion queues.
     mirrors: Arc<Mirrors>,
@@ -113,7 +113,7 @@ impl LeaseService {
             store: p.store,
             lease: p.lease,
             sched: p.sched,
-            waiters: WaitQueue::default(),
+            waiters: Arc::default(),
             follow_up: p.follow_up,
             mirrors: p.mirrors,
             claimed: std::sync::Mutex::new(Kept::new(CLAIMED_CAP, CLAIMED_BYTES)),
@@ -302,7 +302,7 @@ impl LeaseService {
         let grace = Duration::from_millis(self.lease.worker_offline_after_ms);
         for (step_id, epoch) in self.grants.unreported(worker_id, &held, grace) {
             match self
-                .release(worker_id, &step_id, epoch, "not held by its worker")
+                .release(worker_id, &step_id, epoch, "not held by its worker", None)
                 .await
             {
                 // Already ended (completed, expired, cancelled): nothing to take back.
@@ -488,7 +488,9 @@ impl LeaseService {
         step_id: &str,
         epoch: i64,
         reason: &str,
+        pause_ms: Option<u64>,
     ) -> Result<(), LeaseError> {
+        let pause = pause_ms.map(|p| p.min(i64::MAX as u64) as i64);
         let (wid, sid, why) = (
             worker_id.to_string(),
             step_id.to_string(),
@@ -498,7 +500,7 @@ impl LeaseService {
             .db
             .tx(move |c| -> Result<_, LeaseError> {
                 authorize(c, &sid, &wid, epoch)?;
-                let r = leases::release(c, &sid, &wid, epoch)?;
+                let r = leases::release(c, &sid, &wid, epoch, pause)?;
                 let now = c.now_ms()?;
                 record_requeued(c, std::slice::from_ref(&r), ev::LEASE_RELEASED, &why, now)?;
                 Ok(r)
@@ -509,6 +511,14 @@ impl LeaseService {
         self.metrics.lease_released.inc();
         log_released(std::slice::from_ref(&r), reason);
         self.after_requeue(&[r]);
+        // Claims waiting meanwhile found nothing: wake them when the pause is over.
+        if let Some(p) = pause_ms {
+            let waiters = self.waiters.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(p)).await;
+                waiters.wake_all();
+            });
+        }
         Ok(())
     }
 

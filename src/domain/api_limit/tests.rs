@@ -51,5 +51,8 @@ fn authentication_and_other_failures_are_not_pressure() {
         assert!(!f.is_pressure());
         assert_eq!(f.pause_ms(0), None);
     }
-    assert_eq!(ApiFailure::RateLimited.pause_ms(0), Some(RATE_LIMIT_PAUSE_MS));
+    assert_eq!(
+        ApiFailure::RateLimited.pause_ms(0),
+        Some(RATE_LIMIT_PAUSE_MS)
+    );
 }
