@@ -24,7 +24,7 @@ pub const OVERLOAD_PAUSE_MS: i64 = 15_000;
 /// Pause after a usage limit whose message gives no reset time.
 pub const USAGE_LIMIT_PAUSE_MS: i64 = 5 * 60_000;
 /// Longest pause a reset time may impose (a wrong clock must not hold a step for days).
-pub const MAX_PAUSE_MS: i64 = 24 * 3600_000;
+pub const MAX_PAUSE_MS: i64 = 24 * 3_600_000;
 
 impl ApiFailure {
     /// A pressure signal: the step goes back to the queue without using an attempt.

@@ -325,13 +325,15 @@ fn a_released_lease_requeues_without_using_a_retry(s: Store) {
     let (_, ids) = seed(&s.db, "RUNNING", "", 1);
     let mut c = s.db.conn().unwrap();
     claim(&mut c, "a", &[], 60_000).unwrap();
-    let r = c.write_tx(|c| leases::release(c, &ids[0], "a", 1)).unwrap();
+    let r = c
+        .write_tx(|c| leases::release(c, &ids[0], "a", 1, None))
+        .unwrap();
     assert_eq!(r.infra_attempts, 0);
     let step = db::steps::get(&mut c, &ids[0]).unwrap().unwrap();
     assert_eq!(step.status, "RETRYING");
     let g = claim(&mut c, "b", &[], 60_000).unwrap();
     assert_eq!(g.lease.epoch, 2);
-    let wrong = c.write_tx(|c| leases::release(c, &ids[0], "a", 1));
+    let wrong = c.write_tx(|c| leases::release(c, &ids[0], "a", 1, None));
     assert!(matches!(wrong, Err(DbError::StaleLease)));
 }
 
