@@ -364,13 +364,13 @@ pub async fn reset(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiE
     if let Some(wt) = run.worktree() {
         let root = PathBuf::from(&run.workspace_root);
         let run_id = run.id.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let removed = ws::remove_worktree(&root, &wt);
-            let deleted = ws::delete_branch(&root, &wt.run_branch);
-            (removed.err(), deleted.err())
-        })
-        .await
-        .map_err(ApiError::internal)?;
+        let branch = wt.run_branch.clone();
+        let root2 = root.clone();
+        let removed = remove_settling(move || ws::remove_worktree(&root, &wt)).await?;
+        let deleted = tokio::task::spawn_blocking(move || ws::delete_branch(&root2, &branch))
+            .await
+            .map_err(ApiError::internal)?;
+        let done = (removed.err(), deleted.err());
         if let (Some(e), _) | (_, Some(e)) = &done {
             tracing::warn!(run_id = %run_id, error = %e, "reset: cleanup incomplete");
         }
@@ -388,4 +388,35 @@ pub async fn reset(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiE
         .await?;
     st.hub.notify(&run.id);
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Runs a worktree removal until it succeeds or fails for another reason than the directory
+/// changing under it: a just-cancelled step's processes, and the cancelled run's own cleanup,
+/// may still be at work there for a moment. The last outcome.
+pub(super) async fn remove_settling<F>(f: F) -> Result<Result<(), WorkspaceError>, ApiError>
+where
+    F: Fn() -> Result<(), WorkspaceError> + Send + Sync + Clone + 'static,
+{
+    use backon::{BackoffBuilder, ConstantBuilder};
+    let attempt = || {
+        let f = f.clone();
+        async move {
+            match tokio::task::spawn_blocking(f).await {
+                Ok(r) => Ok(r),
+                Err(e) => Err(ApiError::internal(e)),
+            }
+        }
+    };
+    let pauses = ConstantBuilder::default()
+        .with_delay(Duration::from_millis(200))
+        .with_max_times(15);
+    let unsettled = |r: &Result<(), WorkspaceError>| matches!(r, Err(WorkspaceError::Io { .. }));
+    let mut last = attempt().await?;
+    let mut delays = pauses.build();
+    while unsettled(&last) {
+        let Some(pause) = delays.next() else { break };
+        tokio::time::sleep(pause).await;
+        last = attempt().await?;
+    }
+    Ok(last)
 }

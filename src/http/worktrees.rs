@@ -140,9 +140,8 @@ pub async fn remove(
             Err(e) => return Err(e.into()),
         }
     }
-    tokio::task::spawn_blocking(move || ws::remove_listed_worktree(&dir, &path, force))
-        .await
-        .map_err(ApiError::internal)?
+    super::review::remove_settling(move || ws::remove_listed_worktree(&dir, &path, force))
+        .await?
         .map_err(git_error)?;
     // The runs whose worktree this was, and that still counted it as there.
     let ids: Vec<String> = runs

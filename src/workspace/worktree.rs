@@ -212,20 +212,27 @@ pub fn list_worktrees(workspace_root: &Path) -> Result<Vec<Listed>> {
 /// with `force`; the primary checkout and other paths are refused.
 pub fn remove_listed_worktree(workspace_root: &Path, path: &Path, force: bool) -> Result<()> {
     let repository = repo::open(workspace_root)?;
-    let listed = list_worktrees(workspace_root)?;
-    let Some(found) = listed.iter().find(|w| same_path(&w.path, path)) else {
+    let names = repository
+        .worktrees()
+        .context(|| format!("cannot list worktrees of {}", repo::place(&repository)))?;
+    // Registered ones, also half-removed: a removal that was interrupted can be finished.
+    let found = names
+        .iter()
+        .filter_map(|n| n.ok().flatten())
+        .filter_map(|n| repository.find_worktree(n).ok())
+        .find(|w| same_path(w.path(), path));
+    let Some(found) = found else {
         return Err(WorkspaceError::NotAWorktree {
             path: path.to_path_buf(),
             repo: workspace_root.to_path_buf(),
         });
     };
-    refuse_primary_path(workspace_root, &found.path)?;
-    if !force && !repo::is_clean(&repo::open(&found.path)?)? {
-        return Err(WorkspaceError::DirtyWorktree {
-            path: found.path.clone(),
-        });
+    let at = found.path().to_path_buf();
+    refuse_primary_path(workspace_root, &at)?;
+    if !force && found.validate().is_ok() && !repo::is_clean(&repo::open(&at)?)? {
+        return Err(WorkspaceError::DirtyWorktree { path: at });
     }
-    remove_dir(&found.path)?;
+    remove_dir(&at)?;
     prune_stale(&repository)
 }
 
@@ -308,8 +315,13 @@ fn refuse_primary_path(workspace_root: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes a directory tree; one that is gone (also when another removal got there first) is
+/// not an error.
 fn remove_dir(path: &Path) -> Result<()> {
-    fs::remove_dir_all(path).context(|| format!("cannot remove {}", path.display()))
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.context(|| format!("cannot remove {}", path.display())),
+    }
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
