@@ -140,9 +140,18 @@ pub async fn remove(
             Err(e) => return Err(e.into()),
         }
     }
-    super::review::remove_settling(move || ws::remove_listed_worktree(&dir, &path, force))
+    let cancelled = runs
+        .iter()
+        .any(|r| r.status_in(&[RunStatus::Pending, RunStatus::Running, RunStatus::Paused]));
+    let gone = path.clone();
+    match super::review::remove_settling(move || ws::remove_listed_worktree(&dir, &path, force))
         .await?
-        .map_err(git_error)?;
+    {
+        Ok(()) => {}
+        // The cancelled run's own cleanup removed it first.
+        Err(WorkspaceError::NotAWorktree { .. }) if cancelled && !gone.exists() => {}
+        Err(e) => return Err(git_error(e)),
+    }
     // The runs whose worktree this was, and that still counted it as there.
     let ids: Vec<String> = runs
         .iter()
