@@ -152,7 +152,7 @@ async fn a_failure_without_retries_reports_the_exit_code_and_stderr() {
 #[tokio::test]
 async fn transient_errors_are_retried_up_to_their_own_limit() {
     let f = Fixture::new();
-    let req = f.request("echo 'API Error: 529 overloaded'\nexit 1\n");
+    let req = f.request("echo 'API Error: 500 Internal server error'\nexit 1\n");
     let result = run(&req).await;
     assert_eq!(result.attempts, MAX_TRANSIENT_FAILURES);
     assert_eq!(
@@ -160,6 +160,16 @@ async fn transient_errors_are_retried_up_to_their_own_limit() {
         Some("transient API error (exit code 1)")
     );
     assert_eq!(read(&req.files.log).matches("--- retry").count(), 4);
+}
+
+#[tokio::test]
+async fn an_overloaded_api_hands_the_step_back_at_once_without_retrying_in_place() {
+    let f = Fixture::new();
+    let req = f.request("echo 'API Error: 529 overloaded'\nexit 1\n");
+    let result = run(&req).await;
+    assert_eq!(result.attempts, 1);
+    assert_eq!(result.pressure, Some(ApiFailure::Overloaded));
+    assert_eq!(read(&req.files.log).matches("--- retry").count(), 0);
 }
 
 #[test]
