@@ -1,3 +1,5 @@
+//! Unit tests of the take-over: recognising the existing daemon's schema and converting it.
+
 use super::*;
 
 const SCHEMA: &str = include_str!("../../../tests/fixtures/upstream-loopd/schema.sql");

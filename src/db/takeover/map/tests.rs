@@ -1,3 +1,5 @@
+//! Unit tests of the row mapping from the existing daemon's tables to loopd's.
+
 use super::*;
 
 const RUN: &str = "01a24c02-fdd5-76c3-94dc-5c4eded661b2";
