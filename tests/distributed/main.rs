@@ -11,6 +11,7 @@ mod cluster;
 mod proxy;
 mod sse;
 
+mod api_pressure;
 mod cancel;
 mod controllers;
 mod drain;

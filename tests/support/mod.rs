@@ -11,6 +11,7 @@ pub mod git_https;
 pub mod pg;
 pub mod pool;
 pub mod proc;
+pub mod provider;
 pub mod repo;
 pub mod s3;
 pub mod sshd;

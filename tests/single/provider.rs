@@ -1,0 +1,80 @@
+//! A single-role daemon against the stand-in provider (`tests/support/provider.rs`), its steps
+//! run by the stub agent: a 429 and then a 529 hand the step back without using an attempt,
+//! the run completes once the provider admits calls again, and the run's usage is the sum of
+//! what the provider's admitted calls reported.
+
+use crate::helpers::Single;
+use crate::support::provider::{self, Provider};
+use crate::support::wait_for;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_rides_out_a_429_and_a_529_of_the_provider_and_sums_its_usage() {
+    let p = Provider::start(1, Duration::from_millis(100), 0.05).await;
+    let s = Single::start("provider-429-529", &[]).await;
+    // Another client holds the provider's only slot: the first call is refused with a 429.
+    let held = p.occupy(1);
+    let repo = s.repo(
+        "ws",
+        1,
+        &format!("provider {}", p.url()),
+        &["reviewer=false", "model=sonnet"],
+    );
+    let id = s.create(&repo, json!({})).await;
+    let long = Duration::from_secs(60);
+    wait_for("a call refused with 429", long, || async {
+        (p.counts().rate_limited >= 1).then_some(())
+    })
+    .await;
+    // The slot is free, but the provider is overloaded: the step's next call meets a 529.
+    p.overload_now();
+    drop(held);
+    wait_for("a call refused with 529", long, || async {
+        (p.counts().overloaded >= 1).then_some(())
+    })
+    .await;
+    p.end_overload();
+    let run = s.wait_status(&id, "COMPLETED").await;
+
+    let c = p.counts();
+    assert_eq!((c.rate_limited, c.overloaded), (1, 1), "{c:?}");
+    let steps = s.steps(&id).await;
+    // No step failed; the refused one kept its first attempt through three claims.
+    for st in &steps {
+        assert_eq!(st["status"], "SUCCEEDED", "{st}");
+        assert_eq!(st["infra_attempts"], 0, "{st}");
+    }
+    assert_eq!(steps[0]["attempt"], 1, "no attempt used: {}", steps[0]);
+    assert_eq!(
+        steps[0]["lease_epoch"], 3,
+        "claimed three times: {}",
+        steps[0]
+    );
+    let events = s.events(&id).await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event_type == "LEASE_RELEASED")
+        .filter_map(|e| e.payload["reason"].as_str())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("agent API rate_limited"), "{reasons:?}");
+    assert!(reasons[1].contains("agent API overloaded"), "{reasons:?}");
+
+    // Every admitted call was one agent step of this run, and reported its usage.
+    let u = &run["usage"];
+    assert_eq!(u["steps"], c.accepted, "{run}");
+    let cost = u["total_cost_usd"].as_f64().unwrap_or(-1.0);
+    assert!((cost - 0.05 * c.accepted as f64).abs() < 1e-9, "{run}");
+    assert_eq!(u["input_tokens"], provider::INPUT_TOKENS * c.accepted);
+    assert_eq!(u["output_tokens"], provider::OUTPUT_TOKENS * c.accepted);
+    assert_eq!(
+        u["cache_read_input_tokens"],
+        provider::CACHE_READ_TOKENS * c.accepted
+    );
+    let agent_steps = steps
+        .iter()
+        .filter(|st| st["phase"] == "implementation")
+        .count() as u64;
+    assert_eq!(agent_steps, c.accepted, "{steps:?}");
+}
