@@ -1,5 +1,6 @@
 //! Command-line definitions: the daemon flags (`loopd --role …`) and the client verbs
-//! (`loopd run|list|inspect|tail|pause|resume|cancel|retry|workers|artifacts|health`).
+//! (`loopd run|list|inspect|tail|pause|resume|cancel|retry|workers|artifacts|health`, and the
+//! review verbs `diff|merge|scrap|pr|reset|worktrees|worktree-rm`).
 
 use crate::settings::{Overrides, Role};
 use clap::{Args, Parser, Subcommand};
@@ -154,6 +155,76 @@ pub enum Command {
         /// Write the download here instead of stdout.
         #[arg(short = 'o', long, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Show a completed run's changes from its base branch: commits and files (`--patch`: the
+    /// patches too).
+    Diff {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        /// Print each changed file's patch after the tables.
+        #[arg(long)]
+        patch: bool,
+    },
+    /// Merge a completed run's branch into its merge target (else its base branch), then
+    /// remove its worktree.
+    Merge {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        /// `squash` (one commit; the default) or `merge` (fast-forward when it can).
+        #[arg(long, value_parser = ["squash", "merge"])]
+        strategy: Option<String>,
+    },
+    /// Throw a completed or failed run's work away: its worktree and run branch are removed.
+    Scrap {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// Open a pull request of a completed run's branch with `gh` (on the daemon's host).
+    Pr {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        /// Default: the run's name.
+        #[arg(long)]
+        title: Option<String>,
+        /// Default: `Created by loopd run <id>`.
+        #[arg(long)]
+        body: Option<String>,
+    },
+    /// Cancel a run if it is still going, then remove its worktree and run branch.
+    Reset {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// List a workspace's run worktrees, their runs, and why each is kept.
+    Worktrees {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The workspace (default: the git top level of the current directory).
+        #[arg(value_name = "WS", conflicts_with = "workspace_flag")]
+        workspace: Option<String>,
+        /// The same as WS.
+        #[arg(long = "workspace", value_name = "WS")]
+        workspace_flag: Option<String>,
+    },
+    /// Remove one worktree of a workspace (its run, if still going, is cancelled first; its
+    /// branch stays).
+    #[command(name = "worktree-rm")]
+    WorktreeRm {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The worktree's directory.
+        path: String,
+        /// The workspace it belongs to (default: the git top level of the current directory).
+        #[arg(long, value_name = "WS")]
+        workspace: Option<String>,
+        /// Remove it even with uncommitted changes.
+        #[arg(short = 'f', long)]
+        force: bool,
     },
     /// Exit 0 when the daemon answers `GET /ready` with 200; else one error line and exit 1.
     /// One request, no retries (for container healthchecks and scripts that poll).

@@ -1,9 +1,10 @@
 //! The CLI verbs over the runs API, for people and scripts: `loopd run|list|inspect|tail|
-//! pause|resume|cancel|retry|workers|artifacts|health`. Every verb but `health` first probes
+//! pause|resume|cancel|retry|workers|artifacts|health` and the review verbs (`review.rs`). Every verb but `health` first probes
 //! the daemon; every failure is one `error: …` line on stderr and exit status 1.
 
 mod health;
 mod render;
+mod review;
 mod submit;
 mod tail;
 
@@ -186,18 +187,23 @@ impl Daemon {
         }
         let status = resp.status();
         let body: Option<ErrorBody> = resp.json().await.ok();
-        let msg = body
-            .map(|b| b.error)
-            .unwrap_or_else(|| "unknown error".into());
+        let (msg, code) = body
+            .map(|b| (b.error, b.code))
+            .unwrap_or_else(|| ("unknown error".into(), String::new()));
         Err(ClientError(match status {
             StatusCode::UNAUTHORIZED => {
                 "unauthorized: check LOOPD_TOKEN env var or --token flag".into()
             }
             // The server's message usually says the same ("run not found"): once is enough.
             StatusCode::NOT_FOUND if msg.ends_with("not found") => format!("{what} not found"),
+            StatusCode::NOT_FOUND if msg.starts_with(&format!("{what} not found")) => msg,
             StatusCode::NOT_FOUND => format!("{what} not found: {msg}"),
-            StatusCode::SERVICE_UNAVAILABLE => format!("no capacity: {msg}"),
-            StatusCode::CONFLICT => format!("not allowed: {msg}"),
+            StatusCode::SERVICE_UNAVAILABLE if code == "no_capacity" => {
+                format!("no capacity: {msg}")
+            }
+            StatusCode::CONFLICT if code == "invalid_transition" => format!("not allowed: {msg}"),
+            // Refusals that explain themselves (a merge conflict, gh missing …).
+            StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => msg,
             StatusCode::FORBIDDEN => format!("forbidden: {msg}"),
             s => format!("HTTP error: {} - {msg}", s.as_u16()),
         }))
@@ -290,6 +296,40 @@ async fn dispatch(cmd: Command) -> Result<()> {
             d.probe().await?;
             tail::follow(&d, &id, offset).await
         }
+        Command::Diff { client, id, patch } => {
+            let d = connect(&client).await?;
+            review::diff(&d, &id, patch).await
+        }
+        Command::Merge {
+            client,
+            id,
+            strategy,
+        } => review::merge(&connect(&client).await?, &id, strategy).await,
+        Command::Scrap { client, id } => {
+            let d = connect(&client).await?;
+            review::action(&d, &id, "scrap", "scrapped (worktree and branch removed)").await
+        }
+        Command::Pr {
+            client,
+            id,
+            title,
+            body,
+        } => review::pr(&connect(&client).await?, &id, title, body).await,
+        Command::Reset { client, id } => {
+            let d = connect(&client).await?;
+            review::action(&d, &id, "reset", "reset (worktree and branch removed)").await
+        }
+        Command::Worktrees {
+            client,
+            workspace,
+            workspace_flag,
+        } => review::worktrees(&connect(&client).await?, workspace.or(workspace_flag)).await,
+        Command::WorktreeRm {
+            client,
+            path,
+            workspace,
+            force,
+        } => review::worktree_rm(&connect(&client).await?, &path, workspace, force).await,
         Command::Health { addr } => health::check(&addr).await,
         Command::Pause { client, id } => control(&client, &id, "pause", "paused").await,
         Command::Resume { client, id } => control(&client, &id, "resume", "resumed").await,
@@ -323,6 +363,13 @@ async fn dispatch(cmd: Command) -> Result<()> {
             }
         }
     }
+}
+
+/// A daemon that answered its probe.
+async fn connect(client: &ClientArgs) -> Result<Daemon> {
+    let d = Daemon::new(client)?;
+    d.probe().await?;
+    Ok(d)
 }
 
 async fn control(client: &ClientArgs, id: &str, verb: &str, done: &str) -> Result<()> {

@@ -2,7 +2,7 @@
 //! [`escaped`]: a name holding a newline or an escape sequence (stored before the daemon
 //! refused them, or from another source) is shown escaped, never acted on by the terminal.
 
-use crate::api::{ArtifactInfo, Run, Step, WorkerInfo};
+use crate::api::{ArtifactInfo, Run, RunDiff, Step, WorkerInfo, WorktreesEnvelope};
 use crate::domain::text::escaped;
 use crate::domain::usage::cost_text;
 
@@ -207,6 +207,116 @@ pub fn artifacts(list: &[ArtifactInfo]) -> String {
         })
         .collect();
     table(&["NAME", "KIND", "SIZE", "SHA256"], &rows)
+}
+
+fn short_sha(sha: &str) -> String {
+    sha.chars().take(10).collect()
+}
+
+/// A run's diff: a summary line, its commits, its files, and with `patch` each file's patch
+/// (control characters escaped line by line, tabs kept).
+pub fn diff(d: &RunDiff, patch: bool) -> String {
+    let mut out = format!(
+        "{}..{}: {} file(s) changed, +{} -{}\n",
+        escaped(&d.base_ref),
+        escaped(&d.head_ref),
+        d.stats.files_changed,
+        d.stats.additions,
+        d.stats.deletions
+    );
+    if d.commits.is_empty() {
+        out.push_str("\nNo commits.\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .commits
+            .iter()
+            .map(|c| {
+                vec![
+                    short_sha(&c.sha),
+                    short_time(&c.timestamp),
+                    c.author.clone(),
+                    format!("+{} -{}", c.stats.additions, c.stats.deletions),
+                    c.message.clone(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &["COMMIT", "DATE", "AUTHOR", "LINES", "MESSAGE"],
+            &rows,
+        ));
+    }
+    if !d.files.is_empty() {
+        let rows: Vec<Vec<String>> = d
+            .files
+            .iter()
+            .map(|f| {
+                let path = match &f.old_path {
+                    Some(old) => format!("{old} -> {}", f.path),
+                    None => f.path.clone(),
+                };
+                vec![
+                    f.status.clone(),
+                    format!("+{} -{}", f.additions, f.deletions),
+                    path,
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["STATUS", "LINES", "FILE"], &rows));
+    }
+    if patch {
+        for f in &d.files {
+            out.push('\n');
+            for line in f.patch.lines() {
+                let parts: Vec<String> = line.split('\t').map(escaped).collect();
+                out.push_str(&parts.join("\t"));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Why a listed worktree is still there.
+fn kept_because(status: Option<&str>, cleanup: Option<&str>) -> String {
+    match (status, cleanup) {
+        (None, _) => "not a run's".into(),
+        (Some("PENDING" | "RUNNING" | "PAUSED"), _) => "run not ended".into(),
+        (_, Some("deferred")) => "awaiting review".into(),
+        (_, Some("skipped")) => "worktree_cleanup=false".into(),
+        (_, Some("failed")) => "removal failed".into(),
+        (_, None) => "never cleaned up".into(),
+        (_, Some(other)) => format!("left behind ({other})"),
+    }
+}
+
+/// A workspace's worktrees, each with its run and why it is kept.
+pub fn worktrees(w: &WorktreesEnvelope) -> String {
+    if w.worktrees.is_empty() {
+        return format!("No worktrees in {}.\n", escaped(&w.workspace));
+    }
+    let rows: Vec<Vec<String>> = w
+        .worktrees
+        .iter()
+        .map(|t| {
+            vec![
+                t.path.clone(),
+                t.branch.clone().unwrap_or_else(|| "(detached)".into()),
+                t.run_id.clone().unwrap_or_else(|| "-".into()),
+                t.run_status.clone().unwrap_or_else(|| "-".into()),
+                kept_because(t.run_status.as_deref(), t.cleanup_status.as_deref()),
+                t.remove_after
+                    .as_deref()
+                    .map(short_time)
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &["PATH", "BRANCH", "RUN", "STATUS", "KEPT", "REMOVE AFTER"],
+        &rows,
+    )
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod health;
 #[path = "../distributed/proxy.rs"]
 mod proxy;
 mod resume;
+mod review;
 mod verbs;
 
 use serde_json::Value;
