@@ -284,6 +284,8 @@ async fn open_db(settings: &Settings) -> Result<Db, AppError> {
 /// Storage, stores and the three control actors.
 async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Control, AppError> {
     let db = open_db(settings).await?;
+    // The daily budgets the run decisions and the scheduler's tick enforce.
+    settings.budgets.install();
     let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
         .map_err(|e| AppError::Artifacts(e.to_string()))?;
     let output = OutputStore::new(settings.data_dir.join("output"));

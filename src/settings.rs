@@ -258,6 +258,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     #[serde(default)]
     pub git: GitSettings,
+    #[serde(default)]
+    pub budgets: BudgetSettings,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/loopd`, else `~/.local/share/loopd`.
@@ -350,6 +352,7 @@ impl Default for Settings {
                 max_live_workers: 1000,
             },
             git: GitSettings::default(),
+            budgets: BudgetSettings::default(),
         }
     }
 }
@@ -403,10 +406,12 @@ impl Settings {
 }
 
 mod auth;
+mod budgets;
 mod git;
 mod layering;
 
 pub use auth::{ClientToken, MIN_TOKEN_CHARS};
+pub use budgets::{installed as installed_budgets, BudgetSettings, WorkspaceBudget};
 pub use git::{GitCredential, GitSettings, WorkerCredentials};
 
 #[cfg(test)]

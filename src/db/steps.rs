@@ -131,6 +131,37 @@ pub fn succeeded_implementations(conn: &mut Conn, run_id: &str) -> Result<Vec<Im
     Ok(rows)
 }
 
+/// Holds the queued and retrying steps of `run_ids` until `until` (ms since the epoch): no
+/// claim takes them before (a step already held longer keeps its time). How many it held.
+pub fn hold_until(conn: &mut Conn, run_ids: &[String], until: i64) -> Result<usize, DbError> {
+    let mut n = 0;
+    // Bounded lists of bound parameters (SQLite's limit).
+    for ids in run_ids.chunks(500) {
+        n += on_conn!(conn, |c| diesel::update(steps::table)
+            .filter(steps::run_id.eq_any(ids))
+            .filter(steps::status.eq_any(["QUEUED", "RETRYING"]))
+            .filter(steps::not_before.is_null().or(steps::not_before.lt(until)),)
+            .set(steps::not_before.eq(Some(until)))
+            .execute(c))?;
+    }
+    Ok(n)
+}
+
+/// Lets the queued and retrying steps of `run_ids` held until exactly `until` be claimed now
+/// (a hold that no longer applies). How many it let go.
+pub fn release_hold(conn: &mut Conn, run_ids: &[String], until: i64) -> Result<usize, DbError> {
+    let mut n = 0;
+    for ids in run_ids.chunks(500) {
+        n += on_conn!(conn, |c| diesel::update(steps::table)
+            .filter(steps::run_id.eq_any(ids))
+            .filter(steps::status.eq_any(["QUEUED", "RETRYING"]))
+            .filter(steps::not_before.eq(until))
+            .set(steps::not_before.eq(None::<i64>))
+            .execute(c))?;
+    }
+    Ok(n)
+}
+
 /// Writes a step's mutable columns back.
 pub fn save(conn: &mut Conn, row: &StepRow) -> Result<(), DbError> {
     let n = on_conn!(conn, |c| diesel::update(steps::table.find(&row.id))

@@ -168,6 +168,45 @@ pub fn budget_exceeded(
         .map(|max| format!("budget_exceeded:tokens ({tokens} tokens spent, max_tokens {max})"))
 }
 
+/// A day in ms: daily budgets count from 00:00 UTC.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// 00:00 UTC of the day `now_ms` falls in.
+pub fn day_start(now_ms: i64) -> i64 {
+    now_ms.div_euclid(DAY_MS) * DAY_MS
+}
+
+/// The daily budget of a workspace (`[budgets]`): what the agent steps of its runs may spend
+/// in one UTC day. `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DailyBudget {
+    pub cost_usd: Option<f64>,
+    pub tokens: Option<u64>,
+}
+
+impl DailyBudget {
+    /// Whether it limits anything.
+    pub fn limits(&self) -> bool {
+        self.cost_usd.is_some() || self.tokens.is_some()
+    }
+
+    /// Why the workspace's new steps wait, when what it `spent` today reached the budget:
+    /// `daily budget reached: $0.5000 of $0.4000; resumes 00:00 UTC` (or tokens).
+    pub fn reached(&self, spent: &RunUsage) -> Option<String> {
+        let what = if let Some(max) = self.cost_usd.filter(|m| spent.total_cost_usd >= *m) {
+            format!("{} of {}", cost_text(spent.total_cost_usd), cost_text(max))
+        } else {
+            let tokens = spent.tokens();
+            let max = self.tokens.filter(|m| tokens >= *m)?;
+            format!("{tokens} of {max} tokens")
+        };
+        Some(format!("{DAILY_BUDGET_PREFIX}{what}; resumes 00:00 UTC"))
+    }
+}
+
+/// How a waiting reason of the daily budget begins.
+pub const DAILY_BUDGET_PREFIX: &str = "daily budget reached: ";
+
 /// A cost as people read it: `$0.0123` below a dollar, `$12.35` above.
 pub fn cost_text(usd: f64) -> String {
     if usd < 1.0 {

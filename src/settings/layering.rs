@@ -135,6 +135,7 @@ impl Settings {
                 "lease.ttl_ms and lease.sweep_interval_ms must be positive",
             ));
         }
+        self.budgets.validate()?;
         if self.storage.pool_size == 0 {
             return Err(err("storage.pool_size must be at least 1"));
         }

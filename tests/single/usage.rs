@@ -196,3 +196,66 @@ async fn a_rate_limited_step_is_requeued_without_using_an_attempt() {
 async fn an_overloaded_step_is_requeued_without_using_an_attempt() {
     requeued_without_an_attempt("api-529", "overloaded", "overloaded", 15_000).await;
 }
+
+/// `[budgets]`: a workspace that spent its daily budget has its new steps held (the run
+/// waits, it does not fail) while other workspaces go on; a budget raised for that workspace
+/// (`[[budgets.workspace]]`, after a restart) lets them go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_budget_holds_a_workspace_until_it_is_raised() {
+    let budget = ("LOOPD__BUDGETS__DAILY_COST_USD", "0.40");
+    let mut s = Single::start("usage-daily", &[budget]).await;
+    // $0.25 a step: the second takes the workspace to $0.50.
+    let held_repo = s.repo("held", 3, "json 0.25", &["reviewer=false"]);
+    let held = s.create(&held_repo, json!({})).await;
+    let reason = "daily budget reached: $0.5000 of $0.4000; resumes 00:00 UTC";
+    let run = crate::support::wait_for(
+        "the run to wait for its budget",
+        crate::helpers::STATE_TIMEOUT,
+        || async {
+            let r = s.run(&held).await;
+            (r["waiting_reason"] == reason).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(run["status"], "RUNNING", "{run}");
+    assert!(
+        (f(&run["usage"]["total_cost_usd"]) - 0.5).abs() < 1e-9,
+        "{run}"
+    );
+
+    // Another workspace spends from its own budget and completes meanwhile.
+    let free_repo = s.repo("free", 1, "json 0.1", &["reviewer=false"]);
+    let free = s.create(&free_repo, json!({})).await;
+    s.wait_status(&free, "COMPLETED").await;
+    let steps = s.steps(&held).await;
+    let last = steps.last().expect("steps");
+    assert_eq!(last["status"], "QUEUED", "still held: {steps:?}");
+    let agent_steps = steps.iter().filter(|st| !st["usage"].is_null()).count();
+    assert_eq!(agent_steps, 2, "nothing ran past the budget: {steps:?}");
+
+    // The budget raised for this workspace: the run goes on and completes.
+    s.daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    s.daemon.wait_exit(std::time::Duration::from_secs(30)).await;
+    let file = s.dir.path().join("budgets.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[budgets.workspace]]\npath = \"{}\"\ndaily_cost_usd = 100\n",
+            held_repo.path.display()
+        ),
+    )
+    .expect("config file");
+    let file = file.to_string_lossy().to_string();
+    s.daemon = crate::support::proc::Loopd::spawn(
+        &s.dir.path().join("data"),
+        &["--role", "single"],
+        &[
+            budget,
+            ("LOOPD_CONFIG", file.as_str()),
+            ("LOOPD__SCHEDULER__TICK_INTERVAL_MS", "100"),
+        ],
+    );
+    s.daemon.wait_ready("/ready").await;
+    let run = s.wait_status(&held, "COMPLETED").await;
+    assert!(run["waiting_reason"].is_null(), "{run}");
+}

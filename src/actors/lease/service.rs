@@ -438,9 +438,11 @@ impl LeaseService {
         // A completion that reports usage takes the transactional path, which records it (and
         // reads the run's budget) in the same transaction: agent steps are long, their
         // completions few.
+        // With daily budgets, every completion's decision reads what the workspace spent today.
         if self.db.backend() == db::Backend::Postgres
             && req.artifacts.is_empty()
             && req.usage.is_none()
+            && crate::settings::installed_budgets().is_none()
         {
             let kept = self
                 .claimed

@@ -11,7 +11,7 @@ use crate::db::{self, Conn, DbError};
 use crate::domain::events as ev;
 use crate::domain::pipeline::{self, Counters, Decision, Finished, Next, Outcome, INFRA_PREFIX};
 use crate::domain::run_config::RunConfig;
-use crate::domain::usage::{budget_exceeded, RunUsage};
+use crate::domain::usage::{budget_exceeded, day_start, RunUsage, DAY_MS};
 use crate::domain::{RunStatus, StepPhase, StepStatus};
 use crate::workspace::mirror::Mirrors;
 
@@ -122,10 +122,29 @@ pub fn decide_in_tx(
     }
     if let Some(s) = &p.queued {
         db::steps::insert(c, s)?;
+        // A workspace past its daily budget: the new step waits for the next UTC day.
+        if let Some(until) = daily_hold(c, run, now)? {
+            db::steps::hold_until(c, std::slice::from_ref(&s.run_id), until)?;
+        }
     }
     let seq = db::runs::save_state_with_events(c, &p.state, p.events.len())?;
     db::events::insert_numbered(c, &run.id, seq, &p.events, now)?;
     Ok(p.actions)
+}
+
+/// When the run's workspace has reached its daily budget (`[budgets]`), the end of the UTC
+/// day, until which its new steps wait.
+pub fn daily_hold(c: &mut Conn, run: &RunRow, now: i64) -> Result<Option<i64>, DbError> {
+    let Some(budgets) = crate::settings::installed_budgets() else {
+        return Ok(None);
+    };
+    let budget = budgets.for_workspace(&run.workspace_root);
+    if !budget.limits() {
+        return Ok(None);
+    }
+    let day = day_start(now);
+    let spent = db::usage::workspace_since(c, &run.workspace_root, day)?;
+    Ok(budget.reached(&spent).map(|_| day + DAY_MS))
 }
 
 /// [`decide_in_tx`]'s decision without its writes; `h` answers what it reads.

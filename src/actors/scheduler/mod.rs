@@ -6,6 +6,7 @@
 //! use the names exported here.
 
 mod actor;
+mod budget;
 mod control;
 mod error;
 mod expire;

@@ -324,7 +324,14 @@ impl SchedulerService {
                 tracing::warn!(run_id = %id, error = %e, "cannot advance run");
             }
         }
-        self.db.tx(explain_waits).await?;
+        if self.db.tx(explain_waits).await? {
+            // Steps a daily budget held are claimable again.
+            self.queue.do_send(QueueChanged {
+                required_labels: String::new(),
+                preferred_worker: None,
+                broadcast: true,
+            });
+        }
         if self.expiry_due() {
             super::expire::expire_worktrees(&self.db, now_ms()).await?;
         }

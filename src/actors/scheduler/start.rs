@@ -71,9 +71,12 @@ pub(super) fn stuck_runs(c: &mut Conn) -> Result<Vec<String>, SchedError> {
     Ok(db::runs::stuck(c)?)
 }
 
-/// Sets `waiting_reason` of RUNNING runs whose queued step no online worker can take (a fixed
-/// number of statements per tick, and a write only where a reason changed).
-pub(super) fn explain_waits(c: &mut Conn) -> Result<(), SchedError> {
+/// Sets `waiting_reason` of RUNNING runs whose queued step no online worker can take, or
+/// whose workspace reached its daily budget (holding its steps, see `budget.rs`); a fixed
+/// number of statements per tick, and a write only where a reason changed. Whether steps held
+/// by a budget were let go (claimers should look again).
+pub(super) fn explain_waits(c: &mut Conn) -> Result<bool, SchedError> {
+    let budgets = super::budget::apply(c, now_ms())?;
     let online = db::workers::with_status(c, WorkerStatus::ONLINE)?;
     // Each run's first waiting step.
     let mut waiting: HashMap<String, String> = HashMap::new();
@@ -81,12 +84,16 @@ pub(super) fn explain_waits(c: &mut Conn) -> Result<(), SchedError> {
         waiting.entry(run_id).or_insert(labels);
     }
     for (id, current) in db::runs::reasons_with_status(c, RunStatus::Running)? {
-        let reason = waiting
-            .get(&id)
-            .and_then(|labels| why_waiting(labels, &online));
+        let reason = waiting.get(&id).and_then(|labels| {
+            budgets
+                .reasons
+                .get(&id)
+                .cloned()
+                .or_else(|| why_waiting(labels, &online))
+        });
         db::runs::set_waiting_reason(c, &id, current.as_deref(), reason.as_deref())?;
     }
-    Ok(())
+    Ok(budgets.wake)
 }
 
 /// Why a step needing `labels` waits with these workers online, if no online worker can take it.

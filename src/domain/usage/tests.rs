@@ -125,3 +125,42 @@ fn a_budget_is_exceeded_only_past_it_and_says_by_how_much() {
     // Exactly at the budget is within it.
     assert_eq!(budget_exceeded(&run, None, Some(run.tokens())), None);
 }
+
+#[test]
+fn a_day_starts_at_midnight_utc() {
+    // 2026-12-06T23:59:59.999Z and the next millisecond.
+    let last = 1_796_601_599_999;
+    assert_eq!(day_start(last), 1_796_515_200_000);
+    assert_eq!(day_start(last + 1), last + 1);
+    assert_eq!(day_start(last + 1) - day_start(last), DAY_MS);
+}
+
+#[test]
+fn a_daily_budget_is_reached_at_its_figure_and_says_until_when() {
+    let spent = |cost: f64, input: u64| RunUsage {
+        total_cost_usd: cost,
+        input_tokens: input,
+        ..RunUsage::default()
+    };
+    let none = DailyBudget::default();
+    assert!(!none.limits());
+    assert_eq!(none.reached(&spent(1e9, u64::MAX / 2)), None);
+    let cost = DailyBudget {
+        cost_usd: Some(0.5),
+        tokens: None,
+    };
+    assert_eq!(cost.reached(&spent(0.4999, 0)), None);
+    assert_eq!(
+        cost.reached(&spent(0.5, 0)).as_deref(),
+        Some("daily budget reached: $0.5000 of $0.5000; resumes 00:00 UTC")
+    );
+    let tokens = DailyBudget {
+        cost_usd: Some(10.0),
+        tokens: Some(1000),
+    };
+    assert_eq!(tokens.reached(&spent(1.0, 999)), None);
+    assert_eq!(
+        tokens.reached(&spent(1.0, 1200)).as_deref(),
+        Some("daily budget reached: 1200 of 1000 tokens; resumes 00:00 UTC")
+    );
+}
