@@ -7,6 +7,7 @@ pub mod extract;
 pub mod health;
 pub mod output;
 pub mod review;
+mod review_git;
 pub mod runs;
 pub mod state;
 pub mod stream_slots;

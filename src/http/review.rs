@@ -2,11 +2,13 @@
 //! `/merge` and `/create-pr`, with the existing daemon's shapes and review-status transitions.
 //! Where it is wrong, loopd is right: an empty body is the defaults (its dashboard sends
 //! none), a merge conflict is a 409 that changes nothing, scrap removes the worktree before
-//! the branch (and may be repeated), and merge removes the worktree too. Git work runs on the
-//! blocking pool; the run row is updated in one transaction after it.
+//! the branch (and may be repeated), and merge removes the worktree too. Git runs, which have
+//! no worktree on the controller, are reviewed on its mirror (`review_git.rs`). Git work runs
+//! on the blocking pool; the run row is updated in one transaction after it.
 
 use super::error::ApiError;
 use super::extract::Id;
+use super::review_git::{self as git, is_git};
 use super::state::AppState;
 use crate::actors::scheduler::{Control, ControlRun, SchedError};
 use crate::api::{
@@ -16,7 +18,7 @@ use crate::db::models::RunRow;
 use crate::db::{self, DbError};
 use crate::domain::time::now_ms;
 use crate::domain::{MergeStrategy, ReviewStatus, RunStatus};
-use crate::workspace::{self as ws, WorkspaceError};
+use crate::workspace::{self as ws, Cause, WorkspaceError};
 use actix_web::http::StatusCode;
 use actix_web::{mime, web, HttpMessage, HttpRequest, HttpResponse};
 use serde::de::DeserializeOwned;
@@ -97,11 +99,19 @@ fn git_error(e: WorkspaceError) -> ApiError {
         WorkspaceError::DirtyCheckout { .. } => ApiError::conflict("dirty_checkout", e.to_string()),
         WorkspaceError::NotFound { .. } => ApiError::conflict("branch_not_found", e.to_string()),
         WorkspaceError::Open { .. } => ApiError::conflict("workspace_unavailable", e.to_string()),
+        // Remote failures name the host and the cause, never git's own words.
+        WorkspaceError::Remote(r) => match &r.cause {
+            Cause::Rejected(_) => ApiError::conflict("push_rejected", r.to_string()),
+            Cause::NotAllowed(_) | Cause::BadUrl(_) => {
+                ApiError::conflict("remote_not_allowed", r.to_string())
+            }
+            _ => ApiError::new(StatusCode::BAD_GATEWAY, "remote_failed", r.to_string()),
+        },
         other => ApiError::internal(other),
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WorkspaceError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -132,6 +142,9 @@ pub async fn diff(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiEr
     if let Some(s) = snapshot(&st, &run.id).await? {
         return Ok(HttpResponse::Ok().json(s.diff));
     }
+    if is_git(&run) {
+        return Ok(HttpResponse::Ok().json(git::diff(&st, &run).await?));
+    }
     let wt = worktree_of(&run)?;
     let root = PathBuf::from(&run.workspace_root);
     let live = blocking(move || ws::run_diff(&root, &wt)).await?;
@@ -148,6 +161,7 @@ async fn record(
     pr_url: Option<String>,
     merge_commit: Option<String>,
     removed_worktree: bool,
+    pushed: Option<(String, String)>,
 ) -> Result<(), ApiError> {
     let run_id = id.to_string();
     st.db
@@ -161,6 +175,10 @@ async fn record(
             if removed_worktree {
                 row.worktree_cleanup_status = Some("cleaned".into());
                 row.worktree_cleaned_at = Some(now);
+            }
+            if let Some((branch, commit)) = pushed {
+                row.pushed_branch = Some(branch);
+                row.pushed_commit = Some(commit);
             }
             row.updated_at = now;
             db::runs::save(c, &row)?;
@@ -180,6 +198,20 @@ pub async fn scrap(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiE
         &[RunStatus::Completed, RunStatus::Failed],
         "completed or failed to scrap",
     )?;
+    if is_git(&run) {
+        git::scrap(&st, &run).await?;
+        record(
+            &st,
+            &run.id,
+            ReviewStatus::Scrapped,
+            None,
+            None,
+            false,
+            None,
+        )
+        .await?;
+        return Ok(HttpResponse::NoContent().finish());
+    }
     let wt = worktree_of(&run)?;
     let root = PathBuf::from(&run.workspace_root);
     blocking(move || {
@@ -187,7 +219,7 @@ pub async fn scrap(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiE
         ws::delete_branch(&root, &wt.run_branch)
     })
     .await?;
-    record(&st, &run.id, ReviewStatus::Scrapped, None, None, true).await?;
+    record(&st, &run.id, ReviewStatus::Scrapped, None, None, true, None).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -224,6 +256,21 @@ pub async fn merge(
     let strategy = strategy_of(&m)?;
     let run = load_run(&st, &id.0).await?;
     require_status(&run, &[RunStatus::Completed], "completed to merge")?;
+    if is_git(&run) {
+        let sha = git::merge(&st, &run, strategy).await?;
+        let merged = Some(sha.clone());
+        record(
+            &st,
+            &run.id,
+            ReviewStatus::Merged,
+            None,
+            merged,
+            false,
+            None,
+        )
+        .await?;
+        return Ok(HttpResponse::Ok().json(MergeResponse { commit: sha }));
+    }
     let wt = worktree_of(&run)?;
     let root = PathBuf::from(&run.workspace_root);
     let commit = blocking(move || {
@@ -248,6 +295,7 @@ pub async fn merge(
         None,
         Some(sha.clone()),
         removed,
+        None,
     )
     .await?;
     Ok(HttpResponse::Ok().json(MergeResponse { commit: sha }))
@@ -264,11 +312,27 @@ pub async fn create_pr(
     let p: CreatePrRequest = optional_json(&st, &req, &body)?;
     let run = load_run(&st, &id.0).await?;
     require_status(&run, &[RunStatus::Completed], "completed to create PR")?;
-    let wt = worktree_of(&run)?;
     let title = p.title.unwrap_or_else(|| run.name.clone());
     let text = p
         .body
         .unwrap_or_else(|| format!("Created by loopd run {}", run.id));
+    if is_git(&run) {
+        let pr = git::create_pr(&st, &run, &title, &text).await?;
+        let (url, pushed) = (pr.url.clone(), Some((pr.branch, pr.commit)));
+        let pr_url = Some(url.clone());
+        record(
+            &st,
+            &run.id,
+            ReviewStatus::PrCreated,
+            pr_url,
+            None,
+            false,
+            pushed,
+        )
+        .await?;
+        return Ok(HttpResponse::Ok().json(CreatePrResponse { url }));
+    }
+    let wt = worktree_of(&run)?;
     let url = gh_pr_create(
         &PathBuf::from(&run.workspace_root),
         &wt.run_branch,
@@ -284,6 +348,7 @@ pub async fn create_pr(
         Some(url.clone()),
         None,
         false,
+        None,
     )
     .await?;
     Ok(HttpResponse::Ok().json(CreatePrResponse { url }))
@@ -310,13 +375,7 @@ pub(super) async fn gh_pr_create(
                 GH_TIMEOUT.as_secs()
             )))
         }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "gh_unavailable",
-                "gh CLI not available: install GitHub's gh on the daemon's PATH",
-            ))
-        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Err(gh_unavailable()),
         Ok(Err(e)) => return Err(gh_failed(format!("cannot run gh: {e}"))),
         Ok(Ok(out)) => out,
     };
@@ -332,6 +391,26 @@ pub(super) async fn gh_pr_create(
         Some(url) => Ok(url.to_string()),
         None => Err(gh_failed("gh pr create returned empty output".into())),
     }
+}
+
+/// 503: there is no `gh` to run.
+pub(super) fn gh_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "gh_unavailable",
+        "gh CLI not available: install GitHub's gh on the daemon's PATH",
+    )
+}
+
+/// Whether an executable `gh` is on the daemon's `PATH` (checked before a git run's branch is
+/// pushed for a pull request that could not be opened).
+pub(super) fn gh_on_path() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join("gh"))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// `gh` ran and failed: what it said is the user's to see (it is their tool and account).

@@ -12,6 +12,7 @@ use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
 use crate::settings::{ClientToken, LimitSettings, Secret};
+use crate::workspace::Mirrors;
 use actix::Addr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub hub: EventHub,
     pub store: ArtifactStore,
     pub output: OutputStore,
+    /// The cached mirrors of git runs' repositories (their review works there).
+    pub mirrors: Arc<Mirrors>,
     pub metrics: Arc<Metrics>,
     pub scheduler: Addr<SchedulerActor>,
     pub lease: Addr<LeaseActor>,

@@ -1,8 +1,9 @@
-//! The review diff of a shared_fs run (docs/api.md "Review"): the commits of the run branch
-//! since its base branch, each with its files and patches, and the aggregate change. While the
-//! run's worktree exists the aggregate also holds what the agent left uncommitted (untracked
-//! files as added). Computed with git2, in memory; called by the review API and, at
-//! completion, for the `review-diff.json` snapshot.
+//! The review diff of a run (docs/review.md "Diff"): the commits of the run branch since its
+//! base, each with its files and patches, and the aggregate change. For a shared_fs run, while
+//! its worktree exists, the aggregate also holds what the agent left uncommitted (untracked
+//! files as added); a git run's diff is between two commits of the controller's mirror.
+//! Computed with git2, in memory; called by the review API and, at completion, for the
+//! `review-diff.json` snapshot.
 
 use super::error::{Context, WorkspaceError};
 use super::{repo, Result};
@@ -19,11 +20,54 @@ pub fn run_diff(workspace_root: &Path, wt: &RunWorktree) -> Result<RunDiffSnapsh
     diff_in(&repository, wt, Some(Path::new(&wt.worktree_path)))
 }
 
-/// [`run_diff`] in a repository without work trees (the controller's mirror of a git run):
-/// committed changes only.
-pub fn run_diff_bare(repository_path: &Path, wt: &RunWorktree) -> Result<RunDiffSnapshot> {
+/// The diff between two commits of a repository without work trees (the controller's mirror
+/// of a git run): `base_sha..head_sha`, shown as `base_ref` and `head_ref`. Committed changes
+/// only; the aggregate files are `base...head`.
+pub fn commits_diff(
+    repository_path: &Path,
+    (base_ref, base_sha): (&str, &str),
+    (head_ref, head_sha): (&str, &str),
+) -> Result<RunDiffSnapshot> {
     let repository = repo::open(repository_path)?;
-    diff_in(&repository, wt, None)
+    let find = |sha: &str| {
+        git2::Oid::from_str(sha)
+            .and_then(|oid| repository.find_commit(oid))
+            .map_err(|_| WorkspaceError::NotFound {
+                what: "commit",
+                name: sha.to_string(),
+                place: repo::place(&repository),
+            })
+    };
+    let (base, head) = (find(base_sha)?, find(head_sha)?);
+    let commits = commits(&repository, &base, &head)?;
+    let files = committed_files(&repository, &base, &head, head_ref)?;
+    Ok(RunDiffSnapshot {
+        diff: RunDiff {
+            base_ref: base_ref.to_string(),
+            head_ref: head_ref.to_string(),
+            commits,
+            stats: stats_of(&files),
+            files,
+        },
+        base_sha: base.id().to_string(),
+        head_sha: head.id().to_string(),
+    })
+}
+
+/// The files `head` changed since its common history with `base` (`git diff base...head`).
+fn committed_files(
+    repository: &Repository,
+    base: &Commit,
+    head: &Commit,
+    head_ref: &str,
+) -> Result<Vec<DiffFile>> {
+    let merge_base = repository
+        .merge_base(base.id(), head.id())
+        .and_then(|oid| repository.find_commit(oid))
+        .context(|| format!("no common history of {} and {head_ref}", base.id()))?;
+    let old = tree_of(&merge_base)?;
+    let new = tree_of(head)?;
+    files_of(tree_diff(repository, Some(&old), &new)?)
 }
 
 fn diff_in(
@@ -53,15 +97,7 @@ fn diff_in(
                 .context(|| format!("cannot diff the worktree {}", path.display()))?;
             files_of(diff)?
         }
-        None => {
-            let merge_base = repository
-                .merge_base(base.id(), head.id())
-                .and_then(|oid| repository.find_commit(oid))
-                .context(|| format!("no common history of {} and {head_ref}", wt.base_branch))?;
-            let old = tree_of(&merge_base)?;
-            let new = tree_of(&head)?;
-            files_of(tree_diff(repository, Some(&old), &new)?)?
-        }
+        None => committed_files(repository, &base, &head, &head_ref)?,
     };
     Ok(RunDiffSnapshot {
         diff: RunDiff {

@@ -63,6 +63,23 @@ pub fn merge_run_branch(workspace_root: &Path, wt: &RunWorktree) -> Result<Optio
     Ok(Some(new.to_string()))
 }
 
+/// The commit that merging `run` into `current` (the target branch `target`'s tip) with
+/// `strategy` makes, written to the object database of `repository` without moving any ref:
+/// `current` itself when there is nothing to merge, `run` for a fast-forward. A conflict fails
+/// with the conflicting paths. Used for git runs, whose target is pushed to the remote.
+pub(crate) fn merged_commit(
+    repository: &Repository,
+    current: &Commit,
+    run: &Commit,
+    (run_branch, target): (&str, &str),
+    strategy: MergeStrategy,
+) -> Result<Oid> {
+    match strategy {
+        MergeStrategy::Squash => squash(repository, current, run, run_branch, target),
+        _ => merge(repository, current, run, run_branch, target),
+    }
+}
+
 fn merge(
     repository: &Repository,
     current: &Commit,

@@ -119,15 +119,7 @@ impl Mirrors {
         }
         // Packs land atomically and the push writes no local ref: no mirror lock is needed.
         if let Some(bundle) = bundle {
-            match import_bundle(&path, bundle) {
-                Err(WorkspaceError::MissingPrerequisite { .. }) => {
-                    self.fetch(repo_url)?;
-                    import_bundle(&path, bundle)?;
-                }
-                other => {
-                    other?;
-                }
-            }
+            self.import(repo_url, bundle)?;
         }
         let refspec = format!("{head}:refs/heads/{branch}");
         let args = [
@@ -142,8 +134,22 @@ impl Mirrors {
         Ok(())
     }
 
+    /// Imports the commits of the bundle file `bundle` into the mirror of `repo_url` (which
+    /// must exist), fetching the mirror first when the bundle needs a commit it lacks; the
+    /// bundle's head sha. No ref is written.
+    pub(super) fn import(&self, repo_url: &str, bundle: &Path) -> Result<String> {
+        let path = self.path_of(repo_url);
+        match import_bundle(&path, bundle) {
+            Err(WorkspaceError::MissingPrerequisite { .. }) => {
+                self.fetch(repo_url)?;
+                import_bundle(&path, bundle)
+            }
+            other => other,
+        }
+    }
+
     /// The lock of the mirror at `path`.
-    fn lock_of(&self, path: &Path) -> Arc<Mutex<()>> {
+    pub(super) fn lock_of(&self, path: &Path) -> Arc<Mutex<()>> {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         busy.entry(path.to_path_buf()).or_default().clone()
     }
@@ -172,6 +178,12 @@ impl Mirrors {
             .map_err(|_| not_found(reference))?;
         let name = reference.strip_prefix("refs/heads/").unwrap_or(reference);
         Ok((name.to_string(), commit.id().to_string()))
+    }
+
+    /// Whether `name` is a branch of the mirror of `repo_url`.
+    pub fn is_branch(&self, repo_url: &str, name: &str) -> bool {
+        self.open(repo_url)
+            .is_ok_and(|mirror| repo::branch_exists(&mirror, name))
     }
 
     /// The content of the file `path` at commit `sha` in the mirror of `repo_url`; `None` when
@@ -221,7 +233,7 @@ impl Mirrors {
         Ok(object.as_blob().map(|blob| blob.content().to_vec()))
     }
 
-    fn open(&self, repo_url: &str) -> Result<Repository> {
+    pub(super) fn open(&self, repo_url: &str) -> Result<Repository> {
         let path = self.path_of(repo_url);
         if !path.exists() {
             return Err(WorkspaceError::NoMirror {

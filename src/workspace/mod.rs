@@ -10,6 +10,7 @@ pub mod diff;
 mod error;
 pub mod merge;
 pub mod mirror;
+pub mod mirror_review;
 pub mod naming;
 pub mod remote;
 mod repo;
@@ -20,12 +21,13 @@ mod tests;
 
 pub use bundle::{import_bundle, write_bundle};
 pub use clone::{checkpoint_commit, prepare_clone, Source};
-pub use diff::{run_diff, run_diff_bare};
+pub use diff::{commits_diff, run_diff};
 pub use error::WorkspaceError;
 pub use merge::merge_run_branch;
 pub use mirror::Mirrors;
+pub use mirror_review::{run_ref, GitRunHead};
 pub use naming::{expand_path_template, slug, DEFAULT_PATH_TEMPLATE};
-pub use remote::{RemoteError, Remotes};
+pub use remote::{Cause, RemoteError, Remotes};
 pub use worktree::{
     create_worktree, delete_branch, detect_base_branch, is_clean, list_worktrees, plan_worktree,
     remove_listed_worktree, remove_worktree, Listed,

@@ -17,6 +17,7 @@ mod controllers;
 mod drain;
 mod failover;
 mod git_remotes;
+mod git_review;
 mod git_runs;
 mod output;
 mod s3_outage;

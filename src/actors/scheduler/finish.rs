@@ -8,7 +8,8 @@
 
 use super::error::SchedError;
 use super::finish_git::{
-    cleanup_worktree, merge_if_configured, push_if_configured, MergeResult, PushResult,
+    cleanup_worktree, git_base_ref, git_run_head, merge_if_configured, push_if_configured,
+    MergeResult, PushResult,
 };
 use crate::actors::events::EventHub;
 use crate::actors::run_progress::outcome::FinishPlan;
@@ -20,7 +21,7 @@ use crate::domain::artifact_kind::artifact_kind;
 use crate::domain::events as ev;
 use crate::domain::report::{self, RunFacts, StepFacts};
 use crate::domain::time::now_ms;
-use crate::domain::RunStatus;
+use crate::domain::{RunStatus, WorkspaceSource};
 use crate::workspace::Mirrors;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -196,14 +197,33 @@ impl Finisher {
     /// diff does not change after merge, scrap or reset. Skipped above 50 MiB; a failure is
     /// logged (the live diff remains).
     async fn write_diff_snapshot(&self, run: &RunRow) {
-        let Some(w) = run.worktree() else { return };
-        let root = run.workspace_root.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let snap = crate::workspace::run_diff(std::path::Path::new(&root), &w)
-                .map_err(|e| e.to_string())?;
-            serde_json::to_vec(&snap).map_err(|e| e.to_string())
-        })
-        .await;
+        let r = if run.workspace_source == WorkspaceSource::Git.as_str() {
+            let (head, bundle) = match git_run_head(&self.db, &self.store, run).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(run_id = %run.id, error = %e, "cannot compute the diff snapshot");
+                    return;
+                }
+            };
+            let (mirrors, base_ref) = (self.mirrors.clone(), git_base_ref(run));
+            tokio::task::spawn_blocking(move || {
+                mirrors
+                    .import_run(&head, bundle.as_deref())
+                    .and_then(|()| mirrors.run_diff(&head, &base_ref))
+                    .map_err(|e| e.to_string())
+                    .and_then(|snap| serde_json::to_vec(&snap).map_err(|e| e.to_string()))
+            })
+            .await
+        } else {
+            let Some(w) = run.worktree() else { return };
+            let root = run.workspace_root.clone();
+            tokio::task::spawn_blocking(move || {
+                let snap = crate::workspace::run_diff(std::path::Path::new(&root), &w)
+                    .map_err(|e| e.to_string())?;
+                serde_json::to_vec(&snap).map_err(|e| e.to_string())
+            })
+            .await
+        };
         match r {
             Ok(Ok(bytes)) if bytes.len() <= REVIEW_DIFF_MAX_BYTES => {
                 self.store_artifact(&run.id, None, REVIEW_DIFF_NAME, bytes)

@@ -11,7 +11,8 @@ use crate::domain::events as ev;
 use crate::domain::time::now_ms;
 use crate::domain::{MergeStrategy, StepPhase, StepStatus};
 use crate::workspace::worktree as wt;
-use crate::workspace::Mirrors;
+use crate::workspace::{GitRunHead, Mirrors};
+use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -148,6 +149,35 @@ async fn push_branch(
     url: &str,
     branch: &str,
 ) -> Result<String, String> {
+    let (head, bundle) = git_run_head(db, store, run).await?;
+    let mirrors = mirrors.clone();
+    let (url, branch) = (url.to_string(), branch.to_string());
+    let commit = head.head.clone();
+    tokio::task::spawn_blocking(move || {
+        if bundle.is_some() {
+            mirrors
+                .import_run(&head, bundle.as_deref())
+                .map_err(|e| e.to_string())?;
+        }
+        mirrors
+            .push_branch(&url, None, &head.head, &branch)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("push task failed: {e}"))??;
+    Ok(commit)
+}
+
+/// A git run as its review and its push see it, with the bytes of its newest checkpoint
+/// bundle (none when no step made one yet: its head is then the commit it started from).
+pub(crate) async fn git_run_head(
+    db: &Db,
+    store: &ArtifactStore,
+    run: &RunRow,
+) -> Result<(GitRunHead, Option<Bytes>), String> {
+    let (Some(url), Some(base)) = (&run.repo_url, &run.repo_ref) else {
+        return Err("the run has no repository or commit".into());
+    };
     let id = run.id.clone();
     let found = db
         .run(move |c| {
@@ -165,38 +195,29 @@ async fn push_branch(
             let bytes = store
                 .get(&art.object_key)
                 .await
-                .map_err(|e| format!("cannot read the final checkpoint: {e}"))?;
+                .map_err(|e| format!("cannot read the newest checkpoint: {e}"))?;
             (head, Some(bytes))
         }
-        _ => match &run.repo_ref {
-            Some(sha) => (sha.clone(), None),
-            None => return Err("the run has no commit to push".into()),
-        },
+        _ => (base.clone(), None),
     };
-    let mirrors = mirrors.clone();
-    let (url, branch, id) = (url.to_string(), branch.to_string(), run.id.clone());
-    let commit = head.clone();
-    tokio::task::spawn_blocking(move || {
-        let file = match bundle {
-            Some(bytes) => {
-                let dir = mirrors.path_of(&url).with_extension("pushes");
-                let file = dir.join(format!("{id}.bundle"));
-                std::fs::create_dir_all(&dir)
-                    .and_then(|()| std::fs::write(&file, &bytes))
-                    .map_err(|e| format!("cannot write the bundle to push: {e}"))?;
-                Some(file)
-            }
-            None => None,
-        };
-        let pushed = mirrors.push_branch(&url, file.as_deref(), &head, &branch);
-        if let Some(f) = &file {
-            let _ = std::fs::remove_file(f);
-        }
-        pushed.map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| format!("push task failed: {e}"))??;
-    Ok(commit)
+    let head = GitRunHead {
+        repo_url: url.clone(),
+        run_id: run.id.clone(),
+        run_branch: run.git_run_branch(&run.config()),
+        base_sha: base.clone(),
+        head,
+    };
+    Ok((head, bundle))
+}
+
+/// What a git run's diff shows as its base: the branch it started from (its `base_branch`),
+/// else the commit.
+pub(crate) fn git_base_ref(run: &RunRow) -> String {
+    run.config()
+        .base_branch
+        .filter(|b| !b.trim().is_empty())
+        .or_else(|| run.repo_ref.clone())
+        .unwrap_or_default()
 }
 
 /// What pushing a completed git run's branch did.

@@ -20,4 +20,5 @@ pub use actor::{ControlRun, CreateRun, SchedulerActor, StepFinished};
 pub use control::Control;
 pub use error::SchedError;
 pub use expire::EXPIRED;
+pub(crate) use finish_git::{git_base_ref, git_run_head};
 pub use service::SchedulerService;

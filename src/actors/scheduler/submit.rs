@@ -296,7 +296,7 @@ fn git(
         .ok_or_else(|| bad("a git run needs repo_url"))?;
     let url = url.trim();
     mirrors.fetch(url).map_err(|e| bad(e.to_string()))?;
-    let (_name, sha) = mirrors
+    let (name, sha) = mirrors
         .resolve_ref(url, req.repo_ref.as_deref().filter(|r| !r.is_empty()))
         .map_err(|e| bad(e.to_string()))?;
     let at = req.repo_ref.clone().unwrap_or_else(|| "HEAD".into());
@@ -331,6 +331,11 @@ fn git(
         {
             tracing::warn!(".loop/config at {at}: {w}");
         }
+    }
+    // The branch the run started from is the one its review compares with and merges into
+    // (a request's base_branch still wins); none when it started from a tag or a commit.
+    if mirrors.is_branch(url, &name) {
+        config.base_branch = Some(name);
     }
     Ok(Resolved {
         root: req.workspace_root.trim().to_string(),
