@@ -1,6 +1,6 @@
 //! Command-line definitions: the daemon flags (`loopd --role …`) and the client verbs
 //! (`loopd run|list|inspect|tail|pause|resume|cancel|retry|workers|artifacts|health`, and the
-//! review verbs `diff|merge|scrap|pr|reset|worktrees|worktree-rm`).
+//! review verbs `diff|merge|scrap|pr|reset|worktrees|worktree-rm|analyze`).
 
 use crate::settings::{Overrides, Role};
 use clap::{Args, Parser, Subcommand};
@@ -225,6 +225,19 @@ pub enum Command {
         /// Remove it even with uncommitted changes.
         #[arg(short = 'f', long)]
         force: bool,
+    },
+    /// Analyse an ended run (postmortem): three agent steps write spec-compliance.md,
+    /// run-quality.md and summary.md under `<ws>/logs/loop/run-<id>/analysis/`.
+    Analyze {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        /// The model the analyses use (default: the run's).
+        #[arg(long)]
+        model: Option<String>,
+        /// Only write the prompts and the git snapshot; run nothing.
+        #[arg(long)]
+        prompt_only: bool,
     },
     /// Exit 0 when the daemon answers `GET /ready` with 200; else one error line and exit 1.
     /// One request, no retries (for container healthchecks and scripts that poll).

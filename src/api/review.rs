@@ -97,6 +97,17 @@ pub struct CreatePrResponse {
     pub url: String,
 }
 
+/// `POST /runs/{id}/postmortem` (an empty body means the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostmortemRequest {
+    /// The model the analyses run with (`{model}` of `agent_cmd`). Default: the run's `model`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Only write the git snapshot and the prompts; run nothing.
+    #[serde(default)]
+    pub prompt_only: Option<bool>,
+}
+
 /// `GET /worktrees?workspace=`: the git worktrees of a workspace and the runs they belong to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorktreesEnvelope {

@@ -330,6 +330,12 @@ async fn dispatch(cmd: Command) -> Result<()> {
             workspace,
             force,
         } => review::worktree_rm(&connect(&client).await?, &path, workspace, force).await,
+        Command::Analyze {
+            client,
+            id,
+            model,
+            prompt_only,
+        } => review::analyze(&connect(&client).await?, &id, model, prompt_only).await,
         Command::Health { addr } => health::check(&addr).await,
         Command::Pause { client, id } => control(&client, &id, "pause", "paused").await,
         Command::Resume { client, id } => control(&client, &id, "resume", "resumed").await,

@@ -278,6 +278,30 @@ pub fn diff(d: &RunDiff, patch: bool) -> String {
     out
 }
 
+/// A postmortem's answer: its status and directory, then each report (or prompt) and its file.
+pub fn postmortem(id: &str, v: &serde_json::Value) -> String {
+    let status = v["status"].as_str().unwrap_or("?");
+    let dir = v["analysis_dir"].as_str().unwrap_or("-");
+    let mut out = format!("Postmortem of run {}: {}\n", escaped(id), escaped(status));
+    out.push_str(&format!("analysis: {}\n\n", escaped(dir)));
+    let (header, list) = if status == "prompt_only" {
+        ("PROMPT", &v["prompts"])
+    } else {
+        ("REPORT", &v["reports"])
+    };
+    let rows: Vec<Vec<String>> = ["spec_compliance", "run_quality", "summary"]
+        .iter()
+        .map(|k| {
+            vec![
+                k.replace('_', "-"),
+                list[k].as_str().unwrap_or("-").to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&[header, "FILE"], &rows));
+    out
+}
+
 /// Why a listed worktree is still there.
 fn kept_because(status: Option<&str>, cleanup: Option<&str>) -> String {
     match (status, cleanup) {

@@ -1,6 +1,6 @@
 //! The review verbs (docs/review.md): `loopd diff|merge|scrap|pr|reset ID` over the review
 //! routes of a run, and `loopd worktrees [WS]` / `loopd worktree-rm PATH` over a workspace's
-//! worktrees. Tables for people, the daemon's JSON with `--json`; a refusal is the daemon's
+//! worktrees, and `loopd analyze ID` (the postmortem). Tables for people, the daemon's JSON with `--json`; a refusal is the daemon's
 //! message on one `error:` line.
 
 use super::submit::workspace_filter;
@@ -61,6 +61,26 @@ pub async fn pr(d: &Daemon, id: &str, title: Option<String>, body: Option<String
     render::print(d.json, &raw, || {
         format!("Pull request created: {}\n", p.url)
     });
+    Ok(())
+}
+
+/// `loopd analyze ID [--model M] [--prompt-only]`: the postmortem, then where its files are.
+pub async fn analyze(d: &Daemon, id: &str, model: Option<String>, prompt_only: bool) -> Result<()> {
+    let mut b = serde_json::Map::new();
+    if let Some(m) = model {
+        b.insert("model".into(), m.into());
+    }
+    if prompt_only {
+        b.insert("prompt_only".into(), true.into());
+    }
+    let raw = post(d, id, "postmortem", Some(Value::Object(b))).await?;
+    render::print(d.json, &raw, || render::postmortem(id, &raw));
+    if !prompt_only && raw["status"] != "ok" {
+        return Err(ClientError(format!(
+            "postmortem of run {id} failed (status {})",
+            raw["status"]
+        )));
+    }
     Ok(())
 }
 

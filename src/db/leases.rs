@@ -55,7 +55,8 @@ pub fn allowed_sets(conn: &mut Conn, labels: &[String]) -> Result<Vec<String>, D
     })
 }
 
-/// Claims the oldest claimable step of a RUNNING run that this worker may run, a step that
+/// Claims the oldest claimable step of a RUNNING run (or a postmortem step of any run) that
+/// this worker may run, a step that
 /// prefers this worker before any other. Must run inside a write transaction. A worker that is
 /// draining or revoked gets nothing.
 pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, DbError> {
@@ -75,12 +76,15 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
                         .is_null()
                         .or(steps::not_before.le(loopd_now_ms().nullable())),
                 )
+                // Steps of RUNNING runs, and a postmortem's of any run (it analyses ended ones).
                 .filter(
-                    steps::run_id.eq_any(
-                        runs::table
-                            .filter(runs::status.eq("RUNNING"))
-                            .select(runs::id),
-                    ),
+                    steps::run_id
+                        .eq_any(
+                            runs::table
+                                .filter(runs::status.eq("RUNNING"))
+                                .select(runs::id),
+                        )
+                        .or(steps::phase.eq("postmortem")),
                 )
                 .filter(steps::required_labels.eq_any(allowed.clone()))
                 .filter(

@@ -195,7 +195,22 @@ impl StepRow {
     pub fn set_status(&mut self, status: StepStatus) {
         self.status = status.as_str().to_string();
     }
+
+    /// A postmortem step asked for a model of its own: kept, until the step completes, in
+    /// `runner_notes` (a column only verification steps fill, at their completion), prefixed
+    /// with [`POSTMORTEM_MODEL`]. See [`StepRow::set_postmortem_model`].
+    pub fn postmortem_model(&self) -> Option<&str> {
+        self.runner_notes.as_deref()?.strip_prefix(POSTMORTEM_MODEL)
+    }
+
+    /// Records the model a queued postmortem step runs its agent with.
+    pub fn set_postmortem_model(&mut self, model: &str) {
+        self.runner_notes = Some(format!("{POSTMORTEM_MODEL}{model}"));
+    }
 }
+
+/// The prefix of the model a queued postmortem step keeps in `runner_notes`.
+pub const POSTMORTEM_MODEL: &str = "postmortem-model:";
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = events)]

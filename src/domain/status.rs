@@ -111,6 +111,7 @@ string_enum!(
         Verification => "verification",
         Watchdog => "watchdog",
         Merge => "merge",
+        Postmortem => "postmortem",
     }
 );
 
@@ -123,12 +124,19 @@ impl StepPhase {
             StepPhase::Verification => "verify",
             StepPhase::Watchdog => "watchdog",
             StepPhase::Merge => "merge",
+            StepPhase::Postmortem => "postmortem",
         }
     }
 
-    /// Phases that spawn the agent command (and so get a prompt).
+    /// Phases of the pipeline that spawn the agent command with a prompt the pipeline builds.
     pub fn runs_agent(self) -> bool {
         matches!(self, StepPhase::Implementation | StepPhase::Review)
+    }
+
+    /// Phases whose step runs the agent (the pipeline's, and the postmortem's, whose prompt
+    /// its own route builds).
+    pub fn spawns_agent(self) -> bool {
+        self.runs_agent() || self == StepPhase::Postmortem
     }
 }
 

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod output;
+pub mod postmortem;
 pub mod review;
 mod review_git;
 pub mod runs;
@@ -109,6 +110,11 @@ pub fn runs_api(cfg: &mut web::ServiceConfig) {
         res("/runs/{id}/reset")
             .wrap(submit())
             .route(web::post().to(review::reset)),
+    )
+    .service(
+        res("/runs/{id}/postmortem")
+            .route(web::post().to(postmortem::create).wrap(submit()))
+            .route(web::get().to(postmortem::get).wrap(read())),
     )
     .service(
         res("/runs/{id}/create-pr")

@@ -56,7 +56,7 @@ fn require_status(run: &RunRow, allowed: &[RunStatus], action: &str) -> Result<(
 
 /// A JSON body that may be absent: an empty body is `T::default()`; anything else must be
 /// JSON (415 for another content type, 400 when it does not parse, 413 above the cap).
-fn optional_json<T: DeserializeOwned + Default>(
+pub(super) fn optional_json<T: DeserializeOwned + Default>(
     st: &AppState,
     req: &HttpRequest,
     body: &[u8],

@@ -132,12 +132,13 @@ pub async fn agent(
         return Produced::failed(e, true);
     }
     let prompt = final_prompt(a, &ws.dir).await;
-    let prompt_name = if a.phase == StepPhase::Review {
-        "review-prompt.txt"
-    } else {
-        "prompt.txt"
+    let prompt_name = match a.phase {
+        StepPhase::Review => "review-prompt.txt".to_string(),
+        // Each postmortem step's prompt is kept, beside its log.
+        StepPhase::Postmortem => format!("iter-{:02}-postmortem-prompt.txt", a.attempt),
+        _ => "prompt.txt".to_string(),
     };
-    let prompt_file = dir.join(prompt_name);
+    let prompt_file = dir.join(&prompt_name);
     if let Err(e) = tokio::fs::write(&prompt_file, &prompt).await {
         return Produced::failed(format!("cannot write {prompt_name}: {e}"), true);
     }
@@ -177,7 +178,7 @@ pub async fn agent(
             .unwrap_or_default()
     };
     let mut out_files = vec![
-        (prompt_name.to_string(), prompt_file),
+        (prompt_name.clone(), prompt_file),
         (name(&files.tail), files.tail.clone()),
     ];
     if files.jsonl.exists() {

@@ -140,7 +140,8 @@ async fn work(
         StepPhase::Verification => phases::verify(shared, a, active, &ws, dir, log).await,
         _ => phases::agent(shared, a, active, &ws, dir, log).await,
     };
-    if active.is_abandoned() {
+    // A postmortem looks at the run's work and changes nothing of it: no checkpoint.
+    if active.is_abandoned() || a.phase == StepPhase::Postmortem {
         return (produced, None);
     }
     match workdir::checkpoint(shared, a, &ws).await {

@@ -275,3 +275,52 @@ async fn scrap_pr_reset_and_worktree_rm_act_and_refusals_are_one_line() {
         "error: not allowed: run must be completed or failed to scrap (status: CANCELED)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_runs_the_postmortem_and_prints_where_the_reports_are() {
+    let env = Env::start("cli-analyze", &[]).await;
+    let repo = Repo::create(env.dir.path(), "ws", 1, "tick", &[]);
+    let id = env.submit(&repo).await;
+    env.wait_status(&id, "COMPLETED").await;
+    let analysis = repo
+        .path
+        .canonicalize()
+        .expect("canonical")
+        .join(format!("logs/loop/run-{id}/analysis"));
+    let v = env
+        .client(&repo.path, &["analyze", "--json", "--prompt-only", &id])
+        .await
+        .json();
+    assert_eq!(v["status"], "prompt_only");
+    assert!(!analysis.join("summary.md").exists());
+
+    let text = env
+        .client(&repo.path, &["analyze", &id])
+        .await
+        .ok()
+        .to_string();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("Postmortem of run {id}: ok").as_str())
+    );
+    assert_eq!(
+        lines.next(),
+        Some(format!("analysis: {}", analysis.display()).as_str())
+    );
+    let rows: Vec<&str> = lines.skip_while(|l| !l.starts_with("REPORT")).collect();
+    assert_eq!(header(rows[0]), ["REPORT", "FILE"]);
+    for (row, stem) in rows[1..]
+        .iter()
+        .zip(["spec-compliance", "run-quality", "summary"])
+    {
+        let file = analysis.join(format!("{stem}.md"));
+        assert_eq!(header(row), [stem.to_string(), file.display().to_string()]);
+        assert!(file.is_file(), "{file:?}");
+    }
+    let line = env
+        .client(&repo.path, &["analyze", "nope"])
+        .await
+        .error_line();
+    assert_eq!(line, "error: run not found");
+}

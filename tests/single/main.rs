@@ -8,6 +8,7 @@ mod support;
 mod caps;
 mod helpers;
 mod pipeline;
+mod postmortem;
 mod provider;
 mod recovery;
 mod review;

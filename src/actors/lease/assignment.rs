@@ -35,12 +35,22 @@ pub fn build(
             },
             credential: None,
         }
+    } else if phase == StepPhase::Postmortem {
+        // The analysis looks at the workspace, as the existing daemon's did (the run's
+        // worktree may be gone after a merge or scrap).
+        WorkspaceSpec::SharedFs {
+            path: run.workspace_root.clone(),
+        }
     } else {
         WorkspaceSpec::SharedFs {
             path: paths.workdir.clone(),
         }
     };
-    let command = config.agent_argv().map_err(|e| e.to_string())?;
+    let command = match step.postmortem_model() {
+        Some(model) if phase == StepPhase::Postmortem => config.agent_argv_with_model(model),
+        _ => config.agent_argv(),
+    }
+    .map_err(|e| e.to_string())?;
     let env = BTreeMap::from([
         ("LOOPD_RUN_ID".to_string(), run.id.clone()),
         ("LOOPD_STEP_ID".to_string(), step.id.clone()),
@@ -59,7 +69,7 @@ pub fn build(
         lease_expires_at: rfc3339(lease.expires_at),
         workspace,
         prompt: phase
-            .runs_agent()
+            .spawns_agent()
             .then(|| step.prompt.clone().unwrap_or_default()),
         agent: AgentSpec {
             command,

@@ -33,7 +33,8 @@ BEGIN
      WHERE s.preferred_worker_id = p_worker AND s.status IN ('QUEUED', 'RETRYING')
        AND s.required_labels = ANY (p_allowed)
        AND (s.not_before IS NULL OR s.not_before <= v_now)
-       AND EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = 'RUNNING')
+       AND (s.phase = 'postmortem'
+            OR EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = 'RUNNING'))
      ORDER BY s.queued_at, s.id
      LIMIT 1
      FOR UPDATE OF s SKIP LOCKED;
@@ -43,7 +44,8 @@ BEGIN
            AND s.required_labels = ANY (p_allowed)
            AND (s.not_before IS NULL OR s.not_before <= v_now)
            AND (s.preferred_worker_id IS NULL OR s.queued_at + p_window <= v_now)
-           AND EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = 'RUNNING')
+           AND (s.phase = 'postmortem'
+            OR EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = 'RUNNING'))
          ORDER BY s.queued_at, s.id
          LIMIT 1
          FOR UPDATE OF s SKIP LOCKED;
