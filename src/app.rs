@@ -17,7 +17,7 @@ use crate::db::{self, Db, DbError};
 use crate::domain::WorkerStatus;
 use crate::http::{self, state::AppState};
 use crate::metrics::Metrics;
-use crate::output_store::OutputStore;
+use crate::output_store::{OutputStore, Posted};
 use crate::settings::{Role, Settings, StorageType};
 use crate::worker::WorkerHandle;
 use crate::workspace::mirror::Mirrors;
@@ -288,7 +288,11 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
     settings.budgets.install();
     let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
         .map_err(|e| AppError::Artifacts(e.to_string()))?;
-    let output = OutputStore::new(settings.data_dir.join("output"));
+    // Controllers keep live output in Postgres, where all of them read it.
+    let output = match (settings.role, settings.storage.kind) {
+        (Role::Controller, StorageType::Postgres) => OutputStore::in_database(),
+        _ => OutputStore::new(settings.data_dir.join("output")),
+    };
     let remotes = crate::workspace::Remotes::from_settings(&settings.git);
     let mirrors = Arc::new(Mirrors::new(settings.data_dir.join("mirrors"), remotes));
     let hub = EventHub::new();
@@ -347,7 +351,10 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         .load()
         .await
         .map_err(|e| AppError::Startup(e.to_string()))?;
-    wire_peers(&peers, &lease_svc, &registry_svc);
+    wire_peers(&peers, &lease_svc, &registry_svc, &hub, &output);
+    if peers_task.is_some() {
+        wire_streams(&peers, &hub, &output, &db);
+    }
     match peers_task {
         Some(task) => task
             .spawn()
@@ -390,15 +397,32 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
 }
 
 /// What the other controllers' notices do here, and what taking over the duties does first.
-fn wire_peers(peers: &Arc<Peers>, lease: &Arc<LeaseService>, registry: &Arc<RegistryService>) {
-    let (l, r) = (lease.clone(), registry.clone());
+fn wire_peers(
+    peers: &Arc<Peers>,
+    lease: &Arc<LeaseService>,
+    registry: &Arc<RegistryService>,
+    hub: &EventHub,
+    output: &OutputStore,
+) {
+    let (l, r, h, o) = (lease.clone(), registry.clone(), hub.clone(), output.clone());
     peers.on_notice(Arc::new(move |n| match n {
         Notice::Queued { labels, preferred } => l.queue_changed_here(&labels, preferred.as_deref()),
         Notice::WakeAll => l.wake_all_here(),
         Notice::Worker(id) => r.forget(&id),
+        Notice::Run(id) => h.notify_here(&id),
+        Notice::Output {
+            run_id,
+            step_id,
+            byte,
+        } => o.posted_elsewhere(Posted {
+            run_id,
+            step_id,
+            byte,
+        }),
         Notice::Reset => {
             l.wake_all_here();
             r.forget_all();
+            h.notify_every_run_here();
         }
         Notice::DutiesFree => {}
     }));
@@ -407,6 +431,26 @@ fn wire_peers(peers: &Arc<Peers>, lease: &Arc<LeaseService>, registry: &Arc<Regi
         let r = r.clone();
         Box::pin(async move { r.take_over().await.map_err(|e| e.to_string()) })
     }));
+}
+
+/// Live streams across controllers: a run's wake-ups are sent to the other controllers, and
+/// output stored here is announced to them (their relays read it for their readers).
+fn wire_streams(peers: &Arc<Peers>, hub: &EventHub, output: &OutputStore, db: &Db) {
+    let p = peers.clone();
+    hub.forward_to(Arc::new(move |run_id| {
+        p.publish(Notice::Run(run_id.to_string()))
+    }));
+    if output.shared() {
+        output.start_relay(db.clone());
+        let p = peers.clone();
+        output.on_append(Arc::new(move |posted: Posted| {
+            p.publish(Notice::Output {
+                run_id: posted.run_id,
+                step_id: posted.step_id,
+                byte: posted.byte,
+            })
+        }));
+    }
 }
 
 /// Single role at start: the previous process and its runner are gone, so its workers are

@@ -29,7 +29,7 @@ pub async fn run(o: &Opts, t: &mut Table) {
     })
     .await
     .expect("the first controller takes the duties");
-    let second = c.ctl.twin(&c.dir.path().join("second.log"));
+    let second = c.ctl.sibling(&c.dir.path().join("second"));
     second.wait_ready("/ready").await;
     let other = second.url();
 

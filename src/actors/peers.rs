@@ -53,6 +53,14 @@ pub enum Notice {
     WakeAll,
     /// A worker's row changed (offline, revoked): drop it from caches.
     Worker(String),
+    /// The run changed (events, steps, status): wake its live streams.
+    Run(String),
+    /// Output of the run's step was stored from byte `byte` on.
+    Output {
+        run_id: String,
+        step_id: String,
+        byte: u64,
+    },
     /// The duties' holder let go: try to take them now.
     DutiesFree,
     /// Notices may have been missed (the session was opened again): wake every waiter and
@@ -69,6 +77,12 @@ impl Notice {
             ),
             Notice::WakeAll => format!("a\t{node}"),
             Notice::Worker(id) => format!("w\t{node}\t{id}"),
+            Notice::Run(id) => format!("c\t{node}\t{id}"),
+            Notice::Output {
+                run_id,
+                step_id,
+                byte,
+            } => format!("o\t{node}\t{run_id}\t{step_id}\t{byte}"),
             Notice::DutiesFree => format!("f\t{node}"),
             Notice::Reset => format!("r\t{node}"),
         }
@@ -85,6 +99,12 @@ impl Notice {
             },
             "a" => Notice::WakeAll,
             "w" => Notice::Worker(f.next()?.to_string()),
+            "c" => Notice::Run(f.next()?.to_string()),
+            "o" => Notice::Output {
+                run_id: f.next()?.to_string(),
+                step_id: f.next()?.to_string(),
+                byte: f.next()?.parse().ok()?,
+            },
             "f" => Notice::DutiesFree,
             _ => return None,
         };
@@ -413,6 +433,12 @@ mod tests {
             },
             Notice::WakeAll,
             Notice::Worker("abc".into()),
+            Notice::Run("r1".into()),
+            Notice::Output {
+                run_id: "r1".into(),
+                step_id: "s1".into(),
+                byte: 12345,
+            },
             Notice::DutiesFree,
         ] {
             let text = n.encode("node1");

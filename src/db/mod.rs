@@ -16,6 +16,7 @@ pub mod leases;
 pub mod listen;
 mod migrate;
 pub mod models;
+pub mod output;
 mod pg;
 mod pg_pool;
 mod requeue;

@@ -65,18 +65,18 @@ fn locate(
     offset: u64,
     hint: Option<&Place>,
 ) -> Result<Located, DbError> {
-    let io = |e: crate::output_store::OutputError| DbError::Join(e.to_string());
     let run = db::runs::require(c, run_id)?;
     let ended = run.run_status().is_some_and(RunStatus::is_terminal);
     let steps = db::steps::for_run(c, run_id)?;
+    let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    let sizes = st.output.units_of(c, run_id, &ids)?;
     let mut start = 0u64;
-    for s in &steps {
-        let size = st.output.units(run_id, &s.id).map_err(io)?;
+    for (s, size) in steps.iter().zip(sizes) {
         if offset < start + size {
             let known = hint.filter(|h| h.step_id == s.id && h.start == start && h.unit == offset);
             let at = match known {
                 Some(h) => Some(h.clone()),
-                None => match st.output.seek(run_id, &s.id, offset - start).map_err(io)? {
+                None => match st.output.seek(c, run_id, &s.id, offset - start)? {
                     Seek::Found(byte, unit) => Some(Place {
                         step_id: s.id.clone(),
                         start,
@@ -102,10 +102,7 @@ async fn read_store(c: &mut OutputCursor) -> Result<Option<Arc<Frame>>, bool> {
             .run(move |conn| {
                 let found = locate(conn, &st, &rid, off, hint.as_ref())?;
                 let chunk = match &found.at {
-                    Some(at) => st
-                        .output
-                        .read(&rid, &at.step_id, at.byte, CHUNK)
-                        .map_err(|e| DbError::Join(e.to_string()))?,
+                    Some(at) => st.output.read(conn, &rid, &at.step_id, at.byte, CHUNK)?,
                     None => Vec::new(),
                 };
                 Ok::<_, DbError>((found, chunk))
@@ -159,7 +156,12 @@ async fn take_live(c: &mut OutputCursor) -> Next {
                 c.read = true;
                 Next::Wait
             }
-            Ok(false) => Next::Send(Bytes::from_static(b": keep-alive\n\n")),
+            // Storage is read again after a quiet period: a wake-up that never came (another
+            // controller's notice missed while its session was down) is made good here.
+            Ok(false) => {
+                c.read = true;
+                Next::Send(Bytes::from_static(b": keep-alive\n\n"))
+            }
             Err(()) => Next::End,
         },
     }

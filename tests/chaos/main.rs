@@ -146,8 +146,8 @@ async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
         &as_refs(&cenv),
     );
     controller.wait_ready("/ready").await;
-    // The second shares the first's data dir (live output) and logs beside it.
-    let second = controller.twin(&dir.path().join("controller-2.log"));
+    // The second has a data dir of its own: the controllers share only the database.
+    let second = controller.sibling(&dir.path().join("controller-2"));
     second.wait_ready("/ready").await;
     let mut controllers = [controller, second];
     let base = controllers[0].url();

@@ -1,4 +1,4 @@
-//! Direct reads of the controller's database and files: row fingerprints (to check that a
+//! Direct reads of the controller's database: row fingerprints (to check that a
 //! refused request changed nothing), stored events, instance pins, held output.
 
 use crate::harness::Ctl;
@@ -29,6 +29,7 @@ impl Ctl {
             "SELECT count(*) AS n, coalesce(md5(string_agg(id || sha256, ',' ORDER BY id)), '') AS md5 FROM artifacts",
             "SELECT count(*) AS n, coalesce(md5(string_agg(id || token_hash || coalesce(instance_id,''), ',' ORDER BY id)), '') AS md5 FROM workers",
             "SELECT count(*) AS n, coalesce(md5(string_agg(step_id || worker_id || epoch::text, ',' ORDER BY step_id)), '') AS md5 FROM leases",
+            "SELECT count(*) AS n, coalesce(md5(string_agg(step_id || bytes::text || units::text, ',' ORDER BY step_id)), '') AS md5 FROM output_heads",
         ];
         let mut c = self.pg();
         queries
@@ -90,14 +91,19 @@ impl Ctl {
     }
 
     /// Bytes of live output the controller holds for a step.
-    pub fn output_size(&self, run: &str, step: &str) -> u64 {
-        let f = self
-            .proc
-            .data_dir
-            .join("output")
-            .join(run)
-            .join(format!("{step}.log"));
-        std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)
+    pub fn output_size(&self, _run: &str, step: &str) -> u64 {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let r: Option<Row> =
+            diesel::sql_query("SELECT bytes AS n FROM output_heads WHERE step_id = $1")
+                .bind::<Text, _>(step)
+                .get_result(&mut self.pg())
+                .optional()
+                .expect("output_heads");
+        r.map_or(0, |r| r.n as u64)
     }
 }
 

@@ -111,15 +111,15 @@ impl Cluster {
         cluster
     }
 
-    /// Starts one more controller on the same database, store and data dir (where the live
-    /// output is: the controllers share it), logging into `controller<N>.log`, and waits until
-    /// it is ready.
+    /// Starts one more controller on the same database and artifact store, with a data dir of
+    /// its own (`controller<N>`: nothing is shared through it, live output included), and
+    /// waits until it is ready.
     pub async fn add_controller(&mut self) -> &Loopd {
-        let log = self
+        let dir = self
             .dir
             .path()
-            .join(format!("controller{}.log", self.others.len() + 1));
-        let c = self.controller.twin(&log);
+            .join(format!("controller{}", self.others.len() + 1));
+        let c = self.controller.sibling(&dir);
         c.wait_ready("/ready").await;
         self.others.push(c);
         self.others.last().expect("just added")

@@ -4,9 +4,13 @@
 //! its output; the other controller, which never saw it register, knows it from the database.
 //! A step queued through one controller wakes a worker long-polling on the other. The
 //! controller holding the duties killed: the other takes them over, and nothing is lost or
-//! done twice. Both restarted with SIGTERM one after the other: no run lost.
+//! done twice. Both restarted with SIGTERM one after the other: no run lost. Every controller
+//! has a data dir of its own: a client tailing a run's output or events through one controller
+//! sees, live, what a worker posts through another.
 
 use crate::cluster::{Cluster, Timings};
+use crate::output::{read_until, Collected};
+use crate::sse::Reader;
 use crate::support::proc::bin;
 use crate::support::repo::Repo;
 use crate::support::wait_for;
@@ -18,17 +22,13 @@ const DUTIES_TAKEN: &str = "controller duties taken";
 /// What a controller stopped with SIGTERM logs once it handed over.
 const HANDED_OVER: &str = "handed over: long polls answered, duties released";
 
-/// Each `drip` line of every implementation step's live output exactly once, in order.
-fn assert_output_whole(c: &Cluster, id: &str, steps: &[serde_json::Value], lines: usize) {
+/// Each `drip` line of every implementation step's live output exactly once, in order, read
+/// through the runs API of `c.controller` (whichever controller the worker wrote through).
+async fn assert_output_whole(c: &Cluster, id: &str, steps: &[serde_json::Value], lines: usize) {
+    let got = read_all_output(c, &c.url(&format!("/runs/{id}/output"))).await;
     for s in steps.iter().filter(|s| s["phase"] == "implementation") {
         let step = s["id"].as_str().expect("step id");
-        let path = c
-            .controller
-            .data_dir
-            .join("output")
-            .join(id)
-            .join(format!("{step}.log"));
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = got.steps.get(step).cloned().unwrap_or_default();
         for i in 1..=lines {
             let line = format!("drip line {i} of {lines}\n");
             assert_eq!(
@@ -38,6 +38,18 @@ fn assert_output_whole(c: &Cluster, id: &str, steps: &[serde_json::Value], lines
             );
         }
     }
+}
+
+/// The whole output stream of an ended run (no gap, no repeat: [`Collected`] checks).
+async fn read_all_output(c: &Cluster, url: &str) -> Collected {
+    let mut got = Collected::default();
+    let mut r = Reader::open(&c.http, url).await;
+    read_until(&mut r, &mut got, |_| false).await;
+    got
+}
+
+fn holds(got: &Collected, text: &str) -> bool {
+    got.steps.values().any(|t| t.contains(text))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +97,7 @@ async fn a_worker_moves_to_the_next_controller_when_its_controller_is_killed() {
         ],
         "each task's commit exactly once"
     );
-    assert_output_whole(&c, &id, &steps, 10);
+    assert_output_whole(&c, &id, &steps, 10).await;
 
     // The CLI given both controllers uses the one that answers.
     let out = std::process::Command::new(bin())
@@ -157,7 +169,7 @@ async fn assert_nothing_lost(c: &Cluster, repos: &[(Repo, String)], tasks: usize
             want,
             "each task's commit exactly once"
         );
-        assert_output_whole(c, id, &steps, lines);
+        assert_output_whole(c, id, &steps, lines).await;
     }
 }
 
@@ -272,4 +284,102 @@ async fn controllers_restarted_one_after_the_other_lose_no_run() {
         std::mem::swap(&mut c.controller, &mut c.others[0]);
     }
     assert_nothing_lost(&c, &runs, 3, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_tails_through_one_controller_what_a_worker_posts_through_the_other() {
+    let mut c = Cluster::start("tail_across", 0, Timings::default()).await;
+    let b = c.add_controller().await.url();
+    let a = c.controller.url();
+    // The worker posts through the first only; the client reads through the second, then the
+    // first, then the second again (data dirs of their own: only the database is shared).
+    c.add_worker_of(&a, &[], &[]).await;
+    let repo = Repo::create(c.dir.path(), "origin", 2, "drip8 30", &[]);
+    let id = c.submit_git(&repo, &[]).await;
+    let events = {
+        let (http, url) = (c.http.clone(), format!("{b}/runs/{id}/events"));
+        tokio::spawn(async move {
+            let mut r = Reader::open(&http, &url).await;
+            let mut frames = Vec::new();
+            while let Ok(Some(f)) = r.next(Duration::from_secs(60)).await {
+                frames.push(f);
+            }
+            (frames, std::time::Instant::now())
+        })
+    };
+    let (out_a, out_b) = (
+        format!("{a}/runs/{id}/output"),
+        format!("{b}/runs/{id}/output"),
+    );
+    let mut got = Collected::default();
+    let mut r = Reader::open(&c.http, &out_b).await;
+    read_until(&mut r, &mut got, |g| holds(g, "drip line 5 of 30")).await;
+    assert!(
+        holds(&got, "drip line 5 of 30"),
+        "output came through the other"
+    );
+    let steps = c.steps(&id).await;
+    assert_eq!(steps[0]["status"], "IN_PROGRESS", "bytes arrive live");
+    assert!(
+        !holds(&got, "drip line 30 of 30"),
+        "live, not the finished log"
+    );
+
+    // A reconnect mid-stream, to the other controller, as EventSource does it.
+    drop(r);
+    let last = got.cursor.to_string();
+    let mut r = Reader::resume(&c.http, &out_a, Some(&last)).await;
+    read_until(&mut r, &mut got, |g| holds(g, "drip line 15 of 30")).await;
+    drop(r);
+    let last = got.cursor.to_string();
+    let mut r = Reader::resume(&c.http, &out_b, Some(&last)).await;
+    let tail = tokio::spawn(async move {
+        read_until(&mut r, &mut got, |_| false).await;
+        (got, std::time::Instant::now())
+    });
+
+    c.wait_status(&id, "COMPLETED").await;
+    let completed = std::time::Instant::now();
+    let (got, ended) = tail.await.expect("the tail");
+    let (frames, events_ended) = events.await.expect("the events");
+    // Both streams through the second end with the run, woken by the first's notices rather
+    // than found at their next keep-alive (15 s).
+    for (what, at) in [("output", ended), ("events", events_ended)] {
+        let late = at.saturating_duration_since(completed);
+        assert!(
+            late < Duration::from_secs(5),
+            "the {what} stream ended {late:?} after the run"
+        );
+    }
+
+    // Identical bytes: each step's streamed output is its log.
+    let stored = c.artifacts(&id).await;
+    let steps = c.steps(&id).await;
+    for s in &steps {
+        let name = s["output_path"].as_str().unwrap_or_default();
+        let log = if stored.iter().any(|a| a["name"] == name) {
+            String::from_utf8(c.download(&id, name).await).expect("UTF-8 log")
+        } else {
+            String::new()
+        };
+        let sid = s["id"].as_str().expect("id");
+        let streamed = got.steps.get(sid).cloned().unwrap_or_default();
+        assert_eq!(streamed, log, "step {sid}: the stream equals its log");
+    }
+    assert!(holds(&got, "drip line 30 of 30"));
+    // The whole stream again through either controller: the same.
+    for url in [&out_a, &out_b] {
+        assert_eq!(read_all_output(&c, url).await.steps, got.steps, "{url}");
+    }
+    // The events through the second are those through the first.
+    let ids = |v: Vec<serde_json::Value>| -> Vec<String> {
+        v.iter()
+            .map(|e| e["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let via_b: Vec<serde_json::Value> = frames
+        .iter()
+        .map(|f| serde_json::from_str(&f.data).expect("event JSON"))
+        .collect();
+    assert_eq!(ids(via_b), ids(c.events(&id).await), "the same events");
 }

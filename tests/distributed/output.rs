@@ -15,14 +15,14 @@ use std::time::Duration;
 
 /// Output frames collected per step.
 #[derive(Default)]
-struct Collected {
-    steps: BTreeMap<String, String>,
+pub struct Collected {
+    pub steps: BTreeMap<String, String>,
     /// The run-wide cursor: `offset + content.length` (JavaScript's) of the last frame.
-    cursor: u64,
+    pub cursor: u64,
 }
 
 impl Collected {
-    fn add(&mut self, frame: &crate::sse::Frame) {
+    pub fn add(&mut self, frame: &crate::sse::Frame) {
         let v: Value = serde_json::from_str(&frame.data).expect("output frame JSON");
         let step = v["step_id"].as_str().expect("step_id").to_string();
         let text = self.steps.entry(step.clone()).or_default();
@@ -41,7 +41,7 @@ impl Collected {
 }
 
 /// Reads frames until `until` holds for what was collected, or the stream ends or breaks.
-async fn read_until(r: &mut Reader, got: &mut Collected, until: impl Fn(&Collected) -> bool) {
+pub async fn read_until(r: &mut Reader, got: &mut Collected, until: impl Fn(&Collected) -> bool) {
     while !until(got) {
         match r.next(Duration::from_secs(30)).await {
             Ok(Some(f)) if f.event == "output" => got.add(&f),

@@ -43,7 +43,21 @@ pub struct Reader {
 impl Reader {
     /// Opens `url` as an SSE stream.
     pub async fn open(client: &reqwest::Client, url: &str) -> Reader {
-        let resp = client.get(url).send().await.expect("open SSE stream");
+        Self::resume(client, url, None).await
+    }
+
+    /// Opens `url` as an SSE stream, resuming after `last_event_id` as a browser's
+    /// `EventSource` does when it reconnects.
+    pub async fn resume(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> Reader {
+        let mut req = client.get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().await.expect("open SSE stream");
         assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
         Reader {
             resp,

@@ -10,12 +10,14 @@ mod batched;
 mod direct;
 mod fast_paths;
 mod functions;
+mod output;
 mod races;
 mod ticks;
 mod upgrade;
 use batched::*;
 use direct::*;
 use fast_paths::*;
+use output::*;
 use races::*;
 use ticks::*;
 
@@ -78,6 +80,8 @@ both!(
     a_lease_past_its_expiry_holds_until_the_sweep_takes_it,
     the_tick_finds_the_runs_whose_progress_stopped,
     the_tick_lists_the_first_waiting_step_of_each_running_run,
+    output_appends_absorb_resends_refuse_gaps_and_read_across_chunks,
+    racing_appends_of_one_step_store_each_byte_once,
 );
 
 /// Runs the named test body against Postgres only.

@@ -110,15 +110,16 @@ impl Loopd {
         format!("http://{}:{}", self.host, self.port)
     }
 
-    /// Starts another process with the same arguments, environment and data dir (several
-    /// controllers sharing one data dir for their live output), on a port of its own, logging
-    /// into `log`.
-    pub fn twin(&self, log: &Path) -> Loopd {
+    /// Starts another process with the same arguments and environment (another controller on
+    /// the same database), with a data dir of its own (`dir`, logging into `dir/loopd.log`)
+    /// and a port of its own.
+    pub fn sibling(&self, dir: &Path) -> Loopd {
+        std::fs::create_dir_all(dir).expect("data dir");
         let mut l = Loopd {
             child: None,
             port: free_port(),
-            data_dir: self.data_dir.clone(),
-            log: log.to_path_buf(),
+            data_dir: dir.to_path_buf(),
+            log: dir.join("loopd.log"),
             args: self.args.clone(),
             env: self.env.clone(),
             host: self.host.clone(),

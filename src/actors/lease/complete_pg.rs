@@ -15,7 +15,7 @@ use crate::db::batch;
 use crate::db::fast::{self, Claimed, Completion, Snapshot};
 use crate::db::leases::ClaimSpec;
 use crate::db::models::EventRow;
-use crate::db::{ConnSource, Db};
+use crate::db::{ConnSource, Db, DbError};
 use crate::output_store::OutputStore;
 use crate::workspace::mirror::Mirrors;
 use std::sync::Arc;
@@ -89,7 +89,7 @@ pub async fn complete(
         w.log(&d);
         let claimed = match claimed {
             Some(got) => {
-                let offset = output_of(output, &d, &got).await;
+                let offset = output_of(db, output, &d, &got).await;
                 Some((got, offset))
             }
             None => None,
@@ -103,14 +103,20 @@ pub async fn complete(
 }
 
 /// The output the controller holds for the step `got` claims: none for the step the
-/// completion itself queued (its id was made for it), else a stat, on a blocking thread.
-async fn output_of(output: &OutputStore, d: &Decided, got: &Claimed) -> u64 {
+/// completion itself queued (its id was made for it) and one at its first lease (output is
+/// written under a lease), else its size.
+async fn output_of(db: &Db, output: &OutputStore, d: &Decided, got: &Claimed) -> u64 {
     let queued = d.plan.queued.as_ref().map(|q| q.id.as_str());
     match got {
         Claimed::Got(g) if Some(g.step.id.as_str()) == queued => 0,
+        Claimed::Got(g) if g.lease.epoch <= 1 => 0,
         Claimed::Got(g) => {
             let (output, run, step) = (output.clone(), g.run.id.clone(), g.step.id.clone());
-            (tokio::task::spawn_blocking(move || output.size(&run, &step)).await).unwrap_or(0)
+            let held = db
+                .run(move |c| Ok::<_, DbError>(output.size(c, &run, &step)?))
+                .await;
+            // Unknown: the worker resends from its start, and what is held is absorbed.
+            held.unwrap_or(0)
         }
         _ => 0,
     }

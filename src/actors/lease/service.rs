@@ -220,7 +220,7 @@ impl LeaseService {
                     affinity_window_ms: window,
                 };
                 let got = db::fast::claim(c, &spec)?;
-                let offset = output_held(&output, &got);
+                let offset = output_held(&output, c, &got)?;
                 Ok((got, offset))
             })
             .await?;
@@ -612,11 +612,17 @@ impl LeaseService {
     }
 }
 
-/// How much output the controller holds for a claimed step (a stat: call it where blocking is
-/// fine).
-fn output_held(output: &OutputStore, got: &db::fast::Claimed) -> u64 {
+/// How much output the controller holds for a claimed step: none at its first lease (output
+/// is written under a lease), else a stat or a row (call it where blocking is fine).
+fn output_held(
+    output: &OutputStore,
+    c: &mut db::Conn,
+    got: &db::fast::Claimed,
+) -> Result<u64, DbError> {
     match got {
-        db::fast::Claimed::Got(g) => output.size(&g.run.id, &g.step.id),
-        _ => 0,
+        db::fast::Claimed::Got(g) if g.lease.epoch > 1 => {
+            Ok(output.size(c, &g.run.id, &g.step.id)?)
+        }
+        _ => Ok(0),
     }
 }

@@ -12,7 +12,7 @@ use crate::db::models::{new_id, ArtifactRow};
 use crate::db::{self, Db, DbError};
 use crate::domain::artifact_kind::artifact_kind;
 use crate::domain::events as ev;
-use crate::output_store::{frame, OutputError, OutputStore, Place};
+use crate::output_store::{frame, OutputError, OutputStore, Place, Posted};
 
 /// Event types a worker may not send: the controller alone emits them.
 fn reserved(event_type: &str) -> bool {
@@ -64,28 +64,30 @@ impl StepWrites {
             self.output.clone(),
         );
         // In one transaction: the lease stays locked while the bytes are appended.
-        let (run_id, next, frame) = self
+        let (run_id, a, frame) = self
             .db
             .tx(move |c| -> Result<_, LeaseError> {
                 let (step, _) = authorize(c, &sid, &wid, epoch)?;
                 let io = |e: OutputError| match e {
                     OutputError::Gap { expected, .. } => LeaseError::OffsetGap(expected),
                     OutputError::Io(e) => LeaseError::Internal(e.to_string()),
+                    OutputError::Db(e) => e.into(),
                 };
                 let run = step.run_id;
                 let watched = out.feed().watched(&run);
-                let units = match watched {
-                    true => Some(out.units(&run, &sid).map_err(io)?),
+                // Files count units before the append; the database holds them.
+                let counted = match watched && !out.shared() {
+                    true => Some(out.units(c, &run, &sid).map_err(io)?),
                     false => None,
                 };
                 let a = out
-                    .append(&run, &sid, offset, content.as_bytes())
+                    .append(c, &run, &sid, offset, content.as_bytes())
                     .map_err(io)?;
-                let frame = match units {
-                    Some(units) if a.after > a.before => {
+                let frame = match a.units_before.or(counted) {
+                    Some(units) if watched && a.after > a.before => {
                         let start = match out.feed().step_start(&run, &sid) {
                             Some(s) => s,
-                            None => step_start(c, &out, &run, &sid).map_err(io)?,
+                            None => out.step_start(c, &run, &sid).map_err(io)?,
                         };
                         let at = Place {
                             step_id: sid.clone(),
@@ -101,9 +103,17 @@ impl StepWrites {
                     }
                     _ => None,
                 };
-                Ok((run, a.after, frame))
+                Ok((run, a, frame))
             })
             .await?;
+        if a.after > a.before && self.output.shared() {
+            // The other controllers' readers: they read the chunk from the database.
+            self.output.announce(Posted {
+                run_id: run_id.clone(),
+                step_id: step_id.to_string(),
+                byte: a.before,
+            });
+        }
         if let Some(f) = frame {
             // After the answer: the poster's reply is woken before the readers, so its latency
             // does not include their deliveries. Readers take frames in any order (one not at
@@ -111,7 +121,9 @@ impl StepWrites {
             let out = self.output.clone();
             tokio::spawn(async move { out.feed().publish(&run_id, f) });
         }
-        Ok(OutputAck { next_offset: next })
+        Ok(OutputAck {
+            next_offset: a.after,
+        })
     }
 
     /// Records an event a worker sends about its step.
@@ -263,20 +275,4 @@ pub fn record_artifact(
         now,
     )?;
     Ok(())
-}
-
-/// The run-wide position (UTF-16 units) where `step_id`'s output starts: the output of the
-/// run's steps before it. Blocking.
-fn step_start(
-    c: &mut db::Conn,
-    out: &OutputStore,
-    run_id: &str,
-    step_id: &str,
-) -> Result<u64, OutputError> {
-    let steps = db::steps::for_run(c, run_id).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut start = 0;
-    for s in steps.iter().take_while(|s| s.id != step_id) {
-        start += out.units(run_id, &s.id)?;
-    }
-    Ok(start)
 }

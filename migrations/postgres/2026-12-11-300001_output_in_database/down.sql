@@ -1,0 +1,2 @@
+DROP TABLE output_heads;
+DROP TABLE output_chunks;
