@@ -286,6 +286,9 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
     let db = open_db(settings).await?;
     // The daily budgets the run decisions and the scheduler's tick enforce.
     settings.budgets.install();
+    crate::actors::lease::prepare_accounts(&db, &settings.api_limits)
+        .await
+        .map_err(|e| AppError::Startup(e.to_string()))?;
     let store = ArtifactStore::from_settings(&settings.artifacts, &settings.data_dir)
         .map_err(|e| AppError::Artifacts(e.to_string()))?;
     // Controllers keep live output in Postgres, where all of them read it.
@@ -326,6 +329,7 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         }),
         mirrors: mirrors.clone(),
         peers: peers.clone(),
+        api_limits: settings.api_limits.clone(),
     }));
     let lease = LeaseActor::new(lease_svc.clone()).start();
     let sched_svc = Arc::new(SchedulerService::new(

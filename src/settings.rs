@@ -239,6 +239,41 @@ pub struct LimitSettings {
     pub max_live_workers: usize,
 }
 
+/// `[api_limits]`: the adaptive concurrency limit of each agent account (model and agent
+/// command) across the pool (see docs/usage-and-limits.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiLimitSettings {
+    /// Off: no step counts against an account, no push-back is recorded.
+    pub enabled: bool,
+    /// The most steps of one account that run at once (the limit starts there).
+    pub max_concurrent: u32,
+    /// Completions in a row after which a lowered limit grows by one.
+    pub recover_after: u32,
+}
+
+impl Default for ApiLimitSettings {
+    fn default() -> Self {
+        ApiLimitSettings {
+            enabled: true,
+            max_concurrent: 8,
+            recover_after: 5,
+        }
+    }
+}
+
+impl ApiLimitSettings {
+    /// `max_concurrent` as stored (at least one).
+    pub fn max(&self) -> i32 {
+        self.max_concurrent.clamp(1, i32::MAX as u32) as i32
+    }
+
+    /// `recover_after` as stored (at least one).
+    pub fn recover(&self) -> i32 {
+        self.recover_after.clamp(1, i32::MAX as u32) as i32
+    }
+}
+
 /// The whole settings tree (names are a contract: see README "Configuration").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,6 +295,8 @@ pub struct Settings {
     pub git: GitSettings,
     #[serde(default)]
     pub budgets: BudgetSettings,
+    #[serde(default)]
+    pub api_limits: ApiLimitSettings,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/loopd`, else `~/.local/share/loopd`.
@@ -353,6 +390,7 @@ impl Default for Settings {
             },
             git: GitSettings::default(),
             budgets: BudgetSettings::default(),
+            api_limits: ApiLimitSettings::default(),
         }
     }
 }

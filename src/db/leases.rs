@@ -66,10 +66,19 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
     }
     let window = spec.affinity_window_ms;
     let me = spec.worker_id.to_string();
+    // Accounts at their limit or paused: none of their steps is given out. Exact on SQLite,
+    // whose write transaction is exclusive (Postgres' claim function locks the account).
+    let now = conn.now_ms()?;
+    let blocked = super::accounts::blocked(conn, now)?;
     macro_rules! candidates {
         () => {
             steps::table
                 .filter(steps::status.eq_any(["QUEUED", "RETRYING"]))
+                .filter(
+                    steps::account
+                        .is_null()
+                        .or(steps::account.ne_all(blocked.clone())),
+                )
                 // A step handed back under API pressure waits out its pause.
                 .filter(
                     steps::not_before

@@ -7,6 +7,7 @@
 //! each in `src/db/pg/`, written at start after the migrations (see `pg`); the migrations in
 //! `migrations/postgres/` are the schema's history, whose function texts may be out of date.
 
+pub mod accounts;
 pub mod artifacts;
 pub mod batch;
 pub mod events;

@@ -131,6 +131,10 @@ pub struct StepRow {
     pub failure_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completion_digest: Option<String>,
+    /// The agent account whose concurrency limit the step counts against (see
+    /// `domain::api_limit::account_key`); `None` for steps that run no agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// An implementation step as the watchdog compares it (its output, its status) and, for the
@@ -183,6 +187,7 @@ impl StepRow {
             preferred_worker_id: None,
             failure_reason: None,
             completion_digest: None,
+            account: None,
         }
     }
 

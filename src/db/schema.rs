@@ -3,6 +3,20 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    api_accounts (account) {
+        account -> Text,
+        concurrency_limit -> Int4,
+        max_concurrent -> Int4,
+        successes -> Int4,
+        last_signal -> Nullable<Text>,
+        last_signal_at -> Nullable<Int8>,
+        decreased_at -> Nullable<Int8>,
+        pause_until -> Nullable<Int8>,
+        updated_at -> Int8,
+    }
+}
+
+diesel::table! {
     artifacts (id) {
         id -> Text,
         run_id -> Text,
@@ -110,6 +124,7 @@ diesel::table! {
         lease_granted_at -> Nullable<Int8>,
         lease_expires_at -> Nullable<Int8>,
         not_before -> Nullable<Int8>,
+        account -> Nullable<Text>,
     }
 }
 
@@ -154,5 +169,12 @@ diesel::joinable!(steps -> runs (run_id));
 diesel::joinable!(step_usage -> runs (run_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
-    artifacts, events, run_state, runs, step_usage, steps, workers
+    api_accounts,
+    artifacts,
+    events,
+    run_state,
+    runs,
+    step_usage,
+    steps,
+    workers
 );

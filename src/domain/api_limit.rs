@@ -49,6 +49,18 @@ impl ApiFailure {
         }
     }
 
+    /// The push-back a hand-back's reason names: the worker writes `agent API <kind>: …`
+    /// (a usage limit's reset time is in the hand-back's pause, not here).
+    pub fn from_reason(reason: &str) -> Option<ApiFailure> {
+        let kind = reason.strip_prefix("agent API ")?.split(':').next()?;
+        match kind {
+            "rate_limited" => Some(ApiFailure::RateLimited),
+            "overloaded" => Some(ApiFailure::Overloaded),
+            "usage_limit" => Some(ApiFailure::UsageLimit { resets_at_ms: None }),
+            _ => None,
+        }
+    }
+
     /// The kind's name in events and reasons.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -123,6 +135,8 @@ fn reset_time(text: &str) -> Option<i64> {
     }
     None
 }
+
+pub mod account;
 
 #[cfg(test)]
 mod tests;

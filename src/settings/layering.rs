@@ -116,6 +116,11 @@ impl Settings {
                 "storage.type = \"postgres\" needs storage.url (postgres://user@host/db)",
             ));
         }
+        if self.api_limits.max_concurrent == 0 || self.api_limits.recover_after == 0 {
+            return Err(err(
+                "api_limits.max_concurrent and api_limits.recover_after must be at least 1",
+            ));
+        }
         if self.artifacts.kind == ArtifactStoreType::S3
             && self.artifacts.bucket.as_deref().is_none_or(str::is_empty)
         {

@@ -12,6 +12,7 @@ mod support;
 mod db;
 mod harness;
 
+mod accounts;
 mod leases;
 mod limits;
 mod logs;

@@ -6,6 +6,7 @@ mod support;
 
 use support::pg;
 
+mod accounts;
 mod batched;
 mod direct;
 mod fast_paths;
@@ -14,6 +15,7 @@ mod output;
 mod races;
 mod ticks;
 mod upgrade;
+use accounts::*;
 use batched::*;
 use direct::*;
 use fast_paths::*;
@@ -82,6 +84,8 @@ both!(
     the_tick_lists_the_first_waiting_step_of_each_running_run,
     output_appends_absorb_resends_refuse_gaps_and_read_across_chunks,
     racing_appends_of_one_step_store_each_byte_once,
+    concurrent_claimers_take_an_accounts_steps_up_to_its_limit,
+    a_halved_limit_and_a_usage_pause_hold_the_next_claims,
 );
 
 /// Runs the named test body against Postgres only.

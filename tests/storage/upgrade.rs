@@ -34,6 +34,32 @@ where
     );
 }
 
+/// A step inserted into the old schema, which lacks the columns later migrations add.
+trait OldStep {
+    fn insert_old_step(&mut self, s: &StepRow);
+}
+
+impl OldStep for SqliteConnection {
+    fn insert_old_step(&mut self, s: &StepRow) {
+        // diesel leaves a single row's `None` columns out of its INSERT on SQLite.
+        diesel::insert_into(steps::table)
+            .values(s)
+            .execute(self)
+            .unwrap();
+    }
+}
+
+impl OldStep for PgConnection {
+    fn insert_old_step(&mut self, s: &StepRow) {
+        // The row's JSON, whose keys the old table lacks are ignored.
+        let json = serde_json::to_string(s).unwrap().replace('\'', "''");
+        self.batch_execute(&format!(
+            "INSERT INTO steps SELECT * FROM jsonb_populate_record(NULL::steps, '{json}')"
+        ))
+        .unwrap();
+    }
+}
+
 /// A RUNNING run with step "s" IN_PROGRESS at epoch 3 under worker "w" whose lease row (the
 /// old table) expires at `$expires`, and a finished step without a lease; returns the lease.
 /// (A macro: the same statements on either backend's connection.)
@@ -77,10 +103,7 @@ macro_rules! seed_old {
             ..step_row(&run, 0, 100)
         };
         for s in [&held, &done] {
-            diesel::insert_into(steps::table)
-                .values(s)
-                .execute(c)
-                .unwrap();
+            OldStep::insert_old_step(c, s);
         }
         let lease = LeaseRow {
             step_id: "s".into(),

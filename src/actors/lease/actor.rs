@@ -47,6 +47,13 @@ impl Actor for LeaseActor {
                 }
             }
         });
+        // Every controller looks at the agent accounts: a slot freed elsewhere wakes its
+        // claims.
+        let svc = self.svc.clone();
+        background_tick(ctx, Duration::from_secs(1), move || {
+            let svc = svc.clone();
+            async move { svc.look_at_accounts().await }
+        });
     }
 }
 

@@ -2,12 +2,13 @@
 //! `service` (what it does), `writes` (a holder's output, events and artifacts), `completion`
 //! and `complete_pg` (a completion, transactional and on Postgres in one statement),
 //! `returns` (leases taken back, as recorded), `assignment` (what a worker is handed),
-//! `authorize` (the epoch check), `error`, and its state: `waiters` (long polls), `unreported`
+//! `authorize` (the epoch check), `accounts` (the agent accounts' limits), `error`, and its state: `waiters` (long polls), `unreported`
 //! (grants a worker may not know of), `kept` (claim snapshots). It decides with
 //! `run_progress` on the scheduler's behalf and tells the scheduler through a `FollowUp`
 //! callback that `app` wires; it imports neither the scheduler nor the registry. Callers
 //! outside use the names exported here.
 
+mod accounts;
 mod actor;
 mod assignment;
 mod authorize;
@@ -21,6 +22,7 @@ mod unreported;
 mod waiters;
 mod writes;
 
+pub use accounts::prepare as prepare_accounts;
 pub use actor::{
     AppendOutput, ClaimStep, CompleteStep, LeaseActor, QueueChanged, ReadArtifact, RecordStepEvent,
     ReleaseLease, ReleaseWorkerLeases, RenewLeases, StoreArtifact,

@@ -6,6 +6,7 @@
 //! are in `completion.rs`, `complete_pg.rs` and `returns.rs`; its state (waiters, grants,
 //! claim snapshots) has its own files. Only the actor (`actor.rs`) calls it; `app` builds it.
 
+use super::accounts::AccountLimits;
 use super::assignment;
 use super::authorize::authorize;
 use super::complete_pg;
@@ -25,12 +26,13 @@ use crate::artifacts::ArtifactStore;
 use crate::db::fast::Claimed;
 use crate::db::leases::{self, ClaimSpec, Requeued};
 use crate::db::{self, Db, DbError};
+use crate::domain::api_limit::ApiFailure;
 use crate::domain::events as ev;
 use crate::domain::time::rfc3339;
 use crate::domain::{LeaseAction, RunStatus};
 use crate::metrics::Metrics;
 use crate::output_store::OutputStore;
-use crate::settings::{LeaseSettings, SchedulerSettings};
+use crate::settings::{ApiLimitSettings, LeaseSettings, SchedulerSettings};
 use crate::workspace::mirror::Mirrors;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +67,8 @@ pub struct LeaseService {
     /// This controller is stopping: claims are answered at once, so that their workers go
     /// to another controller.
     stopping: std::sync::atomic::AtomicBool,
+    /// The agent accounts' limits (see `accounts.rs`).
+    accounts: Arc<AccountLimits>,
 }
 
 /// Most claim snapshots kept, and their bytes (a step whose completion never comes leaves one
@@ -86,6 +90,8 @@ pub struct LeaseServiceParts {
     pub mirrors: Arc<Mirrors>,
     /// The other controllers on the database.
     pub peers: Arc<Peers>,
+    /// `[api_limits]`.
+    pub api_limits: ApiLimitSettings,
 }
 
 /// What one claim attempt found.
@@ -121,6 +127,7 @@ impl LeaseService {
             grants: Default::default(),
             peers: p.peers,
             stopping: Default::default(),
+            accounts: Arc::new(AccountLimits::new(p.api_limits)),
         }
     }
 
@@ -405,6 +412,7 @@ impl LeaseService {
             .record_completion(worker_id, step_id, req, next)
             .await?;
         self.grants.forget(worker_id, step_id);
+        self.accounts.completed(&self.db, &self.waiters, step_id);
         let Some(labels) = next else {
             return Ok(None);
         };
@@ -498,10 +506,17 @@ impl LeaseService {
             step_id.to_string(),
             reason.to_string(),
         );
+        // The agent API pushed back: recorded against the step's account in the same
+        // transaction.
+        let api = pause.and_then(|p| ApiFailure::from_reason(reason).map(|a| (a, p)));
+        let accounts = self.accounts.clone();
         let r = self
             .db
             .tx(move |c| -> Result<_, LeaseError> {
                 authorize(c, &sid, &wid, epoch)?;
+                if let Some((api, p)) = api {
+                    accounts.signal_in_tx(c, &sid, api, p)?;
+                }
                 let r = leases::release(c, &sid, &wid, epoch, pause)?;
                 let now = c.now_ms()?;
                 record_requeued(c, std::slice::from_ref(&r), ev::LEASE_RELEASED, &why, now)?;
@@ -522,6 +537,12 @@ impl LeaseService {
             });
         }
         Ok(())
+    }
+
+    /// Looks at the agent accounts (every second, on every controller): wakes the claims a
+    /// freed slot lets through.
+    pub async fn look_at_accounts(&self) {
+        self.accounts.look(&self.db, &self.waiters).await;
     }
 
     /// Takes every lease of a worker away (offline or revoked); each counts as a lost lease.

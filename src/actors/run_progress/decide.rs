@@ -8,6 +8,7 @@ use super::prompts;
 use crate::db::events::NewEvent;
 use crate::db::models::{ImplStep, RunRow, RunStateRow, StepRow};
 use crate::db::{self, Conn, DbError};
+use crate::domain::api_limit::account;
 use crate::domain::events as ev;
 use crate::domain::pipeline::{self, Counters, Decision, Finished, Next, Outcome, INFRA_PREFIX};
 use crate::domain::run_config::RunConfig;
@@ -121,6 +122,10 @@ pub fn decide_in_tx(
         db::steps::save(c, s)?;
     }
     if let Some(s) = &p.queued {
+        if let Some(a) = &s.account {
+            // Its account's limit holds from its first step on.
+            db::accounts::ensure_known(c, a)?;
+        }
         db::steps::insert(c, s)?;
         // A workspace past its daily budget: the new step waits for the next UTC day.
         if let Some(until) = daily_hold(c, run, now)? {
@@ -326,6 +331,7 @@ fn enqueue(
     let step = StepRow {
         attempt,
         is_final,
+        account: step_account(config, phase),
         prompt,
         prompt_path,
         required_labels: run.labels.clone(),
@@ -339,6 +345,20 @@ fn enqueue(
         )
     };
     Ok(step)
+}
+
+/// The agent account a step of `phase` counts against: implementation and review steps run the
+/// agent (review steps with `review_model`); none while `[api_limits]` is off.
+pub fn step_account(config: &RunConfig, phase: StepPhase) -> Option<String> {
+    if !account::enabled() {
+        return None;
+    }
+    let model = match phase {
+        StepPhase::Review => config.effective_review_model(),
+        p if p.runs_agent() => config.model.as_str(),
+        _ => return None,
+    };
+    Some(account::account_key(model, &config.agent_cmd))
 }
 
 #[cfg(test)]

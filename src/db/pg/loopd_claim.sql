@@ -5,8 +5,10 @@
 -- {"step", "lease", "run", "state", "now", "run_version", "state_version", "inputs"}: the
 -- versions are the rows' `xmin`, which a completion's write later compares.
 -- Called by: `fast::claim` (src/db/fast.rs), loopd_complete_and_claim.
+-- A step of an agent account (`steps.account`) is taken only while the account has fewer steps
+-- in flight than its limit and is not paused (`api_accounts`; no row: no limit yet).
 -- History: migrations 2026-11-28-000003_fast_paths, 2026-12-06-000012_leases_in_steps,
--- 2026-12-07-000013_versions_not_rows.
+-- 2026-12-07-000013_versions_not_rows, 2026-12-10-323001_api_accounts.
 CREATE OR REPLACE FUNCTION loopd_claim(p_worker TEXT, p_allowed TEXT[], p_ttl BIGINT, p_window BIGINT,
                             p_event_ids TEXT[], p_phases TEXT[])
 RETURNS JSONB LANGUAGE plpgsql VOLATILE
@@ -15,6 +17,8 @@ SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_now BIGINT := loopd_now_ms();
     v_id TEXT;
+    v_account TEXT;
+    v_blocked TEXT[];
     v_step steps;
     v_state JSONB;
     v_state_seq BIGINT;
@@ -26,30 +30,53 @@ BEGIN
                WHERE w.id = p_worker AND w.status IN ('draining', 'revoked')) THEN
         RETURN jsonb_build_object('closed', true);
     END IF;
-    -- A step waiting for this very worker first (taking another run's step instead would
-    -- leave its own waiting a whole window), then the oldest that waits for no one; both
-    -- walk the claimable steps' own indexes in order and stop at the first they can lock.
-    SELECT s.id INTO v_id FROM steps s
-     WHERE s.preferred_worker_id = p_worker AND s.status IN ('QUEUED', 'RETRYING')
-       AND s.required_labels = ANY (p_allowed)
-       AND (s.not_before IS NULL OR s.not_before <= v_now)
-       AND (s.phase = 'postmortem'
-            OR EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = 'RUNNING'))
-     ORDER BY s.queued_at, s.id
-     LIMIT 1
-     FOR UPDATE OF s SKIP LOCKED;
-    IF v_id IS NULL THEN
-        SELECT s.id INTO v_id FROM steps s
-         WHERE s.status IN ('QUEUED', 'RETRYING')
+    -- Agent accounts at their limit or paused (`api_accounts`): none of their steps is taken.
+    v_blocked := ARRAY(SELECT a.account FROM api_accounts a
+                        WHERE a.pause_until > v_now
+                           OR a.concurrency_limit <= (SELECT count(*) FROM steps l
+                                                       WHERE l.account = a.account
+                                                         AND l.status = 'IN_PROGRESS'));
+    LOOP
+        -- A step waiting for this very worker first (taking another run's step instead would
+        -- leave its own waiting a whole window), then the oldest that waits for no one; both
+        -- walk the claimable steps' own indexes in order and stop at the first they can lock.
+        SELECT s.id, s.account INTO v_id, v_account FROM steps s
+         WHERE s.preferred_worker_id = p_worker AND s.status IN ('QUEUED', 'RETRYING')
            AND s.required_labels = ANY (p_allowed)
            AND (s.not_before IS NULL OR s.not_before <= v_now)
-           AND (s.preferred_worker_id IS NULL OR s.queued_at + p_window <= v_now)
+           AND (s.account IS NULL OR s.account <> ALL (v_blocked))
            AND (s.phase = 'postmortem'
-            OR EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = 'RUNNING'))
+                OR EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = 'RUNNING'))
          ORDER BY s.queued_at, s.id
          LIMIT 1
          FOR UPDATE OF s SKIP LOCKED;
-    END IF;
+        IF v_id IS NULL THEN
+            SELECT s.id, s.account INTO v_id, v_account FROM steps s
+             WHERE s.status IN ('QUEUED', 'RETRYING')
+               AND s.required_labels = ANY (p_allowed)
+               AND (s.not_before IS NULL OR s.not_before <= v_now)
+               AND (s.account IS NULL OR s.account <> ALL (v_blocked))
+               AND (s.preferred_worker_id IS NULL OR s.queued_at + p_window <= v_now)
+               AND (s.phase = 'postmortem'
+                    OR EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = 'RUNNING'))
+             ORDER BY s.queued_at, s.id
+             LIMIT 1
+             FOR UPDATE OF s SKIP LOCKED;
+        END IF;
+        EXIT WHEN v_id IS NULL OR v_account IS NULL;
+        -- The account's row locked, its steps in flight counted again: claims of one account
+        -- take turns here, on every controller, so none gives out a slot another just took.
+        PERFORM 1 FROM api_accounts a WHERE a.account = v_account FOR UPDATE;
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM api_accounts a
+                               WHERE a.account = v_account
+                                 AND (a.pause_until > v_now
+                                      OR a.concurrency_limit <= (SELECT count(*) FROM steps l
+                                                                  WHERE l.account = v_account
+                                                                    AND l.status = 'IN_PROGRESS')));
+        -- Full after all: look again without it.
+        v_blocked := v_blocked || v_account;
+        v_id := NULL;
+    END LOOP;
     IF v_id IS NULL THEN
         -- Nothing to take; a worker that is not registered may take nothing at all.
         RETURN jsonb_build_object('closed',

@@ -2,7 +2,8 @@
 -- Returns {"applied": false} having written nothing when the completion's snapshot no longer
 -- holds (the caller then takes the other paths and claims separately). Otherwise:
 -- - the direct path: when the queued step waits for this very worker, of a RUNNING run, needs
---   no label the worker lacks, and the worker is neither draining nor revoked, the step is
+--   no label the worker lacks, the worker is neither draining nor revoked, and its agent
+--   account has a slot for it (loopd_account_has_slot), the step is
 --   inserted already leased to it (status IN_PROGRESS, lease epoch + 1, queued and started at
 --   "now", its lease running from "now" for `p_ttl`), the state gets `event_seq` + 2 and
 --   LEASE_GRANTED and STEP_STARTED are numbered after the completion's events. The answer is
@@ -15,7 +16,7 @@
 -- controller sends even a lone completion as a batch of one).
 -- History: migrations 2026-11-29-000004_complete_and_claim, 2026-11-30-000005_direct_lease,
 -- 2026-12-01-000006_direct_reply, 2026-12-06-000012_leases_in_steps,
--- 2026-12-07-000013_versions_not_rows.
+-- 2026-12-07-000013_versions_not_rows, 2026-12-10-323001_api_accounts.
 CREATE OR REPLACE FUNCTION loopd_complete_and_claim(p_step TEXT, p_worker TEXT, p_epoch BIGINT,
                                                     p_run JSONB, p_state_before JSONB,
                                                     p_done JSONB, p_queued JSONB, p_state JSONB,
@@ -36,7 +37,8 @@ BEGIN
        OR p_run ->> 'status' <> 'RUNNING'
        OR NOT (p_queued ->> 'required_labels') = ANY (p_allowed)
        OR EXISTS (SELECT 1 FROM workers w
-                  WHERE w.id = p_worker AND w.status IN ('draining', 'revoked')) THEN
+                  WHERE w.id = p_worker AND w.status IN ('draining', 'revoked'))
+       OR NOT loopd_account_has_slot(p_queued ->> 'account', p_step) THEN
         IF NOT loopd_complete_apply(p_step, p_worker, p_epoch, p_run, p_state_before,
                                     p_done, p_queued, p_state, p_events) THEN
             RETURN jsonb_build_object('applied', false);

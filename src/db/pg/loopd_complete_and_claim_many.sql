@@ -18,7 +18,8 @@
 -- Called by: `batch` (src/db/batch.rs).
 -- History: migrations 2026-12-02-000007_batched_completions, 2026-12-04-000010_set_based_batches,
 -- 2026-12-05-000011_items_expanded_once, 2026-12-06-000012_leases_in_steps,
--- 2026-12-07-000013_versions_not_rows, 2026-12-08-000014_queued_by_columns.
+-- 2026-12-07-000013_versions_not_rows, 2026-12-08-000014_queued_by_columns,
+-- 2026-12-10-323001_api_accounts.
 CREATE OR REPLACE FUNCTION loopd_complete_and_claim_many(p_items JSONB, p_phases TEXT[])
 RETURNS JSONB LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_generic_plan
@@ -34,11 +35,20 @@ DECLARE
     -- element copied out, for each of ten statements).
     v_items JSONB[] := ARRAY(SELECT jsonb_array_elements(p_items));
     v_set INT[];
+    -- Agent accounts paused or over their limit (a halved one): their steps are not leased
+    -- directly here.
+    v_over TEXT[] := ARRAY(SELECT a.account FROM api_accounts a
+                            WHERE a.pause_until > v_now
+                               OR a.concurrency_limit < (SELECT count(*) FROM steps l
+                                                          WHERE l.account = a.account
+                                                            AND l.status = 'IN_PROGRESS'));
     v_ok INT[];
     replies JSONB[] := array_fill(NULL::jsonb, ARRAY[jsonb_array_length(p_items)]);
     r RECORD;
 BEGIN
-    -- The direct completions, each of a run no other item of the batch completes.
+    -- The direct completions, each of a run no other item of the batch completes, whose
+    -- queued step runs no agent or takes the slot of the finished one (same account, not
+    -- over its limit); one that would take a new slot goes alone (loopd_account_has_slot).
     SELECT coalesce(array_agg(d.n), '{}') INTO v_set FROM (
         SELECT e.it, e.n, count(*) OVER (PARTITION BY e.it #>> '{run,id}') AS per_run
           FROM unnest(v_items) WITH ORDINALITY AS e(it, n)) d
@@ -48,7 +58,11 @@ BEGIN
        AND (d.it #>> '{queued,required_labels}')
            IN (SELECT jsonb_array_elements_text(d.it -> 'allowed'))
        AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = d.it ->> 'worker'
-                          AND w.status IN ('draining', 'revoked'));
+                          AND w.status IN ('draining', 'revoked'))
+       AND (d.it #>> '{queued,account}' IS NULL
+            OR (d.it #>> '{queued,account}' <> ALL (v_over)
+                AND EXISTS (SELECT 1 FROM steps f WHERE f.id = d.it ->> 'step'
+                               AND f.account = d.it #>> '{queued,account}')));
     -- Those whose checks hold, their rows locked.
     SELECT coalesce(array_agg(n), '{}') INTO v_ok FROM (
         SELECT e.n
@@ -88,13 +102,13 @@ BEGIN
                            prompt_path, output_path, output_tail, runner_notes, output_size,
                            completion_detected, worker_id, lease_epoch, required_labels,
                            preferred_worker_id, failure_reason, completion_digest,
-                           lease_granted_at, lease_expires_at)
+                           lease_granted_at, lease_expires_at, account)
         SELECT q.id, q.run_id, q.seq, q.phase, 'IN_PROGRESS', q.attempt, q.infra_attempts,
                q.is_final, q.settled, v_now, v_now, q.ended_at, q.exit_code, q.prompt,
                q.prompt_path, q.output_path, q.output_tail, q.runner_notes, q.output_size,
                q.completion_detected, e.it ->> 'worker', q.lease_epoch + 1, q.required_labels,
                q.preferred_worker_id, q.failure_reason, q.completion_digest,
-               v_now, v_now + (e.it ->> 'ttl')::bigint
+               v_now, v_now + (e.it ->> 'ttl')::bigint, q.account
           FROM unnest(v_items) WITH ORDINALITY AS e(it, n),
                jsonb_populate_record(NULL::steps, e.it -> 'queued') AS q
          WHERE e.n = ANY (v_ok);

@@ -56,3 +56,17 @@ fn authentication_and_other_failures_are_not_pressure() {
         Some(RATE_LIMIT_PAUSE_MS)
     );
 }
+
+#[test]
+fn a_hand_back_reason_names_its_push_back() {
+    for f in [
+        ApiFailure::RateLimited,
+        ApiFailure::Overloaded,
+        ApiFailure::UsageLimit { resets_at_ms: None },
+    ] {
+        let reason = format!("agent API {}: retry in 10 s", f.as_str());
+        assert_eq!(ApiFailure::from_reason(&reason), Some(f));
+    }
+    assert_eq!(ApiFailure::from_reason("worker draining"), None);
+    assert_eq!(ApiFailure::from_reason("agent API authentication: x"), None);
+}

@@ -1,0 +1,252 @@
+//! The agent accounts' adaptive concurrency limit on a real controller over Postgres: claims
+//! hold an account's steps beyond its limit, a 429/529 hand-back halves it (once a wave), a
+//! run of completions grows it again, a usage limit pauses the account until its reset, the
+//! state survives a restart, and `api_limits.enabled = false` turns it all off.
+
+use crate::harness::{Ctl, Lease, Worker};
+use crate::support::wait_for;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One account's stored state.
+#[derive(QueryableByName, Debug, Clone, PartialEq)]
+pub struct AccountState {
+    #[diesel(sql_type = Text)]
+    pub account: String,
+    #[diesel(sql_type = Integer)]
+    pub concurrency_limit: i32,
+    #[diesel(sql_type = Integer)]
+    pub max_concurrent: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_signal: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub pause_until: Option<i64>,
+}
+
+impl Ctl {
+    /// Every account's row.
+    pub fn accounts(&self) -> Vec<AccountState> {
+        diesel::sql_query(
+            "SELECT account, concurrency_limit, max_concurrent, last_signal, pause_until \
+               FROM api_accounts ORDER BY account",
+        )
+        .load(&mut self.pg())
+        .expect("api_accounts")
+    }
+
+    /// The one account's row, once it exists.
+    async fn account(&self) -> AccountState {
+        wait_for("the account's row", Duration::from_secs(10), || async {
+            self.accounts().into_iter().next()
+        })
+        .await
+    }
+
+    /// Waits until the account's limit is `n`.
+    async fn limit_becomes(&self, n: i32) -> AccountState {
+        wait_for(&format!("limit {n}"), Duration::from_secs(15), || async {
+            self.accounts()
+                .into_iter()
+                .next()
+                .filter(|a| a.concurrency_limit == n)
+        })
+        .await
+    }
+}
+
+fn settings<'a>(max: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v = vec![
+        ("LOOPD__SCHEDULER__MAX_CONCURRENT_RUNS", "12"),
+        ("LOOPD__SCHEDULER__MAX_RUNS_PER_WORKSPACE", "12"),
+        ("LOOPD__API_LIMITS__MAX_CONCURRENT", max),
+        ("LOOPD__API_LIMITS__RECOVER_AFTER", "2"),
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// `n` runs submitted, each with its first (agent) step queued.
+async fn runs(ctl: &Ctl, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(ctl.submit(&format!("acct{i}"), 3, &[]).await);
+    }
+    ids
+}
+
+/// Claims with every worker in turn (each waiting `wait_ms`); returns the leases granted.
+async fn claim_all(workers: &[Worker], wait_ms: u64) -> Vec<(usize, Lease)> {
+    let mut got = Vec::new();
+    for (i, w) in workers.iter().enumerate() {
+        let (status, a) = w.claim(wait_ms).await;
+        if status == 200 {
+            got.push((
+                i,
+                Lease {
+                    step: a["step_id"].as_str().expect("step_id").into(),
+                    run: a["run_id"].as_str().expect("run_id").into(),
+                    epoch: a["epoch"].as_i64().expect("epoch"),
+                },
+            ));
+        } else {
+            assert_eq!(status, 204, "claim: {a}");
+        }
+    }
+    got
+}
+
+/// Hands `l` back as the worker does when the agent API pushed back.
+async fn push_back(w: &Worker, l: &Lease, kind: &str, pause_ms: u64) {
+    let (status, v) = w
+        .post(
+            &format!("/steps/{}/release", l.step),
+            json!({"epoch": l.epoch, "reason": format!("agent API {kind}: retry in 1 s"),
+                   "retry_after_ms": pause_ms}),
+        )
+        .await;
+    assert_eq!(status, 200, "release: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_holds_dispatch_halves_on_push_back_and_grows_after_successes() {
+    let ctl = Ctl::start("acct-aimd", &settings("4", &[])).await;
+    runs(&ctl, 6).await;
+    let mut workers = Vec::new();
+    for i in 0..6 {
+        workers.push(ctl.worker(&format!("a{i}"), &[]).await);
+    }
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let _beats: Vec<_> = workers.iter().map(|w| w.keep_alive(held.clone())).collect();
+
+    // Six agent steps queued, four slots: four go out, the other two wait.
+    let got = claim_all(&workers, 300).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    held.lock()
+        .unwrap()
+        .extend(got.iter().map(|(_, l)| l.clone()));
+    let a = ctl.account().await;
+    assert_eq!((a.concurrency_limit, a.max_concurrent), (4, 4), "{a:?}");
+    assert!(a.account.starts_with("opus:"), "{a:?}");
+
+    // An overload halves the limit; a rate limit on a step of the same wave does not again.
+    let (i, l) = &got[0];
+    push_back(&workers[*i], l, "overloaded", 60_000).await;
+    let a = ctl.limit_becomes(2).await;
+    assert_eq!(a.last_signal.as_deref(), Some("overloaded"));
+    let (i, l) = &got[1];
+    push_back(&workers[*i], l, "rate_limited", 60_000).await;
+    let a = ctl.account().await;
+    assert_eq!(
+        (a.concurrency_limit, a.last_signal.as_deref()),
+        (2, Some("rate_limited"))
+    );
+
+    // Two running, limit two: the two still queued (no pause of their own) wait.
+    let idle: Vec<Worker> = workers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !got[2..].iter().any(|(j, _)| j == i))
+        .map(|(_, w)| w.clone())
+        .collect();
+    assert!(claim_all(&idle, 300).await.is_empty());
+
+    // Two completions of the account's steps: the limit grows by one (recover_after = 2),
+    // and one more agent step goes out.
+    for (i, l) in &got[2..] {
+        let (status, v) = workers[*i].complete(l, &Worker::completion(l)).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    ctl.limit_becomes(3).await;
+    let more = claim_all(&idle, 2_000).await;
+    let agent: Vec<_> = {
+        let mut v = Vec::new();
+        for (i, l) in more {
+            if ctl.step(&l.run, &l.step).await["phase"] == "implementation" {
+                v.push((i, l));
+            }
+        }
+        v
+    };
+    assert!(
+        !agent.is_empty() && agent.len() <= 3,
+        "agent steps after growing: {agent:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_limit_pauses_the_account_until_its_reset_and_a_restart_keeps_the_state() {
+    let mut ctl = Ctl::start("acct-pause", &settings("8", &[])).await;
+    runs(&ctl, 3).await;
+    let w = ctl.worker("p1", &[]).await;
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let _beat = w.keep_alive(held.clone());
+    let (l, _) = w.take().await;
+    // Usage limit for three seconds: none of the account's steps goes out meanwhile.
+    push_back(&w, &l, "usage_limit", 3_000).await;
+    let a = ctl.account().await;
+    let until = a.pause_until.expect("paused");
+    assert_eq!(a.concurrency_limit, 8, "a usage limit does not halve");
+    let (status, _) = w.claim(1_000).await;
+    assert_eq!(status, 204, "nothing goes out while the account is paused");
+
+    // The state is in the database: a restarted controller holds the pause too.
+    ctl.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    ctl.proc.wait_exit(Duration::from_secs(20)).await;
+    ctl.proc.start();
+    ctl.proc.wait_ready("/ready").await;
+    assert_eq!(ctl.account().await.pause_until, Some(until));
+    let w = ctl.worker("p2", &[]).await;
+    let started = std::time::Instant::now();
+    let (status, v) = w.claim(20_000).await;
+    assert_eq!(status, 200, "claimable after the reset: {v}");
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    assert!(
+        now_ms >= until - 50,
+        "claimed {} ms before the pause ended (waited {:?})",
+        until - now_ms,
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halved_limit_survives_a_restart() {
+    let mut ctl = Ctl::start("acct-restart", &settings("4", &[])).await;
+    runs(&ctl, 2).await;
+    let w = ctl.worker("r1", &[]).await;
+    let (l, _) = w.take().await;
+    push_back(&w, &l, "rate_limited", 60_000).await;
+    ctl.limit_becomes(2).await;
+    ctl.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    ctl.proc.wait_exit(Duration::from_secs(20)).await;
+    ctl.proc.start();
+    ctl.proc.wait_ready("/ready").await;
+    let a = ctl.account().await;
+    assert_eq!((a.concurrency_limit, a.max_concurrent), (2, 4), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_limits_off_nothing_is_held() {
+    let ctl = Ctl::start(
+        "acct-off",
+        &settings("1", &[("LOOPD__API_LIMITS__ENABLED", "false")]),
+    )
+    .await;
+    runs(&ctl, 3).await;
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        workers.push(ctl.worker(&format!("o{i}"), &[]).await);
+    }
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let _beats: Vec<_> = workers.iter().map(|w| w.keep_alive(held.clone())).collect();
+    let got = claim_all(&workers, 2_000).await;
+    assert_eq!(got.len(), 3, "max_concurrent 1 ignored when off: {got:?}");
+    held.lock()
+        .unwrap()
+        .extend(got.iter().map(|(_, l)| l.clone()));
+    let (i, l) = &got[0];
+    push_back(&workers[*i], l, "overloaded", 60_000).await;
+    assert!(ctl.accounts().is_empty(), "no account recorded when off");
+}
