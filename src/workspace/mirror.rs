@@ -88,7 +88,12 @@ impl Mirrors {
             url.as_str(),
             &staging_arg,
         ];
-        let cloned = self.remotes.run(None, &url, Op::Fetch, None, &args);
+        let clean = || {
+            let _ = fs::remove_dir_all(&staging);
+        };
+        let cloned = self
+            .remotes
+            .run_cleaning(None, &url, Op::Fetch, None, &args, &clean);
         if let Err(e) = cloned {
             let _ = fs::remove_dir_all(&staging);
             return Err(e.into());

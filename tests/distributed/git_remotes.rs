@@ -355,7 +355,7 @@ async fn each_kind_of_remote_failure_is_refused_with_its_reason_and_no_retry_sto
 
     let error = refusal(&c, git_run(&other_ca_url, None)).await;
     assert!(
-        error.ends_with("TLS certificate not trusted (set git.ca_file to the CA that signed it)"),
+        error.ends_with("TLS certificate not trusted (not signed by a CA of git.ca_file or the system, issued for another name, or expired)"),
         "{error}"
     );
     assert_eq!(
@@ -501,4 +501,187 @@ async fn a_worker_without_a_credential_fails_the_step_once_and_a_handed_credenti
         "{clone_config}"
     );
     assert_no_secret(&c, Some(&id), &[PASSWORD]).await;
+}
+
+/// A TCP listener on 127.0.0.1 that accepts connections and never says a word; it counts the
+/// connections accepted and those their client closed (read to EOF).
+struct Silent {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        use std::io::Read;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, c) = (accepted.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Silent {
+            port,
+            accepted,
+            closed,
+        }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        (
+            self.accepted.load(Ordering::SeqCst),
+            self.closed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_certificates_a_changed_host_key_and_a_silent_host_fail_with_their_reason() {
+    use crate::support::git_https::Expired;
+    let home = test_dir("remote-failures-2");
+    let expired_server = GitHttps::start_with(
+        &home.path().join("expired-server"),
+        USER,
+        PASSWORD,
+        Expired::Server,
+    )
+    .await;
+    let expired_ca =
+        GitHttps::start_with(&home.path().join("expired-ca"), USER, PASSWORD, Expired::Ca).await;
+    let repo = Repo::create(home.path(), "app", 1, "tick", &[]);
+    let server_url = expired_server.publish(&repo.path, "app.git");
+    let ca_url = expired_ca.publish(&repo.path, "app.git");
+    // Both CAs are trusted: what fails is the dates alone.
+    let mut cas = std::fs::read_to_string(&expired_server.ca_file).expect("ca");
+    cas.push_str(&std::fs::read_to_string(&expired_ca.ca_file).expect("ca"));
+    let ca_file = write(&home.path().join("cas.pem"), &cas);
+
+    let Some(sshd) = Sshd::start(&home.path().join("sshd"), &[]).await else {
+        return;
+    };
+    let bare = home.path().join("served/app.git");
+    std::fs::create_dir_all(bare.parent().expect("parent")).expect("served dir");
+    git(
+        home.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &path_str(&repo.path),
+            &path_str(&bare),
+        ],
+    );
+    // known_hosts names another key for this server (its key was changed, or someone is in
+    // the middle); the client key is the right one.
+    let other = home.path().join("other_host_key");
+    keygen(&other, "");
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).expect("pub");
+    let other_key: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    let known_hosts = write(
+        &home.path().join("known_hosts"),
+        &format!("[127.0.0.1]:{} {}\n", sshd.port, other_key.join(" ")),
+    );
+    let silent = Silent::start();
+    let config = write(
+        &home.path().join("controller.toml"),
+        &format!(
+            "[git]\nallowed_hosts = [\"127.0.0.1\"]\nca_file = \"{}\"\nknown_hosts = \"{}\"\n\
+             timeout_sec = 3\nnetwork_attempts = 2\nretry_backoff_ms = 100\n\n\
+             [[git.credentials]]\nhost = \"127.0.0.1:{}\"\nssh_key_file = \"{}\"\n",
+            ca_file.display(),
+            known_hosts.display(),
+            sshd.port,
+            sshd.client_key.display(),
+        ),
+    );
+    let extra = Extra {
+        controller_args: vec!["--config".into(), path_str(&config)],
+        controller_env: pairs(&[
+            ("GIT_CONFIG_GLOBAL", "/dev/null"),
+            ("SSH_AUTH_SOCK", "/nonexistent"),
+        ]),
+        worker_env: Vec::new(),
+    };
+    let c = Cluster::start_with("remote-failures-2", 0, Timings::default(), &extra).await;
+    let retries = || c.controller.log_text().matches("trying again").count();
+
+    for server in [&expired_server, &expired_ca] {
+        let url = if server.port == expired_server.port {
+            &server_url
+        } else {
+            &ca_url
+        };
+        let error = refusal(&c, git_run(url, None)).await;
+        // git's TLS library says "expired" (OpenSSL, newer GnuTLS builds of curl), or only
+        // that verification failed (older GnuTLS builds, as in Debian 12).
+        let host = format!("cannot fetch 127.0.0.1:{}: ", server.port);
+        let expired = "TLS certificate expired (the server's or its CA's: renew it, or check this machine's clock)";
+        let untrusted = "TLS certificate not trusted (not signed by a CA of git.ca_file or the system, issued for another name, or expired)";
+        assert!(
+            error == format!("{host}{expired}") || error == format!("{host}{untrusted}"),
+            "{error}"
+        );
+        assert_eq!(
+            (server.connections(), server.requests()),
+            (1, 0),
+            "one handshake, no request, not tried again"
+        );
+    }
+
+    let error = refusal(&c, git_run(&sshd.url(&bare), None)).await;
+    assert_eq!(
+        error,
+        format!(
+            "cannot fetch 127.0.0.1:{}: the ssh host key differs from the one in known_hosts",
+            sshd.port
+        )
+    );
+    assert_eq!(sshd.connections(), 1, "refused once, not tried again");
+    let sshd_log = std::fs::read_to_string(&sshd.log).unwrap_or_default();
+    assert!(
+        !sshd_log.contains("Accepted publickey") && sshd.failed_auths() == 0,
+        "no key was offered to a host whose key changed"
+    );
+    assert_eq!(retries(), 0, "none of these was tried again");
+
+    // A host that accepts and never answers: each attempt is killed at git.timeout_sec, and a
+    // time-out is tried again like any network failure.
+    let started = std::time::Instant::now();
+    let hung = git_run(&format!("https://127.0.0.1:{}/app.git", silent.port), None);
+    let error = tokio::time::timeout(std::time::Duration::from_secs(60), refusal(&c, hung))
+        .await
+        .expect("the hanging git is killed at git.timeout_sec");
+    let took = started.elapsed();
+    assert_eq!(
+        error,
+        format!(
+            "cannot fetch 127.0.0.1:{}: timed out (git.timeout_sec)",
+            silent.port
+        )
+    );
+    assert_eq!(retries(), 1, "git.network_attempts (2) attempts");
+    assert!(
+        took >= std::time::Duration::from_secs(6) && took < std::time::Duration::from_secs(30),
+        "two attempts of 3 s each: {took:?}"
+    );
+    let counts = &silent;
+    crate::support::wait_for(
+        "both connections to be closed by the killed git",
+        std::time::Duration::from_secs(10),
+        || async move { (counts.counts() == (2, 2)).then_some(()) },
+    )
+    .await;
 }

@@ -46,8 +46,22 @@ struct Config {
     counts: Arc<Counts>,
 }
 
+/// Which of the server's certificates is out of date, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    No,
+    /// The CA's validity ended in 2001.
+    Ca,
+    /// The server's certificate's validity ended in 2001.
+    Server,
+}
+
 /// A CA (its PEM) and a certificate it signed for 127.0.0.1 and localhost (cert PEM, key PEM).
-pub fn make_ca_and_server_cert() -> (String, String, String) {
+pub fn make_ca_and_server_cert(expired: Expired) -> (String, String, String) {
+    let past = |p: &mut CertificateParams| {
+        p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    };
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
@@ -57,6 +71,9 @@ pub fn make_ca_and_server_cert() -> (String, String, String) {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    if expired == Expired::Ca {
+        past(&mut ca);
+    }
     let ca_key = KeyPair::generate().expect("CA key");
     let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
     let issuer = Issuer::new(ca, ca_key);
@@ -64,6 +81,9 @@ pub fn make_ca_and_server_cert() -> (String, String, String) {
     leaf.subject_alt_names
         .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
     leaf.use_authority_key_identifier_extension = true;
+    if expired == Expired::Server {
+        past(&mut leaf);
+    }
     let key = KeyPair::generate().expect("server key");
     let cert = leaf.signed_by(&key, &issuer).expect("server certificate");
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
@@ -72,9 +92,14 @@ pub fn make_ca_and_server_cert() -> (String, String, String) {
 impl GitHttps {
     /// Starts a server for repositories under `dir/repos`, accepting `user` / `password`.
     pub async fn start(dir: &Path, user: &str, password: &str) -> GitHttps {
+        Self::start_with(dir, user, password, Expired::No).await
+    }
+
+    /// [`GitHttps::start`] with a CA or server certificate that has `expired`.
+    pub async fn start_with(dir: &Path, user: &str, password: &str, expired: Expired) -> GitHttps {
         let root = dir.join("repos");
         std::fs::create_dir_all(&root).expect("repos dir");
-        let (ca_pem, cert_pem, key_pem) = make_ca_and_server_cert();
+        let (ca_pem, cert_pem, key_pem) = make_ca_and_server_cert(expired);
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, &ca_pem).expect("ca.pem");
         let tls = tls_config(&cert_pem, &key_pem);

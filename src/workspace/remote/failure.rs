@@ -33,8 +33,8 @@ pub enum Cause {
     Auth,
     /// The ssh host key is not in the known_hosts file (or differs from it).
     HostKey { changed: bool },
-    /// The https certificate is not trusted (CA, name or dates).
-    Tls,
+    /// The https certificate is not trusted (CA or name), or out of its dates (`expired`).
+    Tls { expired: bool },
     /// The host could not be reached or did not answer (name, connection, reset).
     Unreachable,
     /// The git command ran past `git.timeout_sec`.
@@ -77,7 +77,7 @@ impl RemoteError {
             Cause::BadUrl(_) => "bad_url",
             Cause::Auth => "auth",
             Cause::HostKey { .. } => "host_key",
-            Cause::Tls => "tls",
+            Cause::Tls { .. } => "tls",
             Cause::Unreachable => "unreachable",
             Cause::Timeout => "timeout",
             Cause::ServerError => "server_error",
@@ -107,9 +107,13 @@ impl fmt::Display for RemoteError {
                 f,
                 "cannot {op} {host}: the ssh host key differs from the one in known_hosts"
             ),
-            Cause::Tls => write!(
+            Cause::Tls { expired: false } => write!(
                 f,
-                "cannot {op} {host}: TLS certificate not trusted (set git.ca_file to the CA that signed it)"
+                "cannot {op} {host}: TLS certificate not trusted (not signed by a CA of git.ca_file or the system, issued for another name, or expired)"
+            ),
+            Cause::Tls { expired: true } => write!(
+                f,
+                "cannot {op} {host}: TLS certificate expired (the server's or its CA's: renew it, or check this machine's clock)"
             ),
             Cause::Unreachable => write!(f, "cannot {op} {host}: unreachable"),
             Cause::Timeout => write!(f, "cannot {op} {host}: timed out (git.timeout_sec)"),
@@ -132,16 +136,18 @@ pub fn classify(stderr: &str) -> Cause {
     if has("Host key verification failed") || has("host key is known for") {
         return Cause::HostKey { changed: false };
     }
+    if has("certificate has expired") || has("certificate is not yet valid") {
+        return Cause::Tls { expired: true };
+    }
     if has("SSL certificate problem")
         || has("server certificate verification failed")
         || has("no alternative certificate subject name")
         || has("certificate subject name")
-        || has("certificate has expired")
         || has("unable to get local issuer certificate")
         || has("self-signed certificate")
         || has("self signed certificate")
     {
-        return Cause::Tls;
+        return Cause::Tls { expired: false };
     }
     if has("Authentication failed")
         || has("Permission denied (")

@@ -115,6 +115,20 @@ impl Remotes {
         handed: Option<&HandedCredential>,
         args: &[&str],
     ) -> Result<String, RemoteError> {
+        self.run_cleaning(dir, url, op, handed, args, &|| {})
+    }
+
+    /// [`Self::run`], calling `clean` before each attempt (a `git clone` killed at its
+    /// deadline leaves its half-made directory, which the next attempt must not find).
+    pub fn run_cleaning(
+        &self,
+        dir: Option<&Path>,
+        url: &RemoteUrl,
+        op: Op,
+        handed: Option<&HandedCredential>,
+        args: &[&str],
+        clean: &dyn Fn(),
+    ) -> Result<String, RemoteError> {
         let creds =
             credentials::resolve(&self.inner.credentials, handed, url).map_err(|cause| {
                 RemoteError {
@@ -126,6 +140,7 @@ impl Remotes {
         let mut wait = self.inner.backoff;
         let mut attempt = 1;
         loop {
+            clean();
             match command::run(&self.inner.setup, dir, url, op, &creds, args) {
                 Ok(out) => return Ok(out.stdout),
                 Err(e) if e.retryable() && attempt < self.inner.attempts => {
