@@ -1,7 +1,8 @@
 //! A single-role daemon against the stand-in provider (`tests/support/provider.rs`), its steps
 //! run by the stub agent: a 429 and then a 529 hand the step back without using an attempt,
 //! the run completes once the provider admits calls again, and the run's usage is the sum of
-//! what the provider's admitted calls reported.
+//! what the provider's admitted calls reported; the account's usage limit holds every step of
+//! the account, in any run, until its reset time.
 
 use crate::helpers::Single;
 use crate::support::provider::{self, Provider};
@@ -77,4 +78,49 @@ async fn a_run_rides_out_a_429_and_a_529_of_the_provider_and_sums_its_usage() {
         .filter(|st| st["phase"] == "implementation")
         .count() as u64;
     assert_eq!(agent_steps, c.accepted, "{steps:?}");
+}
+
+/// The account's usage limit, with its reset time in the message: the step goes back until
+/// then, and no step of the same account (the same model and agent command) is given out
+/// before the reset, in any run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_limit_holds_every_step_of_the_account_until_its_reset() {
+    let p = Provider::start(4, Duration::from_millis(100), 0.05).await;
+    let s = Single::start("provider-usage-limit", &[]).await;
+    let now = chrono::Utc::now().timestamp();
+    let reset = now + 8;
+    p.usage_limit_until(reset);
+    let mode = format!("provider {}", p.url());
+    let config = ["reviewer=false", "model=sonnet"];
+    let first = s.repo("first", 1, &mode, &config);
+    let first = s.create(&first, json!({})).await;
+    wait_for("the refused step handed back", Duration::from_secs(30), || async {
+        let steps = s.steps(&first).await;
+        let st = steps.first()?;
+        (st["status"] == "RETRYING").then_some(())
+    })
+    .await;
+    assert_eq!(p.counts().usage_limited, 1);
+    // Another run of the same account, submitted during the pause.
+    let second = s.repo("second", 1, &mode, &config);
+    let second = s.create(&second, json!({})).await;
+    let run = s.wait_status(&second, "COMPLETED").await;
+    s.wait_status(&first, "COMPLETED").await;
+    let c = p.counts();
+    assert_eq!(c.usage_limited, 1, "no call before the reset: {c:?}");
+    assert!(run["usage"]["steps"].as_u64().unwrap_or(0) >= 2, "{run}");
+    let events = s.events(&first).await;
+    let released = events
+        .iter()
+        .find(|e| e.event_type == "LEASE_RELEASED")
+        .expect("the refused step was handed back");
+    assert!(
+        released.payload["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("agent API usage_limit"),
+        "{:?}",
+        released.payload
+    );
+    assert!(chrono::Utc::now().timestamp() >= reset);
 }
