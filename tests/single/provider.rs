@@ -94,11 +94,15 @@ async fn a_usage_limit_holds_every_step_of_the_account_until_its_reset() {
     let config = ["reviewer=false", "model=sonnet"];
     let first = s.repo("first", 1, &mode, &config);
     let first = s.create(&first, json!({})).await;
-    wait_for("the refused step handed back", Duration::from_secs(30), || async {
-        let steps = s.steps(&first).await;
-        let st = steps.first()?;
-        (st["status"] == "RETRYING").then_some(())
-    })
+    wait_for(
+        "the refused step handed back",
+        Duration::from_secs(30),
+        || async {
+            let steps = s.steps(&first).await;
+            let st = steps.first()?;
+            (st["status"] == "RETRYING").then_some(())
+        },
+    )
     .await;
     assert_eq!(p.counts().usage_limited, 1);
     // Another run of the same account, submitted during the pause.
