@@ -2,13 +2,15 @@
 //! database, 16 real `loopd --role worker` processes, and 32 shared_fs runs of three agent
 //! steps each, whose agent is the stub calling the stand-in provider
 //! (`tests/support/provider.rs`). The provider admits 4 concurrent calls (429 beyond) and
-//! answers 529 to every call for 30 seconds once half the agent steps are done. Two scenarios:
-//! with the pool's pressure control (the default settings), and with it turned off
-//! (`[api_limits] enabled = false`). For each: how many runs completed and failed, how many
-//! calls the provider took, admitted and refused, and how long it all took.
+//! answers 529 to every call for 30 seconds once half the agent steps are done. Three
+//! scenarios: with the pool's pressure control (the default settings), the same with
+//! `[api_limits] max_concurrent` set to what the provider admits (an operator who knows the
+//! account's limit), and with it turned off (`[api_limits] enabled = false`). For each: how
+//! many runs completed and failed, how many calls the provider took, admitted and refused,
+//! and how long it all took.
 //!
-//!   cargo bench --bench api_pressure                 # both scenarios
-//!   cargo bench --bench api_pressure -- with         # one of them: with | without
+//!   cargo bench --bench api_pressure                 # every scenario
+//!   cargo bench --bench api_pressure -- with         # some: with | tuned | without
 //!
 //! Settings (env): LOOPD_BENCH_PG (admin URL of the Postgres server, default 127.0.0.1:5432),
 //! LOOPD_BENCH_RUNS (32), LOOPD_BENCH_WORKERS (16), LOOPD_BENCH_ADMIT (4),
@@ -115,6 +117,13 @@ async fn main() {
     let mut all = Vec::new();
     if wants("with") {
         all.push(scenario(&o, "with pressure control", &[]).await);
+    }
+    if wants("tuned") {
+        let max = vec![(
+            "LOOPD__API_LIMITS__MAX_CONCURRENT".to_string(),
+            o.admit.to_string(),
+        )];
+        all.push(scenario(&o, "with, max_concurrent = admitted", &max).await);
     }
     if wants("without") {
         all.push(scenario(&o, "without (setting off)", &o.off_env).await);
