@@ -685,3 +685,54 @@ async fn expired_certificates_a_changed_host_key_and_a_silent_host_fail_with_the
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_merge_and_scrap_of_an_https_run_push_with_the_configured_credential() {
+    let (_home, server, url, c) = https_cluster("https-review", "tick", 1).await;
+    let id = c.submit(git_run(&url, None)).await;
+    let run = c.wait_status(&id, "COMPLETED").await;
+    let branch = run["pushed_branch"].as_str().expect("pushed_branch");
+    let bare = server.root.join("app.git");
+    assert!(git(&bare, &["branch", "--list", branch]).contains(branch));
+    let before = server.requests();
+
+    let resp = c
+        .http
+        .post(c.url(&format!("/runs/{id}/merge")))
+        .send()
+        .await
+        .expect("merge");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    let commit = body["commit"].as_str().expect("commit");
+    assert_eq!(git(&bare, &["rev-parse", "main"]).trim(), commit);
+    assert_eq!(
+        remote_subjects(&bare, "main"),
+        ["initial", &format!("Squash merge from {branch}")]
+    );
+    let resp = c
+        .http
+        .post(c.url(&format!("/runs/{id}/scrap")))
+        .send()
+        .await
+        .expect("scrap");
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(git(&bare, &["branch", "--list", branch]), "", "deleted");
+    assert!(
+        server.requests() > before,
+        "the review talked to the https remote"
+    );
+    assert_eq!(server.refused(), 0, "its credential was the right one");
+
+    assert_no_secret(&c, Some(&id), &[PASSWORD]).await;
+    let mut configs = String::new();
+    for entry in std::fs::read_dir(c.controller.data_dir.join("mirrors")).expect("mirrors") {
+        let config = entry.expect("entry").path().join("config");
+        configs.push_str(&std::fs::read_to_string(config).unwrap_or_default());
+    }
+    assert!(configs.contains(&url), "{configs}");
+    assert!(
+        !configs.contains(PASSWORD),
+        "no secret in the mirror's config"
+    );
+}
