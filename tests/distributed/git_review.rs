@@ -327,6 +327,13 @@ async fn create_pr_pushes_the_run_branch_then_runs_gh() {
     let c = Cluster::start_with("git-review-pr", 1, Timings::default(), &extra).await;
     let (bare, url) = served(&c, "app", 1, "tick");
     let id = c.submit(git_run(&url)).await;
+    // A run started at a commit, not a branch, has no branch to merge into.
+    let (_, pinned_url) = served(&c, "pinned", 1, "tick");
+    let pinned_bare = c.dir.path().join("served/pinned.git");
+    let sha = rev(&pinned_bare, "main").expect("main");
+    let mut pinned = git_run(&pinned_url);
+    pinned["repo_ref"] = json!(sha);
+    let pinned = c.submit(pinned).await;
     let run = c.wait_status(&id, "COMPLETED").await;
     assert!(run["pushed_branch"].is_null(), "not pushed at completion");
     let branch = format!("run/{}", run["name"].as_str().expect("name"));
@@ -362,4 +369,19 @@ async fn create_pr_pushes_the_run_branch_then_runs_gh() {
         after["pushed_commit"].as_str(),
         rev(&bare, &branch).as_deref()
     );
+
+    c.wait_status(&pinned, "COMPLETED").await;
+    let diff = c.get(&format!("/runs/{pinned}/diff")).await;
+    assert_eq!(diff["base_ref"], sha.as_str(), "the commit it started from");
+    assert_eq!(subjects(&diff), ["task 1: task number 1"]);
+    for verb in ["merge", "create-pr"] {
+        let (status, body) = c.post_empty(&format!("/runs/{pinned}/{verb}")).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (409, Some("no_target_branch")),
+            "{verb}: {body}"
+        );
+    }
+    assert_eq!(rev(&pinned_bare, "main").as_deref(), Some(sha.as_str()));
+    assert_eq!(c.run(&pinned).await["review_status"], "pending");
 }
