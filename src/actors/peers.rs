@@ -20,6 +20,12 @@
 //!   written in one statement), so two holders overlapping for a moment — a partition that the
 //!   old one has not noticed yet — do no harm.
 //!
+//! - Work on one run that must not be done by two controllers at once — finishing it (merge,
+//!   push, final artifacts), making its worktree — is held under a session-level advisory lock
+//!   keyed by the run ([`Peers::hold`]), taken on the same session: released by
+//!   [`Peers::let_go`], or by Postgres when the holder's session ends. Whoever takes it next
+//!   reads the run again, and finds the work done.
+//!
 //! With SQLite (role single) there are no peers: [`Peers::alone`] holds the duties for good.
 //! A leaf of `actors/`, like `events` and `ticks`: `app` builds it and wires what a notice
 //! does; the owners publish through it and ask it whether they hold the duties.
@@ -118,8 +124,20 @@ pub type OnNotice = Arc<dyn Fn(Notice) + Send + Sync>;
 pub type OnTakeOver =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>>>> + Send + Sync>;
 
+/// Work on a run that one controller at a time may do (the advisory lock's first key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Finishing the run (merge, push, final artifacts, terminal status).
+    Finish = 0x6c70_0001,
+    /// Making the run's worktree.
+    Prepare = 0x6c70_0002,
+}
+
 enum Cmd {
     Publish(String),
+    /// Takes the lock of (hold, run) if it is free; answers whether it was taken.
+    Hold(Hold, String, oneshot::Sender<bool>),
+    LetGo(Hold, String),
     /// Let go of the duties and stop trying to take them (a stopping controller).
     Release(oneshot::Sender<()>),
 }
@@ -198,6 +216,29 @@ impl Peers {
             .clone();
         if let Some(f) = f {
             f(n);
+        }
+    }
+
+    /// Takes `what` of run `run_id` for this controller, unless another controller has it
+    /// (or its lock cannot be asked for within a few seconds): then false, and the caller
+    /// leaves the work to the holder (the scheduler's tick tries again later). Always true when
+    /// alone. Within one process, callers keep their own guard: the lock is re-entrant.
+    pub async fn hold(&self, what: Hold, run_id: &str) -> bool {
+        let Some(tx) = &self.outbox else { return true };
+        let (ack, answer) = oneshot::channel();
+        if tx.send(Cmd::Hold(what, run_id.to_string(), ack)).is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(QUERY_TIMEOUT, answer).await,
+            Ok(Ok(true))
+        )
+    }
+
+    /// Lets go of what [`hold`](Self::hold) took.
+    pub fn let_go(&self, what: Hold, run_id: &str) {
+        if let Some(tx) = &self.outbox {
+            let _ = tx.send(Cmd::LetGo(what, run_id.to_string()));
         }
     }
 
@@ -284,6 +325,12 @@ impl PeersTask {
                 cmd = self.rx.recv() => match cmd {
                     None => return Ended::Closed,
                     Some(Cmd::Publish(first)) => self.publish(&mut s, first).await,
+                    Some(Cmd::Hold(what, run, ack)) => {
+                        let r = hold(&mut s, what, &run, true).await;
+                        let _ = ack.send(r.as_ref().is_ok_and(|got| *got));
+                        r.map(|_| ())
+                    }
+                    Some(Cmd::LetGo(what, run)) => hold(&mut s, what, &run, false).await.map(|_| ()),
                     Some(Cmd::Release(ack)) => {
                         *contending = false;
                         let r = self.release(&mut s).await;
@@ -322,10 +369,12 @@ impl PeersTask {
         false
     }
 
-    /// Sends `first` and whatever else waits to be published, in one statement.
+    /// Sends `first` and whatever else waits to be published, in one statement. Holds asked
+    /// for meanwhile are answered after it, in the order they came.
     async fn publish(&mut self, s: &mut Session, first: String) -> Result<(), String> {
         let mut all = vec![first];
         let mut release = None;
+        let mut holds = Vec::new();
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Cmd::Publish(p) => {
@@ -333,6 +382,8 @@ impl PeersTask {
                         all.push(p)
                     }
                 }
+                Cmd::Hold(what, run, ack) => holds.push((what, run, Some(ack))),
+                Cmd::LetGo(what, run) => holds.push((what, run, None)),
                 Cmd::Release(ack) => {
                     release = Some(ack);
                     break;
@@ -344,14 +395,30 @@ impl PeersTask {
             "SELECT count(pg_notify('{CHANNEL}', p)) FROM unnest(ARRAY[{}]::text[]) AS p",
             list.join(",")
         );
-        let r = s.query(&sql, QUERY_TIMEOUT).await.map(|_| ());
+        let mut r = s
+            .query(&sql, QUERY_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        for (what, run, ack) in holds {
+            let got = match &r {
+                Ok(()) => hold(s, what, &run, ack.is_some()).await,
+                Err(e) => Err(e.clone()),
+            };
+            if let Some(ack) = ack {
+                let _ = ack.send(got.as_ref().is_ok_and(|g| *g));
+            }
+            if let Err(e) = got {
+                r = Err(e);
+            }
+        }
         if let Some(ack) = release {
             // Handled as if it came next (the rare stop while notices are sent).
             let r2 = self.release(s).await;
             let _ = ack.send(());
-            return r.map_err(|e| e.to_string()).and(r2);
+            return r.and(r2);
         }
-        r.map_err(|e| e.to_string())
+        r
     }
 
     /// Lets go of the duties, if held, and tells the others.
@@ -414,6 +481,22 @@ impl PeersTask {
         tracing::info!(node = %self.peers.node, prepare_ms = ms, "controller duties taken");
         Ok(())
     }
+}
+
+/// Takes (`take`) or lets go of the advisory lock of `what` for run `run_id` on the session;
+/// answers whether it is now held (taking) or was held (letting go). Runs whose keys collide
+/// share a lock: one of them waits for the next try.
+async fn hold(s: &mut Session, what: Hold, run_id: &str, take: bool) -> Result<bool, String> {
+    let f = match take {
+        true => "pg_try_advisory_lock",
+        false => "pg_advisory_unlock",
+    };
+    let sql = format!("SELECT {f}({}, hashtext({}))", what as i32, literal(run_id));
+    let got = s
+        .query(&sql, QUERY_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(got.as_deref() == Some("t"))
 }
 
 #[cfg(test)]

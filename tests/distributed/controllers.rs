@@ -8,7 +8,7 @@
 //! has a data dir of its own: a client tailing a run's output or events through one controller
 //! sees, live, what a worker posts through another.
 
-use crate::cluster::{Cluster, Timings};
+use crate::cluster::{Cluster, Extra, Timings};
 use crate::output::{read_until, Collected};
 use crate::sse::Reader;
 use crate::support::proc::bin;
@@ -382,4 +382,74 @@ async fn a_client_tails_through_one_controller_what_a_worker_posts_through_the_o
         .map(|f| serde_json::from_str(&f.data).expect("event JSON"))
         .collect();
     assert_eq!(ids(via_b), ids(c.events(&id).await), "the same events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_racing_to_prepare_and_finish_runs_do_each_once() {
+    // The duties' holder looks for runs to prepare or finish every 20 ms, while the other
+    // controller, which started them and took their last completions, is preparing and
+    // finishing them: both try at once.
+    let extra = Extra {
+        controller_env: vec![("LOOPD__SCHEDULER__TICK_INTERVAL_MS".into(), "20".into())],
+        ..Extra::default()
+    };
+    let mut c = Cluster::start_with("finish_race", 0, Timings::default(), &extra).await;
+    wait_log(&c.controller, "the first to take the duties", DUTIES_TAKEN).await;
+    let other = c.add_controller().await.url();
+    c.add_worker_of(&other, &[], &[]).await;
+    c.add_worker_of(&other, &[], &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let repo = Repo::create(c.dir.path(), &format!("origin{i}"), 1, "tick", &[]);
+        ids.push((c.submit_git(&repo, &[]).await, false));
+    }
+    // shared_fs runs submitted through the other: it starts them and makes their worktrees.
+    for i in 0..4 {
+        let repo = Repo::create(c.dir.path(), &format!("ws{i}"), 1, "tick", &[]);
+        let body = serde_json::json!({
+            "spec_path": "specs/demo.md",
+            "plan_path": "PLAN.md",
+            "workspace_root": crate::cluster::path_str(&repo.path),
+        });
+        let resp = c
+            .http
+            .post(format!("{other}/runs"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /runs");
+        assert_eq!(resp.status().as_u16(), 201);
+        let v: serde_json::Value = resp.json().await.expect("JSON");
+        ids.push((v["run"]["id"].as_str().expect("id").to_string(), true));
+    }
+    for (id, shared) in &ids {
+        c.wait_status(id, "COMPLETED").await;
+        let events = c.events(id).await;
+        let count = |t: &str, name: Option<&str>| {
+            events
+                .iter()
+                .filter(|e| e["event_type"] == t)
+                .filter(|e| name.is_none_or(|n| e["payload"]["name"] == n))
+                .count()
+        };
+        assert_eq!(count("RUN_COMPLETED", None), 1, "{events:#?}");
+        let mut stored = vec!["report.tsv", "summary.json"];
+        if !shared {
+            stored.push("run.bundle");
+        }
+        for name in stored {
+            assert_eq!(
+                count("ARTIFACT_STORED", Some(name)),
+                1,
+                "run {id}: {name} stored once: {events:#?}"
+            );
+        }
+        if *shared {
+            assert_eq!(
+                count("WORKTREE_CREATED", None),
+                1,
+                "run {id}: one worktree: {events:#?}"
+            );
+        }
+    }
 }

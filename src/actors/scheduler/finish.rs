@@ -4,7 +4,9 @@
 //! the terminal status with its event. The
 //! decision is stored first (`run_state.finishing`), so a crash in the middle is finished again
 //! at the next tick. The [`Finisher`] also stores the artifacts the controller itself produces
-//! (rewritten prompts). Owned by the scheduler's service, which alone calls it.
+//! (rewritten prompts). Owned by the scheduler's service, which alone calls it. A run is
+//! finished by one call at a time, across controllers too: the call holds the run (see
+//! `Finisher::finish`).
 
 use super::error::SchedError;
 use super::finish_git::{
@@ -12,6 +14,7 @@ use super::finish_git::{
     MergeResult, PushResult,
 };
 use crate::actors::events::EventHub;
+use crate::actors::peers::{Hold, Peers};
 use crate::actors::run_progress::outcome::FinishPlan;
 use crate::api::{REVIEW_DIFF_MAX_BYTES, REVIEW_DIFF_NAME};
 use crate::artifacts::ArtifactStore;
@@ -29,7 +32,8 @@ use std::sync::{Arc, Mutex};
 /// The artifact holding a git run's branch as it ended.
 pub const FINAL_BUNDLE: &str = "run.bundle";
 
-/// Finishes runs; remembers which ones this process is finishing right now.
+/// Finishes runs; remembers which ones this process is finishing right now, and holds each
+/// against the other controllers while it does (`Peers::hold`).
 pub struct Finisher {
     db: Db,
     hub: EventHub,
@@ -38,37 +42,53 @@ pub struct Finisher {
     mirrors: Arc<Mirrors>,
     /// Runs being finished by this process right now.
     finishing: Mutex<HashSet<String>>,
+    /// The other controllers, which must not finish the same run at the same time.
+    peers: Arc<Peers>,
 }
 
 impl Finisher {
-    pub fn new(db: Db, hub: EventHub, store: ArtifactStore, mirrors: Arc<Mirrors>) -> Self {
+    pub fn new(
+        db: Db,
+        hub: EventHub,
+        store: ArtifactStore,
+        mirrors: Arc<Mirrors>,
+        peers: Arc<Peers>,
+    ) -> Self {
         Finisher {
             db,
             hub,
             store,
             mirrors,
             finishing: Mutex::new(HashSet::new()),
+            peers,
         }
     }
 
     /// Carries out the stored terminal decision of a run. Safe to call again: returns false,
-    /// doing nothing, while another call is finishing the run.
+    /// doing nothing, while another call — of this process or of another controller — is
+    /// finishing the run. The decision and the run's status are read once the run is held,
+    /// so a finish that comes after another finds the work done.
     pub async fn finish(&self, run_id: &str) -> bool {
-        {
-            let mut set = match self.finishing.lock() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
-            if !set.insert(run_id.to_string()) {
-                return false;
+        let mark = |on: bool| {
+            let mut set = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+            match on {
+                true => set.insert(run_id.to_string()),
+                false => set.remove(run_id),
             }
+        };
+        if !mark(true) {
+            return false;
+        }
+        if !self.peers.hold(Hold::Finish, run_id).await {
+            mark(false);
+            tracing::debug!(run_id, "another controller is finishing the run");
+            return false;
         }
         if let Err(e) = self.finish_inner(run_id).await {
             tracing::error!(run_id, error = %e, "cannot finish run (will retry on the next tick)");
         }
-        if let Ok(mut set) = self.finishing.lock() {
-            set.remove(run_id);
-        }
+        self.peers.let_go(Hold::Finish, run_id);
+        mark(false);
         true
     }
 

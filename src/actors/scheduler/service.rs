@@ -13,7 +13,7 @@ use super::start::{explain_waits, pick_next, stuck_runs};
 use super::submit;
 use crate::actors::events::EventHub;
 use crate::actors::lease::QueueChanged;
-use crate::actors::peers::Peers;
+use crate::actors::peers::{Hold, Peers};
 use crate::actors::run_progress::decide::decide_in_tx;
 use crate::actors::run_progress::outcome::{Advanced, FinishPlan};
 use crate::api::CreateRunRequest;
@@ -65,7 +65,13 @@ impl SchedulerService {
         peers: Arc<Peers>,
     ) -> Self {
         SchedulerService {
-            finisher: Finisher::new(db.clone(), hub.clone(), store.clone(), mirrors.clone()),
+            finisher: Finisher::new(
+                db.clone(),
+                hub.clone(),
+                store.clone(),
+                mirrors.clone(),
+                peers.clone(),
+            ),
             db,
             hub,
             store,
@@ -193,8 +199,10 @@ impl SchedulerService {
     }
 
     /// Makes the worktree of a started run, then advances it (its first step is queued with
-    /// the worktree's paths). Does nothing while another call prepares the same run; a run
-    /// whose worktree cannot be made fails.
+    /// the worktree's paths). Does nothing while another call — of this process or of another
+    /// controller — prepares the same run; once it holds the run, it reads the run again, so
+    /// a worktree another call made meanwhile is not made twice. A run whose worktree cannot
+    /// be made fails.
     async fn prepare_and_advance(self: &Arc<Self>, run: &RunRow) -> Result<(), SchedError> {
         let mark = |on: bool| {
             let mut set = self.preparing.lock().unwrap_or_else(|e| e.into_inner());
@@ -206,8 +214,19 @@ impl SchedulerService {
         if !mark(true) {
             return Ok(());
         }
-        let prepared = self.prepare_workspace(run).await;
+        if !self.peers.hold(Hold::Prepare, &run.id).await {
+            mark(false);
+            return Ok(());
+        }
+        let id = run.id.clone();
+        let read = self.db.run(move |c| db::runs::require(c, &id)).await;
+        let prepared = match &read {
+            Ok(now) if needs_worktree(now) => self.prepare_workspace(now).await,
+            _ => Ok(()),
+        };
+        self.peers.let_go(Hold::Prepare, &run.id);
         mark(false);
+        read?;
         match prepared {
             Ok(()) => self.advance(&run.id).await,
             Err(reason) => self.fail_now(&run.id, &format!("run_error:{reason}")).await,
