@@ -62,6 +62,13 @@ pub struct Snapshot {
     pub steps_by_phase_status: Vec<(String, String, i64)>,
     /// On Postgres, completion batches written and the completions they carried.
     pub completion_batches: Option<(u64, u64)>,
+    /// Each agent account's limit now: (account, limit, steps running, paused).
+    pub accounts: Vec<(String, i64, i64, bool)>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabel {
+    account: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -243,6 +250,36 @@ fn stored_state(snap: &Snapshot) -> Registry {
         "Steps not finished yet (queued, in progress, retrying), per phase and status",
         active,
     );
+    if !snap.accounts.is_empty() {
+        let (limit, in_use, paused) = (
+            Family::<AccountLabel, Gauge>::default(),
+            Family::<AccountLabel, Gauge>::default(),
+            Family::<AccountLabel, Gauge>::default(),
+        );
+        for (account, l, n, p) in &snap.accounts {
+            let label = AccountLabel {
+                account: account.clone(),
+            };
+            limit.get_or_create(&label).set(*l);
+            in_use.get_or_create(&label).set(*n);
+            paused.get_or_create(&label).set(i64::from(*p));
+        }
+        r.register(
+            "loopd_agent_account_limit",
+            "Steps of an agent account that may run at once (adaptive, [api_limits])",
+            limit,
+        );
+        r.register(
+            "loopd_agent_account_in_use",
+            "Steps of an agent account running now",
+            in_use,
+        );
+        r.register(
+            "loopd_agent_account_paused",
+            "1 while an agent account is paused after a usage limit",
+            paused,
+        );
+    }
     if let Some((batches, items)) = snap.completion_batches {
         let (b, i): (Counter, Counter) = (Counter::default(), Counter::default());
         b.inc_by(batches);
@@ -274,8 +311,16 @@ mod tests {
         m.lease_expired.inc();
         let text = m.render(&Snapshot {
             completion_batches: Some((2, 7)),
+            accounts: vec![("opus:claude:0123abcd".into(), 3, 2, true)],
             ..Snapshot::default()
         });
+        for line in [
+            "loopd_agent_account_limit{account=\"opus:claude:0123abcd\"} 3",
+            "loopd_agent_account_in_use{account=\"opus:claude:0123abcd\"} 2",
+            "loopd_agent_account_paused{account=\"opus:claude:0123abcd\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
         assert!(text.contains("loopd_completion_batch_items_total 7"));
         assert!(text.contains("loopd_lease_expired_total 1\n"), "{text}");
         assert!(text.contains("# TYPE loopd_lease_expired_total counter"));

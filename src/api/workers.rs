@@ -322,8 +322,31 @@ pub struct WorkerInfo {
     pub leases: Vec<HeldLease>,
 }
 
-/// `{"workers": [WorkerInfo]}`
+/// `{"workers": [WorkerInfo], "accounts": [AccountInfo]}` (`accounts` an addition, left out
+/// when there are none).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkersEnvelope {
     pub workers: Vec<WorkerInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<AccountInfo>,
+}
+
+/// An agent account's concurrency limit, as `GET /workers` shows it (`[api_limits]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountInfo {
+    /// `<model>:<program>:<hash of the agent command>`.
+    pub account: String,
+    /// Steps of the account that may run at once now.
+    pub limit: i32,
+    pub max_concurrent: i32,
+    /// Steps of the account running now.
+    pub in_use: i64,
+    /// The last push-back: `rate_limited`, `overloaded` or `usage_limit`, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_signal_at: Option<String>,
+    /// No step of the account is given out before this (a usage limit's reset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<String>,
 }

@@ -346,7 +346,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
             d.probe().await?;
             let (w, raw): (crate::api::WorkersEnvelope, _) =
                 d.get_json("/workers", "workers").await?;
-            render::print(d.json, &raw, || render::workers(&w.workers));
+            render::print(d.json, &raw, || {
+                render::workers(&w.workers) + &render::accounts(&w.accounts)
+            });
             Ok(())
         }
         Command::Artifacts {

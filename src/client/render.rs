@@ -2,7 +2,7 @@
 //! [`escaped`]: a name holding a newline or an escape sequence (stored before the daemon
 //! refused them, or from another source) is shown escaped, never acted on by the terminal.
 
-use crate::api::{ArtifactInfo, Run, RunDiff, Step, WorkerInfo, WorktreesEnvelope};
+use crate::api::{AccountInfo, ArtifactInfo, Run, RunDiff, Step, WorkerInfo, WorktreesEnvelope};
 use crate::domain::text::escaped;
 use crate::domain::usage::cost_text;
 
@@ -188,6 +188,39 @@ pub fn workers(ws: &[WorkerInfo]) -> String {
             "LAST SEEN",
         ],
         &rows,
+    )
+}
+
+/// The agent accounts' limits, below the workers (nothing when there are none).
+pub fn accounts(list: &[AccountInfo]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            let signal = match (&a.last_signal, &a.last_signal_at) {
+                (Some(k), Some(at)) => format!("{k} {}", short_time(at)),
+                _ => "-".into(),
+            };
+            vec![
+                a.account.clone(),
+                format!("{}/{}", a.limit, a.max_concurrent),
+                a.in_use.to_string(),
+                signal,
+                a.paused_until
+                    .as_deref()
+                    .map(short_time)
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    format!(
+        "\nAgent accounts:\n{}",
+        table(
+            &["ACCOUNT", "LIMIT", "IN USE", "LAST SIGNAL", "PAUSED UNTIL"],
+            &rows
+        )
     )
 }
 

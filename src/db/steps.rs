@@ -90,6 +90,21 @@ pub fn waiting_of_running(conn: &mut Conn) -> Result<Vec<(String, String)>, DbEr
     Ok(rows)
 }
 
+/// The agent account of each RUNNING run's waiting steps that have one: (run id, account).
+pub fn waiting_accounts_of_running(conn: &mut Conn) -> Result<Vec<(String, String)>, DbError> {
+    let rows: Vec<(String, Option<String>)> = on_conn!(conn, |c| steps::table
+        .inner_join(runs::table)
+        .filter(runs::status.eq("RUNNING"))
+        .filter(steps::status.eq_any(["QUEUED", "RETRYING"]))
+        .filter(steps::account.is_not_null())
+        .select((steps::run_id, steps::account))
+        .load(c))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(r, a)| a.map(|a| (r, a)))
+        .collect())
+}
+
 /// Whether a run has a step that is not finished, other than `except`.
 pub fn any_active(conn: &mut Conn, run_id: &str, except: Option<&str>) -> Result<bool, DbError> {
     let found: Option<String> = on_conn!(conn, |c| steps::table

@@ -50,12 +50,21 @@ pub async fn worker_ready(joined: web::Data<Joined>) -> HttpResponse {
 }
 
 pub async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (runs_by_status, steps_by_phase_status) = st
+    let (runs_by_status, steps_by_phase_status, accounts) = st
         .db
         .run(|c| {
+            let now = c.now_ms()?;
+            let accounts = db::accounts::list(c)?
+                .into_iter()
+                .map(|a| {
+                    let paused = a.state.paused(now);
+                    (a.account, a.state.limit as i64, a.in_use, paused)
+                })
+                .collect();
             Ok::<_, DbError>((
                 db::runs::count_by_status(c)?,
                 db::steps::count_by_phase_status(c)?,
+                accounts,
             ))
         })
         .await?;
@@ -66,6 +75,7 @@ pub async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
         runs_by_status,
         steps_by_phase_status,
         completion_batches,
+        accounts,
     };
     Ok(HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)

@@ -1,7 +1,8 @@
 //! Database rows turned into the wire objects of API.md (every key present, enums spelled as
 //! clients expect).
 
-use crate::api::{ArtifactInfo, HeldLease, Run, Step, WorkerInfo};
+use crate::api::{AccountInfo, ArtifactInfo, HeldLease, Run, Step, WorkerInfo};
+use crate::db::accounts::AccountView;
 use crate::db::models::{decode_labels, ArtifactRow, LeaseRow, RunRow, StepRow, WorkerRow};
 use crate::domain::time::rfc3339;
 use crate::domain::*;
@@ -71,6 +72,19 @@ pub fn artifact(a: &ArtifactRow) -> ArtifactInfo {
         size: a.size.max(0) as u64,
         sha256: a.sha256.clone(),
         created_at: rfc3339(a.created_at),
+    }
+}
+
+/// An agent account's limit as shown at `now` (a pause that ended is not shown).
+pub fn account(a: &AccountView, now: i64) -> AccountInfo {
+    AccountInfo {
+        account: a.account.clone(),
+        limit: a.state.limit,
+        max_concurrent: a.state.max,
+        in_use: a.in_use,
+        last_signal: a.state.last_signal.clone(),
+        last_signal_at: a.state.last_signal_at.map(rfc3339),
+        paused_until: a.state.pause_until.filter(|p| *p > now).map(rfc3339),
     }
 }
 

@@ -283,7 +283,14 @@ pub async fn complete(
 pub async fn list(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let rows = st.registry.send(ListWorkers).await??;
     let workers = rows.iter().map(|(w, l)| views::worker(w, l)).collect();
-    Ok(HttpResponse::Ok().json(WorkersEnvelope { workers }))
+    let (list, now) = st
+        .db
+        .run(|c| -> Result<_, crate::db::DbError> {
+            Ok((crate::db::accounts::list(c)?, c.now_ms()?))
+        })
+        .await?;
+    let accounts = list.iter().map(|a| views::account(a, now)).collect();
+    Ok(HttpResponse::Ok().json(WorkersEnvelope { workers, accounts }))
 }
 
 pub async fn revoke(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {

@@ -144,6 +144,42 @@ async fn the_limit_holds_dispatch_halves_on_push_back_and_grows_after_successes(
         (2, Some("rate_limited"))
     );
 
+    // The runs held by the account say so; `GET /workers` and `/metrics` show the limit.
+    wait_for(
+        "a run waiting for the account",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = crate::harness::answer(ctl.client.get(ctl.url("/runs"))).await;
+            v["runs"].as_array()?.iter().find_map(|r| {
+                let why = r["waiting_reason"].as_str()?;
+                why.starts_with("agent API limited: 2 of 4 slots; rate limited")
+                    .then_some(())
+            })
+        },
+    )
+    .await;
+    let (_, v) = crate::harness::answer(ctl.client.get(ctl.url("/workers"))).await;
+    let acct = &v["accounts"][0];
+    assert_eq!(
+        (
+            acct["account"].as_str(),
+            &acct["limit"],
+            &acct["max_concurrent"],
+            &acct["in_use"]
+        ),
+        (Some(a.account.as_str()), &json!(2), &json!(4), &json!(2)),
+        "{v}"
+    );
+    assert_eq!(acct["last_signal"], "rate_limited", "{v}");
+    let (_, text) = crate::harness::answer(ctl.client.get(ctl.url("/metrics"))).await;
+    let text = text.as_str().unwrap_or_default().to_string();
+    for line in [
+        format!("loopd_agent_account_limit{{account=\"{}\"}} 2", a.account),
+        format!("loopd_agent_account_in_use{{account=\"{}\"}} 2", a.account),
+    ] {
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+
     // Two running, limit two: the two still queued (no pause of their own) wait.
     let idle: Vec<Worker> = workers
         .iter()
@@ -191,6 +227,19 @@ async fn a_usage_limit_pauses_the_account_until_its_reset_and_a_restart_keeps_th
     assert_eq!(a.concurrency_limit, 8, "a usage limit does not halve");
     let (status, _) = w.claim(1_000).await;
     assert_eq!(status, 204, "nothing goes out while the account is paused");
+    wait_for(
+        "a run waiting for the pause",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = crate::harness::answer(ctl.client.get(ctl.url("/runs"))).await;
+            v["runs"].as_array()?.iter().find_map(|r| {
+                let why = r["waiting_reason"].as_str()?;
+                why.starts_with("agent API usage limit: paused until")
+                    .then_some(())
+            })
+        },
+    )
+    .await;
 
     // The state is in the database: a restarted controller holds the pause too.
     ctl.proc.signal(nix::sys::signal::Signal::SIGTERM);

@@ -72,7 +72,8 @@ pub(super) fn stuck_runs(c: &mut Conn) -> Result<Vec<String>, SchedError> {
 }
 
 /// Sets `waiting_reason` of RUNNING runs whose queued step no online worker can take, or
-/// whose workspace reached its daily budget (holding its steps, see `budget.rs`); a fixed
+/// whose workspace reached its daily budget (holding its steps, see `budget.rs`), or whose
+/// agent account holds it (`[api_limits]`: limit reached, usage-limit pause); a fixed
 /// number of statements per tick, and a write only where a reason changed. Whether steps held
 /// by a budget were let go (claimers should look again).
 pub(super) fn explain_waits(c: &mut Conn) -> Result<bool, SchedError> {
@@ -83,6 +84,7 @@ pub(super) fn explain_waits(c: &mut Conn) -> Result<bool, SchedError> {
     for (run_id, labels) in db::steps::waiting_of_running(c)? {
         waiting.entry(run_id).or_insert(labels);
     }
+    let accounts = account_waits(c)?;
     for (id, current) in db::runs::reasons_with_status(c, RunStatus::Running)? {
         let reason = waiting.get(&id).and_then(|labels| {
             budgets
@@ -90,10 +92,35 @@ pub(super) fn explain_waits(c: &mut Conn) -> Result<bool, SchedError> {
                 .get(&id)
                 .cloned()
                 .or_else(|| why_waiting(labels, &online))
+                .or_else(|| accounts.get(&id).cloned())
         });
         db::runs::set_waiting_reason(c, &id, current.as_deref(), reason.as_deref())?;
     }
     Ok(budgets.wake)
+}
+
+/// Why each RUNNING run whose waiting step's agent account holds it waits: the account is
+/// paused after a usage limit, or has as many steps running as its limit (`[api_limits]`).
+fn account_waits(c: &mut Conn) -> Result<HashMap<String, String>, SchedError> {
+    let mut out = HashMap::new();
+    let waiting = db::steps::waiting_accounts_of_running(c)?;
+    if waiting.is_empty() {
+        return Ok(out);
+    }
+    let now = c.now_ms()?;
+    let reasons: HashMap<String, String> = db::accounts::list(c)?
+        .into_iter()
+        .filter_map(|a| {
+            let why = a.state.waiting_reason(a.in_use, now)?;
+            Some((a.account, why))
+        })
+        .collect();
+    for (run, acct) in waiting {
+        if let Some(why) = reasons.get(&acct) {
+            out.entry(run).or_insert_with(|| why.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Why a step needing `labels` waits with these workers online, if no online worker can take it.

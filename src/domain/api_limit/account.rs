@@ -143,10 +143,7 @@ impl LimitState {
         if in_use < self.limit as i64 {
             return None;
         }
-        let mut reason = format!(
-            "agent API limited: {} of {} slots in use",
-            self.limit, self.max
-        );
+        let mut reason = format!("agent API limited: {} of {} slots", self.limit, self.max);
         if let (Some(kind), Some(at)) = (&self.last_signal, self.last_signal_at) {
             let ago = (now - at).max(0) / 1000;
             reason.push_str(&format!("; {} {ago} s ago", kind.replace('_', " ")));
@@ -243,7 +240,7 @@ mod tests {
         assert_eq!(s.waiting_reason(3, 20_000), None);
         assert_eq!(
             s.waiting_reason(4, 50_000).as_deref(),
-            Some("agent API limited: 4 of 8 slots in use; overloaded 40 s ago")
+            Some("agent API limited: 4 of 8 slots; overloaded 40 s ago")
         );
     }
 
