@@ -12,6 +12,7 @@ use crate::actors::peers::{Notice, Peers};
 use crate::actors::registry::{RegistryService, WorkerRegistryActor};
 use crate::actors::run_progress::outcome::FollowUp;
 use crate::actors::scheduler::{SchedulerActor, SchedulerService, StepFinished};
+use crate::artifacts::run_logs::RunLogs;
 use crate::artifacts::ArtifactStore;
 use crate::db::{self, Db, DbError};
 use crate::domain::WorkerStatus;
@@ -311,6 +312,11 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         }
         _ => (Peers::alone(), None),
     };
+    // A single host also writes a run's files where the existing daemon kept them.
+    let run_logs = match settings.role {
+        Role::Single => RunLogs::at(&settings.data_dir),
+        _ => RunLogs::disabled(),
+    };
     let sched_ctx = Context::<SchedulerActor>::new();
     let sched_addr = sched_ctx.address();
     let lease_svc = Arc::new(LeaseService::new(LeaseServiceParts {
@@ -330,17 +336,21 @@ async fn build_control(settings: &Settings, subsystems: Subsystems) -> Result<Co
         mirrors: mirrors.clone(),
         peers: peers.clone(),
         api_limits: settings.api_limits.clone(),
+        run_logs: run_logs.clone(),
     }));
     let lease = LeaseActor::new(lease_svc.clone()).start();
-    let sched_svc = Arc::new(SchedulerService::new(
-        db.clone(),
-        hub.clone(),
-        store.clone(),
-        mirrors.clone(),
-        settings.scheduler.clone(),
-        lease.clone().recipient(),
-        peers.clone(),
-    ));
+    let sched_svc = Arc::new(
+        SchedulerService::new(
+            db.clone(),
+            hub.clone(),
+            store.clone(),
+            mirrors.clone(),
+            settings.scheduler.clone(),
+            lease.clone().recipient(),
+            peers.clone(),
+        )
+        .with_run_logs(run_logs),
+    );
     let scheduler = sched_ctx.run(SchedulerActor::new(sched_svc));
     let registry_svc = Arc::new(RegistryService::new(
         db.clone(),

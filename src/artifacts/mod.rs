@@ -12,6 +12,7 @@ mod build;
 mod error;
 mod names;
 mod retry;
+pub mod run_logs;
 
 pub use error::ArtifactError;
 pub use names::{artifact_key, attempt_key, validate_name, MAX_NAME_BYTES};

@@ -3,8 +3,9 @@
 //! (`<workspace>/.loop/config`, `config_override`) and feed the text or JSON in, in precedence
 //! order. The serialized form is what a run stores as `config_json`.
 
-use crate::domain::status::{AgentOutput, CompletionMode, MergeStrategy, NameSource};
+use crate::domain::status::{AgentOutput, ArtifactMode, CompletionMode, MergeStrategy, NameSource};
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 mod parse;
 pub use parse::parse_kv;
@@ -29,6 +30,9 @@ pub enum ConfigError {
 pub const DEFAULT_AGENT_CMD: &str =
     "claude -p --verbose --dangerously-skip-permissions --output-format stream-json --model {model}";
 
+/// Where a run's files go in its workspace (the existing daemon's place).
+pub const DEFAULT_LOG_DIR: &str = "logs/loop";
+
 /// Keys of the old loopd that loopd accepts and ignores without a warning.
 const IGNORED_KEYS: &[&str] = &[
     "mode",
@@ -40,9 +44,6 @@ const IGNORED_KEYS: &[&str] = &[
     "worktree_provider",
     "queue_policy",
     "run_naming_model",
-    "artifact_mode",
-    "log_dir",
-    "global_log_dir",
 ];
 
 const IGNORED_PREFIXES: &[&str] = &["skills_", "worktrunk_"];
@@ -58,6 +59,8 @@ pub const COMMAND_KEYS: &[&str] = &[
     "specs_dir",
     "plans_dir",
     "worktree_path_template",
+    "log_dir",
+    "global_log_dir",
 ];
 
 /// Upper bounds of the numeric keys (a value past them is refused, not clamped).
@@ -135,6 +138,12 @@ pub struct RunConfig {
     pub max_cost_usd: Option<f64>,
     /// Tokens (all four kinds) the run's agent steps may use (`budget_exceeded:tokens`).
     pub max_tokens: Option<u64>,
+    /// A run's files go to `<log_dir>/run-<id>/` (relative: to the workspace).
+    pub log_dir: String,
+    /// And to `<global_log_dir>/runs/run-<id>/`; `None`: the daemon's data directory.
+    pub global_log_dir: Option<String>,
+    /// Which of the two get the copies (a single host only).
+    pub artifact_mode: ArtifactMode,
 }
 
 impl Default for RunConfig {
@@ -170,6 +179,9 @@ impl Default for RunConfig {
             agent_output: AgentOutput::Auto,
             max_cost_usd: None,
             max_tokens: None,
+            log_dir: DEFAULT_LOG_DIR.into(),
+            global_log_dir: None,
+            artifact_mode: ArtifactMode::Mirror,
         }
     }
 }
@@ -231,6 +243,13 @@ fn keep_days(key: &str, value: &str) -> Result<f64, ConfigError> {
 }
 
 impl RunConfig {
+    /// The directory of a run's files in its workspace: `<ws>/<log_dir>/run-<id>`.
+    pub fn run_log_dir(&self, workspace_root: &str, run_id: &str) -> PathBuf {
+        Path::new(workspace_root)
+            .join(&self.log_dir)
+            .join(format!("run-{run_id}"))
+    }
+
     /// How long an ended run's worktree is kept, in milliseconds; `None`: for ever.
     pub fn worktree_keep_ms(&self) -> Option<i64> {
         (self.worktree_keep_days > 0.0).then_some((self.worktree_keep_days * 86_400_000.0) as i64)
@@ -289,6 +308,9 @@ impl RunConfig {
             "max_tokens" => {
                 self.max_tokens = optional(v).map(|n| parse_int(key, &n)).transpose()?
             }
+            "log_dir" => self.log_dir = optional(v).unwrap_or_else(|| DEFAULT_LOG_DIR.to_string()),
+            "global_log_dir" => self.global_log_dir = optional(v),
+            "artifact_mode" => self.artifact_mode = parse_enum(key, v, ArtifactMode::ALL)?,
             _ if is_ignored(key) => {}
             _ => return Ok(Some(format!("unknown config key '{key}' ignored"))),
         }

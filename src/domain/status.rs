@@ -246,6 +246,16 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// Where copies of a run's files go besides the artifact store, as the existing daemon
+    /// kept them: the workspace's log directory, the global one, or both.
+    ArtifactMode {
+        Workspace => "workspace",
+        Global => "global",
+        Mirror => "mirror",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

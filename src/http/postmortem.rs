@@ -66,12 +66,12 @@ impl Kind {
     }
 }
 
-/// `<ws>/logs/loop/run-<id>`: where the existing daemon kept a run's files (None when the
-/// workspace is not a directory on this host, as for a git run's label).
+/// `<ws>/<log_dir>/run-<id>` (`logs/loop` by default): where the existing daemon kept a run's
+/// files (None when the workspace is not a directory on this host, as for a git run's label).
 pub fn run_dir(run: &RunRow) -> Option<PathBuf> {
-    let ws = Path::new(&run.workspace_root);
-    ws.is_dir()
-        .then(|| ws.join("logs/loop").join(format!("run-{}", run.id)))
+    Path::new(&run.workspace_root)
+        .is_dir()
+        .then(|| run.config().run_log_dir(&run.workspace_root, &run.id))
 }
 
 fn analysis_dir(run: &RunRow) -> Option<PathBuf> {

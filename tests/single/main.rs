@@ -7,6 +7,7 @@ mod support;
 
 mod caps;
 mod helpers;
+mod log_dirs;
 mod pipeline;
 mod postmortem;
 mod provider;

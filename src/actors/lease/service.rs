@@ -22,6 +22,7 @@ use crate::actors::peers::{Notice, Peers};
 use crate::actors::run_progress::outcome::FollowUp;
 use crate::actors::ticks::PauseClock;
 use crate::api::{Assignment, CompleteRequest, HeldLease, LeaseVerdict, WorkspaceSpec};
+use crate::artifacts::run_logs::RunLogs;
 use crate::artifacts::ArtifactStore;
 use crate::db::fast::Claimed;
 use crate::db::leases::{self, ClaimSpec, Requeued};
@@ -92,6 +93,8 @@ pub struct LeaseServiceParts {
     pub peers: Arc<Peers>,
     /// `[api_limits]`.
     pub api_limits: ApiLimitSettings,
+    /// Where copies of the files steps upload go (a single host; else disabled).
+    pub run_logs: RunLogs,
 }
 
 /// What one claim attempt found.
@@ -111,6 +114,7 @@ impl LeaseService {
                 p.hub.clone(),
                 p.output.clone(),
                 p.store.clone(),
+                p.run_logs.clone(),
             ),
             db: p.db,
             hub: p.hub,

@@ -6,7 +6,9 @@
 use super::authorize::authorize;
 use super::error::LeaseError;
 use crate::actors::events::EventHub;
+use crate::actors::run_progress::logs::copy_to_run_logs;
 use crate::api::{ArtifactRef, OutputAck};
+use crate::artifacts::run_logs::RunLogs;
 use crate::artifacts::{validate_name, ArtifactStore};
 use crate::db::models::{new_id, ArtifactRow};
 use crate::db::{self, Db, DbError};
@@ -35,15 +37,24 @@ pub struct StepWrites {
     hub: EventHub,
     output: OutputStore,
     store: ArtifactStore,
+    /// Where copies of uploaded files go (a single host).
+    run_logs: RunLogs,
 }
 
 impl StepWrites {
-    pub fn new(db: Db, hub: EventHub, output: OutputStore, store: ArtifactStore) -> Self {
+    pub fn new(
+        db: Db,
+        hub: EventHub,
+        output: OutputStore,
+        store: ArtifactStore,
+        run_logs: RunLogs,
+    ) -> Self {
         StepWrites {
             db,
             hub,
             output,
             store,
+            run_logs,
         }
     }
 
@@ -181,6 +192,7 @@ impl StepWrites {
         // above, then retried for long) cannot overwrite what the step's next holder stored.
         let key = crate::artifacts::attempt_key(&step.run_id, step_id, epoch, name)
             .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+        let copy = bytes.clone();
         let stored = self
             .store
             .put_key(&key, bytes)
@@ -212,6 +224,7 @@ impl StepWrites {
                 )?)
             })
             .await?;
+        copy_to_run_logs(&self.db, &self.run_logs, &step.run_id, name, copy).await;
         self.hub.notify(&step.run_id);
         Ok(r)
     }

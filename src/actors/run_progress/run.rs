@@ -83,9 +83,9 @@ impl RunRow {
         RunPaths {
             spec: remap(&self.spec_path, root, &wt),
             plan: self.plan_path.as_deref().map(|p| remap(p, root, &wt)),
-            runner_notes: Path::new(root)
-                .join("logs/loop")
-                .join(format!("run-{}", self.id))
+            runner_notes: self
+                .config()
+                .run_log_dir(root, &self.id)
                 .join("runner-notes.txt")
                 .to_string_lossy()
                 .to_string(),

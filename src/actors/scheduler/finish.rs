@@ -15,8 +15,10 @@ use super::finish_git::{
 };
 use crate::actors::events::EventHub;
 use crate::actors::peers::{Hold, Peers};
+use crate::actors::run_progress::logs::copy_to_run_logs;
 use crate::actors::run_progress::outcome::FinishPlan;
 use crate::api::{REVIEW_DIFF_MAX_BYTES, REVIEW_DIFF_NAME};
+use crate::artifacts::run_logs::RunLogs;
 use crate::artifacts::ArtifactStore;
 use crate::db::models::{new_id, ArtifactRow, RunRow, StepRow};
 use crate::db::{self, Db, DbError};
@@ -44,6 +46,8 @@ pub struct Finisher {
     finishing: Mutex<HashSet<String>>,
     /// The other controllers, which must not finish the same run at the same time.
     peers: Arc<Peers>,
+    /// Where copies of the run's files go (a single host; else disabled).
+    run_logs: RunLogs,
 }
 
 impl Finisher {
@@ -61,7 +65,14 @@ impl Finisher {
             mirrors,
             finishing: Mutex::new(HashSet::new()),
             peers,
+            run_logs: RunLogs::disabled(),
         }
+    }
+
+    /// Copies the run's files where the existing daemon kept them, too.
+    pub fn with_run_logs(mut self, logs: RunLogs) -> Self {
+        self.run_logs = logs;
+        self
     }
 
     /// Carries out the stored terminal decision of a run. Safe to call again: returns false,
@@ -267,7 +278,9 @@ impl Finisher {
         name: &str,
         bytes: Vec<u8>,
     ) {
-        let stored = match self.store.put(run_id, name, bytes.into()).await {
+        let bytes = bytes::Bytes::from(bytes);
+        let copy = bytes.clone();
+        let stored = match self.store.put(run_id, name, bytes).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(run_id, name, error = %e, "cannot store artifact");
@@ -310,6 +323,7 @@ impl Finisher {
         if let Err(e) = r {
             tracing::error!(run_id, name, error = %e, "cannot record artifact");
         }
+        copy_to_run_logs(&self.db, &self.run_logs, run_id, name, copy).await;
     }
 
     async fn write_final_artifacts(

@@ -17,6 +17,7 @@ use crate::actors::peers::{Hold, Peers};
 use crate::actors::run_progress::decide::decide_in_tx;
 use crate::actors::run_progress::outcome::{Advanced, FinishPlan};
 use crate::api::CreateRunRequest;
+use crate::artifacts::run_logs::RunLogs;
 use crate::artifacts::ArtifactStore;
 use crate::db::models::RunRow;
 use crate::db::{self, Conn, Db};
@@ -83,6 +84,12 @@ impl SchedulerService {
             expired_at: Default::default(),
             peers,
         }
+    }
+
+    /// Copies the runs' files where the existing daemon kept them, too (a single host).
+    pub fn with_run_logs(mut self, logs: RunLogs) -> Self {
+        self.finisher = self.finisher.with_run_logs(logs);
+        self
     }
 
     /// How often the reconciliation tick runs.

@@ -148,12 +148,30 @@ fn out_of_scope_keys_are_ignored_silently_and_unknown_keys_warn() {
     let mut c = RunConfig::default();
     let warnings = c
         .apply_kv_text(
-            "skills_enabled=banana\nworktrunk_bin=wt\nmode=x\npostmortem=false\nlog_dir=l\n\
-             queue_policy=lifo\nartifact_mode=mirror\nfrobnicate=1\n",
+            "skills_enabled=banana\nworktrunk_bin=wt\nmode=x\npostmortem=false\n\
+             queue_policy=lifo\nfrobnicate=1\n",
         )
         .unwrap();
     assert_eq!(warnings, vec!["unknown config key 'frobnicate' ignored"]);
     assert_eq!(c, RunConfig::default());
+}
+
+#[test]
+fn the_log_directory_keys_are_read_and_checked() {
+    let mut c = RunConfig::default();
+    c.apply_kv_text("log_dir=out/logs\nglobal_log_dir=/g\nartifact_mode=global\n")
+        .unwrap();
+    assert_eq!(
+        c.run_log_dir("/ws", "r1"),
+        std::path::Path::new("/ws/out/logs/run-r1")
+    );
+    assert_eq!(c.global_log_dir.as_deref(), Some("/g"));
+    assert_eq!(c.artifact_mode, crate::domain::ArtifactMode::Global);
+    c.apply_kv_text("log_dir=\n").unwrap();
+    assert_eq!(c.log_dir, "logs/loop", "empty: the default");
+    let err = c.apply("artifact_mode", "both").unwrap_err().to_string();
+    assert!(err.contains("artifact_mode"), "{err}");
+    assert!(super::names_command("log_dir") && super::names_command("global_log_dir"));
 }
 
 #[test]
