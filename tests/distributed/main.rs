@@ -20,6 +20,7 @@ mod git_remotes;
 mod git_review;
 mod git_runs;
 mod output;
+mod postmortem;
 mod s3_outage;
 mod secrets;
 mod shared_fs;
