@@ -240,9 +240,10 @@ pub enum Command {
         prompt_only: bool,
     },
     /// Exit 0 when the daemon answers `GET /ready` with 200; else one error line and exit 1.
-    /// One request, no retries (for container healthchecks and scripts that poll).
+    /// One request, no retries (for container healthchecks and scripts that poll). Several
+    /// addresses (comma-separated): each is asked and reported; exit 0 when all are ready.
     Health {
-        /// Daemon address (a worker's is its --bind, e.g. http://127.0.0.1:7701).
+        /// Daemon address (a worker's is its --bind, e.g. http://127.0.0.1:7701), or several.
         #[arg(long, env = "LOOPD_ADDR", default_value = "http://127.0.0.1:7700")]
         addr: String,
     },

@@ -1,5 +1,6 @@
 //! `loopd health`: exit 0 when the daemon answers `/ready` with 200, else one error line that
-//! says why (nothing listening, the daemon not ready and its reason, a bad address).
+//! says why (nothing listening, the daemon not ready and its reason, a bad address). Several
+//! addresses: a line for each, and exit 0 only when all are ready.
 
 use crate::support::pg::TestDb;
 use crate::support::pool::{controller_env, refs};
@@ -29,6 +30,20 @@ async fn health_exits_zero_for_a_ready_daemon_and_names_one_that_is_not_running(
         .await
         .error_line();
     assert_eq!(line, format!("error: daemon not running at {down}"));
+
+    // Several controllers: each is asked and reported; all must be ready.
+    let both = format!("{url},{url}/");
+    let out = client(&both, env.dir.path(), &["health"], &[]).await;
+    assert_eq!(out.ok(), format!("ready at {url}\nready at {url}\n"));
+    let out = client(&format!("{down},{url}"), env.dir.path(), &["health"], &[]).await;
+    assert_eq!(
+        out.stdout,
+        format!("daemon not running at {down}\nready at {url}\n")
+    );
+    assert_eq!(
+        out.error_line(),
+        "error: 1 of 2 addresses not ready (see above)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
