@@ -277,6 +277,53 @@ async fn a_halved_limit_survives_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_share_the_limit_and_its_push_back() {
+    let ctl = Ctl::start("acct-two", &settings("2", &[])).await;
+    let other = ctl.proc.sibling(&ctl.dir.path().join("second"));
+    other.wait_ready("/ready").await;
+    runs(&ctl, 6).await;
+    let mut workers = Vec::new();
+    for i in 0..6 {
+        let w = ctl.worker(&format!("t{i}"), &[]).await;
+        // Half of them claim from the second controller.
+        workers.push(if i % 2 == 0 { w } else { w.at(&other.url()) });
+    }
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let _beats: Vec<_> = workers.iter().map(|w| w.keep_alive(held.clone())).collect();
+    // Every worker claims at once, on both controllers: two slots, two steps out.
+    let claims = workers.iter().map(|w| w.claim(1_500));
+    let answers = futures_util::future::join_all(claims).await;
+    let got: Vec<(usize, Lease)> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, (status, _))| *status == 200)
+        .map(|(i, (_, a))| {
+            let lease = Lease {
+                step: a["step_id"].as_str().expect("step_id").into(),
+                run: a["run_id"].as_str().expect("run_id").into(),
+                epoch: a["epoch"].as_i64().expect("epoch"),
+            };
+            (i, lease)
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{answers:?}");
+    held.lock()
+        .unwrap()
+        .extend(got.iter().map(|(_, l)| l.clone()));
+    // A 529 handed back to one controller halves the limit for both: one runs, none more.
+    let (i, l) = &got[0];
+    push_back(&workers[*i], l, "overloaded", 60_000).await;
+    ctl.limit_becomes(1).await;
+    let idle: Vec<Worker> = workers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != got[1].0)
+        .map(|(_, w)| w.clone())
+        .collect();
+    assert!(claim_all(&idle, 300).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_api_limits_off_nothing_is_held() {
     let ctl = Ctl::start(
         "acct-off",

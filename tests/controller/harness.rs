@@ -208,6 +208,14 @@ pub struct Lease {
 }
 
 impl Worker {
+    /// The same worker talking to the controller at `base` (another on the same database).
+    pub fn at(&self, base: &str) -> Worker {
+        Worker {
+            base: base.to_string(),
+            ..self.clone()
+        }
+    }
+
     /// A request to `path` with this worker's token and instance header.
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self

@@ -128,3 +128,45 @@ async fn a_usage_limit_holds_every_step_of_the_account_until_its_reset() {
     );
     assert!(chrono::Utc::now().timestamp() >= reset);
 }
+
+/// Three agents at once against a provider that admits one call: the 429s halve the account's
+/// limit in the single role's SQLite database, `GET /workers` shows it, and every run
+/// completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_halve_the_accounts_limit_and_every_run_completes() {
+    let p = Provider::start(1, Duration::from_secs(3), 0.05).await;
+    let s = Single::start(
+        "provider-aimd",
+        &[
+            ("LOOPD__WORKER__SLOTS", "3"),
+            ("LOOPD__SCHEDULER__MAX_CONCURRENT_RUNS", "3"),
+            ("LOOPD__API_LIMITS__MAX_CONCURRENT", "4"),
+            // No growing back within the test: the halving stays visible.
+            ("LOOPD__API_LIMITS__RECOVER_AFTER", "100"),
+        ],
+    )
+    .await;
+    let mode = format!("provider {}", p.url());
+    let config = ["reviewer=false", "model=sonnet"];
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let repo = s.repo(name, 1, &mode, &config);
+        ids.push(s.create(&repo, json!({})).await);
+    }
+    for id in &ids {
+        s.wait_status(id, "COMPLETED").await;
+    }
+    assert!(p.counts().rate_limited >= 1, "{:?}", p.counts());
+    let w = s.get_json("/workers").await;
+    let acct = &w["accounts"][0];
+    assert!(
+        acct["account"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sonnet:"),
+        "{w}"
+    );
+    assert_eq!(acct["last_signal"], "rate_limited", "{w}");
+    assert_eq!(acct["max_concurrent"], 4, "{w}");
+    assert!(acct["limit"].as_i64().unwrap_or(9) <= 2, "halved: {w}");
+}
