@@ -340,10 +340,19 @@ async fn run_step(
     let mut changes = st.hub.subscribe(&run.id);
     let (run_id, model) = (run.id.clone(), model.to_string());
     let prompt_path = format!("analysis/{}-prompt.txt", kind.stem());
+    let first = kind == Kind::SpecCompliance;
     let step = st
         .db
         .tx(move |c| {
             let run = db::runs::lock(c, &run_id)?;
+            // One postmortem of a run at a time (the run's lock orders the checks).
+            let busy = db::steps::for_run(c, &run_id)?.iter().any(|s| {
+                s.phase == StepPhase::Postmortem.as_str()
+                    && !s.step_status().is_some_and(StepStatus::is_terminal)
+            });
+            if first && busy {
+                return Ok(None);
+            }
             let now = now_ms();
             let seq = db::steps::last(c, &run_id)?.map(|s| s.seq + 1).unwrap_or(1);
             let phase = StepPhase::Postmortem.as_str();
@@ -368,9 +377,15 @@ async fn run_step(
                 &payload,
                 now,
             )?;
-            Ok::<_, DbError>(step)
+            Ok::<_, DbError>(Some(step))
         })
-        .await?;
+        .await?
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "postmortem_running",
+                "a postmortem of this run is running; wait for its answer",
+            )
+        })?;
     tracing::info!(run_id = %run.id, step_id = %step.id, analysis = kind.stem(), "postmortem step queued");
     st.hub.notify(&run.id);
     st.lease.do_send(QueueChanged {

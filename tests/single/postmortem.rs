@@ -167,3 +167,48 @@ async fn a_postmortem_runs_three_agent_steps_and_writes_the_reports() {
     assert_eq!(code, 404);
     s.verb(&rid, "cancel").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_postmortem_of_a_run_waits_for_the_first_to_answer() {
+    let s = Single::start("postmortem-twice", &[]).await;
+    let repo = s.repo("ws", 1, "slow", &["reviewer=false"]);
+    // `slow` takes its seconds before the agent's argument: put them into the command.
+    let config = std::fs::read_to_string(repo.path.join(".loop/config")).expect("config");
+    std::fs::write(
+        repo.path.join(".loop/config"),
+        config.replace(" slow", " slow 1"),
+    )
+    .expect("config");
+    repo.git(&["commit", "-q", "-am", "slow 1"]);
+    let id = s.create(&repo, json!({})).await;
+    s.wait_status(&id, "COMPLETED").await;
+    let url = s.url(&format!("/runs/{id}/postmortem"));
+    let first = tokio::spawn(async move {
+        let r = reqwest::Client::new().post(url).send().await.expect("POST");
+        (r.status().as_u16(), r.json::<Value>().await.expect("JSON"))
+    });
+    crate::support::wait_for(
+        "the first postmortem's step",
+        std::time::Duration::from_secs(30),
+        || async {
+            let steps = s.steps(&id).await;
+            (!postmortem_steps(&steps).is_empty()).then_some(())
+        },
+    )
+    .await;
+    let (code, v) = s.post(&format!("/runs/{id}/postmortem"), None).await;
+    assert_eq!(
+        (code, v["code"].clone()),
+        (409, json!("postmortem_running")),
+        "{v}"
+    );
+    let (code, v) = first.await.expect("first");
+    assert_eq!((code, v["status"].clone()), (200, json!("ok")), "{v}");
+    assert_eq!(postmortem_steps(&s.steps(&id).await).len(), 3);
+    let (code, v) = s.post(&format!("/runs/{id}/postmortem"), None).await;
+    assert_eq!(
+        (code, v["status"].clone()),
+        (200, json!("ok")),
+        "again: {v}"
+    );
+}
