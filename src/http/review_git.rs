@@ -66,22 +66,22 @@ pub(super) async fn merge(
     blocking(move || mirrors.merge_and_push(&head, &target, strategy)).await
 }
 
-/// Deletes the run branch on the remote while it is still at a commit the run pushed, and
-/// the mirror's ref of the run.
+/// Deletes the branch the run pushed (at completion or for a pull request) on the remote,
+/// while it is still at a commit the run made, and the mirror's ref of the run. A run that
+/// pushed nothing does not contact the remote.
 pub(super) async fn scrap(st: &AppState, run: &RunRow) -> Result<(), ApiError> {
     let (head, _) = git_run_head(&st.db, &st.store, run)
         .await
         .map_err(ApiError::internal)?;
-    let branch = run
-        .pushed_branch
-        .clone()
-        .unwrap_or_else(|| head.run_branch.clone());
+    let pushed = run.pushed_branch.clone();
     let mut ours = vec![head.head.clone()];
     ours.extend(run.pushed_commit.clone());
     let mirrors = st.mirrors.clone();
     blocking(move || {
-        let refs: Vec<&str> = ours.iter().map(String::as_str).collect();
-        mirrors.delete_remote_branch(&head.repo_url, &branch, &refs)?;
+        if let Some(branch) = pushed {
+            let refs: Vec<&str> = ours.iter().map(String::as_str).collect();
+            mirrors.delete_remote_branch(&head.repo_url, &branch, &refs)?;
+        }
         mirrors.forget_run(&head.repo_url, &head.run_id);
         Ok(())
     })

@@ -258,6 +258,44 @@ async fn merges_push_or_change_nothing_and_scrap_deletes_the_pushed_branch() {
     );
     assert_eq!(c.run(&merged).await["review_status"], "merged");
 
+    // Someone built on the pushed run branch: scrapping the run leaves their work alone.
+    let work = c.dir.path().join("work-on-run-branch");
+    git(
+        c.dir.path(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            branch,
+            &path_str(&merged_bare),
+            &path_str(&work),
+        ],
+    );
+    std::fs::write(work.join("more.txt"), "more\n").expect("write");
+    git(&work, &["add", "-A"]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=x",
+            "-c",
+            "user.email=x@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "more",
+        ],
+    );
+    git(&work, &["push", "-q", "origin", branch]);
+    let moved = rev(&merged_bare, branch).expect("run branch");
+    let (status, body) = c.post_empty(&format!("/runs/{merged}/scrap")).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        rev(&merged_bare, branch),
+        Some(moved),
+        "a moved branch stays"
+    );
+
     // Their change to the line the run ticked conflicts: 409, and the remote is as it was.
     let plan = "# Plan\n\n## Tasks\n- [ ] task number 1 (reworded)\n";
     let main_before = push_to_main(&c, &conflict_bare, "PLAN.md", plan, "reword task 1");
@@ -384,4 +422,10 @@ async fn create_pr_pushes_the_run_branch_then_runs_gh() {
     }
     assert_eq!(rev(&pinned_bare, "main").as_deref(), Some(sha.as_str()));
     assert_eq!(c.run(&pinned).await["review_status"], "pending");
+
+    // It pushed nothing, so its scrap needs no remote: even a vanished one.
+    std::fs::rename(&pinned_bare, pinned_bare.with_extension("gone")).expect("rename");
+    let (status, body) = c.post_empty(&format!("/runs/{pinned}/scrap")).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(c.run(&pinned).await["review_status"], "scrapped");
 }
