@@ -4,7 +4,8 @@
 //! cargo test --release --test chaos -- --ignored --nocapture
 //! ```
 //!
-//! Two controllers on one Postgres database (docs/controllers.md), 3 workers that know both,
+//! Two controllers on one Postgres database (docs/controllers.md; data dirs of their own, so
+//! live output goes through the database; one fs artifact root), 3 workers that know both,
 //! 20 git-mode runs of 5 iterations. Every few seconds a random worker is killed with SIGKILL
 //! (and restarted) or frozen with SIGSTOP and thawed with SIGCONT; four times, a controller
 //! (each in turn, the one holding the duties first) is killed with SIGKILL and restarted. At the end every run must be
@@ -38,10 +39,15 @@ fn env_secs(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn controller_env(db: &TestDb) -> Vec<(String, String)> {
+/// The controllers' settings: one database, and one artifact store (an fs root both see).
+fn controller_env(db: &TestDb, artifacts: &std::path::Path) -> Vec<(String, String)> {
     [
         ("LOOPD__STORAGE__TYPE", "postgres".to_string()),
         ("LOOPD__STORAGE__URL", db.url.clone()),
+        (
+            "LOOPD__ARTIFACTS__ROOT",
+            artifacts.to_string_lossy().to_string(),
+        ),
         ("LOOPD_WORKER_JOIN_TOKEN", JOIN.into()),
         ("LOOPD__LEASE__TTL_MS", "4000".into()),
         ("LOOPD__LEASE__SWEEP_INTERVAL_MS", "250".into()),
@@ -137,7 +143,7 @@ async fn chaos_soak_completes_every_run_without_duplicates_or_losses() {
     let step_secs = env_secs("LOOPD_SOAK_STEP_SECS", 6);
     let dir = test_dir("chaos");
     let db = TestDb::create();
-    let cenv = controller_env(&db);
+    let cenv = controller_env(&db, &dir.path().join("artifacts"));
     let port = free_port();
     let controller = Loopd::spawn_on(
         &dir.path().join("controller"),
