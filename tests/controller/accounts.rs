@@ -131,17 +131,19 @@ async fn the_limit_holds_dispatch_halves_on_push_back_and_grows_after_successes(
     assert_eq!((a.concurrency_limit, a.max_concurrent), (4, 4), "{a:?}");
     assert!(a.account.starts_with("opus:"), "{a:?}");
 
-    // An overload halves the limit; a rate limit on a step of the same wave does not again.
+    // An overload halves the limit and holds the whole account for the step's pause; a rate
+    // limit on a step of the same wave changes neither again.
     let (i, l) = &got[0];
-    push_back(&workers[*i], l, "overloaded", 60_000).await;
+    push_back(&workers[*i], l, "overloaded", 2_000).await;
     let a = ctl.limit_becomes(2).await;
     assert_eq!(a.last_signal.as_deref(), Some("overloaded"));
+    let paused = a.pause_until.expect("the account is held for the pause");
     let (i, l) = &got[1];
     push_back(&workers[*i], l, "rate_limited", 60_000).await;
     let a = ctl.account().await;
     assert_eq!(
-        (a.concurrency_limit, a.last_signal.as_deref()),
-        (2, Some("rate_limited"))
+        (a.concurrency_limit, a.last_signal.as_deref(), a.pause_until),
+        (2, Some("rate_limited"), Some(paused))
     );
 
     // The runs held by the account say so; `GET /workers` and `/metrics` show the limit.

@@ -70,10 +70,11 @@ pub fn a_halved_limit_and_a_usage_pause_hold_the_next_claims(s: Store) {
         .map(|i| claim(&mut c, &format!("w{i}"), &[], 60_000).expect("a slot"))
         .collect();
     assert!(claim(&mut c, "w9", &[], 60_000).is_none(), "four of four");
-    // A 429 on one of them: four becomes two; the wave's other signals change nothing.
+    // A 429 on one of them: four becomes two; the wave's other signals change nothing. (No
+    // pause here, so that the halved limit alone is what holds the claims below.)
     for g in &got[..2] {
         let granted = g.lease.granted_at;
-        c.write_tx(|c| accounts::signal(c, "acct", ApiFailure::RateLimited, granted, 10_000, 4))
+        c.write_tx(|c| accounts::signal(c, "acct", ApiFailure::RateLimited, granted, 0, 4))
             .unwrap();
     }
     let state = accounts::list(&mut c).unwrap().remove(0);

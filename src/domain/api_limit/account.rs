@@ -71,9 +71,11 @@ impl LimitState {
     }
 
     /// The API pushed back on a step granted at `granted_at`, seen at `now`, the step held
-    /// back for `pause_ms`. A rate limit or overload halves the limit, unless the step was
-    /// granted before the last halving (that wave was already answered); a usage limit pauses
-    /// the account until `now + pause_ms`. Returns whether the limit changed.
+    /// back for `pause_ms`. A rate limit or overload halves the limit and holds the whole
+    /// account for `pause_ms` (so the account's other queued steps do not each run into the
+    /// same wall one after another; the halved limit probes when the pause ends), unless the
+    /// step was granted before the last halving (that wave was already answered); a usage
+    /// limit pauses the account until `now + pause_ms`. Returns whether the limit changed.
     pub fn signal(&mut self, kind: ApiFailure, granted_at: i64, now: i64, pause_ms: i64) -> bool {
         self.last_signal = Some(kind.as_str().to_string());
         self.last_signal_at = Some(now);
@@ -86,15 +88,21 @@ impl LimitState {
                 let before = self.limit;
                 self.limit = (self.limit / 2).max(1);
                 self.decreased_at = Some(now);
+                self.pause_for(now, pause_ms);
                 self.limit != before
             }
             ApiFailure::UsageLimit { .. } => {
-                let until = now + pause_ms.max(0);
-                self.pause_until = Some(self.pause_until.map_or(until, |p| p.max(until)));
+                self.pause_for(now, pause_ms);
                 false
             }
             _ => false,
         }
+    }
+
+    /// Holds the account until `now + pause_ms`, or longer if it is held longer already.
+    fn pause_for(&mut self, now: i64, pause_ms: i64) {
+        let until = now + pause_ms.max(0);
+        self.pause_until = Some(self.pause_until.map_or(until, |p| p.max(until)));
     }
 
     /// A step of the account completed (the API answered): after `recover_after` in a row the
@@ -135,8 +143,10 @@ impl LimitState {
     /// when it does not wait for the account.
     pub fn waiting_reason(&self, in_use: i64, now: i64) -> Option<String> {
         if let Some(until) = self.pause_until.filter(|p| *p > now) {
+            let kind = self.last_signal.as_deref().unwrap_or("usage_limit");
             return Some(format!(
-                "agent API usage limit: paused until {}",
+                "agent API {}: paused until {}",
+                kind.replace('_', " "),
                 crate::domain::time::rfc3339(until)
             ));
         }
@@ -174,9 +184,13 @@ mod tests {
         let mut s = LimitState::fresh(8);
         assert!(s.signal(ApiFailure::Overloaded, 10, 100, 15_000));
         assert_eq!(s.limit, 4);
-        // Granted before the halving: the same wave.
-        assert!(!s.signal(ApiFailure::RateLimited, 50, 110, 10_000));
+        // The whole account is held for the step's pause.
+        assert_eq!(s.pause_until, Some(15_100));
+        assert!(s.paused(15_099) && !s.paused(15_100));
+        // Granted before the halving: the same wave; the pause is not extended either.
+        assert!(!s.signal(ApiFailure::RateLimited, 50, 110, 60_000));
         assert_eq!(s.limit, 4);
+        assert_eq!(s.pause_until, Some(15_100));
         assert!(s.signal(ApiFailure::RateLimited, 105, 120, 10_000));
         assert_eq!(s.limit, 2);
         assert!(s.signal(ApiFailure::RateLimited, 125, 130, 10_000));
@@ -237,7 +251,13 @@ mod tests {
         let mut s = LimitState::fresh(8);
         s.signal(ApiFailure::Overloaded, 0, 10_000, 15_000);
         s.successes = 0;
-        assert_eq!(s.waiting_reason(3, 20_000), None);
+        // Held for the pause whatever runs; then the halved limit.
+        let why = s.waiting_reason(0, 20_000).unwrap();
+        assert!(
+            why.starts_with("agent API overloaded: paused until 1970-01-01T00:00:25"),
+            "{why}"
+        );
+        assert_eq!(s.waiting_reason(3, 25_000), None);
         assert_eq!(
             s.waiting_reason(4, 50_000).as_deref(),
             Some("agent API limited: 4 of 8 slots; overloaded 40 s ago")
