@@ -9,6 +9,7 @@ pub mod output;
 pub mod postmortem;
 pub mod review;
 mod review_git;
+mod review_tools;
 pub mod runs;
 pub mod state;
 pub mod stream_slots;

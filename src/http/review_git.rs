@@ -6,7 +6,7 @@
 //! credentials, timeouts) like the run's own fetches and pushes. Called by `review.rs`.
 
 use super::error::ApiError;
-use super::review::{blocking, gh_on_path, gh_pr_create, gh_unavailable};
+use super::review_tools::{blocking, gh_on_path, gh_pr_create, gh_unavailable};
 use super::state::AppState;
 use crate::actors::scheduler::{git_base_ref, git_run_head};
 use crate::api::RunDiff;
