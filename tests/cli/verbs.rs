@@ -173,7 +173,15 @@ async fn workers_and_artifacts_list_and_a_download_matches_its_checksum() {
 
     let text = env.client(&repo.path, &["workers"]).await.ok().to_string();
     assert_eq!(header(&text)[..3], ["ID", "HOST", "STATUS"]);
-    assert_eq!(text.lines().count(), 2, "the local runner: {text}");
+    let table: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+    assert_eq!(table.len(), 2, "the local runner: {text}");
+    // Then the agent account the run's steps counted against, with its limit.
+    let accounts: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "Agent accounts:")
+        .collect();
+    assert_eq!(accounts.len(), 3, "one account: {text}");
+    assert!(accounts[2].starts_with("opus:sh:"), "{text}");
     let v = env.client(&repo.path, &["workers", "--json"]).await.json();
     assert_eq!(v["workers"].as_array().map(Vec::len), Some(1));
 
