@@ -228,7 +228,9 @@ impl SchedulerService {
         let id = run.id.clone();
         let read = self.db.run(move |c| db::runs::require(c, &id)).await;
         let prepared = match &read {
-            Ok(now) if needs_worktree(now) => self.prepare_workspace(now).await,
+            Ok(now) if needs_worktree(now) || worktree_gone(now) => {
+                self.prepare_workspace(now).await
+            }
             _ => Ok(()),
         };
         self.peers.let_go(Hold::Prepare, &run.id);
@@ -443,4 +445,13 @@ fn advance_in_tx(
 /// A shared_fs run that has no worktree yet.
 fn needs_worktree(run: &RunRow) -> bool {
     run.workspace_source == WorkspaceSource::SharedFs.as_str() && run.worktree_json.is_none()
+}
+
+/// A shared_fs run planned a worktree that is no longer there (a retried run whose worktree
+/// was cleaned when it ended): starting it makes the worktree again from the same plan.
+fn worktree_gone(run: &RunRow) -> bool {
+    run.workspace_source == WorkspaceSource::SharedFs.as_str()
+        && run
+            .worktree()
+            .is_some_and(|w| !Path::new(&w.worktree_path).exists())
 }
