@@ -5,6 +5,7 @@
 use crate::api::{AccountInfo, ArtifactInfo, Run, RunDiff, Step, WorkerInfo, WorktreesEnvelope};
 use crate::domain::text::escaped;
 use crate::domain::usage::cost_text;
+use crate::domain::RunStatus;
 
 /// Prints `raw` as JSON when asked, else the table `table` builds.
 pub fn print(json: bool, raw: &serde_json::Value, table: impl FnOnce() -> String) {
@@ -339,7 +340,9 @@ pub fn postmortem(id: &str, v: &serde_json::Value) -> String {
 fn kept_because(status: Option<&str>, cleanup: Option<&str>) -> String {
     match (status, cleanup) {
         (None, _) => "not a run's".into(),
-        (Some("PENDING" | "RUNNING" | "PAUSED"), _) => "run not ended".into(),
+        (Some(s), _) if s.parse::<RunStatus>().is_ok_and(|s| !s.is_terminal()) => {
+            "run not ended".into()
+        }
         (_, Some("deferred")) => "awaiting review".into(),
         (_, Some("skipped")) => "worktree_cleanup=false".into(),
         (_, Some("failed")) => "removal failed".into(),
@@ -394,5 +397,21 @@ mod tests {
     fn wide_characters_take_their_display_width() {
         let t = super::table(&["NAME", "ID"], &[vec!["日本".into(), "1".into()]]);
         assert_eq!(t, "NAME  ID\n日本  1\n");
+    }
+
+    #[test]
+    fn a_worktree_of_a_run_not_ended_says_so_whatever_its_cleanup() {
+        use super::kept_because;
+        use crate::domain::RunStatus::*;
+        for status in [Pending, Running, Paused] {
+            assert_eq!(kept_because(Some(status.as_str()), None), "run not ended");
+        }
+        let (done, failed) = (Completed.as_str(), Failed.as_str());
+        assert_eq!(
+            kept_because(Some(done), Some("deferred")),
+            "awaiting review"
+        );
+        assert_eq!(kept_because(Some(failed), None), "never cleaned up");
+        assert_eq!(kept_because(None, None), "not a run's");
     }
 }
