@@ -226,17 +226,7 @@ async fn a_git_run_from_an_ssh_remote_completes_on_two_workers_and_its_branch_is
     };
     let repo = Repo::create(home.path(), "app", 3, "tick", &[]);
     let bare = home.path().join("served/app.git");
-    std::fs::create_dir_all(bare.parent().expect("parent")).expect("served dir");
-    git(
-        home.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &path_str(&repo.path),
-            &path_str(&bare),
-        ],
-    );
+    crate::support::repo::bare_copy(&repo.path, &bare);
     let url = sshd.url(&bare);
     let known_hosts = sshd.known_hosts("known_hosts");
     let passphrase_file = write(&home.path().join("passphrase"), &format!("{PASSPHRASE}\n"));
@@ -302,17 +292,7 @@ async fn each_kind_of_remote_failure_is_refused_with_its_reason_and_no_retry_sto
         return;
     };
     let bare = home.path().join("served/app.git");
-    std::fs::create_dir_all(bare.parent().expect("parent")).expect("served dir");
-    git(
-        home.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &path_str(&repo.path),
-            &path_str(&bare),
-        ],
-    );
+    crate::support::repo::bare_copy(&repo.path, &bare);
     let wrong_key = home.path().join("wrong_key");
     keygen(&wrong_key, "");
     let known_hosts = keyed.known_hosts("known_hosts");
@@ -573,17 +553,7 @@ async fn expired_certificates_a_changed_host_key_and_a_silent_host_fail_with_the
         return;
     };
     let bare = home.path().join("served/app.git");
-    std::fs::create_dir_all(bare.parent().expect("parent")).expect("served dir");
-    git(
-        home.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &path_str(&repo.path),
-            &path_str(&bare),
-        ],
-    );
+    crate::support::repo::bare_copy(&repo.path, &bare);
     // known_hosts names another key for this server (its key was changed, or someone is in
     // the middle); the client key is the right one.
     let other = home.path().join("other_host_key");

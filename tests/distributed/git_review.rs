@@ -15,17 +15,7 @@ use std::path::{Path, PathBuf};
 fn served(c: &Cluster, name: &str, tasks: usize, mode: &str) -> (PathBuf, String) {
     let repo = Repo::create(c.dir.path(), name, tasks, mode, &[]);
     let bare = c.dir.path().join(format!("served/{name}.git"));
-    std::fs::create_dir_all(bare.parent().expect("parent")).expect("served dir");
-    git(
-        c.dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &path_str(&repo.path),
-            &path_str(&bare),
-        ],
-    );
+    crate::support::repo::bare_copy(&repo.path, &bare);
     let url = format!("file://{}", bare.display());
     (bare, url)
 }

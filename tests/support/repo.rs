@@ -4,6 +4,22 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A bare copy of the repository at `source`, made at `bare` (its parents too): a remote for
+/// git runs.
+pub fn bare_copy(source: &Path, bare: &Path) {
+    std::fs::create_dir_all(bare.parent().expect("parent")).expect("bare's parent");
+    git(
+        bare.parent().expect("parent"),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &source.display().to_string(),
+            &bare.display().to_string(),
+        ],
+    );
+}
+
 /// A test repository on disk.
 pub struct Repo {
     pub path: PathBuf,
