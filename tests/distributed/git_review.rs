@@ -2,8 +2,8 @@
 //! the diff read from the run's newest checkpoint through the controller's mirror (live while
 //! the run goes on, then the snapshot taken at completion), merges of both strategies pushed
 //! to the run's `file://` remote, a push the remote refuses and a merge conflict that change
-//! nothing, scrap deleting the pushed branch, and create-pr pushing the branch before running
-//! a stand-in `gh`.
+//! nothing, scrap deleting the pushed branch, create-pr pushing the branch before running
+//! a stand-in `gh`, and two runs of one spec started at once pushing branches of their own.
 
 use crate::cluster::{git, path_str, Cluster, Extra, Timings};
 use crate::support::repo::{subjects_at, Repo};
@@ -364,7 +364,11 @@ async fn create_pr_pushes_the_run_branch_then_runs_gh() {
     let pinned = c.submit(pinned).await;
     let run = c.wait_status(&id, "COMPLETED").await;
     assert!(run["pushed_branch"].is_null(), "not pushed at completion");
-    let branch = format!("run/{}", run["name"].as_str().expect("name"));
+    let branch = format!(
+        "run/{}-{}",
+        run["name"].as_str().expect("name"),
+        &id[id.len() - 8..]
+    );
     assert_eq!(rev(&bare, &branch), None);
 
     let (status, body) = c.post_empty(&format!("/runs/{id}/create-pr")).await;
@@ -418,4 +422,33 @@ async fn create_pr_pushes_the_run_branch_then_runs_gh() {
     let (status, body) = c.post_empty(&format!("/runs/{pinned}/scrap")).await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(c.run(&pinned).await["review_status"], "scrapped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_of_one_spec_started_at_once_push_branches_of_their_own() {
+    let c = Cluster::start("git-review-twins", 1, Timings::default()).await;
+    let (bare, url) = served(&c, "twins", 1, "tick");
+    let (a, b) = tokio::join!(c.submit(git_run(&url)), c.submit(git_run(&url)));
+    let (ra, rb) = tokio::join!(
+        c.wait_status(&a, "COMPLETED"),
+        c.wait_status(&b, "COMPLETED")
+    );
+    assert_eq!(ra["name"], rb["name"], "both are named after the spec");
+    let mut pushed = Vec::new();
+    for (id, run) in [(&a, &ra), (&b, &rb)] {
+        let branch = run["pushed_branch"].as_str().expect("pushed_branch");
+        let name = run["name"].as_str().expect("name");
+        assert_eq!(branch, format!("run/{name}-{}", &id[id.len() - 8..]));
+        assert_eq!(
+            rev(&bare, branch).as_deref(),
+            run["pushed_commit"].as_str(),
+            "{branch} is on the remote at the run's commit"
+        );
+        assert_eq!(
+            subjects_at(&bare, branch),
+            ["initial", "task 1: task number 1"]
+        );
+        pushed.push(branch.to_string());
+    }
+    assert_ne!(pushed[0], pushed[1]);
 }

@@ -93,11 +93,90 @@ impl RunRow {
         }
     }
 
-    /// The branch a git run works on.
+    /// The branch a git run works on: `<run_branch_prefix><slug(name)>`, and when the run
+    /// is named after its spec (the default name, which every run of that spec gets)
+    /// `-<the last 8 characters of the run id>` appended, so that runs of one spec started at
+    /// once push branches of their own (slug `run` when the name has none).
     pub fn git_run_branch(&self, config: &RunConfig) -> String {
-        match self.worktree() {
-            Some(w) => w.run_branch,
-            None => format!("{}{}", config.run_branch_prefix, slug(&self.name)),
+        if let Some(w) = self.worktree() {
+            return w.run_branch;
         }
+        let name = slug(&self.name);
+        let spec = Path::new(&self.spec_path)
+            .file_stem()
+            .map(|s| slug(&s.to_string_lossy()))
+            .unwrap_or_default();
+        let prefix = &config.run_branch_prefix;
+        match name.as_str() {
+            "" => format!("{prefix}run-{}", id_tail(&self.id)),
+            n if n == spec => format!("{prefix}{n}-{}", id_tail(&self.id)),
+            n => format!("{prefix}{n}"),
+        }
+    }
+}
+
+/// The last 8 alphanumerics of a run id: for the UUIDv7 ids of loopd, its random part (the
+/// first characters are the creation time, shared by runs made in the same minute).
+fn id_tail(id: &str) -> String {
+    let alnum: Vec<char> = id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    alnum[alnum.len().saturating_sub(8)..].iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git_run(id: &str, name: &str) -> RunRow {
+        RunRow {
+            id: id.into(),
+            name: name.into(),
+            name_source: "spec_slug".into(),
+            status: "PENDING".into(),
+            workspace_root: "demo".into(),
+            spec_path: "specs/demo.md".into(),
+            plan_path: None,
+            worktree_json: None,
+            worktree_cleanup_status: None,
+            worktree_cleaned_at: None,
+            config_json: None,
+            created_at: 0,
+            updated_at: 0,
+            review_status: "pending".into(),
+            review_action_at: None,
+            pr_url: None,
+            merge_commit: None,
+            workspace_source: WorkspaceSource::Git.as_str().into(),
+            repo_url: Some("file:///srv/demo.git".into()),
+            repo_ref: None,
+            artifact_store: "s3".into(),
+            labels: String::new(),
+            waiting_reason: None,
+            failure_reason: None,
+            started_at: None,
+            ended_at: None,
+            pushed_branch: None,
+            pushed_commit: None,
+        }
+    }
+
+    #[test]
+    fn a_git_run_named_after_its_spec_has_the_random_tail_of_its_id_in_its_branch() {
+        let config = RunConfig::default();
+        let a = git_run("01938f2a-7c41-7d2e-9a1b-4c5d6e7f8a9b", "demo");
+        let b = git_run("01938f2a-7c41-7d2e-8f00-112233445566", "demo");
+        assert_eq!(a.git_run_branch(&config), "run/demo-6e7f8a9b");
+        assert_eq!(b.git_run_branch(&config), "run/demo-33445566");
+        assert_eq!(git_run("r1", "+++").git_run_branch(&config), "run/run-r1");
+    }
+
+    #[test]
+    fn a_git_run_given_another_name_keeps_its_branch_name() {
+        let config = RunConfig::default();
+        let a = git_run("01938f2a-7c41-7d2e-9a1b-4c5d6e7f8a9b", "Feature X");
+        assert_eq!(a.git_run_branch(&config), "run/feature-x");
     }
 }
