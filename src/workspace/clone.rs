@@ -221,21 +221,5 @@ fn check_out_branch_at(repository: &Repository, branch: &str, start: Oid) -> Res
 }
 
 fn exclude_runner_notes(repository: &Repository) -> Result<()> {
-    let info = repository.path().join("info");
-    let exclude = info.join("exclude");
-    let current = fs::read_to_string(&exclude).unwrap_or_default();
-    if current
-        .lines()
-        .any(|line| line.trim() == RUNNER_NOTES_EXCLUDE)
-    {
-        return Ok(());
-    }
-    let separator = if current.is_empty() || current.ends_with('\n') {
-        ""
-    } else {
-        "\n"
-    };
-    fs::create_dir_all(&info).context(|| format!("cannot create {}", info.display()))?;
-    let content = format!("{current}{separator}{RUNNER_NOTES_EXCLUDE}\n");
-    fs::write(&exclude, content).context(|| format!("cannot write {}", exclude.display()))
+    super::exclude::add_line(repository, RUNNER_NOTES_EXCLUDE)
 }

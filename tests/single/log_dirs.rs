@@ -1,7 +1,8 @@
 //! A run's files where the existing daemon kept them, for the tools that read them there:
 //! `<ws>/logs/loop/run-<id>/` and `<data dir>/runs/run-<id>/` (`artifact_mode=mirror`, the
 //! default), or only one of them, at `log_dir` / `global_log_dir`; each copy is the artifact
-//! the API serves, byte for byte, and `report.tsv` / `summary.json` have the old formats.
+//! the API serves, byte for byte, and `report.tsv` / `summary.json` have the old formats; in a
+//! workspace that does not ignore them, loopd excludes them locally, so a merge is not refused.
 
 use crate::helpers::Single;
 use serde_json::{json, Value};
@@ -108,4 +109,32 @@ async fn artifact_mode_and_the_log_directories_are_the_run_s_to_choose() {
         .join(format!("logs/loop/run-{id}/report.tsv"))
         .exists());
     assert!(!s.daemon.data_dir.join(format!("runs/run-{id}")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_dir_is_excluded_locally_so_a_run_in_a_workspace_without_gitignore_merges() {
+    let s = Single::start("log-dirs-exclude", &[]).await;
+    let repo = s.repo("ws", 1, "tick", &[]);
+    repo.git(&["rm", "-q", ".gitignore"]);
+    repo.git(&["commit", "-q", "-m", "no gitignore"]);
+    let id = s.create(&repo, json!({})).await;
+    s.wait_status(&id, "COMPLETED").await;
+    let local = repo.path.join(format!("logs/loop/run-{id}"));
+    assert!(local.join("report.tsv").is_file(), "the copies are there");
+    assert_eq!(repo.git(&["status", "--porcelain"]), "", "nothing shows");
+    let exclude = std::fs::read_to_string(repo.path.join(".git/info/exclude")).expect("exclude");
+    assert_eq!(exclude.matches("/logs/loop/").count(), 1, "{exclude}");
+    assert_eq!(repo.git(&["ls-files", "logs"]), "", "never committed");
+
+    let (status, body) = s.post(&format!("/runs/{id}/merge"), None).await;
+    assert_eq!(status, 200, "not dirty_checkout: {body}");
+    assert_eq!(
+        repo.git(&["rev-parse", "main"]).trim(),
+        body["commit"].as_str().expect("commit")
+    );
+    assert!(
+        repo.path.join("task-1.txt").exists(),
+        "the checkout was updated"
+    );
+    assert_eq!(repo.git(&["status", "--porcelain"]), "");
 }

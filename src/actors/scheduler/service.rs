@@ -281,6 +281,11 @@ impl SchedulerService {
                 }
             };
             wt::create_worktree(root, &w).map_err(|e| format!("cannot create worktree: {e}"))?;
+            // The run's steps write runner notes (and a single host its copies) into the log
+            // directory of the workspace: keep them out of `git status`.
+            if let Err(e) = crate::workspace::exclude_log_dir(root, &r.config().log_dir) {
+                tracing::warn!(run_id = %r.id, error = %e, "cannot exclude the run's log directory");
+            }
             Ok::<_, String>(w)
         })
         .await
