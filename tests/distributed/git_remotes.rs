@@ -8,7 +8,7 @@
 use crate::cluster::{git, path_str, Cluster, Extra, Timings};
 use crate::support::git_https::GitHttps;
 use crate::support::repo::{subjects_at, Repo};
-use crate::support::sshd::{keygen, Sshd};
+use crate::support::sshd::{keygen, ssh_tests_here, ssh_tests_run, Sshd, SKIP_VAR};
 use crate::support::{test_dir, TestDir};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -214,6 +214,9 @@ impl Drop for Agent {
 async fn a_git_run_from_an_ssh_remote_completes_on_two_workers_and_its_branch_is_pushed_back() {
     let home = test_dir("ssh-remote");
     // The controller's key has a passphrase (from a file); the workers' key is in ssh-agent.
+    if !ssh_tests_here() {
+        return;
+    }
     let controller_key = home.path().join("controller_key");
     keygen(&controller_key, PASSPHRASE);
     let Some(sshd) = Sshd::start(
@@ -705,4 +708,19 @@ async fn review_merge_and_scrap_of_an_https_run_push_with_the_configured_credent
         !configs.contains(PASSWORD),
         "no secret in the mirror's config"
     );
+}
+
+#[test]
+fn a_missing_sshd_fails_the_ssh_tests_unless_they_are_skipped() {
+    let missing = std::path::Path::new("/nonexistent/sbin/sshd");
+    let error = ssh_tests_run(missing, None).expect_err("a missing sshd is a failure");
+    assert!(
+        error.contains("apt-get install openssh-server") && error.contains(SKIP_VAR),
+        "{error}"
+    );
+    assert!(ssh_tests_run(missing, Some("0")).is_err(), "only 1 skips");
+    assert_eq!(ssh_tests_run(missing, Some("1")), Ok(false), "skipped");
+    let present = std::env::current_exe().expect("an existing file");
+    assert_eq!(ssh_tests_run(&present, None), Ok(true));
+    assert_eq!(ssh_tests_run(&present, Some("1")), Ok(false));
 }

@@ -1,8 +1,9 @@
 //! An ssh git server for tests: Debian's `sshd` (openssh-server) run by the test on a free
 //! port of 127.0.0.1 with its own host key, config and `authorized_keys`, logging to a file
 //! (so tests can count authentication attempts). Git runs over it as the current user. Keys
-//! are made with `ssh-keygen`. [`Sshd::start`] returns `None`, after printing why, only where
-//! no `sshd` is installed.
+//! are made with `ssh-keygen`. A missing `sshd` fails the test, saying how to install it;
+//! `LOOPD_SKIP_SSH_TESTS=1` skips the tests that need it instead ([`Sshd::start`] then
+//! returns `None` after printing so).
 
 use super::{free_port, wait_for};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,44 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const SSHD: &str = "/usr/sbin/sshd";
+
+/// `LOOPD_SKIP_SSH_TESTS=1` skips the tests that need sshd.
+pub const SKIP_VAR: &str = "LOOPD_SKIP_SSH_TESTS";
+
+/// Whether the ssh tests run with `sshd` at that path and the skip variable's value: `Ok(false)`
+/// when skipped (the variable is `1`), else an error saying how to install a missing sshd.
+pub fn ssh_tests_run(sshd: &Path, skip: Option<&str>) -> Result<bool, String> {
+    if skip == Some("1") {
+        return Ok(false);
+    }
+    if !sshd.exists() {
+        return Err(format!(
+            "{} is not installed; the ssh tests need it (Debian/Ubuntu: apt-get install \
+             openssh-server), or set {SKIP_VAR}=1 to skip them",
+            sshd.display()
+        ));
+    }
+    Ok(true)
+}
+
+/// [`ssh_tests_run`] for this machine: panics when sshd is missing and the tests are not
+/// skipped; a skip is printed straight to stderr (not captured by the test harness).
+pub fn ssh_tests_here() -> bool {
+    let skip = std::env::var(SKIP_VAR).ok();
+    match ssh_tests_run(Path::new(SSHD), skip.as_deref()) {
+        Ok(run) => {
+            if !run {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped: {SKIP_VAR}=1 (a test needing sshd)"
+                );
+            }
+            run
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
 
 /// A running sshd; killed when dropped.
 pub struct Sshd {
@@ -54,10 +93,9 @@ pub fn user() -> String {
 
 impl Sshd {
     /// Starts sshd in `dir` (created), authorizing a fresh client key and `extra_keys` (paths
-    /// of public keys).
+    /// of public keys); `None` when the ssh tests are skipped (see [`ssh_tests_here`]).
     pub async fn start(dir: &Path, extra_keys: &[&Path]) -> Option<Sshd> {
-        if !Path::new(SSHD).exists() {
-            eprintln!("skipped: {SSHD} is not installed (Debian: apt-get install openssh-server)");
+        if !ssh_tests_here() {
             return None;
         }
         std::fs::create_dir_all(dir).expect("sshd dir");
