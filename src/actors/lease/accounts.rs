@@ -155,6 +155,17 @@ impl AccountLimits {
         }
     }
 
+    /// Whether an account held claims at the last look: a step ending now may free a slot
+    /// that a waiting claim can take (without a wake-up it would wait for the next look).
+    pub fn holding(&self) -> bool {
+        self.on()
+            && !self
+                .blocked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    }
+
     fn limited_mut(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.limited.lock().unwrap_or_else(|e| e.into_inner())
     }

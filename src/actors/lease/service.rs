@@ -389,6 +389,20 @@ impl LeaseService {
         }
     }
 
+    /// A step ended while an agent account held claims at its limit: its slot may be free.
+    /// One claimer here and one on each other controller look (the claim checks the limit);
+    /// without this, held claims would wait for the next look at the accounts (a second).
+    fn slot_may_be_free(&self) {
+        if !self.accounts.holding() {
+            return;
+        }
+        self.peers.publish(Notice::Queued {
+            labels: String::new(),
+            preferred: None,
+        });
+        self.waiters.wake("", None);
+    }
+
     /// Many steps may have become claimable (a resumed run): wake every waiter, here and on
     /// the other controllers.
     pub fn wake_all(&self) {
@@ -417,6 +431,7 @@ impl LeaseService {
             .await?;
         self.grants.forget(worker_id, step_id);
         self.accounts.completed(&self.db, &self.waiters, step_id);
+        self.slot_may_be_free();
         let Some(labels) = next else {
             return Ok(None);
         };
