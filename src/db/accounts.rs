@@ -26,6 +26,7 @@ pub struct AccountRow {
     pub decreased_at: Option<i64>,
     pub pause_until: Option<i64>,
     pub updated_at: i64,
+    pub ceiling: Option<i32>,
 }
 
 impl AccountRow {
@@ -38,6 +39,7 @@ impl AccountRow {
             last_signal_at: self.last_signal_at,
             decreased_at: self.decreased_at,
             pause_until: self.pause_until,
+            ceiling: self.ceiling,
         }
     }
 
@@ -52,6 +54,7 @@ impl AccountRow {
             decreased_at: s.decreased_at,
             pause_until: s.pause_until,
             updated_at: now,
+            ceiling: s.ceiling,
         }
     }
 }

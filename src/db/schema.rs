@@ -13,6 +13,7 @@ diesel::table! {
         decreased_at -> Nullable<Int8>,
         pause_until -> Nullable<Int8>,
         updated_at -> Int8,
+        ceiling -> Nullable<Int4>,
     }
 }
 

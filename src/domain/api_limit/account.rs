@@ -1,8 +1,11 @@
 //! The agent account a step counts against, and the account's adaptive concurrency limit:
 //! additive increase (one more slot after `recover_after` completions in a row), multiplicative
 //! decrease (halved on a rate-limit or overload signal, once per wave), never below one nor
-//! above `max_concurrent`; a usage limit pauses the account until its reset time. Pure: the
-//! database (`db::accounts`) keeps the state, claims enforce it.
+//! above `max_concurrent`; a usage limit pauses the account until its reset time. The limit at
+//! which the API last refused for rate (the `ceiling`) is remembered: growing back to it again
+//! takes `recover_after` completions per slot, so a steady pool probes a level known to be too
+//! high rarely instead of every few completions. Pure: the database (`db::accounts`) keeps the
+//! state, claims enforce it.
 
 use super::ApiFailure;
 use sha2::{Digest, Sha256};
@@ -54,6 +57,9 @@ pub struct LimitState {
     pub last_signal_at: Option<i64>,
     pub decreased_at: Option<i64>,
     pub pause_until: Option<i64>,
+    /// The limit at which the API last refused for rate (429); `None` when none is known or
+    /// the limit reached it again without a refusal.
+    pub ceiling: Option<i32>,
 }
 
 impl LimitState {
@@ -67,6 +73,7 @@ impl LimitState {
             last_signal_at: None,
             decreased_at: None,
             pause_until: None,
+            ceiling: None,
         }
     }
 
@@ -75,7 +82,10 @@ impl LimitState {
     /// account for `pause_ms` (so the account's other queued steps do not each run into the
     /// same wall one after another; the halved limit probes when the pause ends), unless the
     /// step was granted before the last halving (that wave was already answered); a usage
-    /// limit pauses the account until `now + pause_ms`. Returns whether the limit changed.
+    /// limit pauses the account until `now + pause_ms`. A rate limit also remembers the limit
+    /// it came at as the account's `ceiling` (see [`success`](Self::success)); an overload is
+    /// the provider's, not a sign of the account's concurrency, and leaves it. Returns whether
+    /// the limit changed.
     pub fn signal(&mut self, kind: ApiFailure, granted_at: i64, now: i64, pause_ms: i64) -> bool {
         self.last_signal = Some(kind.as_str().to_string());
         self.last_signal_at = Some(now);
@@ -86,6 +96,9 @@ impl LimitState {
                     return false;
                 }
                 let before = self.limit;
+                if kind == ApiFailure::RateLimited {
+                    self.ceiling = Some(before);
+                }
                 self.limit = (self.limit / 2).max(1);
                 self.decreased_at = Some(now);
                 self.pause_for(now, pause_ms);
@@ -106,7 +119,9 @@ impl LimitState {
     }
 
     /// A step of the account completed (the API answered): after `recover_after` in a row the
-    /// limit grows by one, up to `max`. Returns whether the limit changed.
+    /// limit grows by one, up to `max`; to reach the `ceiling` (the limit last refused for
+    /// rate) takes `recover_after` per slot, and reaching it forgets it (the account may allow
+    /// more now). Returns whether the limit changed.
     pub fn success(&mut self, recover_after: i32) -> bool {
         if self.limit >= self.max {
             self.limit = self.max;
@@ -114,11 +129,19 @@ impl LimitState {
             return false;
         }
         self.successes += 1;
-        if self.successes < recover_after.max(1) {
+        let next = self.limit + 1;
+        let run = match self.ceiling {
+            Some(c) if next >= c => recover_after.max(1).saturating_mul(next),
+            _ => recover_after.max(1),
+        };
+        if self.successes < run {
             return false;
         }
-        self.limit += 1;
+        self.limit = next;
         self.successes = 0;
+        if self.ceiling.is_some_and(|c| next >= c) {
+            self.ceiling = None;
+        }
         true
     }
 
@@ -217,6 +240,37 @@ mod tests {
             s.success(2);
         }
         assert_eq!(s.limit, 3);
+    }
+
+    #[test]
+    fn growing_back_to_the_limit_last_refused_for_rate_takes_a_run_per_slot() {
+        let mut s = LimitState::fresh(8);
+        // A wave of 429s at 5: halved to 2, 5 remembered.
+        s.limit = 5;
+        assert!(s.signal(ApiFailure::RateLimited, 0, 1, 0));
+        assert_eq!((s.limit, s.ceiling), (2, Some(5)));
+        // Below it, a run of `recover_after` a slot, as before.
+        for want in [3, 4] {
+            for _ in 0..4 {
+                assert!(!s.success(5));
+            }
+            assert!(s.success(5));
+            assert_eq!(s.limit, want);
+        }
+        // To 5 again: 5 × 5 completions; then it is forgotten and growth is as before.
+        for _ in 0..24 {
+            assert!(!s.success(5));
+        }
+        assert!(s.success(5));
+        assert_eq!((s.limit, s.ceiling), (5, None));
+        for _ in 0..4 {
+            assert!(!s.success(5));
+        }
+        assert!(s.success(5));
+        assert_eq!(s.limit, 6);
+        // An overload halves without a ceiling: it says nothing of the account's rate.
+        assert!(s.signal(ApiFailure::Overloaded, 10, 20, 0));
+        assert_eq!((s.limit, s.ceiling), (3, None));
     }
 
     #[test]

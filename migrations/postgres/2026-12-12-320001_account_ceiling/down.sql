@@ -1,0 +1,1 @@
+ALTER TABLE api_accounts DROP COLUMN ceiling;
