@@ -348,3 +348,39 @@ async fn with_api_limits_off_nothing_is_held() {
     push_back(&workers[*i], l, "overloaded", 60_000).await;
     assert!(ctl.accounts().is_empty(), "no account recorded when off");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_held_only_by_its_maximum_says_so_in_the_log_and_the_run() {
+    let ctl = Ctl::start("acct-cap", &settings("1", &[])).await;
+    runs(&ctl, 2).await;
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        workers.push(ctl.worker(&format!("m{i}"), &[]).await);
+    }
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let _beats: Vec<_> = workers.iter().map(|w| w.keep_alive(held.clone())).collect();
+    let got = claim_all(&workers, 300).await;
+    assert_eq!(got.len(), 1, "one slot: {got:?}");
+    held.lock().unwrap().push(got[0].1.clone());
+
+    // No push-back ever: the run held says it is the setting, not the API, and the log says
+    // which setting to raise.
+    wait_for(
+        "the held run naming the setting",
+        Duration::from_secs(10),
+        || async {
+            let (_, v) = crate::harness::answer(ctl.client.get(ctl.url("/runs"))).await;
+            v["runs"].as_array()?.iter().find_map(|r| {
+                (r["waiting_reason"]
+                    == "agent API limited: 1 of 1 slots (api_limits.max_concurrent)")
+                    .then_some(())
+            })
+        },
+    )
+    .await;
+    let said = "agent account at [api_limits] max_concurrent with steps waiting";
+    wait_for("the warning", Duration::from_secs(10), || async {
+        ctl.proc.log_text().contains(said).then_some(())
+    })
+    .await;
+}

@@ -19,6 +19,8 @@ pub struct AccountLimits {
     limited: Mutex<HashSet<String>>,
     /// Accounts whose steps claims held at the last look.
     blocked: Mutex<HashSet<String>>,
+    /// Accounts this process said were held by `max_concurrent` alone (said once each).
+    told_capped: Mutex<HashSet<String>>,
 }
 
 impl AccountLimits {
@@ -27,6 +29,7 @@ impl AccountLimits {
             settings,
             limited: Mutex::default(),
             blocked: Mutex::default(),
+            told_capped: Mutex::default(),
         }
     }
 
@@ -143,6 +146,7 @@ impl AccountLimits {
             .filter(|a| a.state.paused(now) || a.in_use >= a.state.limit as i64)
             .map(|a| a.account.clone())
             .collect();
+        self.tell_capped(&list, &blocked);
         *self.limited_mut() = limited;
         let freed = {
             let mut b = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
@@ -164,6 +168,22 @@ impl AccountLimits {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_empty()
+    }
+
+    /// Says once per account when steps wait for it only because of `max_concurrent`: the
+    /// API never pushed back, so the account may allow more (the default maximum, 8, would
+    /// otherwise cap a larger pool without a word in the log).
+    fn tell_capped(&self, list: &[db::accounts::AccountView], blocked: &HashSet<String>) {
+        let mut told = self.told_capped.lock().unwrap_or_else(|e| e.into_inner());
+        for a in list {
+            if blocked.contains(&a.account) && a.state.at_cap() && told.insert(a.account.clone()) {
+                tracing::warn!(
+                    account = %a.account,
+                    max_concurrent = a.state.max,
+                    "agent account at [api_limits] max_concurrent with steps waiting and no push-back from the API: raise max_concurrent if the account allows more"
+                );
+            }
+        }
     }
 
     fn limited_mut(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {

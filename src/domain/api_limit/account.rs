@@ -157,6 +157,12 @@ impl LimitState {
         self.max = max;
     }
 
+    /// Whether only the configured maximum holds the account: it is at `max` and the API
+    /// never pushed back (the account may well allow more).
+    pub fn at_cap(&self) -> bool {
+        self.limit >= self.max && self.last_signal.is_none()
+    }
+
     /// Whether the account is paused at `now`.
     pub fn paused(&self, now: i64) -> bool {
         self.pause_until.is_some_and(|p| p > now)
@@ -177,9 +183,14 @@ impl LimitState {
             return None;
         }
         let mut reason = format!("agent API limited: {} of {} slots", self.limit, self.max);
-        if let (Some(kind), Some(at)) = (&self.last_signal, self.last_signal_at) {
-            let ago = (now - at).max(0) / 1000;
-            reason.push_str(&format!("; {} {ago} s ago", kind.replace('_', " ")));
+        match (&self.last_signal, self.last_signal_at) {
+            (Some(kind), Some(at)) => {
+                let ago = (now - at).max(0) / 1000;
+                reason.push_str(&format!("; {} {ago} s ago", kind.replace('_', " ")));
+            }
+            // Never pushed back: the configured maximum is what holds the step.
+            _ if self.at_cap() => reason.push_str(" (api_limits.max_concurrent)"),
+            _ => {}
         }
         Some(reason)
     }
@@ -315,6 +326,17 @@ mod tests {
         assert_eq!(
             s.waiting_reason(4, 50_000).as_deref(),
             Some("agent API limited: 4 of 8 slots; overloaded 40 s ago")
+        );
+    }
+
+    #[test]
+    fn an_account_held_only_by_its_maximum_names_the_setting() {
+        let s = LimitState::fresh(8);
+        assert!(s.at_cap());
+        assert_eq!(s.waiting_reason(7, 0), None);
+        assert_eq!(
+            s.waiting_reason(8, 0).as_deref(),
+            Some("agent API limited: 8 of 8 slots (api_limits.max_concurrent)")
         );
     }
 
