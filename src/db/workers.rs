@@ -83,34 +83,38 @@ pub fn pin_instance(conn: &mut Conn, id: &str, instance: &str) -> Result<(), DbE
     Ok(())
 }
 
-/// Records many heartbeats at once, seen at `now_ms`: each worker's reported status and
-/// metrics (`(id, status, metrics_json)`). Workers no longer online are left alone, as in
+/// Records many heartbeats at once, written at `now_ms`: each worker's reported status and
+/// metrics, heard `age` ms before (`(id, status, metrics_json, age)`); a later beat another
+/// controller wrote meanwhile is kept. Workers no longer online are left alone, as in
 /// [`touch`]. One statement on Postgres.
 pub fn touch_many(
     conn: &mut Conn,
-    beats: &[(String, String, Option<String>)],
+    beats: &[(String, String, Option<String>, i64)],
     now_ms: i64,
 ) -> Result<(), DbError> {
     use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    let heard = |age: i64| now_ms - age.max(0);
     if let Conn::Pg(c) = conn {
         let ids: Vec<&str> = beats.iter().map(|b| b.0.as_str()).collect();
         let statuses: Vec<&str> = beats.iter().map(|b| b.1.as_str()).collect();
         let metrics: Vec<Option<&str>> = beats.iter().map(|b| b.2.as_deref()).collect();
+        let at: Vec<i64> = beats.iter().map(|b| heard(b.3)).collect();
         diesel::sql_query(
             "UPDATE workers SET status = u.status, metrics_json = u.metrics, \
-             last_heartbeat_at = $1 \
-             FROM unnest($2::text[], $3::text[], $4::text[]) AS u(id, status, metrics) \
+             last_heartbeat_at = GREATEST(workers.last_heartbeat_at, u.at) \
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) \
+                  AS u(at, id, status, metrics) \
              WHERE workers.id = u.id AND workers.status IN ('idle', 'busy', 'draining')",
         )
-        .bind::<BigInt, _>(now_ms)
+        .bind::<Array<BigInt>, _>(at)
         .bind::<Array<Text>, _>(ids)
         .bind::<Array<Text>, _>(statuses)
         .bind::<Array<Nullable<Text>>, _>(metrics)
         .execute(&mut **c)?;
         return Ok(());
     }
-    for (id, status, metrics) in beats {
-        touch(conn, id, status, metrics.as_deref(), now_ms)?;
+    for (id, status, metrics, age) in beats {
+        touch(conn, id, status, metrics.as_deref(), heard(*age))?;
     }
     Ok(())
 }

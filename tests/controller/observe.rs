@@ -5,6 +5,7 @@
 use crate::harness::{answer, Ctl, Worker, CLIENT};
 use crate::support::pool::JOIN;
 use serde_json::Value;
+use std::time::Duration;
 
 fn rfc3339(v: &Value) -> bool {
     v.as_str()
@@ -167,4 +168,43 @@ async fn workers_metrics_events_and_logs_show_the_pool() {
     for t in [a.token.as_str(), b.token.as_str(), CLIENT, JOIN] {
         assert!(!log.contains(t), "a token reached the log");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_heartbeat_is_stored_with_the_time_it_arrived() {
+    // A long offline period: the controller's own first write of buffered beats comes a whole
+    // period after its start, so until then only `GET /workers` writes them.
+    let ctl = Ctl::start(
+        "ctl-beat-age",
+        &[
+            ("LOOPD__LEASE__TTL_MS", "600000"),
+            ("LOOPD__LEASE__WORKER_OFFLINE_AFTER_MS", "600000"),
+        ],
+    )
+    .await;
+    let w = ctl.worker("beat-age", &[]).await;
+    assert_eq!(w.heartbeat("idle", &[]).await.0, 200);
+    // An unchanged status: only noted in memory.
+    let sent = chrono::Utc::now();
+    assert_eq!(w.heartbeat("idle", &[]).await.0, 200);
+    // The beat's age is what this is about: let three seconds pass.
+    crate::support::wait_for("the beat to age", Duration::from_secs(10), || async {
+        (chrono::Utc::now() - sent >= chrono::Duration::seconds(3)).then_some(())
+    })
+    .await;
+    let (_, v) = answer(ctl.client.get(ctl.url("/workers"))).await;
+    let asked = chrono::Utc::now();
+    let heard = v["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|x| x["id"] == w.id.as_str()))
+        .and_then(|x| x["last_heartbeat_at"].as_str())
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .unwrap_or_else(|| panic!("the worker's heartbeat time in {v}"));
+    let off = (heard.with_timezone(&chrono::Utc) - sent)
+        .num_milliseconds()
+        .abs();
+    assert!(
+        off < 1_000,
+        "stored {heard}, sent at {sent}, asked at {asked}: the time it was written, not heard"
+    );
 }
