@@ -36,6 +36,11 @@ impl Cluster {
             // Up to 1,000 simulated workers register within seconds.
             ("LOOPD__LIMITS__REGISTRATIONS_PER_MINUTE", "0"),
             ("LOOPD__LIMITS__MAX_LIVE_WORKERS", "0"),
+            // Every simulated step counts against one agent account, whose limit claims check
+            // (`[api_limits]` on, as by default). Its default maximum (8) would cap the pool
+            // at 8 steps in flight and measure that cap; the operator of a pool this large
+            // raises it to what the account allows (docs/usage-and-limits.md).
+            ("LOOPD__API_LIMITS__MAX_CONCURRENT", "1000"),
         ];
         env.extend_from_slice(extra);
         // Experiments: LOOPD_BENCH_CONTROLLER_ENV="LOOPD__STORAGE__POOL_SIZE=32 KEY=VALUE…".
