@@ -26,8 +26,6 @@ BEGIN
         SELECT 1 FROM api_accounts a
          WHERE a.account = p_account
            AND (a.pause_until > v_now
-                OR a.concurrency_limit < (SELECT count(*) FROM steps l
-                                           WHERE l.account = p_account
-                                             AND l.status = 'IN_PROGRESS')
+                OR a.concurrency_limit < loopd_account_in_flight(p_account)
                                          + CASE WHEN v_same THEN 0 ELSE 1 END));
 END $$;

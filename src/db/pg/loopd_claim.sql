@@ -33,9 +33,7 @@ BEGIN
     -- Agent accounts at their limit or paused (`api_accounts`): none of their steps is taken.
     v_blocked := ARRAY(SELECT a.account FROM api_accounts a
                         WHERE a.pause_until > v_now
-                           OR a.concurrency_limit <= (SELECT count(*) FROM steps l
-                                                       WHERE l.account = a.account
-                                                         AND l.status = 'IN_PROGRESS'));
+                           OR a.concurrency_limit <= loopd_account_in_flight(a.account));
     LOOP
         -- A step waiting for this very worker first (taking another run's step instead would
         -- leave its own waiting a whole window), then the oldest that waits for no one; both
@@ -70,9 +68,8 @@ BEGIN
         EXIT WHEN NOT EXISTS (SELECT 1 FROM api_accounts a
                                WHERE a.account = v_account
                                  AND (a.pause_until > v_now
-                                      OR a.concurrency_limit <= (SELECT count(*) FROM steps l
-                                                                  WHERE l.account = v_account
-                                                                    AND l.status = 'IN_PROGRESS')));
+                                      OR a.concurrency_limit
+                                         <= loopd_account_in_flight(v_account)));
         -- Full after all: look again without it.
         v_blocked := v_blocked || v_account;
         v_id := NULL;

@@ -39,9 +39,7 @@ DECLARE
     -- directly here.
     v_over TEXT[] := ARRAY(SELECT a.account FROM api_accounts a
                             WHERE a.pause_until > v_now
-                               OR a.concurrency_limit < (SELECT count(*) FROM steps l
-                                                          WHERE l.account = a.account
-                                                            AND l.status = 'IN_PROGRESS'));
+                               OR a.concurrency_limit < loopd_account_in_flight(a.account));
     v_ok INT[];
     replies JSONB[] := array_fill(NULL::jsonb, ARRAY[jsonb_array_length(p_items)]);
     r RECORD;

@@ -61,6 +61,7 @@ const FUNCTIONS: &[Function] = functions!(
     loopd_leases_read_only,
     loopd_watch_inputs,
     loopd_decision_inputs,
+    loopd_account_in_flight,
     loopd_account_has_slot,
     loopd_claim,
     loopd_complete_snapshot,
