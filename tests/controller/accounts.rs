@@ -384,3 +384,70 @@ async fn an_account_held_only_by_its_maximum_says_so_in_the_log_and_the_run() {
     })
     .await;
 }
+
+/// Drives `w` through its runs' steps (completing each with `claim_next`) until it holds a
+/// verification step; returns that lease.
+async fn until_verification(ctl: &Ctl, w: &Worker) -> Lease {
+    wait_for("a verification step", Duration::from_secs(60), || async {
+        let (status, a) = w.claim(1_000).await;
+        if status != 200 {
+            return None;
+        }
+        let mut l = Lease {
+            step: a["step_id"].as_str()?.into(),
+            run: a["run_id"].as_str()?.into(),
+            epoch: a["epoch"].as_i64()?,
+        };
+        loop {
+            if ctl.step(&l.run, &l.step).await["phase"] == "verification" {
+                return Some(l);
+            }
+            let mut body = Worker::completion(&l);
+            body["claim_next"] = json!(true);
+            let (status, v) = w.complete(&l, &body).await;
+            assert_eq!(status, 200, "{v}");
+            let next = &v["next"];
+            l = Lease {
+                step: next["step_id"].as_str()?.into(),
+                run: next["run_id"].as_str()?.into(),
+                epoch: next["epoch"].as_i64()?,
+            };
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_at_once_lease_new_agent_steps_only_as_far_as_the_limit() {
+    let ctl = Ctl::start("acct-batch", &settings("2", &[])).await;
+    runs(&ctl, 4).await;
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        workers.push(ctl.worker(&format!("b{i}"), &[]).await);
+    }
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let _beats: Vec<_> = workers.iter().map(|w| w.keep_alive(held.clone())).collect();
+    // Each worker ends up holding its run's verification step: no agent step in flight.
+    let drives = workers.iter().map(|w| until_verification(&ctl, w));
+    let verifying = futures_util::future::join_all(drives).await;
+    held.lock().unwrap().extend(verifying.iter().cloned());
+    assert_eq!(ctl.accounts()[0].concurrency_limit, 2);
+
+    // All four complete at once, each asking for its next step: every run queues an agent
+    // step, and the completions (in one batch or not) lease at most two of them.
+    let done = verifying.iter().zip(&workers).map(|(l, w)| async move {
+        let mut body = Worker::completion(l);
+        body["claim_next"] = json!(true);
+        let (status, v) = w.complete(l, &body).await;
+        assert_eq!(status, 200, "{v}");
+        v["next"]["step_id"].as_str().map(str::to_string)
+    });
+    let next: Vec<String> = futures_util::future::join_all(done)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(next.len(), 2, "agent steps leased at once: {next:?}");
+    let (_, v) = crate::harness::answer(ctl.client.get(ctl.url("/workers"))).await;
+    assert_eq!(v["accounts"][0]["in_use"], json!(2), "{v}");
+}

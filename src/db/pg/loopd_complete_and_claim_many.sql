@@ -6,7 +6,8 @@
 -- The completions that lease their worker the step they queue (the direct path of
 -- loopd_complete_and_claim, nearly every completion of a busy pool), each of a run no other
 -- item completes, are checked with one locking statement and written with one statement per
--- table. Each is checked exactly as alone: its lease still its worker's at its epoch, its run
+-- table (those whose step takes a new slot of an agent account as far as the account has room:
+-- its row locked and its steps in flight counted once for the batch). Each is checked exactly as alone: its lease still its worker's at its epoch, its run
 -- and state at the versions its decision read, no other step of the run in flight (rows locked
 -- in the order the lone path locks them: step, then run and state, runs in the order of their
 -- ids); what it writes is what the lone path writes. One that fails its checks is answered
@@ -40,15 +41,26 @@ DECLARE
     v_over TEXT[] := ARRAY(SELECT a.account FROM api_accounts a
                             WHERE a.pause_until > v_now
                                OR a.concurrency_limit < loopd_account_in_flight(a.account));
+    -- Direct completions whose queued step would take a new slot of its agent account.
+    v_new INT[];
+    v_limit INT;
+    v_paused BOOLEAN;
+    v_room BIGINT;
     v_ok INT[];
     replies JSONB[] := array_fill(NULL::jsonb, ARRAY[jsonb_array_length(p_items)]);
     r RECORD;
 BEGIN
     -- The direct completions, each of a run no other item of the batch completes, whose
-    -- queued step runs no agent or takes the slot of the finished one (same account, not
-    -- over its limit); one that would take a new slot goes alone (loopd_account_has_slot).
-    SELECT coalesce(array_agg(d.n), '{}') INTO v_set FROM (
-        SELECT e.it, e.n, count(*) OVER (PARTITION BY e.it #>> '{run,id}') AS per_run
+    -- queued step runs no agent or is of an account neither paused nor over its limit: in
+    -- v_set those that take the slot of the finished one (same account) or need none, in
+    -- v_new those that would take a new slot.
+    SELECT coalesce(array_agg(d.n) FILTER (WHERE NOT d.new_slot), '{}'),
+           coalesce(array_agg(d.n) FILTER (WHERE d.new_slot), '{}')
+      INTO v_set, v_new FROM (
+        SELECT e.it, e.n, count(*) OVER (PARTITION BY e.it #>> '{run,id}') AS per_run,
+               e.it #>> '{queued,account}' IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM steps f WHERE f.id = e.it ->> 'step'
+                                  AND f.account = e.it #>> '{queued,account}') AS new_slot
           FROM unnest(v_items) WITH ORDINALITY AS e(it, n)) d
      WHERE d.per_run = 1
        AND (d.it #>> '{queued,preferred_worker_id}') = (d.it ->> 'worker')
@@ -58,9 +70,28 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = d.it ->> 'worker'
                           AND w.status IN ('draining', 'revoked'))
        AND (d.it #>> '{queued,account}' IS NULL
-            OR (d.it #>> '{queued,account}' <> ALL (v_over)
-                AND EXISTS (SELECT 1 FROM steps f WHERE f.id = d.it ->> 'step'
-                               AND f.account = d.it #>> '{queued,account}')));
+            OR d.it #>> '{queued,account}' <> ALL (v_over));
+    -- Those that take a new slot join the set as far as their account has room: its row
+    -- locked (accounts in order; the claim and the lone completion lock one account, before
+    -- any step of theirs that this statement locks), its steps in flight counted once for the
+    -- batch; the rest go alone below (loopd_account_has_slot). No row: no limit.
+    FOR r IN SELECT DISTINCT e.it #>> '{queued,account}' AS account
+               FROM unnest(v_items) WITH ORDINALITY AS e(it, n)
+              WHERE e.n = ANY (v_new) ORDER BY 1 LOOP
+        SELECT a.concurrency_limit, coalesce(a.pause_until > v_now, false)
+          INTO v_limit, v_paused FROM api_accounts a WHERE a.account = r.account FOR UPDATE;
+        IF NOT FOUND THEN
+            v_room := NULL;
+        ELSIF v_paused THEN
+            v_room := 0;
+        ELSE
+            v_room := greatest(v_limit - loopd_account_in_flight(r.account), 0);
+        END IF;
+        v_set := v_set || ARRAY(SELECT e.n::int FROM unnest(v_items) WITH ORDINALITY AS e(it, n)
+                                 WHERE e.n = ANY (v_new)
+                                   AND e.it #>> '{queued,account}' = r.account
+                                 ORDER BY e.n LIMIT v_room);
+    END LOOP;
     -- Those whose checks hold, their rows locked.
     SELECT coalesce(array_agg(n), '{}') INTO v_ok FROM (
         SELECT e.n
