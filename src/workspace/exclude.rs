@@ -8,7 +8,7 @@ use super::error::Context;
 use super::{repo, Result};
 use git2::Repository;
 use std::fs;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 /// Serialises the read-then-append of exclude files within this process.
@@ -42,8 +42,8 @@ pub fn exclude_log_dir(workspace_root: &Path, log_dir: &str) -> Result<bool> {
     if repository.workdir().is_none() {
         return Ok(false);
     }
-    let root = lexical(workspace_root);
-    let Ok(rel) = lexical(&root.join(log_dir))
+    let root = super::naming::normalize(workspace_root);
+    let Ok(rel) = super::naming::normalize(&root.join(log_dir))
         .strip_prefix(&root)
         .map(Path::to_path_buf)
     else {
@@ -71,23 +71,6 @@ pub fn exclude_log_dir(workspace_root: &Path, log_dir: &str) -> Result<bool> {
     }
     add_line(&repository, &format!("/{}/", escape(&rel)))?;
     Ok(true)
-}
-
-/// The path with `.` and `..` resolved, without touching the file system.
-fn lexical(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// A path as a literal gitignore pattern: glob characters and trailing spaces escaped.

@@ -59,7 +59,7 @@ pub fn expand_path_template(template: &str, workspace_root: &Path, run_branch: &
 }
 
 /// Resolves `.` and `..` without touching the file system.
-fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {

@@ -135,7 +135,7 @@ mod tests {
             id: id.into(),
             name: name.into(),
             name_source: "spec_slug".into(),
-            status: "PENDING".into(),
+            status: crate::domain::RunStatus::Pending.as_str().into(),
             workspace_root: "demo".into(),
             spec_path: "specs/demo.md".into(),
             plan_path: None,
