@@ -7,8 +7,9 @@
 -- loopd_complete_and_claim, nearly every completion of a busy pool), each of a run no other
 -- item completes, are checked with one locking statement and written with one statement per
 -- table (those whose step takes a new slot of an agent account as far as the account has room:
--- its row locked and its steps in flight counted once for the batch). Each is checked exactly as alone: its lease still its worker's at its epoch, its run
--- and state at the versions its decision read, no other step of the run in flight (rows locked
+-- its row locked and its steps in flight counted once for the batch). Each is checked exactly
+-- as alone: its lease still its worker's at its epoch, its run and state at the versions its
+-- decision read, no other step of the run in flight (rows locked
 -- in the order the lone path locks them: step, then run and state, runs in the order of their
 -- ids); what it writes is what the lone path writes. One that fails its checks is answered
 -- {"applied": false} and writes nothing. The other items (no direct lease, or a second
@@ -20,7 +21,7 @@
 -- History: migrations 2026-12-02-000007_batched_completions, 2026-12-04-000010_set_based_batches,
 -- 2026-12-05-000011_items_expanded_once, 2026-12-06-000012_leases_in_steps,
 -- 2026-12-07-000013_versions_not_rows, 2026-12-08-000014_queued_by_columns,
--- 2026-12-10-323001_api_accounts.
+-- 2026-12-10-323001_api_accounts (and, without a migration, the batch's room of an account).
 CREATE OR REPLACE FUNCTION loopd_complete_and_claim_many(p_items JSONB, p_phases TEXT[])
 RETURNS JSONB LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_generic_plan
