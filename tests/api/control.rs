@@ -44,8 +44,7 @@ fn run_events(env: &Env, id: &str) -> Vec<String> {
         #[diesel(sql_type = diesel::sql_types::Text)]
         event_type: String,
     }
-    let url = env.sqlite_path().to_string_lossy().to_string();
-    let mut c = diesel::SqliteConnection::establish(&url).expect("open SQLite");
+    let mut c = crate::support::open_live_sqlite(&env.sqlite_path());
     diesel::sql_query("SELECT event_type FROM events WHERE run_id = ? ORDER BY run_seq")
         .bind::<diesel::sql_types::Text, _>(id)
         .load::<E>(&mut c)

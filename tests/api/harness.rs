@@ -149,8 +149,7 @@ impl Env {
             #[diesel(sql_type = BigInt)]
             n: i64,
         }
-        let url = self.sqlite_path().to_string_lossy().to_string();
-        let mut c = SqliteConnection::establish(&url).expect("open the daemon's SQLite file");
+        let mut c = crate::support::open_live_sqlite(&self.sqlite_path());
         tables
             .iter()
             .map(|t| {

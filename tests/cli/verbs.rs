@@ -294,7 +294,7 @@ async fn run_config_sends_the_local_file_and_stored_names_print_escaped() {
 
     // A name stored before names were checked (or written by another tool) prints escaped.
     let db = env.daemon.data_dir.join("loopd.db");
-    let mut c = SqliteConnection::establish(&db.to_string_lossy()).expect("open SQLite");
+    let mut c = crate::support::open_live_sqlite(&db);
     diesel::sql_query("UPDATE runs SET name = ? WHERE id = ?")
         .bind::<diesel::sql_types::Text, _>("evil\n\u{1b}[2Jname")
         .bind::<diesel::sql_types::Text, _>(&id)

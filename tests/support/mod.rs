@@ -115,3 +115,16 @@ pub fn proc_state(pid: i32) -> Option<String> {
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().next().map(str::to_string)
 }
+
+/// Opens the SQLite file of a running daemon. The daemon may hold the write lock at that moment
+/// (a heartbeat, a log line), so this waits for it like loopd's own connections do, instead of
+/// failing at once with "database is locked".
+pub fn open_live_sqlite(path: &std::path::Path) -> diesel::SqliteConnection {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let mut c = diesel::SqliteConnection::establish(&path.to_string_lossy())
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    c.batch_execute("PRAGMA busy_timeout = 10000;")
+        .expect("set busy_timeout");
+    c
+}

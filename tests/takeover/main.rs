@@ -53,7 +53,7 @@ fn sha256(path: &Path) -> String {
 }
 
 fn open(path: &Path) -> SqliteConnection {
-    SqliteConnection::establish(&path.to_string_lossy()).expect("open sqlite")
+    support::open_live_sqlite(path)
 }
 
 #[derive(QueryableByName)]
