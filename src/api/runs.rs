@@ -164,6 +164,40 @@ fn status_any_case<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RunS
         .map_err(serde::de::Error::custom)
 }
 
+/// `GET /runs/{id}/steps` query string: which phases to list.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StepsQuery {
+    #[serde(default)]
+    pub phases: StepPhases,
+}
+
+/// Which steps `GET /runs/{id}/steps` lists. The old loopctl parses `phase` as a closed enum
+/// of the pipeline's five phases and fails on the whole answer at any other spelling, so
+/// unless a client asks for `all` the listing holds only those (a postmortem's steps are
+/// left out); loopd's own client asks for `all`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPhases {
+    /// implementation, review, verification, watchdog and merge: what the old clients know.
+    #[default]
+    Pipeline,
+    /// Every phase, the postmortem's too.
+    All,
+}
+
+impl StepPhases {
+    /// Whether a step of `phase` is listed.
+    pub fn lists(self, phase: StepPhase) -> bool {
+        use StepPhase::*;
+        // A closed list: a phase added later stays out of the old clients' way too.
+        self == StepPhases::All
+            || matches!(
+                phase,
+                Implementation | Review | Verification | Watchdog | Merge
+            )
+    }
+}
+
 /// One artifact in `GET /runs/{id}/artifacts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactInfo {

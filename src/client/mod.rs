@@ -283,7 +283,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
             let (run, raw_run): (crate::api::RunEnvelope, _) =
                 d.get_json(&format!("/runs/{}", enc(&id)), "run").await?;
             let (steps, raw_steps): (crate::api::StepsEnvelope, _) = d
-                .get_json(&format!("/runs/{}/steps", enc(&id)), "run")
+                .get_json(&format!("/runs/{}/steps?phases=all", enc(&id)), "run")
                 .await?;
             let raw = serde_json::json!({"run": raw_run["run"], "steps": raw_steps["steps"]});
             render::print(d.json, &raw, || render::inspect(&run.run, &steps.steps));

@@ -10,7 +10,7 @@ use crate::actors::scheduler::{Control, ControlRun, CreateRun};
 use crate::api::validate;
 use crate::api::{
     ArtifactsEnvelope, CreateRunRequest, ListRunsQuery, Run, RunEnvelope, RunsEnvelope, Step,
-    StepsEnvelope,
+    StepPhases, StepsEnvelope, StepsQuery,
 };
 use crate::artifacts::validate_name;
 use crate::db::{self, DbError};
@@ -98,8 +98,14 @@ pub async fn get(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiErr
     }))
 }
 
-pub async fn steps(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiError> {
-    let id = id.0;
+/// `GET /runs/{id}/steps[?phases=all]`: the run's steps in order; without `phases=all` only
+/// those of the phases the old clients parse (see [`crate::api::StepPhases`]).
+pub async fn steps(
+    st: web::Data<AppState>,
+    id: Id,
+    q: web::Query<StepsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, phases) = (id.0, q.phases);
     let (rows, mut usage) = st
         .db
         .run(move |c| {
@@ -114,6 +120,10 @@ pub async fn steps(st: web::Data<AppState>, id: Id) -> Result<HttpResponse, ApiE
         })?;
     let steps = rows
         .iter()
+        .filter(|(s, _)| match s.phase.parse() {
+            Ok(p) => phases.lists(p),
+            Err(_) => phases == StepPhases::All,
+        })
         .map(|(s, exp)| Step {
             usage: usage.remove(&s.id),
             ..views::step(s, *exp)

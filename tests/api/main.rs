@@ -15,6 +15,7 @@ mod listing;
 mod loopctl;
 mod output;
 mod overrides;
+mod postmortem;
 mod review;
 mod shapes;
 mod sse;

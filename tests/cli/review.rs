@@ -318,6 +318,20 @@ async fn analyze_runs_the_postmortem_and_prints_where_the_reports_are() {
         assert_eq!(header(row), [stem.to_string(), file.display().to_string()]);
         assert!(file.is_file(), "{file:?}");
     }
+    // `inspect` shows the postmortem's steps (the old loopctl's listing leaves them out).
+    let v = env
+        .client(&repo.path, &["inspect", "--json", &id])
+        .await
+        .json();
+    let steps = v["steps"].as_array().cloned().unwrap_or_default();
+    let postmortem = steps.iter().filter(|s| s["phase"] == "postmortem").count();
+    assert_eq!(postmortem, 3, "{v}");
+    let text = env
+        .client(&repo.path, &["inspect", &id])
+        .await
+        .ok()
+        .to_string();
+    assert!(text.contains("postmortem"), "{text}");
     let line = env
         .client(&repo.path, &["analyze", "nope"])
         .await

@@ -61,8 +61,9 @@ impl Cluster {
         self.get(&format!("/runs/{id}")).await["run"].clone()
     }
 
+    /// Every step of the run, a postmortem's too (`?phases=all`).
     pub async fn steps(&self, id: &str) -> Vec<Value> {
-        self.get(&format!("/runs/{id}/steps")).await["steps"]
+        self.get(&format!("/runs/{id}/steps?phases=all")).await["steps"]
             .as_array()
             .cloned()
             .unwrap_or_default()
