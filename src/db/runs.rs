@@ -3,7 +3,7 @@
 use super::models::{RunRow, RunStateRow};
 use super::schema::{run_state, runs};
 use super::{on_conn, Conn, DbError};
-use crate::domain::RunStatus;
+use crate::domain::{RunStatus, WorkspaceSource};
 use diesel::prelude::*;
 
 pub fn insert(conn: &mut Conn, row: &RunRow) -> Result<(), DbError> {
@@ -257,6 +257,29 @@ pub fn serialize_starts(conn: &mut Conn) -> Result<(), DbError> {
     if let Conn::Pg(c) = conn {
         // "loopd" + 1: distinct from the duties' lock (`actors::peers`).
         diesel::sql_query("SELECT pg_advisory_xact_lock(465726042213)").execute(&mut **c)?;
+    }
+    Ok(())
+}
+
+/// Git runs not ended (PENDING, RUNNING or PAUSED), oldest first: the holders of run branches.
+pub fn active_git_runs(conn: &mut Conn) -> Result<Vec<RunRow>, DbError> {
+    let active = [RunStatus::Pending, RunStatus::Running, RunStatus::Paused].map(|s| s.as_str());
+    let rows = on_conn!(conn, |c| runs::table
+        .filter(runs::workspace_source.eq(WorkspaceSource::Git.as_str()))
+        .filter(runs::status.eq_any(active))
+        .select(RunRow::as_select())
+        .order((runs::created_at.asc(), runs::id.asc()))
+        .load(c))?;
+    Ok(rows)
+}
+
+/// Postgres: makes the caller's transaction the only one claiming git run branches until it
+/// ends, so that two controllers never both accept a run on one branch. SQLite's write
+/// transactions are serial already.
+pub fn serialize_branch_claims(conn: &mut Conn) -> Result<(), DbError> {
+    if let Conn::Pg(c) = conn {
+        // "loopd" + 2: distinct from the starts' lock above and the duties' lock.
+        diesel::sql_query("SELECT pg_advisory_xact_lock(465726042214)").execute(&mut **c)?;
     }
     Ok(())
 }

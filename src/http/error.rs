@@ -102,6 +102,7 @@ impl From<SchedError> for ApiError {
             SchedError::NotFound => ApiError::not_found("run"),
             SchedError::Invalid(m) => ApiError::bad_request("invalid_request", m),
             SchedError::InvalidTransition(m) => ApiError::conflict("invalid_transition", m),
+            SchedError::BranchInUse(m) => ApiError::conflict("run_branch_in_use", m),
             SchedError::NoCapacity(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", m)
             }

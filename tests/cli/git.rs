@@ -1,13 +1,15 @@
 //! `loopd run --git` in a clone: a git run of the clone's origin at its current branch, which
 //! completes and is pushed back to that origin; a branch that is not pushed, or has unpushed
-//! commits, is refused with what to do.
+//! commits, is refused with what to do; a name whose run branch another run not ended holds
+//! is refused (409 `run_branch_in_use`), also for a retry.
 
 use crate::support::repo::Repo;
 use crate::Env;
 
-/// An origin (bare) with one open task, and a clone of it with `main` tracking origin/main.
-fn origin_and_clone(dir: &std::path::Path) -> (std::path::PathBuf, Repo) {
-    let upstream = Repo::create(dir, "upstream", 1, "tick", &[]);
+/// An origin (bare) with one open task for the fake agent in `mode`, and a clone of it with
+/// `main` tracking origin/main.
+fn origin_and_clone(dir: &std::path::Path, mode: &str) -> (std::path::PathBuf, Repo) {
+    let upstream = Repo::create(dir, "upstream", 1, mode, &[]);
     let origin = dir.join("origin.git");
     let (o, w) = (origin.display().to_string(), dir.join("work"));
     upstream.git(&["clone", "-q", "--bare", ".", &o]);
@@ -18,7 +20,7 @@ fn origin_and_clone(dir: &std::path::Path) -> (std::path::PathBuf, Repo) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_git_submits_the_clone_s_origin_at_its_branch_and_the_run_is_pushed_back() {
     let env = Env::start("cli-git", &[]).await;
-    let (origin, work) = origin_and_clone(env.dir.path());
+    let (origin, work) = origin_and_clone(env.dir.path(), "tick");
     let specs = work.path.join("specs");
     let v = env
         .client(&specs, &["run", "--json", "--git", "demo.md", "../PLAN.md"])
@@ -49,7 +51,7 @@ async fn run_git_submits_the_clone_s_origin_at_its_branch_and_the_run_is_pushed_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_git_refuses_a_branch_that_is_not_pushed_or_has_unpushed_commits() {
     let env = Env::start("cli-git-unpushed", &[]).await;
-    let (_origin, work) = origin_and_clone(env.dir.path());
+    let (_origin, work) = origin_and_clone(env.dir.path(), "tick");
     std::fs::write(work.path.join("notes.txt"), "local\n").expect("write");
     work.git(&["add", "notes.txt"]);
     work.git(&["commit", "-q", "-m", "local only"]);
@@ -74,4 +76,95 @@ async fn run_git_refuses_a_branch_that_is_not_pushed_or_has_unpushed_commits() {
         serde_json::json!([]),
         "nothing was submitted"
     );
+}
+
+/// `POST path` with `body` (or none) on the daemon; the status and JSON answer (null if none).
+async fn post(env: &Env, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let c = reqwest::Client::new();
+    let mut r = c.post(format!("{}{path}", env.daemon.url()));
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.expect("POST");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_run_branch_a_run_not_ended_holds_is_refused_until_that_run_ends() {
+    let env = Env::start("cli-git-same-name", &[]).await;
+    // Runs that hang hold their branch for as long as the test needs.
+    let (origin, work) = origin_and_clone(env.dir.path(), "hang");
+    let url = origin.display().to_string();
+    let submit = |name: &str, agent: Option<&str>| {
+        let mut body = serde_json::json!({
+            "spec_path": "specs/demo.md", "plan_path": "PLAN.md", "workspace_root": "demo",
+            "workspace_source": "git", "repo_url": url, "name": name,
+        });
+        if let Some(cmd) = agent {
+            body["config_override"] = serde_json::json!({ "agent_cmd": cmd });
+        }
+        body
+    };
+    // A run that failed holds nothing: another of its name is taken; its retry is refused.
+    let fail = format!("sh {} fail", crate::support::fake_agent());
+    let (status, failed) = post(&env, "/runs", Some(submit("flaky", Some(&fail)))).await;
+    assert_eq!(status, 201, "{failed}");
+    let failed = failed["run"]["id"].as_str().expect("id").to_string();
+    env.wait_status(&failed, "FAILED").await;
+    let (status, holder) = post(&env, "/runs", Some(submit("Flaky", None))).await;
+    assert_eq!(status, 201, "{holder}");
+    let holder = holder["run"]["id"].as_str().expect("id").to_string();
+    let (status, v) = post(&env, &format!("/runs/{failed}/retry"), None).await;
+    assert_eq!(
+        (status, &v["code"]),
+        (409, &serde_json::json!("run_branch_in_use")),
+        "{v}"
+    );
+    assert_eq!(env.status(&failed).await, "FAILED");
+
+    // The same branch (`Flaky` and `flaky` are both run/flaky) over the API and the CLI.
+    let (status, v) = post(&env, "/runs", Some(submit("flaky", None))).await;
+    assert_eq!(
+        (status, &v["code"]),
+        (409, &serde_json::json!("run_branch_in_use")),
+        "{v}"
+    );
+    let message = v["error"].as_str().expect("error");
+    assert!(
+        message.starts_with(&format!(
+            "run branch run/flaky of {url} is in use by run {holder}"
+        )),
+        "{message}"
+    );
+    let args = [
+        "run",
+        "--git",
+        "--name",
+        "flaky",
+        "specs/demo.md",
+        "PLAN.md",
+    ];
+    let line = env.client(&work.path, &args).await.error_line();
+    assert_eq!(line, format!("error: {message}"));
+    let other = [
+        "run",
+        "--json",
+        "--git",
+        "--name",
+        "other",
+        "specs/demo.md",
+        "PLAN.md",
+    ];
+    let v = env.client(&work.path, &other).await.json();
+    assert_eq!(v["run"]["name"], "other", "another name is taken");
+
+    // Once the holder has ended, the name is free again.
+    assert_eq!(
+        post(&env, &format!("/runs/{holder}/cancel"), None).await.0,
+        204
+    );
+    let v = env.client(&work.path, &args).await;
+    assert!(v.ok().contains("flaky"), "{}", v.stdout);
 }

@@ -117,7 +117,7 @@ impl RunRow {
 
 /// The last 8 alphanumerics of a run id: for the UUIDv7 ids of loopd, its random part (the
 /// first characters are the creation time, shared by runs made in the same minute).
-fn id_tail(id: &str) -> String {
+pub fn id_tail(id: &str) -> String {
     let alnum: Vec<char> = id
         .chars()
         .filter(char::is_ascii_alphanumeric)

@@ -69,6 +69,7 @@ pub(super) fn transition(
             cancel_waiting_steps(c, run_id, now)?;
         }
         Control::Retry => {
+            super::branch::refuse_shared_branch(c, &run)?;
             run.ended_at = None;
             run.failure_reason = None;
             let mut state = db::runs::state(c, run_id)?;

@@ -14,6 +14,9 @@ pub enum SchedError {
     InvalidTransition(String),
     #[error("{0}")]
     NoCapacity(String),
+    /// Another git run not ended works on the run's branch.
+    #[error("{0}")]
+    BranchInUse(String),
     #[error(transparent)]
     Db(DbError),
     #[error("internal error: {0}")]

@@ -1,11 +1,12 @@
 //! The SchedulerActor and everything it owns: run progress. `actor` (the actor and its
 //! messages), `service` (what it does), `start` and `control` (the transactions of starting
 //! runs, the tick and the control verbs), `finish` and `finish_git` (finishing a run),
-//! `submit` (validating a new run), `error`. It tells the LeaseActor about queued steps
-//! (`QueueChanged`) and decides with `run_progress`; nothing below imports it. Callers outside
-//! use the names exported here.
+//! `submit` (validating a new run), `branch` (one run not ended per git run branch), `error`.
+//! It tells the LeaseActor about queued steps (`QueueChanged`) and decides with
+//! `run_progress`; nothing below imports it. Callers outside use the names exported here.
 
 mod actor;
+mod branch;
 mod budget;
 mod control;
 mod error;

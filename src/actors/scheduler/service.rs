@@ -109,6 +109,7 @@ impl SchedulerService {
         let r = row.clone();
         self.db
             .tx(move |c| {
+                super::branch::refuse_shared_branch(c, &r)?;
                 db::runs::insert_with_state(c, &r)?;
                 let payload = ev::run_created(
                     &r.id,
