@@ -302,8 +302,10 @@ pub async fn create_pr(
         return Ok(HttpResponse::Ok().json(CreatePrResponse { url }));
     }
     let wt = worktree_of(&run)?;
+    // gh finds the repository from the workspace's own remotes (and its `gh repo set-default`).
     let url = gh_pr_create(
         &PathBuf::from(&run.workspace_root),
+        None,
         &wt.run_branch,
         &target_of(&wt),
         &title,

@@ -12,6 +12,7 @@ use crate::actors::scheduler::{git_base_ref, git_run_head};
 use crate::api::RunDiff;
 use crate::db::models::RunRow;
 use crate::domain::{MergeStrategy, WorkspaceSource};
+use crate::workspace::remote::RemoteUrl;
 use crate::workspace::GitRunHead;
 
 /// Whether the run works on a clone of a remote (no worktree on this host).
@@ -95,8 +96,9 @@ pub(super) struct PrCreated {
     pub commit: String,
 }
 
-/// Pushes the run branch to the remote, then runs `gh pr create` in the mirror (whose
-/// `origin` is the run's repository).
+/// Pushes the run branch to the remote, then runs `gh pr create` in the mirror, naming the
+/// run's repository (`--repo`, from its URL) rather than letting gh guess it from the
+/// mirror's remotes.
 pub(super) async fn create_pr(
     st: &AppState,
     run: &RunRow,
@@ -111,7 +113,18 @@ pub(super) async fn create_pr(
     let (mirrors, h) = (st.mirrors.clone(), head.clone());
     blocking(move || mirrors.push_branch(&h.repo_url, None, &h.head, &h.run_branch)).await?;
     let dir = st.mirrors.path_of(&head.repo_url);
-    let url = gh_pr_create(&dir, &head.run_branch, &target, title, body).await?;
+    let repo = RemoteUrl::parse(&head.repo_url)
+        .ok()
+        .and_then(|u| u.gh_repo());
+    let url = gh_pr_create(
+        &dir,
+        repo.as_deref(),
+        &head.run_branch,
+        &target,
+        title,
+        body,
+    )
+    .await?;
     Ok(PrCreated {
         url,
         branch: head.run_branch,

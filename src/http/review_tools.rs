@@ -39,16 +39,22 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(git_error)
 }
 
-/// Runs `gh pr create` in `dir`; the URL it printed.
+/// Runs `gh pr create` in `dir`, for the repository `repo` (`[HOST/]OWNER/REPO`) when given,
+/// else for the one gh finds from `dir`'s remotes; the URL it printed.
 pub(super) async fn gh_pr_create(
     dir: &std::path::Path,
+    repo: Option<&str>,
     head: &str,
     base: &str,
     title: &str,
     body: &str,
 ) -> Result<String, ApiError> {
     let mut cmd = tokio::process::Command::new("gh");
-    cmd.args(["pr", "create", "--head", head, "--base", base])
+    cmd.args(["pr", "create"]);
+    if let Some(repo) = repo {
+        cmd.args(["--repo", repo]);
+    }
+    cmd.args(["--head", head, "--base", base])
         .args(["--title", title, "--body", body])
         .current_dir(dir)
         .stdin(std::process::Stdio::null())

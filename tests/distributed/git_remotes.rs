@@ -74,10 +74,22 @@ async fn https_cluster(
     mode: &str,
     tasks: usize,
 ) -> (TestDir, GitHttps, String, Cluster) {
+    https_cluster_with(name, mode, tasks, "app.git", &[]).await
+}
+
+/// [`https_cluster`] with the repository served as `path` and `env` added to the
+/// controller's environment.
+async fn https_cluster_with(
+    name: &str,
+    mode: &str,
+    tasks: usize,
+    path: &str,
+    env: &[(&str, &str)],
+) -> (TestDir, GitHttps, String, Cluster) {
     let home = test_dir(&format!("{name}-remote"));
     let server = GitHttps::start(home.path(), USER, PASSWORD).await;
     let repo = Repo::create(home.path(), "app", tasks, mode, &[]);
-    let url = server.publish(&repo.path, "app.git");
+    let url = server.publish(&repo.path, path);
     let password_file = write(&home.path().join("password"), &format!("{PASSWORD}\n"));
     let config = write(
         &home.path().join("controller.toml"),
@@ -101,7 +113,7 @@ async fn https_cluster(
     );
     let extra = Extra {
         controller_args: vec!["--config".into(), path_str(&config)],
-        controller_env: pairs(&[("GIT_CONFIG_GLOBAL", "/dev/null")]),
+        controller_env: pairs(&[&[("GIT_CONFIG_GLOBAL", "/dev/null")], env].concat()),
         worker_env: pairs(&[
             ("GIT_CONFIG_GLOBAL", &path_str(&gitconfig)),
             ("SSL_CERT_FILE", &path_str(&server.ca_file)),
@@ -708,6 +720,38 @@ async fn review_merge_and_scrap_of_an_https_run_push_with_the_configured_credent
         !configs.contains(PASSWORD),
         "no secret in the mirror's config"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_pr_of_an_https_run_names_its_repository_to_gh() {
+    let ghdir = test_dir("https-pr-gh");
+    let bin = crate::git_review::stand_in_gh(ghdir.path());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (_home, server, url, c) =
+        https_cluster_with("https-pr", "tick", 1, "octo/app.git", &[("PATH", &path)]).await;
+    let id = c.submit(git_run(&url, None)).await;
+    c.wait_status(&id, "COMPLETED").await;
+    let resp = c
+        .http
+        .post(c.url(&format!("/runs/{id}/create-pr")))
+        .send()
+        .await
+        .expect("create-pr");
+    assert_eq!(resp.status().as_u16(), 200);
+    let args = std::fs::read_to_string(bin.join("gh-args.txt")).expect("gh ran");
+    let args: Vec<&str> = args.lines().collect();
+    // gh gets the run's repository from its URL, not from the mirror's remotes (the port is
+    // the web's here, but an ssh URL's would not be).
+    assert_eq!(
+        args[..4],
+        ["pr", "create", "--repo", "127.0.0.1/octo/app"],
+        "{url}"
+    );
+    assert_eq!(server.refused(), 0);
 }
 
 #[test]

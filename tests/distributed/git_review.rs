@@ -318,7 +318,7 @@ async fn merges_push_or_change_nothing_and_scrap_deletes_the_pushed_branch() {
 
 /// A directory holding a stand-in `gh` that records its arguments (one per line) and its
 /// working directory in `gh-args.txt` beside it and prints a pull-request URL.
-fn stand_in_gh(dir: &Path) -> PathBuf {
+pub(crate) fn stand_in_gh(dir: &Path) -> PathBuf {
     let bin = dir.join("gh-bin");
     std::fs::create_dir_all(&bin).expect("bin dir");
     let script = bin.join("gh");

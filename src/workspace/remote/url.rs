@@ -173,6 +173,35 @@ impl RemoteUrl {
         &self.text
     }
 
+    /// What `gh --repo` takes for this remote, `OWNER/REPO` (`HOST/OWNER/REPO` for another
+    /// host than github.com, e.g. a GitHub Enterprise server): the path's two segments, without
+    /// `.git`; the port is left out (an ssh port is not the web's). `None` for a local
+    /// repository or a path of another shape, which no GitHub serves.
+    pub fn gh_repo(&self) -> Option<String> {
+        let path = match self.scheme {
+            Scheme::File => return None,
+            _ => match self.text.split_once("://") {
+                Some(_) => url::Url::parse(&self.text).ok()?.path().to_string(),
+                None => self.text.split_once(':')?.1.to_string(),
+            },
+        };
+        let path = path.trim_matches('/');
+        let path = path.strip_suffix(".git").unwrap_or(path);
+        let (owner, repo) = path.split_once('/')?;
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !plain(owner) || !plain(repo) {
+            return None;
+        }
+        match self.host.as_str() {
+            "github.com" | "www.github.com" | "ssh.github.com" => Some(format!("{owner}/{repo}")),
+            host => Some(format!("{host}/{owner}/{repo}")),
+        }
+    }
+
     /// `host` or `host:port` (a local repository's path), for messages.
     pub fn host_label(&self) -> String {
         match (self.scheme, self.port) {

@@ -81,6 +81,49 @@ fn urls_with_passwords_options_or_other_transports_are_refused_without_echoing_s
     );
 }
 
+#[test]
+fn a_remote_names_its_github_repository_as_gh_repo_takes_it() {
+    let gh = |u: &str| RemoteUrl::parse(u).expect(u).gh_repo();
+    for url in [
+        "https://github.com/octo/app.git",
+        "https://github.com/octo/app",
+        "https://ci@github.com/octo/app/",
+        "ssh://git@github.com/octo/app.git",
+        "ssh://git@ssh.github.com:443/octo/app.git",
+        "git@github.com:octo/app.git",
+        "github.com:octo/app",
+        "git@github.com:/octo/app.git",
+    ] {
+        assert_eq!(gh(url).as_deref(), Some("octo/app"), "{url}");
+    }
+    for (url, want) in [
+        (
+            "https://ghe.example.com/octo/my.app.git",
+            "ghe.example.com/octo/my.app",
+        ),
+        ("https://127.0.0.1:8443/octo/app.git", "127.0.0.1/octo/app"),
+        (
+            "ssh://git@GHE.example.com:2222/octo/app",
+            "ghe.example.com/octo/app",
+        ),
+        (
+            "git@ghe.example.com:octo/app.git",
+            "ghe.example.com/octo/app",
+        ),
+    ] {
+        assert_eq!(gh(url).as_deref(), Some(want), "{url}");
+    }
+    for url in [
+        "file:///srv/git/app.git",
+        "/srv/git/app.git",
+        "https://github.com/app.git",
+        "https://gitlab.example.com/group/sub/app.git",
+        "git@github.com:octo/app%20x.git",
+    ] {
+        assert_eq!(gh(url), None, "{url}");
+    }
+}
+
 fn access(schemes: &[&str], hosts: &[&str], roots: &[&Path]) -> Access {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let roots: Vec<_> = roots.iter().map(|r| r.to_path_buf()).collect();
