@@ -292,43 +292,12 @@ async fn refusal(c: &Cluster, body: Value) -> String {
     v["error"].as_str().expect("error").to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_kind_of_remote_failure_is_refused_with_its_reason_and_no_retry_storm() {
-    let home = test_dir("remote-failures");
-    let good = GitHttps::start(&home.path().join("good"), USER, PASSWORD).await;
-    let other_ca = GitHttps::start(&home.path().join("other-ca"), USER, PASSWORD).await;
-    let repo = Repo::create(home.path(), "app", 1, "tick", &[]);
-    let https_url = good.publish(&repo.path, "app.git");
-    let other_ca_url = other_ca.publish(&repo.path, "app.git");
-    let Some(keyed) = Sshd::start(&home.path().join("sshd-keyed"), &[]).await else {
-        return;
-    };
-    let Some(unknown) = Sshd::start(&home.path().join("sshd-unknown"), &[]).await else {
-        return;
-    };
-    let bare = home.path().join("served/app.git");
-    crate::support::repo::bare_copy(&repo.path, &bare);
-    let wrong_key = home.path().join("wrong_key");
-    keygen(&wrong_key, "");
-    let known_hosts = keyed.known_hosts("known_hosts");
-    let wrong_password = "wrong-password-0c41d2";
-    let wrong_file = write(&home.path().join("wrong"), wrong_password);
+/// A controller alone (no workers) whose `[git]` settings allow 127.0.0.1 and add `git`, with
+/// neither the user's git config nor an ssh-agent: only what the settings name is used.
+async fn lone_controller(name: &str, home: &Path, git: &str) -> Cluster {
     let config = write(
-        &home.path().join("controller.toml"),
-        &format!(
-            "[git]\nallowed_hosts = [\"127.0.0.1\"]\nca_file = \"{}\"\nknown_hosts = \"{}\"\nretry_backoff_ms = 100\n\n\
-             [[git.credentials]]\nhost = \"127.0.0.1:{}\"\nusername = \"{USER}\"\npassword_file = \"{}\"\n\n\
-             [[git.credentials]]\nhost = \"127.0.0.1:{}\"\nssh_key_file = \"{}\"\n\n\
-             [[git.credentials]]\nhost = \"127.0.0.1:{}\"\nssh_key_file = \"{}\"\n",
-            good.ca_file.display(),
-            known_hosts.display(),
-            good.port,
-            wrong_file.display(),
-            keyed.port,
-            wrong_key.display(),
-            unknown.port,
-            unknown.client_key.display(),
-        ),
+        &home.join("controller.toml"),
+        &format!("[git]\nallowed_hosts = [\"127.0.0.1\"]\n{git}"),
     );
     let extra = Extra {
         controller_args: vec!["--config".into(), path_str(&config)],
@@ -338,7 +307,28 @@ async fn each_kind_of_remote_failure_is_refused_with_its_reason_and_no_retry_sto
         ]),
         worker_env: Vec::new(),
     };
-    let c = Cluster::start_with("remote-failures", 0, Timings::default(), &extra).await;
+    Cluster::start_with(name, 0, Timings::default(), &extra).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_https_or_local_remote_failure_is_refused_with_its_reason_and_no_retry_storm()
+{
+    let home = test_dir("remote-failures");
+    let good = GitHttps::start(&home.path().join("good"), USER, PASSWORD).await;
+    let other_ca = GitHttps::start(&home.path().join("other-ca"), USER, PASSWORD).await;
+    let repo = Repo::create(home.path(), "app", 1, "tick", &[]);
+    let https_url = good.publish(&repo.path, "app.git");
+    let other_ca_url = other_ca.publish(&repo.path, "app.git");
+    let wrong_password = "wrong-password-0c41d2";
+    let wrong_file = write(&home.path().join("wrong"), wrong_password);
+    let git = format!(
+        "ca_file = \"{}\"\nretry_backoff_ms = 100\n\n\
+         [[git.credentials]]\nhost = \"127.0.0.1:{}\"\nusername = \"{USER}\"\npassword_file = \"{}\"\n",
+        good.ca_file.display(),
+        good.port,
+        wrong_file.display(),
+    );
+    let c = lone_controller("remote-failures", home.path(), &git).await;
     let retries = || c.controller.log_text().matches("trying again").count();
 
     let error = refusal(&c, git_run(&https_url, None)).await;
@@ -357,25 +347,6 @@ async fn each_kind_of_remote_failure_is_refused_with_its_reason_and_no_retry_sto
         (other_ca.connections(), other_ca.requests()),
         (1, 0),
         "one handshake, no request"
-    );
-
-    let error = refusal(&c, git_run(&keyed.url(&bare), None)).await;
-    assert!(
-        error.contains(&format!("127.0.0.1:{}: authentication failed", keyed.port)),
-        "{error}"
-    );
-    assert_eq!(
-        keyed.connections(),
-        1,
-        "the wrong key was tried on one connection"
-    );
-
-    let error = refusal(&c, git_run(&unknown.url(&bare), None)).await;
-    assert!(error.ends_with("unknown ssh host key (add it to git.known_hosts, or set git.accept_new_host_keys = true)"), "{error}");
-    assert_eq!(
-        unknown.failed_auths(),
-        0,
-        "no key was offered to an unknown host"
     );
     assert_eq!(retries(), 0, "none of these was tried again");
 
@@ -432,6 +403,56 @@ async fn each_kind_of_remote_failure_is_refused_with_its_reason_and_no_retry_sto
     );
 
     assert_no_secret(&c, None, &[PASSWORD, wrong_password]).await;
+}
+
+/// The ssh half of the refusals above (skipped with `LOOPD_SKIP_SSH_TESTS=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_ssh_remote_failure_is_refused_with_its_reason_and_no_retry_storm() {
+    let home = test_dir("remote-failures-ssh");
+    let Some(keyed) = Sshd::start(&home.path().join("sshd-keyed"), &[]).await else {
+        return;
+    };
+    let Some(unknown) = Sshd::start(&home.path().join("sshd-unknown"), &[]).await else {
+        return;
+    };
+    let repo = Repo::create(home.path(), "app", 1, "tick", &[]);
+    let bare = home.path().join("served/app.git");
+    crate::support::repo::bare_copy(&repo.path, &bare);
+    let wrong_key = home.path().join("wrong_key");
+    keygen(&wrong_key, "");
+    let known_hosts = keyed.known_hosts("known_hosts");
+    let git = format!(
+        "known_hosts = \"{}\"\nretry_backoff_ms = 100\n\n\
+         [[git.credentials]]\nhost = \"127.0.0.1:{}\"\nssh_key_file = \"{}\"\n\n\
+         [[git.credentials]]\nhost = \"127.0.0.1:{}\"\nssh_key_file = \"{}\"\n",
+        known_hosts.display(),
+        keyed.port,
+        wrong_key.display(),
+        unknown.port,
+        unknown.client_key.display(),
+    );
+    let c = lone_controller("remote-failures-ssh", home.path(), &git).await;
+    let retries = || c.controller.log_text().matches("trying again").count();
+
+    let error = refusal(&c, git_run(&keyed.url(&bare), None)).await;
+    assert!(
+        error.contains(&format!("127.0.0.1:{}: authentication failed", keyed.port)),
+        "{error}"
+    );
+    assert_eq!(
+        keyed.connections(),
+        1,
+        "the wrong key was tried on one connection"
+    );
+
+    let error = refusal(&c, git_run(&unknown.url(&bare), None)).await;
+    assert!(error.ends_with("unknown ssh host key (add it to git.known_hosts, or set git.accept_new_host_keys = true)"), "{error}");
+    assert_eq!(
+        unknown.failed_auths(),
+        0,
+        "no key was offered to an unknown host"
+    );
+    assert_eq!(retries(), 0, "none of these was tried again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,7 +565,7 @@ impl Silent {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_certificates_a_changed_host_key_and_a_silent_host_fail_with_their_reason() {
+async fn expired_certificates_and_a_silent_host_fail_with_their_reason() {
     use crate::support::git_https::Expired;
     let home = test_dir("remote-failures-2");
     let expired_server = GitHttps::start_with(
@@ -563,44 +584,12 @@ async fn expired_certificates_a_changed_host_key_and_a_silent_host_fail_with_the
     let mut cas = std::fs::read_to_string(&expired_server.ca_file).expect("ca");
     cas.push_str(&std::fs::read_to_string(&expired_ca.ca_file).expect("ca"));
     let ca_file = write(&home.path().join("cas.pem"), &cas);
-
-    let Some(sshd) = Sshd::start(&home.path().join("sshd"), &[]).await else {
-        return;
-    };
-    let bare = home.path().join("served/app.git");
-    crate::support::repo::bare_copy(&repo.path, &bare);
-    // known_hosts names another key for this server (its key was changed, or someone is in
-    // the middle); the client key is the right one.
-    let other = home.path().join("other_host_key");
-    keygen(&other, "");
-    let other_pub = std::fs::read_to_string(other.with_extension("pub")).expect("pub");
-    let other_key: Vec<&str> = other_pub.split_whitespace().take(2).collect();
-    let known_hosts = write(
-        &home.path().join("known_hosts"),
-        &format!("[127.0.0.1]:{} {}\n", sshd.port, other_key.join(" ")),
-    );
     let silent = Silent::start();
-    let config = write(
-        &home.path().join("controller.toml"),
-        &format!(
-            "[git]\nallowed_hosts = [\"127.0.0.1\"]\nca_file = \"{}\"\nknown_hosts = \"{}\"\n\
-             timeout_sec = 3\nnetwork_attempts = 2\nretry_backoff_ms = 100\n\n\
-             [[git.credentials]]\nhost = \"127.0.0.1:{}\"\nssh_key_file = \"{}\"\n",
-            ca_file.display(),
-            known_hosts.display(),
-            sshd.port,
-            sshd.client_key.display(),
-        ),
+    let git = format!(
+        "ca_file = \"{}\"\ntimeout_sec = 3\nnetwork_attempts = 2\nretry_backoff_ms = 100\n",
+        ca_file.display(),
     );
-    let extra = Extra {
-        controller_args: vec!["--config".into(), path_str(&config)],
-        controller_env: pairs(&[
-            ("GIT_CONFIG_GLOBAL", "/dev/null"),
-            ("SSH_AUTH_SOCK", "/nonexistent"),
-        ]),
-        worker_env: Vec::new(),
-    };
-    let c = Cluster::start_with("remote-failures-2", 0, Timings::default(), &extra).await;
+    let c = lone_controller("remote-failures-2", home.path(), &git).await;
     let retries = || c.controller.log_text().matches("trying again").count();
 
     for server in [&expired_server, &expired_ca] {
@@ -625,21 +614,6 @@ async fn expired_certificates_a_changed_host_key_and_a_silent_host_fail_with_the
             "one handshake, no request, not tried again"
         );
     }
-
-    let error = refusal(&c, git_run(&sshd.url(&bare), None)).await;
-    assert_eq!(
-        error,
-        format!(
-            "cannot fetch 127.0.0.1:{}: the ssh host key differs from the one in known_hosts",
-            sshd.port
-        )
-    );
-    assert_eq!(sshd.connections(), 1, "refused once, not tried again");
-    let sshd_log = std::fs::read_to_string(&sshd.log).unwrap_or_default();
-    assert!(
-        !sshd_log.contains("Accepted publickey") && sshd.failed_auths() == 0,
-        "no key was offered to a host whose key changed"
-    );
     assert_eq!(retries(), 0, "none of these was tried again");
 
     // A host that accepts and never answers: each attempt is killed at git.timeout_sec, and a
@@ -669,6 +643,53 @@ async fn expired_certificates_a_changed_host_key_and_a_silent_host_fail_with_the
         || async move { (counts.counts() == (2, 2)).then_some(()) },
     )
     .await;
+}
+
+/// The ssh half of the failures above (skipped with `LOOPD_SKIP_SSH_TESTS=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_ssh_host_key_fails_with_its_reason_and_is_offered_no_key() {
+    let home = test_dir("remote-failures-2-ssh");
+    let Some(sshd) = Sshd::start(&home.path().join("sshd"), &[]).await else {
+        return;
+    };
+    let repo = Repo::create(home.path(), "app", 1, "tick", &[]);
+    let bare = home.path().join("served/app.git");
+    crate::support::repo::bare_copy(&repo.path, &bare);
+    // known_hosts names another key for this server (its key was changed, or someone is in
+    // the middle); the client key is the right one.
+    let other = home.path().join("other_host_key");
+    keygen(&other, "");
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).expect("pub");
+    let other_key: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    let known_hosts = write(
+        &home.path().join("known_hosts"),
+        &format!("[127.0.0.1]:{} {}\n", sshd.port, other_key.join(" ")),
+    );
+    let git = format!(
+        "known_hosts = \"{}\"\ntimeout_sec = 3\nnetwork_attempts = 2\nretry_backoff_ms = 100\n\n\
+         [[git.credentials]]\nhost = \"127.0.0.1:{}\"\nssh_key_file = \"{}\"\n",
+        known_hosts.display(),
+        sshd.port,
+        sshd.client_key.display(),
+    );
+    let c = lone_controller("remote-failures-2-ssh", home.path(), &git).await;
+    let retries = || c.controller.log_text().matches("trying again").count();
+
+    let error = refusal(&c, git_run(&sshd.url(&bare), None)).await;
+    assert_eq!(
+        error,
+        format!(
+            "cannot fetch 127.0.0.1:{}: the ssh host key differs from the one in known_hosts",
+            sshd.port
+        )
+    );
+    assert_eq!(sshd.connections(), 1, "refused once, not tried again");
+    let sshd_log = std::fs::read_to_string(&sshd.log).unwrap_or_default();
+    assert!(
+        !sshd_log.contains("Accepted publickey") && sshd.failed_auths() == 0,
+        "no key was offered to a host whose key changed"
+    );
+    assert_eq!(retries(), 0, "it was not tried again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
