@@ -11,6 +11,8 @@
 //! kind of prompt directly (fork + exec + sh + its work) `N` times and taking the median.
 //! What remains is what loopd adds: scheduling, leasing, prompt files, process-group spawn,
 //! output capture and streaming, artifact uploads, the verification step, SQLite writes.
+//! loopd's CPU time per iteration (from `/proc`) is printed too: on a busy machine it is
+//! steadier than the times for comparing two builds.
 //!
 //! `LOOPD_BENCH_ITERATIONS` (default 50) sets N; `LOOPD_BENCH_LOG` is loopd's `RUST_LOG`;
 //! `LOOPD_BENCH_KEEP` keeps the files (loopd's log) instead of measuring; `LOOPD_BENCH_BIN`
@@ -106,6 +108,22 @@ fn summary(name: &str, v: &[f64]) -> f64 {
     median
 }
 
+/// CPU time of `pid` so far, in ms: its own (utime + stime, all threads) and that of its
+/// children it has waited for (cutime + cstime: agents, verify commands, git). Linux counts
+/// in USER_HZ ticks, 100 per second.
+fn cpu_ms(pid: u32) -> (f64, f64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start at the last ')'; the
+    // first of them is field 3.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let field = |i: usize| f.get(i - 3).copied().unwrap_or(0.0) * 10.0;
+    (field(14) + field(15), field(16) + field(17))
+}
+
 async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
@@ -139,6 +157,7 @@ fn main() {
         .stderr(log)
         .spawn()
         .expect("spawn loopd");
+    let pid = daemon.id();
     let base = format!("http://127.0.0.1:{port}");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let result = rt.block_on(async {
@@ -153,6 +172,7 @@ fn main() {
             "workspace_root": ws.to_string_lossy(),
         });
         let started = Instant::now();
+        let cpu_before = cpu_ms(pid);
         let created: Value = http
             .post(format!("{base}/runs"))
             .json(&body)
@@ -174,6 +194,7 @@ fn main() {
             assert!(started.elapsed() < Duration::from_secs(600), "too slow");
         }
         let total = started.elapsed();
+        let cpu_after = cpu_ms(pid);
         let text = http
             .get(format!("{base}/runs/{id}/events"))
             .send()
@@ -182,11 +203,12 @@ fn main() {
             .text()
             .await
             .expect("events body");
-        (total, text)
+        let cpu = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+        (total, text, cpu)
     });
     let _ = daemon.kill();
     let _ = daemon.wait();
-    let (total, events) = result;
+    let (total, events, cpu) = result;
     if std::env::var_os("LOOPD_BENCH_KEEP").is_some() {
         println!("files kept in {}", tmp.keep().display());
         return;
@@ -223,6 +245,11 @@ fn main() {
     println!(
         "whole run: {:.0} ms from POST /runs to COMPLETED, {per_iter:.1} ms per iteration beyond the agent",
         total.as_secs_f64() * 1000.0
+    );
+    println!(
+        "CPU per iteration: loopd {:.1} ms, its children (agent, verify, git) {:.1} ms",
+        cpu.0 / n as f64,
+        cpu.1 / n as f64
     );
     println!(
         "target: median overhead <= 15 ms per iteration: {}",
