@@ -55,6 +55,10 @@ pub struct Run {
     pub pushed_branch: Option<String>,
     #[serde(default)]
     pub pushed_commit: Option<String>,
+    /// The branch a git run works on and pushes: `run/<name>`, or with `-2`, `-3`, … appended
+    /// when the remote had that branch when the run was submitted. An addition.
+    #[serde(default)]
+    pub run_branch: Option<String>,
     /// What the run's agent steps reported they spent, added up; `null` when none reported
     /// any (text output). An addition.
     #[serde(default)]

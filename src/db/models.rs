@@ -38,6 +38,10 @@ pub struct RunRow {
     /// A completed git run's branch and commit as pushed to its remote.
     pub pushed_branch: Option<String>,
     pub pushed_commit: Option<String>,
+    /// The branch a git run works on and pushes, decided when it was submitted; `None` for
+    /// other runs and for git runs stored before it was kept (derived from the name).
+    #[serde(default)]
+    pub run_branch: Option<String>,
 }
 
 impl RunRow {

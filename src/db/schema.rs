@@ -74,6 +74,7 @@ diesel::table! {
         ended_at -> Nullable<Int8>,
         pushed_branch -> Nullable<Text>,
         pushed_commit -> Nullable<Text>,
+        run_branch -> Nullable<Text>,
     }
 }
 

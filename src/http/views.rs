@@ -39,6 +39,8 @@ pub fn run(r: &RunRow) -> Run {
         failure_reason: r.failure_reason.clone(),
         pushed_branch: r.pushed_branch.clone(),
         pushed_commit: r.pushed_commit.clone(),
+        run_branch: (r.workspace_source == WorkspaceSource::Git.as_str())
+            .then(|| r.git_run_branch(&r.config())),
         usage: None,
     }
 }

@@ -191,6 +191,28 @@ impl Mirrors {
             .is_ok_and(|mirror| repo::branch_exists(&mirror, name))
     }
 
+    /// The branches of the mirror of `repo_url` (the remote's, as of its last fetch) whose
+    /// names start with `prefix`.
+    pub fn branches_starting_with(&self, repo_url: &str, prefix: &str) -> Result<Vec<String>> {
+        let mirror = self.open(repo_url)?;
+        let what = || format!("cannot list the branches of the mirror of {repo_url}");
+        let mut names = Vec::new();
+        for branch in mirror
+            .branches(Some(git2::BranchType::Local))
+            .context(what)?
+        {
+            let (branch, _) = branch.context(what)?;
+            if let Some(name) = branch
+                .name()
+                .context(what)?
+                .filter(|n| n.starts_with(prefix))
+            {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
     /// The content of the file `path` at commit `sha` in the mirror of `repo_url`; `None` when
     /// the commit has no file there.
     pub fn read_file(&self, repo_url: &str, sha: &str, path: &str) -> Result<Option<Vec<u8>>> {

@@ -168,3 +168,60 @@ async fn a_name_whose_run_branch_a_run_not_ended_holds_is_refused_until_that_run
     let v = env.client(&work.path, &args).await;
     assert!(v.ok().contains("flaky"), "{}", v.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_branch_the_remote_has_already_pushes_its_run_with_a_suffix() {
+    let env = Env::start("cli-git-name-reused", &[]).await;
+    let (origin, work) = origin_and_clone(env.dir.path(), "tick");
+    let origin_repo = Repo { path: origin };
+    let args = [
+        "run",
+        "--json",
+        "--git",
+        "--name",
+        "feature-x",
+        "specs/demo.md",
+        "PLAN.md",
+    ];
+    let first = env.client(&work.path, &args).await.json();
+    let first = first["run"]["id"].as_str().expect("id").to_string();
+    env.wait_status(&first, "COMPLETED").await;
+    let pushed = origin_repo.git(&["rev-parse", "run/feature-x"]);
+
+    // The remote moves on, so the second run's commits cannot be the first one's.
+    std::fs::write(work.path.join("notes.txt"), "between the runs\n").expect("write");
+    work.git(&["add", "notes.txt"]);
+    work.git(&["commit", "-q", "-m", "between the runs"]);
+    work.git(&["push", "-q", "origin", "HEAD"]);
+    let v = env.client(&work.path, &args).await.json();
+    assert_eq!(v["run"]["name"], "feature-x");
+    let second = v["run"]["id"].as_str().expect("id").to_string();
+    let what = format!("run {second} to end");
+    let status = crate::support::wait_for(&what, std::time::Duration::from_secs(30), || async {
+        let s = env.status(&second).await;
+        matches!(s.as_str(), "COMPLETED" | "FAILED").then_some(s)
+    })
+    .await;
+    let run: serde_json::Value = reqwest::get(format!("{}/runs/{second}", env.daemon.url()))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(status, "COMPLETED", "{run}");
+    assert_eq!(run["run"]["pushed_branch"], "run/feature-x-2");
+    assert_eq!(
+        run["run"]["run_branch"], "run/feature-x-2",
+        "named from the start"
+    );
+    assert_eq!(
+        origin_repo.subjects("run/feature-x-2"),
+        ["initial", "between the runs", "task 1: task number 1"],
+        "the second run's work is on its own branch"
+    );
+    assert_eq!(
+        origin_repo.git(&["rev-parse", "run/feature-x"]),
+        pushed,
+        "the first run's branch is untouched"
+    );
+}

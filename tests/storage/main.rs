@@ -142,6 +142,7 @@ fn run_row(status: &str, labels: &str) -> RunRow {
         ended_at: None,
         pushed_branch: None,
         pushed_commit: None,
+        run_branch: None,
     }
 }
 

@@ -93,14 +93,24 @@ impl RunRow {
         }
     }
 
-    /// The branch a git run works on: `<run_branch_prefix><slug(name)>`, and when the run
-    /// is named after its spec (the default name, which every run of that spec gets)
-    /// `-<the last 8 characters of the run id>` appended, so that runs of one spec started at
-    /// once push branches of their own (slug `run` when the name has none).
+    /// The branch a git run works on: the one decided when it was submitted (`run_branch`),
+    /// else (a row stored before that was kept) the one its name gives.
     pub fn git_run_branch(&self, config: &RunConfig) -> String {
+        if let Some(b) = self.run_branch.as_deref().filter(|b| !b.is_empty()) {
+            return b.to_string();
+        }
         if let Some(w) = self.worktree() {
             return w.run_branch;
         }
+        self.named_git_branch(config)
+    }
+
+    /// The branch a git run's name gives: `<run_branch_prefix><slug(name)>`, and when the run
+    /// is named after its spec (the default name, which every run of that spec gets)
+    /// `-<the last 8 characters of the run id>` appended, so that runs of one spec started at
+    /// once push branches of their own (slug `run` when the name has none). The run works on
+    /// it, or on it with `-2`, `-3`, … appended when the remote had it already.
+    pub fn named_git_branch(&self, config: &RunConfig) -> String {
         let name = slug(&self.name);
         let spec = Path::new(&self.spec_path)
             .file_stem()
@@ -160,6 +170,7 @@ mod tests {
             ended_at: None,
             pushed_branch: None,
             pushed_commit: None,
+            run_branch: None,
         }
     }
 
@@ -178,5 +189,14 @@ mod tests {
         let config = RunConfig::default();
         let a = git_run("01938f2a-7c41-7d2e-9a1b-4c5d6e7f8a9b", "Feature X");
         assert_eq!(a.git_run_branch(&config), "run/feature-x");
+    }
+
+    #[test]
+    fn a_git_run_works_on_the_branch_decided_at_its_submission() {
+        let config = RunConfig::default();
+        let mut a = git_run("01938f2a-7c41-7d2e-9a1b-4c5d6e7f8a9b", "Feature X");
+        a.run_branch = Some("run/feature-x-2".into());
+        assert_eq!(a.git_run_branch(&config), "run/feature-x-2");
+        assert_eq!(a.named_git_branch(&config), "run/feature-x");
     }
 }

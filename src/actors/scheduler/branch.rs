@@ -1,8 +1,12 @@
-//! One run branch, one run not ended: a git run (submitted or retried) whose branch another
-//! PENDING, RUNNING or PAUSED git run of the same remote works on is refused, because both
-//! would push it and the second push would fail after its agent work was done. Only runs given
-//! a name of their own can meet (a spec-named run's branch ends with its id's tail). Called by
-//! the scheduler inside the transaction that inserts or re-queues the run.
+//! Which branch a git run works on and pushes, decided once, in the transaction that inserts
+//! the run, before any agent work: the branch its name gives (`run/<name>`), or that with
+//! `-2`, `-3`, … appended while the remote has it already (as the mirror saw it when the run
+//! was submitted) or another PENDING, RUNNING or PAUSED git run of the same remote works on
+//! it; otherwise its final push would be refused after its work was done. A run given the
+//! name of a run not ended is refused instead (409 `run_branch_in_use`): the user most likely
+//! submitted it twice. A retry keeps its run's branch and is refused while another run not
+//! ended works on it. Called by the scheduler inside the transactions that insert or
+//! re-queue the run.
 
 use super::SchedError;
 use crate::actors::run_progress::run::id_tail;
@@ -10,13 +14,51 @@ use crate::db::models::RunRow;
 use crate::db::{self, Conn};
 use crate::domain::WorkspaceSource;
 use crate::workspace::naming::slug;
+use std::collections::HashSet;
 
-/// Refuses `run` while another git run not ended holds its run branch on its remote.
-pub(super) fn refuse_shared_branch(c: &mut Conn, run: &RunRow) -> Result<(), SchedError> {
-    if run.workspace_source != WorkspaceSource::Git.as_str() {
+/// Sets the run branch of the new git run `run`, none of `on_remote` nor one that another
+/// git run not ended holds; refuses `run` while a run not ended has its name's branch.
+pub(super) fn claim_run_branch(
+    c: &mut Conn,
+    run: &mut RunRow,
+    on_remote: &[String],
+) -> Result<(), SchedError> {
+    let Some(url) = git_remote(run) else {
+        return Ok(());
+    };
+    let config = run.config();
+    let named = run.named_git_branch(&config);
+    if named.ends_with(&format!("-{}", id_tail(&run.id))) {
+        run.run_branch = Some(named); // named after its spec: the branch is the run's own
         return Ok(());
     }
-    let Some(url) = run.repo_url.as_deref() else {
+    db::runs::serialize_branch_claims(c)?;
+    let holders = holders_on(c, run, &url)?;
+    // Cheap tests first (reading a run's branch parses its config): only runs of the same
+    // name's slug can have the same name's branch.
+    let name = slug(&run.name);
+    if let Some(r) = holders
+        .iter()
+        .find(|r| slug(&r.name) == name && r.named_git_branch(&r.config()) == named)
+    {
+        return Err(in_use(&named, &url, r));
+    }
+    let taken: HashSet<String> = holders
+        .iter()
+        .map(|r| r.git_run_branch(&r.config()))
+        .chain(on_remote.iter().cloned())
+        .collect();
+    let free = std::iter::once(named.clone())
+        .chain((2..).map(|n| format!("{named}-{n}")))
+        .find(|b| !taken.contains(b))
+        .unwrap_or(named);
+    run.run_branch = Some(free);
+    Ok(())
+}
+
+/// Refuses the retry of `run` while another git run not ended holds its run branch.
+pub(super) fn refuse_shared_branch(c: &mut Conn, run: &RunRow) -> Result<(), SchedError> {
+    let Some(url) = git_remote(run) else {
         return Ok(());
     };
     let branch = run.git_run_branch(&run.config());
@@ -24,24 +66,37 @@ pub(super) fn refuse_shared_branch(c: &mut Conn, run: &RunRow) -> Result<(), Sch
         return Ok(()); // named after its spec: the branch is the run's own
     }
     db::runs::serialize_branch_claims(c)?;
-    // Cheap tests first (reading a run's branch parses its config): a run given a name works
-    // on `<prefix><slug of the name>`, so only runs of the same slug can meet (two prefixes
-    // that make one branch of two names, `run/a-` + `b` and `run/` + `a-b`, are let through).
-    let name = slug(&run.name);
-    let holder = db::runs::active_git_runs(c)?.into_iter().find(|r| {
-        r.id != run.id
-            && slug(&r.name) == name
-            && r.repo_url.as_deref().is_some_and(|u| same_remote(u, url))
-            && r.git_run_branch(&r.config()) == branch
-    });
-    match holder {
-        Some(r) => Err(SchedError::BranchInUse(format!(
-            "run branch {branch} of {url} is in use by run {} ({}, {}): give this run another \
-             name, or wait until that run has ended",
-            r.id, r.name, r.status
-        ))),
+    let holders = holders_on(c, run, &url)?;
+    match holders
+        .iter()
+        .find(|r| r.git_run_branch(&r.config()) == branch)
+    {
+        Some(r) => Err(in_use(&branch, &url, r)),
         None => Ok(()),
     }
+}
+
+/// The remote of a git run.
+fn git_remote(run: &RunRow) -> Option<String> {
+    (run.workspace_source == WorkspaceSource::Git.as_str())
+        .then(|| run.repo_url.clone())
+        .flatten()
+}
+
+/// The git runs not ended of `url` other than `run`.
+fn holders_on(c: &mut Conn, run: &RunRow, url: &str) -> Result<Vec<RunRow>, SchedError> {
+    Ok(db::runs::active_git_runs(c)?
+        .into_iter()
+        .filter(|r| r.id != run.id && r.repo_url.as_deref().is_some_and(|u| same_remote(u, url)))
+        .collect())
+}
+
+fn in_use(branch: &str, url: &str, holder: &RunRow) -> SchedError {
+    SchedError::BranchInUse(format!(
+        "run branch {branch} of {url} is in use by run {} ({}, {}): give this run another \
+         name, or wait until that run has ended",
+        holder.id, holder.name, holder.status
+    ))
 }
 
 /// Whether two remote URLs name one repository (`…/repo`, `…/repo/` and `…/repo.git`).

@@ -101,15 +101,16 @@ impl SchedulerService {
     pub async fn create_run(&self, req: CreateRunRequest) -> Result<RunRow, SchedError> {
         let mirrors = self.mirrors.clone();
         let kind = self.store.kind();
-        let row =
+        let prepared =
             tokio::task::spawn_blocking(move || submit::prepare(&req, &mirrors, kind, now_ms()))
                 .await
                 .map_err(|e| SchedError::Internal(e.to_string()))?
                 .map_err(|e| SchedError::Invalid(e.0))?;
-        let r = row.clone();
-        self.db
+        let row = self
+            .db
             .tx(move |c| {
-                super::branch::refuse_shared_branch(c, &r)?;
+                let mut r = prepared.row;
+                super::branch::claim_run_branch(c, &mut r, &prepared.on_remote)?;
                 db::runs::insert_with_state(c, &r)?;
                 let payload = ev::run_created(
                     &r.id,
@@ -126,7 +127,7 @@ impl SchedulerService {
                     &payload,
                     r.created_at,
                 )?;
-                Ok::<_, SchedError>(())
+                Ok::<_, SchedError>(r)
             })
             .await?;
         tracing::info!(run_id = %row.id, name = %row.name, "run created");

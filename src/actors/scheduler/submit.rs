@@ -168,13 +168,20 @@ fn reject_nul(req: &CreateRunRequest) -> Result<(), SubmitError> {
     Ok(())
 }
 
+/// A validated submission: the row to insert and, for a git run, the branches of its remote
+/// (as its mirror knows them after the fetch) that its run branch must not be.
+pub struct Prepared {
+    pub row: RunRow,
+    pub on_remote: Vec<String>,
+}
+
 /// Validates a submission and builds the run row (status PENDING).
 pub fn prepare(
     req: &CreateRunRequest,
     mirrors: &Mirrors,
     store: StoreKind,
     now: i64,
-) -> Result<RunRow, SubmitError> {
+) -> Result<Prepared, SubmitError> {
     reject_nul(req)?;
     let source = req.workspace_source.unwrap_or(if req.repo_url.is_some() {
         WorkspaceSource::Git
@@ -202,7 +209,7 @@ pub fn prepare(
     config.agent_argv().map_err(|e| bad(e.to_string()))?;
     let (name, name_source) = run_name(req, &resolved.spec);
     let config_json = serde_json::to_string(&config).map_err(|e| bad(e.to_string()))?;
-    Ok(RunRow {
+    let row = RunRow {
         id: new_id(),
         name,
         name_source: name_source.as_str().into(),
@@ -231,7 +238,17 @@ pub fn prepare(
         ended_at: None,
         pushed_branch: None,
         pushed_commit: None,
-    })
+        run_branch: None,
+    };
+    // The run branch itself is chosen in the transaction that inserts the run (`branch.rs`),
+    // among the branches this fetch did not see on the remote.
+    let on_remote = match &row.repo_url {
+        Some(url) if source == WorkspaceSource::Git => mirrors
+            .branches_starting_with(url, &row.named_git_branch(&config))
+            .map_err(|e| bad(e.to_string()))?,
+        _ => Vec::new(),
+    };
+    Ok(Prepared { row, on_remote })
 }
 
 struct Resolved {

@@ -274,6 +274,7 @@ fn run_row(run: &UpRun, events: &[&UpEvent], fate: &Fate, now: i64) -> (RunRow, 
         ended_at,
         pushed_branch: None,
         pushed_commit: None,
+        run_branch: None,
     };
     (row, warnings)
 }
