@@ -1,7 +1,8 @@
 //! `loopd run --git` in a clone: a git run of the clone's origin at its current branch, which
 //! completes and is pushed back to that origin; a branch that is not pushed, or has unpushed
 //! commits, is refused with what to do; a name whose run branch another run not ended holds
-//! is refused (409 `run_branch_in_use`), also for a retry.
+//! is refused (409 `run_branch_in_use`), also for a retry; a name whose branch the remote has
+//! already, or another run not ended works on, gets `-2`, `-3`, … appended.
 
 use crate::support::repo::Repo;
 use crate::Env;
@@ -224,4 +225,34 @@ async fn a_name_whose_branch_the_remote_has_already_pushes_its_run_with_a_suffix
         pushed,
         "the first run's branch is untouched"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suffix_skips_the_remote_s_branches_and_those_of_runs_not_ended() {
+    let env = Env::start("cli-git-suffix", &[]).await;
+    let (origin, work) = origin_and_clone(env.dir.path(), "hang");
+    // The remote has run/feature-x for a reason of its own.
+    work.git(&["push", "-q", "origin", "HEAD:refs/heads/run/feature-x"]);
+    let url = origin.display().to_string();
+    let submit = |name: &str| {
+        serde_json::json!({
+            "spec_path": "specs/demo.md", "plan_path": "PLAN.md", "workspace_root": "demo",
+            "workspace_source": "git", "repo_url": url, "name": name,
+        })
+    };
+    // A run given the name feature-x-2 holds run/feature-x-2 while it hangs.
+    let (status, v) = post(&env, "/runs", Some(submit("feature-x-2"))).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["run"]["run_branch"], "run/feature-x-2");
+    let (status, v) = post(&env, "/runs", Some(submit("feature-x"))).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["run"]["run_branch"], "run/feature-x-3", "{v}");
+    let id = v["run"]["id"].as_str().expect("id");
+    let shown: serde_json::Value = reqwest::get(format!("{}/runs/{id}", env.daemon.url()))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(shown["run"]["run_branch"], "run/feature-x-3", "kept");
 }
