@@ -161,8 +161,8 @@ fn locked(conn: &mut Conn, account: &str, max: i32, now: i64) -> Result<AccountR
         };
     }
     let row = match conn {
-        Conn::Pg(c) => q!().for_update().first(&mut **c)?,
-        Conn::Sqlite(c) => q!().first(&mut **c)?,
+        Conn::Pg(c) => q!().for_update().get_result(&mut **c)?,
+        Conn::Sqlite(c) => q!().get_result(&mut **c)?,
     };
     Ok(row)
 }
@@ -212,8 +212,8 @@ pub fn success(conn: &mut Conn, account: &str, recover_after: i32) -> Result<boo
         };
     }
     let row = match conn {
-        Conn::Pg(c) => q!().for_update().first(&mut **c).optional()?,
-        Conn::Sqlite(c) => q!().first(&mut **c).optional()?,
+        Conn::Pg(c) => q!().for_update().get_result(&mut **c).optional()?,
+        Conn::Sqlite(c) => q!().get_result(&mut **c).optional()?,
     };
     let Some(row) = row else {
         return Ok(false);
@@ -256,7 +256,7 @@ pub fn of_step(conn: &mut Conn, step_id: &str) -> Result<Option<String>, DbError
     let a: Option<Option<String>> = on_conn!(conn, |c| steps::table
         .find(step_id)
         .select(steps::account)
-        .first(c)
+        .get_result(c)
         .optional())?;
     Ok(a.flatten())
 }

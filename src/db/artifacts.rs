@@ -34,7 +34,7 @@ pub fn get(conn: &mut Conn, run_id: &str, name: &str) -> Result<Option<ArtifactR
         .filter(artifacts::run_id.eq(run_id))
         .filter(artifacts::name.eq(name))
         .select(ArtifactRow::as_select())
-        .first(c)
+        .get_result(c)
         .optional())?;
     Ok(r)
 }

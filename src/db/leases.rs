@@ -236,7 +236,7 @@ pub fn get(conn: &mut Conn, step_id: &str) -> Result<Option<LeaseRow>, DbError> 
     let r = on_conn!(conn, |c| leased()
         .filter(steps::id.eq(step_id))
         .select(lease_columns!())
-        .first(c)
+        .get_result(c)
         .optional())?;
     Ok(r)
 }

@@ -2,6 +2,8 @@
 //! [`Conn`] whose queries are written once and compiled for both backends (the [`on_conn!`]
 //! macro), write transactions that are `BEGIN IMMEDIATE` on SQLite, embedded migrations per
 //! backend, and [`Db::run`], the one helper that keeps blocking database work off async threads.
+//! A lookup by a key reads its row with `get_result`, not `first`: `first` adds a bound
+//! `LIMIT`, whose value SQLite plans with, so it compiles the statement again at every run.
 //!
 //! On Postgres the hot paths are functions in the database. Their current text is one file
 //! each in `src/db/pg/`, written at start after the migrations (see `pg`); the migrations in

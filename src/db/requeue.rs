@@ -59,11 +59,11 @@ fn requeue_until(
     let step: StepRow = on_conn!(conn, |c| steps::table
         .find(&lease.step_id)
         .select(StepRow::as_select())
-        .first(c))?;
+        .get_result(c))?;
     let run_status: String = on_conn!(conn, |c| runs::table
         .find(&step.run_id)
         .select(runs::status)
-        .first(c))?;
+        .get_result(c))?;
     let infra = step.infra_attempts + i32::from(count_infra);
     let failed = count_infra && infra >= max_infra;
     let (status, reason, ended) = if run_status == "CANCELED" {

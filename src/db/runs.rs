@@ -17,7 +17,7 @@ pub fn get(conn: &mut Conn, id: &str) -> Result<Option<RunRow>, DbError> {
     let r = on_conn!(conn, |c| runs::table
         .find(id)
         .select(RunRow::as_select())
-        .first(c)
+        .get_result(c)
         .optional())?;
     Ok(r)
 }
@@ -35,7 +35,7 @@ pub fn lock(conn: &mut Conn, id: &str) -> Result<RunRow, DbError> {
             .find(id)
             .select(RunRow::as_select())
             .for_update()
-            .first(&mut **c)
+            .get_result(&mut **c)
             .optional()?,
         Conn::Sqlite(_) => return require(conn, id),
     };
@@ -53,8 +53,8 @@ pub fn lock_with_state(conn: &mut Conn, id: &str) -> Result<(RunRow, RunStateRow
         };
     }
     let r = match conn {
-        Conn::Pg(c) => both!().for_update().first(&mut **c).optional()?,
-        Conn::Sqlite(c) => both!().first(&mut **c).optional()?,
+        Conn::Pg(c) => both!().for_update().get_result(&mut **c).optional()?,
+        Conn::Sqlite(c) => both!().get_result(&mut **c).optional()?,
     };
     r.ok_or(DbError::NotFound)
 }
@@ -187,7 +187,7 @@ pub fn state(conn: &mut Conn, id: &str) -> Result<RunStateRow, DbError> {
     let r = on_conn!(conn, |c| run_state::table
         .find(id)
         .select(RunStateRow::as_select())
-        .first(c)
+        .get_result(c)
         .optional())?;
     r.ok_or(DbError::NotFound)
 }

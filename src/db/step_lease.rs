@@ -67,8 +67,8 @@ pub fn check_held(
         };
     }
     let found: Option<(LeaseRow, StepRow, i64)> = match conn {
-        Conn::Pg(c) => both!().for_update().first(&mut **c).optional()?,
-        Conn::Sqlite(c) => both!().first(&mut **c).optional()?,
+        Conn::Pg(c) => both!().for_update().get_result(&mut **c).optional()?,
+        Conn::Sqlite(c) => both!().get_result(&mut **c).optional()?,
     };
     match found {
         // Held while the row is this worker's at this epoch: only the expiry sweep ends a lease

@@ -16,7 +16,7 @@ pub fn get(conn: &mut Conn, id: &str) -> Result<Option<StepRow>, DbError> {
     let r = on_conn!(conn, |c| steps::table
         .find(id)
         .select(StepRow::as_select())
-        .first(c)
+        .get_result(c)
         .optional())?;
     Ok(r)
 }
@@ -62,7 +62,7 @@ pub fn next_attempt(conn: &mut Conn, run_id: &str, phase: &str) -> Result<i32, D
         .filter(steps::run_id.eq(run_id))
         .filter(steps::phase.eq(phase))
         .select(diesel::dsl::max(steps::attempt))
-        .first(c))?;
+        .get_result(c))?;
     Ok(max.unwrap_or(0) + 1)
 }
 
@@ -231,6 +231,6 @@ pub fn count_by_phase_status(conn: &mut Conn) -> Result<Vec<(String, String, i64
 pub fn total_infra_attempts(conn: &mut Conn) -> Result<i64, DbError> {
     let n: Option<i64> = on_conn!(conn, |c| steps::table
         .select(diesel::dsl::sum(steps::infra_attempts))
-        .first(c))?;
+        .get_result(c))?;
     Ok(n.unwrap_or(0))
 }

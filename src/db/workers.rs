@@ -17,7 +17,7 @@ pub fn get(conn: &mut Conn, id: &str) -> Result<Option<WorkerRow>, DbError> {
     let r = on_conn!(conn, |c| workers::table
         .find(id)
         .select(WorkerRow::as_select())
-        .first(c)
+        .get_result(c)
         .optional())?;
     Ok(r)
 }
