@@ -69,8 +69,11 @@ pub struct AccountView {
 
 /// Steps in flight, per account.
 pub fn in_use(conn: &mut Conn) -> Result<HashMap<String, i64>, DbError> {
+    // The status as a literal: SQLite matches a bound one to the partial index
+    // steps_account_in_flight anew, preparing the statement again, each time it runs.
+    let in_flight = diesel::dsl::sql::<diesel::sql_types::Text>("'IN_PROGRESS'");
     let rows: Vec<(Option<String>, i64)> = on_conn!(conn, |c| steps::table
-        .filter(steps::status.eq("IN_PROGRESS"))
+        .filter(steps::status.eq(in_flight.clone()))
         .filter(steps::account.is_not_null())
         .group_by(steps::account)
         .select((steps::account, diesel::dsl::count_star()))

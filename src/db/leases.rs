@@ -122,7 +122,6 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
                 ))
                 // The database time comes with the pick: no statement of its own.
                 .select((steps::id, loopd_now_ms()))
-                .limit(1)
         };
     }
     // A SELECT (which the connection keeps prepared; diesel prepares no UPDATE) picks and
@@ -133,7 +132,9 @@ pub fn claim(conn: &mut Conn, spec: &ClaimSpec<'_>) -> Result<Option<Granted>, D
             .skip_locked()
             .first(&mut **c)
             .optional()?,
-        Conn::Sqlite(c) => candidates!().first(&mut **c).optional()?,
+        // The first row, without a LIMIT, which SQLite would plan anew at every run (see
+        // the module `db`); only the ordered candidates' first is read.
+        Conn::Sqlite(c) => candidates!().get_result(&mut **c).optional()?,
     };
     let Some((step_id, now)) = picked else {
         return Ok(None);

@@ -107,14 +107,14 @@ pub fn waiting_accounts_of_running(conn: &mut Conn) -> Result<Vec<(String, Strin
 
 /// Whether a run has a step that is not finished, other than `except`.
 pub fn any_active(conn: &mut Conn, run_id: &str, except: Option<&str>) -> Result<bool, DbError> {
-    let found: Option<String> = on_conn!(conn, |c| steps::table
-        .filter(steps::run_id.eq(run_id))
-        .filter(steps::status.eq_any(["QUEUED", "IN_PROGRESS", "RETRYING"]))
-        .filter(steps::id.ne(except.unwrap_or("")))
-        .select(steps::id)
-        .first(c)
-        .optional())?;
-    Ok(found.is_some())
+    let found: bool = on_conn!(conn, |c| diesel::select(diesel::dsl::exists(
+        steps::table
+            .filter(steps::run_id.eq(run_id))
+            .filter(steps::status.eq_any(["QUEUED", "IN_PROGRESS", "RETRYING"]))
+            .filter(steps::id.ne(except.unwrap_or("")))
+    ))
+    .get_result(c))?;
+    Ok(found)
 }
 
 /// A run's newest implementation steps, newest first, at most `limit`.
